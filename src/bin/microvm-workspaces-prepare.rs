@@ -1,0 +1,80 @@
+//! ExecStartPre helper: make every share source of one VM exist (DESIGN.md section 4).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use microvm_workspaces::{
+    config::Config, fsafe::Tree, logging, paths, prepare, runner, state, systemd, units,
+};
+
+/// Make every share source of a microvm.nix VM exist before it starts.
+#[derive(Parser)]
+#[command(
+    version,
+    after_help = "Run by systemd as ExecStartPre=+ of microvm@VM and microvm-virtiofsd@VM.\n\
+Example: microvm-workspaces-prepare --dry-run vm1"
+)]
+struct Args {
+    /// Take every absolute path under DIR (also MICROVM_WORKSPACES_ROOT).
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// Print what would be done; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// More log output (repeatable).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// The VM (a unit instance name as given by %i is accepted: \xNN escapes are decoded).
+    vm: String,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let vm = units::unmangle(&args.vm);
+    // Before anything can start a thread.
+    let rerooted =
+        args.root.is_some() || std::env::var_os(paths::ROOT_ENV).is_some_and(|v| !v.is_empty());
+    let joined = if !rerooted && !args.dry_run && systemd::run_by_systemd() {
+        systemd::join_host_mount_namespace()
+    } else {
+        Ok(false)
+    };
+    logging::init(args.verbose);
+    match joined.and_then(|_| run(&args, &vm)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("microvm-workspaces-prepare: {}", logging::one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args, vm: &str) -> Result<()> {
+    paths::check_name("VM", vm)?;
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    let root = paths::Root::from_args(args.root.as_deref())?;
+    let cfg = Config::load(&root)?;
+    let tree = Tree::open(&root)?;
+    runner::check_known(&tree, &cfg, vm)?;
+    let out = prepare::prepare_vm(&tree, &cfg, vm, args.dry_run)?;
+    if args.dry_run {
+        if out.actions.is_empty() {
+            println!("{vm}: every share source exists; nothing to do");
+        }
+        for a in &out.actions {
+            println!("would {a}");
+        }
+        return Ok(());
+    }
+    state::write(&root, &state::VmRecord::new(vm, &out.prepared))
+        .with_context(|| format!("VM {vm}"))?;
+    tracing::debug!(
+        vm,
+        shares = out.prepared.len(),
+        actions = out.actions.len(),
+        "prepared"
+    );
+    Ok(())
+}

@@ -1,0 +1,191 @@
+//! `config.json`: the optional file the NixOS module writes (DESIGN.md section 3).
+//!
+//! Parsing is strict: an unknown key is an error naming it, since a typo in a generated file
+//! is a bug to surface rather than a setting to ignore.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+use crate::paths::{self, check_name, show, Root};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "yes")]
+    pub enable: bool,
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    #[serde(default = "default_workspace_dir")]
+    pub workspace_dir: PathBuf,
+    #[serde(default)]
+    pub placeholder: Placeholder,
+    #[serde(default)]
+    pub vms: BTreeMap<String, VmConfig>,
+    /// `companions.<vm>.<name> = <path relative to the repo>`.
+    #[serde(default)]
+    pub companions: BTreeMap<String, BTreeMap<String, PathBuf>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Placeholder {
+    #[serde(default = "root_name")]
+    pub user: String,
+    #[serde(default = "root_name")]
+    pub group: String,
+    #[serde(default = "default_mode")]
+    pub mode: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VmConfig {
+    #[serde(default)]
+    pub host_name: Option<String>,
+    #[serde(default)]
+    pub shares: Vec<ShareConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ShareConfig {
+    pub tag: String,
+    pub proto: Proto,
+    pub source: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub enum Proto {
+    #[serde(rename = "virtiofs")]
+    Virtiofs,
+    #[serde(rename = "9p")]
+    NineP,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from(paths::STATE_DIR)
+}
+fn default_workspace_dir() -> PathBuf {
+    PathBuf::from(paths::WORKSPACE_DIR)
+}
+fn root_name() -> String {
+    "root".into()
+}
+fn default_mode() -> String {
+    "0555".into()
+}
+
+impl Default for Placeholder {
+    fn default() -> Self {
+        Placeholder {
+            user: root_name(),
+            group: root_name(),
+            mode: default_mode(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            enable: true,
+            state_dir: default_state_dir(),
+            workspace_dir: default_workspace_dir(),
+            placeholder: Placeholder::default(),
+            vms: BTreeMap::new(),
+            companions: BTreeMap::new(),
+        }
+    }
+}
+
+impl Placeholder {
+    /// The mode as a number; config validation guarantees it parses.
+    pub fn mode_bits(&self) -> u32 {
+        parse_mode(&self.mode).unwrap_or(0o555)
+    }
+}
+
+fn parse_mode(s: &str) -> Option<u32> {
+    if s.is_empty() || s.len() > 4 || !s.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        return None;
+    }
+    u32::from_str_radix(s, 8).ok()
+}
+
+impl Config {
+    /// Reads the config file under `root`; defaults when it does not exist.
+    pub fn load(root: &Root) -> Result<Config> {
+        let inside = Path::new(paths::CONFIG_FILE);
+        let real = root.real(inside);
+        let text = match std::fs::read(&real) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(e) => return Err(e).with_context(|| format!("config {}", show(&real))),
+        };
+        Config::parse(&text).with_context(|| format!("config {}", show(&real)))
+    }
+
+    pub fn parse(text: &[u8]) -> Result<Config> {
+        let cfg: Config = serde_json::from_slice(text)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<()> {
+        for (key, dir) in [
+            ("stateDir", &self.state_dir),
+            ("workspaceDir", &self.workspace_dir),
+        ] {
+            if !dir.is_absolute() {
+                bail!("{key} {} is not an absolute path", show(dir));
+            }
+        }
+        if parse_mode(&self.placeholder.mode).is_none() {
+            bail!(
+                "placeholder.mode {:?} is not an octal mode like \"0555\"",
+                self.placeholder.mode
+            );
+        }
+        for (vm, v) in &self.vms {
+            check_name("vms: VM", vm)?;
+            for s in &v.shares {
+                if s.tag.is_empty() || s.tag.contains('/') || s.tag.chars().any(char::is_control) {
+                    bail!("vms.{vm}: share tag {:?} is not a valid tag", s.tag);
+                }
+                check_source(&s.source).with_context(|| format!("vms.{vm}: share {:?}", s.tag))?;
+            }
+        }
+        for (vm, set) in &self.companions {
+            check_name("companions: VM", vm)?;
+            for (name, rel) in set {
+                check_name(&format!("companions.{vm}: entry"), name)?;
+                if rel.is_absolute() || rel.as_os_str().is_empty() {
+                    bail!(
+                        "companions.{vm}.{name}: {} must be a path relative to the repo",
+                        show(rel)
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A share source as written by the user: one line, no NUL.
+pub fn check_source(source: &str) -> Result<()> {
+    if source.is_empty() {
+        bail!("source is empty");
+    }
+    if source.contains('\n') || source.contains('\0') {
+        bail!("source {:?} contains a newline or NUL", source);
+    }
+    Ok(())
+}

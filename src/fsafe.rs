@@ -1,0 +1,549 @@
+//! File-system safety: resolving and creating paths as root without being tricked.
+//!
+//! Everything here works on file descriptors, one path component at a time, starting from a
+//! descriptor of the root directory, so that:
+//! * a re-rooted tree (`MICROVM_WORKSPACES_ROOT`) resolves absolute symlink targets inside the
+//!   root, as `systemd-tmpfiles --root` does;
+//! * the owner check (systemd's "unsafe path transition" rule) and the later use see the same
+//!   objects: a user swapping a directory for a symlink after the check gains nothing;
+//! * directories inside a user's tree are created with that user's credentials (`setfsuid`),
+//!   never created or chowned as root.
+
+use std::collections::VecDeque;
+use std::ffi::{CString, OsStr, OsString};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::errno::Errno;
+use nix::fcntl::{openat, renameat2, OFlag, RenameFlags};
+use nix::sys::stat::{fstat, mkdirat, FileStat, Mode, SFlag};
+use nix::unistd::{Gid, Uid};
+
+use crate::paths::{self, show, Root};
+
+/// Extended attribute marking a placeholder. The `trusted.` namespace needs CAP_SYS_ADMIN, so
+/// an unprivileged user cannot forge it on a directory of their own.
+pub const MARK_NAME: &str = "trusted.microvm-workspaces";
+pub const MARK_VALUE: &[u8] = b"placeholder";
+
+/// More symlinks than this on one path is a loop (the kernel's own limit).
+const MAX_LINKS: u32 = 40;
+
+/// A resolved object: an `O_PATH` descriptor, its stat, and its inside path.
+#[derive(Debug)]
+pub struct Node {
+    pub fd: OwnedFd,
+    pub st: FileStat,
+    pub path: PathBuf,
+}
+
+impl Node {
+    pub fn is_dir(&self) -> bool {
+        is_dir(&self.st)
+    }
+
+    pub fn uid(&self) -> u32 {
+        self.st.st_uid
+    }
+
+    pub fn id(&self) -> (u64, u64) {
+        (self.st.st_dev, self.st.st_ino)
+    }
+
+    /// `/proc/self/fd/N`: how to name this exact object to path-only system calls.
+    pub fn proc_path(&self) -> PathBuf {
+        proc_path(self.fd.as_fd())
+    }
+
+    fn open_at(dir: BorrowedFd, name: &OsStr, path: PathBuf) -> nix::Result<Node> {
+        let fd = openat(
+            dir,
+            name,
+            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        let st = fstat(&fd)?;
+        Ok(Node { fd, st, path })
+    }
+
+    /// The child `name` of this directory, not following a final symlink.
+    pub fn child(&self, name: &OsStr) -> nix::Result<Node> {
+        Node::open_at(self.fd.as_fd(), name, self.path.join(name))
+    }
+
+    /// Is this directory one of our placeholders (root-owned and marked)?
+    pub fn is_placeholder(&self) -> bool {
+        self.is_dir() && self.st.st_uid == 0 && has_mark(self.fd.as_fd())
+    }
+}
+
+pub fn is_dir(st: &FileStat) -> bool {
+    SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFDIR
+}
+
+fn is_symlink(st: &FileStat) -> bool {
+    SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFLNK
+}
+
+pub fn proc_path(fd: BorrowedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// How much to trust symlinks while resolving.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trust {
+    /// Refuse unsafe path transitions: from a directory owned by an unprivileged user into one
+    /// owned by anybody else (root included), whether by descending, by `..` or by a symlink.
+    Owners,
+    /// Follow everything inside the root (for reading root-controlled trees like the runner).
+    All,
+}
+
+/// Where a walk ended.
+#[derive(Debug)]
+pub enum Walk {
+    /// The whole path exists; `node` is its last component (a directory or not).
+    Found(Node),
+    /// `dir` is the deepest existing directory; `rest` are the components below it, the first
+    /// of which does not exist.
+    Missing { dir: Node, rest: Vec<OsString> },
+}
+
+/// The root of every walk.
+pub struct Tree {
+    root: Node,
+    pub real_root: PathBuf,
+}
+
+impl Tree {
+    pub fn open(root: &Root) -> Result<Tree> {
+        let real_root = root.dir().to_path_buf();
+        let fd = nix::fcntl::open(
+            &real_root,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .with_context(|| format!("cannot open root {}", show(&real_root)))?;
+        let st = fstat(&fd).with_context(|| format!("cannot stat root {}", show(&real_root)))?;
+        Ok(Tree {
+            root: Node {
+                fd,
+                st,
+                path: PathBuf::from("/"),
+            },
+            real_root,
+        })
+    }
+
+    fn root_node(&self) -> Result<Node> {
+        Ok(Node {
+            fd: self
+                .root
+                .fd
+                .try_clone()
+                .context("cannot duplicate the root descriptor")?,
+            st: self.root.st,
+            path: self.root.path.clone(),
+        })
+    }
+
+    /// Resolves an absolute inside path component by component.
+    ///
+    /// Errors: a non-directory in the middle, a symlink loop, an unsafe transition (with
+    /// [`Trust::Owners`]), or a dangling symlink: nothing is ever created through a symlink
+    /// whose target is missing.
+    pub fn walk(&self, path: &Path, trust: Trust) -> Result<Walk> {
+        if !path.is_absolute() {
+            bail!("{} is not an absolute path", show(path));
+        }
+        let mut todo: VecDeque<(OsString, bool)> = paths::normalize(path)
+            .components()
+            .filter_map(|c| match c {
+                Component::Normal(n) => Some((n.to_os_string(), false)),
+                _ => None,
+            })
+            .collect();
+        let mut stack = vec![self.root_node()?];
+        let mut links = 0;
+        while let Some((name, from_link)) = todo.pop_front() {
+            let top = stack.last().expect("the root never leaves the stack");
+            if name == ".." {
+                if stack.len() > 1 {
+                    let child = stack.pop().expect("checked length");
+                    let parent = stack.last().expect("checked length");
+                    check_transition(trust, &child, parent)?;
+                }
+                continue;
+            }
+            if name == "." {
+                continue;
+            }
+            let node = match top.child(&name) {
+                Ok(n) => n,
+                Err(Errno::ENOENT) => {
+                    if from_link {
+                        bail!(
+                            "{} leads through a dangling symbolic link (missing: {})",
+                            show(path),
+                            show(&top.path.join(&name))
+                        );
+                    }
+                    let dir = stack.pop().expect("the root never leaves the stack");
+                    let mut rest = vec![name];
+                    rest.extend(todo.into_iter().map(|(n, _)| n));
+                    return Ok(Walk::Missing { dir, rest });
+                }
+                Err(e) => {
+                    return Err(anyhow!(e))
+                        .with_context(|| format!("cannot open {}", show(&top.path.join(&name))))
+                }
+            };
+            if is_symlink(&node.st) {
+                links += 1;
+                if links > MAX_LINKS {
+                    bail!("too many levels of symbolic links in {}", show(path));
+                }
+                let target = nix::fcntl::readlinkat(&node.fd, "")
+                    .with_context(|| format!("cannot read link {}", show(&node.path)))?;
+                let target = PathBuf::from(target);
+                if target.is_absolute() {
+                    let root = &self.root;
+                    check_transition(trust, top, root).with_context(|| {
+                        format!("symbolic link {} -> {}", show(&node.path), show(&target))
+                    })?;
+                    stack.truncate(1);
+                }
+                for c in target.components().rev() {
+                    match c {
+                        Component::Normal(n) => todo.push_front((n.to_os_string(), true)),
+                        Component::ParentDir => todo.push_front(("..".into(), true)),
+                        _ => {}
+                    }
+                }
+                continue;
+            }
+            if node.is_dir() {
+                check_transition(trust, top, &node)?;
+                stack.push(node);
+            } else if todo.is_empty() {
+                return Ok(Walk::Found(node));
+            } else {
+                bail!("{} is not a directory", show(&node.path));
+            }
+        }
+        Ok(Walk::Found(
+            stack.pop().expect("the root never leaves the stack"),
+        ))
+    }
+
+    /// The fast path for the common case, an existing directory reached without any symlink:
+    /// one `openat2` resolving inside the root. `None` means "take the careful walk".
+    pub fn existing_dir_fast(&self, path: &Path) -> Option<Node> {
+        use nix::fcntl::{openat2, OpenHow, ResolveFlag};
+        let rel = path.strip_prefix("/").ok()?;
+        let how = OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+            .resolve(
+                ResolveFlag::RESOLVE_IN_ROOT
+                    | ResolveFlag::RESOLVE_NO_SYMLINKS
+                    | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+            );
+        let target = if rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            rel
+        };
+        let fd = openat2(&self.root.fd, target, how).ok()?;
+        let st = fstat(&fd).ok()?;
+        Some(Node {
+            fd,
+            st,
+            path: paths::normalize(path),
+        })
+    }
+}
+
+fn check_transition(trust: Trust, from: &Node, to: &Node) -> Result<()> {
+    if trust == Trust::Owners && from.st.st_uid != 0 && from.st.st_uid != to.st.st_uid {
+        bail!(
+            "unsafe path transition from {} (owned by uid {}) to {} (owned by uid {})",
+            show(&from.path),
+            from.st.st_uid,
+            show(&to.path),
+            to.st.st_uid
+        );
+    }
+    Ok(())
+}
+
+// ---- extended attribute marker ----
+
+fn c_path(p: &Path) -> Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| anyhow!("path {} contains NUL", show(p)))
+}
+
+fn has_mark(fd: BorrowedFd) -> bool {
+    let (Ok(p), Ok(name)) = (c_path(&proc_path(fd)), CString::new(MARK_NAME)) else {
+        return false;
+    };
+    let mut buf = [0u8; 32];
+    // SAFETY: valid C strings and a buffer of the given length.
+    let n = unsafe {
+        nix::libc::getxattr(
+            p.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    n >= 0 && &buf[..n as usize] == MARK_VALUE
+}
+
+fn set_mark(fd: BorrowedFd) -> Result<()> {
+    let name = CString::new(MARK_NAME).expect("constant has no NUL");
+    // SAFETY: `fd` is an open, non-O_PATH descriptor; value pointer and length match.
+    let r = unsafe {
+        nix::libc::fsetxattr(
+            fd.as_raw_fd(),
+            name.as_ptr(),
+            MARK_VALUE.as_ptr().cast(),
+            MARK_VALUE.len(),
+            0,
+        )
+    };
+    Errno::result(r).map(drop).map_err(|e| {
+        anyhow!("cannot set the {MARK_NAME} attribute ({e}); the file system must support trusted extended attributes")
+    })
+}
+
+// ---- creating ----
+
+/// Owner and mode of placeholders, resolved to numbers.
+#[derive(Clone, Copy, Debug)]
+pub struct PlaceholderSpec {
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+}
+
+static TMP_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A name no other process will pick, with the prefix that marks leftovers.
+pub fn tmp_name() -> OsString {
+    let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{}{}-{}", paths::TMP_PREFIX, std::process::id(), n).into()
+}
+
+/// Creates `name` in `dir` as a finished placeholder: it is made under a temporary name,
+/// marked, owned and chmod-ed there, then renamed into place, so nobody ever sees a half-made
+/// one. If `name` appeared meanwhile, that one is returned untouched.
+pub fn create_placeholder(dir: &Node, name: &OsStr, spec: PlaceholderSpec) -> Result<Node> {
+    let tmp = tmp_placeholder(dir, spec)?;
+    match renameat2(&dir.fd, &*tmp, &dir.fd, name, RenameFlags::RENAME_NOREPLACE) {
+        Ok(()) => {}
+        Err(Errno::EEXIST) => {
+            let _ = nix::unistd::unlinkat(&dir.fd, &*tmp, nix::unistd::UnlinkatFlags::RemoveDir);
+        }
+        Err(e) => {
+            let _ = nix::unistd::unlinkat(&dir.fd, &*tmp, nix::unistd::UnlinkatFlags::RemoveDir);
+            return Err(anyhow!(e))
+                .with_context(|| format!("cannot create {}", show(&dir.path.join(name))));
+        }
+    }
+    dir.child(name)
+        .with_context(|| format!("cannot open {}", show(&dir.path.join(name))))
+}
+
+/// Puts a fresh placeholder where `name` is, atomically (`RENAME_EXCHANGE`), so the path
+/// never disappears; the old object is returned under its new temporary name in `dir`.
+pub fn swap_in_placeholder(dir: &Node, name: &OsStr, spec: PlaceholderSpec) -> Result<OsString> {
+    let tmp = tmp_placeholder(dir, spec)?;
+    if let Err(e) = renameat2(&dir.fd, &*tmp, &dir.fd, name, RenameFlags::RENAME_EXCHANGE) {
+        let _ = nix::unistd::unlinkat(&dir.fd, &*tmp, nix::unistd::UnlinkatFlags::RemoveDir);
+        return Err(anyhow!(e)).with_context(|| {
+            format!(
+                "cannot put a placeholder in place of {}",
+                show(&dir.path.join(name))
+            )
+        });
+    }
+    Ok(tmp)
+}
+
+fn tmp_placeholder(dir: &Node, spec: PlaceholderSpec) -> Result<OsString> {
+    let tmp = tmp_name();
+    let at = || dir.path.join(&tmp);
+    mkdirat(&dir.fd, &*tmp, Mode::from_bits_truncate(0o700))
+        .with_context(|| format!("cannot create {}", show(&at())))?;
+    let made = (|| -> Result<()> {
+        let fd = openat(
+            &dir.fd,
+            &*tmp,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        set_mark(fd.as_fd())?;
+        nix::unistd::fchown(
+            &fd,
+            Some(Uid::from_raw(spec.uid)),
+            Some(Gid::from_raw(spec.gid)),
+        )?;
+        nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(spec.mode))?;
+        Ok(())
+    })();
+    if let Err(e) = made {
+        let _ = nix::unistd::unlinkat(&dir.fd, &*tmp, nix::unistd::UnlinkatFlags::RemoveDir);
+        return Err(e).with_context(|| format!("cannot make placeholder {}", show(&at())));
+    }
+    Ok(tmp)
+}
+
+/// Creates directory `name` in `dir` (mode 0755) with the file-system credentials of
+/// `uid:gid`; an existing directory there is fine (another process won the race).
+pub fn mkdir_as(dir: &Node, name: &OsStr, uid: u32, gid: u32) -> Result<Node> {
+    let at = dir.path.join(name);
+    let made = with_fs_creds(uid, gid, || {
+        mkdirat(&dir.fd, name, Mode::from_bits_truncate(0o755))
+    });
+    match made {
+        Ok(()) | Err(Errno::EEXIST) => {}
+        Err(e) => {
+            return Err(anyhow!(e))
+                .with_context(|| format!("cannot create {} as uid {uid}", show(&at)))
+        }
+    }
+    let node = dir
+        .child(name)
+        .with_context(|| format!("cannot open {}", show(&at)))?;
+    if !node.is_dir() {
+        bail!("{} exists but is not a directory", show(&at));
+    }
+    Ok(node)
+}
+
+/// Runs `f` with the thread's file-system uid and gid switched (Linux `setfsuid`); the
+/// effective ids, and so every other permission, stay root's.
+fn with_fs_creds<T>(uid: u32, gid: u32, f: impl FnOnce() -> T) -> T {
+    if uid == 0 {
+        return f();
+    }
+    let old_gid = nix::unistd::setfsgid(Gid::from_raw(gid));
+    let old_uid = nix::unistd::setfsuid(Uid::from_raw(uid));
+    let out = f();
+    nix::unistd::setfsuid(old_uid);
+    nix::unistd::setfsgid(old_gid);
+    out
+}
+
+/// Creates (if needed) and opens a root-owned 0755 directory at an inside path whose parent
+/// exists, for our own bookkeeping directories.
+pub fn ensure_root_dir(tree: &Tree, path: &Path) -> Result<Node> {
+    match tree.walk(path, Trust::Owners)? {
+        Walk::Found(n) if n.is_dir() => Ok(n),
+        Walk::Found(n) => bail!("{} exists but is not a directory", show(&n.path)),
+        Walk::Missing { mut dir, rest } => {
+            for name in rest {
+                if dir.uid() != 0 {
+                    bail!(
+                        "{} is owned by uid {}; refusing to create {} in it as root",
+                        show(&dir.path),
+                        dir.uid(),
+                        paths::show_bytes(&name)
+                    );
+                }
+                dir = mkdir_as(&dir, &name, 0, 0)?;
+            }
+            Ok(dir)
+        }
+    }
+}
+
+/// An exclusive lock on `<dir>/.lock`, held until the descriptor is dropped.
+pub fn lock(dir: &Node) -> Result<OwnedFd> {
+    let fd = openat(
+        &dir.fd,
+        paths::LOCK,
+        OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    )
+    .with_context(|| format!("cannot open lock {}", show(&dir.path.join(paths::LOCK))))?;
+    loop {
+        // SAFETY: plain flock on a descriptor we own.
+        let r = unsafe { nix::libc::flock(fd.as_raw_fd(), nix::libc::LOCK_EX) };
+        match Errno::result(r) {
+            Ok(_) => return Ok(fd),
+            Err(Errno::EINTR) => continue,
+            Err(e) => {
+                return Err(anyhow!(e))
+                    .with_context(|| format!("cannot lock {}", show(&dir.path.join(paths::LOCK))))
+            }
+        }
+    }
+}
+
+/// Removes leftovers of interrupted runs (temporary names) from `dir`; call with the lock held.
+/// Only empty directories and symlinks are removed: a temporary name never holds user data.
+pub fn remove_leftovers(dir: &Node) -> Result<()> {
+    let fd = openat(
+        &dir.fd,
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut d = nix::dir::Dir::from_fd(fd)?;
+    let prefix = paths::TMP_PREFIX.as_bytes();
+    let names: Vec<CString> = d
+        .iter()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_owned())
+        .filter(|n| n.to_bytes().starts_with(prefix))
+        .collect();
+    for name in names {
+        let name = OsStr::from_bytes(name.to_bytes());
+        let Ok(st) =
+            nix::sys::stat::fstatat(&dir.fd, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+        else {
+            continue;
+        };
+        let flag = if is_dir(&st) {
+            nix::unistd::UnlinkatFlags::RemoveDir
+        } else if is_symlink(&st) {
+            nix::unistd::UnlinkatFlags::NoRemoveDir
+        } else {
+            continue;
+        };
+        match nix::unistd::unlinkat(&dir.fd, name, flag) {
+            Ok(()) => tracing::info!(path = %show(&dir.path.join(name)), "removed leftover"),
+            Err(e) => {
+                tracing::warn!(path = %show(&dir.path.join(name)), "cannot remove leftover: {e}")
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Is this object the root of a mount? (statx `STATX_ATTR_MOUNT_ROOT`, Linux 5.8+.)
+pub fn is_mount_root(fd: BorrowedFd) -> Result<bool> {
+    const STATX_ATTR_MOUNT_ROOT: u64 = 0x2000;
+    let mut stx = std::mem::MaybeUninit::<nix::libc::statx>::zeroed();
+    // SAFETY: empty path with AT_EMPTY_PATH on a valid descriptor; the buffer is a statx.
+    let r = unsafe {
+        nix::libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            nix::libc::AT_EMPTY_PATH | nix::libc::AT_SYMLINK_NOFOLLOW,
+            nix::libc::STATX_BASIC_STATS,
+            stx.as_mut_ptr(),
+        )
+    };
+    Errno::result(r).context("statx")?;
+    // SAFETY: statx succeeded and filled the buffer.
+    let stx = unsafe { stx.assume_init() };
+    if stx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT == 0 {
+        bail!("this kernel does not report mount roots (statx, Linux 5.8 or later needed)");
+    }
+    Ok(stx.stx_attributes & STATX_ATTR_MOUNT_ROOT != 0)
+}

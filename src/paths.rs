@@ -1,0 +1,156 @@
+//! Where things live, and the `MICROVM_WORKSPACES_ROOT` re-rooting.
+//!
+//! Every path the project reads or writes is kept as it would be on the host ("inside" path,
+//! absolute) and turned into a real path only at the moment of I/O, through [`Root`]. Under a
+//! root, symlink targets and repo paths are inside paths too (like `systemd-tmpfiles --root`),
+//! which is why path resolution goes through [`crate::fsafe`] rather than the kernel alone.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+pub const ROOT_ENV: &str = "MICROVM_WORKSPACES_ROOT";
+pub const CONFIG_FILE: &str = "/etc/microvm-workspaces/config.json";
+pub const STATE_DIR: &str = "/var/lib/microvms";
+pub const WORKSPACE_DIR: &str = "/var/lib/microvm-workspaces";
+pub const RUNTIME_DIR: &str = "/run/microvm-workspaces";
+/// Inside the workspace dir: link records, displaced user directories, and the lock.
+pub const LINKS: &str = ".links";
+pub const DISPLACED: &str = ".displaced";
+pub const LOCK: &str = ".lock";
+/// Prefix of every temporary name this project creates; leftovers are removed under the lock.
+pub const TMP_PREFIX: &str = ".mvw-tmp-";
+
+/// The directory every absolute path is taken under (`/` when not re-rooted).
+#[derive(Clone, Debug)]
+pub struct Root {
+    dir: Option<PathBuf>,
+}
+
+impl Root {
+    pub fn host() -> Root {
+        Root { dir: None }
+    }
+
+    /// `--root` wins over `MICROVM_WORKSPACES_ROOT`; an empty value or `/` means no re-rooting.
+    pub fn from_args(cli: Option<&Path>) -> Result<Root> {
+        let env = std::env::var_os(ROOT_ENV);
+        let given = match cli {
+            Some(p) => Some(p.to_path_buf()),
+            None => env.filter(|v| !v.is_empty()).map(PathBuf::from),
+        };
+        let Some(dir) = given else {
+            return Ok(Root::host());
+        };
+        let dir = if dir.is_absolute() {
+            dir
+        } else {
+            std::env::current_dir()
+                .context("cannot read the working directory to resolve the root")?
+                .join(dir)
+        };
+        let dir = normalize(&dir);
+        if dir == Path::new("/") {
+            return Ok(Root::host());
+        }
+        if !dir.is_dir() {
+            bail!("root {} is not a directory", show(&dir));
+        }
+        Ok(Root { dir: Some(dir) })
+    }
+
+    pub fn is_rerooted(&self) -> bool {
+        self.dir.is_some()
+    }
+
+    /// The real directory standing for `/`.
+    pub fn dir(&self) -> &Path {
+        self.dir.as_deref().unwrap_or(Path::new("/"))
+    }
+
+    /// The real path of an inside path.
+    pub fn real(&self, inside: &Path) -> PathBuf {
+        match &self.dir {
+            None => inside.to_path_buf(),
+            Some(d) => d.join(inside.strip_prefix("/").unwrap_or(inside)),
+        }
+    }
+
+    /// The inside path of a real path, if it lies under the root.
+    pub fn inside(&self, real: &Path) -> Option<PathBuf> {
+        match &self.dir {
+            None => Some(real.to_path_buf()),
+            Some(d) => real
+                .strip_prefix(d)
+                .ok()
+                .map(|rest| Path::new("/").join(rest)),
+        }
+    }
+}
+
+/// Lexical normalization: drops `.` and empty components and applies `..` to what precedes
+/// it (never above `/`). Used on paths an administrator wrote, where `..` means the text.
+pub fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::from(if p.is_absolute() { "/" } else { "" });
+    for c in p.components() {
+        match c {
+            Component::ParentDir => {
+                if !out.pop() && !p.is_absolute() {
+                    out.push("..");
+                }
+            }
+            Component::Normal(n) => out.push(n),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    out
+}
+
+/// A path for one-line messages: valid UTF-8 as is, anything else (control characters,
+/// invalid bytes) escaped, so a hostile name can never break a line or the terminal.
+pub fn show(p: &Path) -> String {
+    show_bytes(p.as_os_str())
+}
+
+pub fn show_bytes(s: &OsStr) -> String {
+    let mut out = String::new();
+    for chunk in s.as_bytes().utf8_chunks() {
+        for ch in chunk.valid().chars() {
+            if ch.is_control() {
+                out.extend(ch.escape_default());
+            } else {
+                out.push(ch);
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+/// VM and entry names are single path components we create under our directories.
+pub fn check_name(what: &str, name: &str) -> Result<()> {
+    let bad = if name.is_empty() {
+        Some("is empty")
+    } else if name.starts_with('.') {
+        Some("starts with '.'")
+    } else if name.contains('/') {
+        Some("contains '/'")
+    } else if name.chars().any(|c| c.is_control()) {
+        Some("contains a control character")
+    } else if name.len() > 200 {
+        Some("is longer than 200 bytes")
+    } else {
+        None
+    };
+    match bad {
+        Some(why) => bail!("{what} name {:?} {why}", name),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,359 @@
+//! Prepare: make every share source of a VM exist (DESIGN.md section 4).
+//!
+//! A run has two passes. The first only looks (it is also `--dry-run`): it resolves every
+//! source, plans what it would create or mount, and finds every reason to fail, so a failing
+//! run touches nothing. In the common case, where every source exists, it is also the last.
+//! Otherwise the second pass does the plan, holding the workspace lock, parents before children.
+
+use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::fsafe::{self, Node, PlaceholderSpec, Tree, Trust, Walk};
+use crate::link::entry_of;
+use crate::paths::show;
+use crate::runner::{self, Share};
+
+/// What a source was at this start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// A directory that is not ours: left exactly as it is.
+    Existing,
+    /// One of our placeholders (found or created).
+    Placeholder,
+    /// Created just now, with the owner's credentials, inside a user's tree.
+    CreatedInRepo,
+}
+
+/// One share after preparing: where its source resolved.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub share: Share,
+    pub resolved: PathBuf,
+    pub dev: u64,
+    pub ino: u64,
+    pub kind: Kind,
+}
+
+/// One step taken (or, in a dry run, planned).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Action {
+    pub action: &'static str,
+    pub path: PathBuf,
+    pub detail: String,
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let verb = match self.action {
+            "create-placeholder" => "create placeholder",
+            "mkdir" => "create directory",
+            "mkdir-as-owner" => "create directory as its owner:",
+            "mount" => "bind-mount on",
+            "unmount" => "unmount",
+            "migrate" => "migrate",
+            other => other,
+        };
+        write!(f, "{verb} {}", show(&self.path))?;
+        if !self.detail.is_empty() {
+            write!(f, " ({})", self.detail)?;
+        }
+        Ok(())
+    }
+}
+
+/// What one run works with and what it did.
+pub struct Ctx<'a> {
+    pub tree: &'a Tree,
+    pub cfg: &'a Config,
+    pub spec: PlaceholderSpec,
+    pub dry_run: bool,
+    pub actions: Vec<Action>,
+    /// Dry run only: workspace entries that would be mounted, and the repo they would show.
+    pub redirects: Vec<(PathBuf, PathBuf)>,
+    /// Dry run only: directories planned so far, and how their children would be created.
+    planned: BTreeMap<PathBuf, Creator>,
+    /// Labels for log lines (the VM and tag being worked on).
+    pub vm: String,
+    pub tag: String,
+}
+
+/// How to create what is missing below an existing directory.
+#[derive(Clone, Copy, Debug)]
+enum Creator {
+    /// Below a placeholder: placeholders all the way down.
+    Placeholders,
+    /// Below a root-owned directory: root 0755 parents, a placeholder leaf.
+    Root,
+    /// Below a user's directory: plain 0755 directories with that user's credentials.
+    User(u32, u32),
+}
+
+impl<'a> Ctx<'a> {
+    pub fn new(tree: &'a Tree, cfg: &'a Config, dry_run: bool) -> Result<Ctx<'a>> {
+        Ok(Ctx {
+            tree,
+            cfg,
+            spec: placeholder_spec(cfg)?,
+            dry_run,
+            actions: Vec::new(),
+            redirects: Vec::new(),
+            planned: BTreeMap::new(),
+            vm: String::new(),
+            tag: String::new(),
+        })
+    }
+
+    /// Records (and logs) a step; in a dry run the caller then skips doing it.
+    pub fn act(&mut self, action: &'static str, path: &Path, detail: String) {
+        if !self.dry_run {
+            tracing::info!(vm = %self.vm, tag = %self.tag, path = %show(path), action, "{action} {} {detail}", show(path));
+        }
+        self.actions.push(Action {
+            action,
+            path: path.to_path_buf(),
+            detail,
+        });
+    }
+
+    /// The workspace dir; `None` only in a dry run where it does not exist yet.
+    pub fn workspace(&mut self) -> Result<Option<Node>> {
+        let dir = self.cfg.workspace_dir.clone();
+        if self.dry_run {
+            return match self.tree.walk(&dir, Trust::Owners)? {
+                Walk::Found(n) if n.is_dir() => Ok(Some(n)),
+                Walk::Found(n) => bail!("{} is not a directory", show(&n.path)),
+                Walk::Missing { .. } => Ok(None),
+            };
+        }
+        fsafe::ensure_root_dir(self.tree, &dir).map(Some)
+    }
+
+    /// Where a path leads once planned mounts are taken into account (dry run only).
+    fn redirected(&self, path: &Path) -> PathBuf {
+        for (entry, repo) in &self.redirects {
+            if let Ok(rest) = path.strip_prefix(entry) {
+                return repo.join(rest);
+            }
+        }
+        path.to_path_buf()
+    }
+
+    /// Makes one share's source exist; returns what it resolved to (`None`: dry run, and it
+    /// would be created).
+    pub fn ensure_share(&mut self, share: &Share) -> Result<Option<Prepared>> {
+        self.tag = share.tag.clone();
+        if let Some(name) = entry_of(&self.cfg.workspace_dir, &share.path) {
+            self.ensure_entry(name)?;
+        }
+        let path = self.redirected(&share.path);
+        let found = match self.tree.existing_dir_fast(&path) {
+            Some(n) => Walk::Found(n),
+            None => self.tree.walk(&path, Trust::Owners)?,
+        };
+        let (node, created) = match found {
+            Walk::Found(n) if n.is_dir() => (n, None),
+            Walk::Found(n) => bail!("{} exists but is not a directory", show(&n.path)),
+            Walk::Missing { dir, rest } => {
+                if path.starts_with("/nix/store") {
+                    bail!(
+                        "{} does not exist (store paths are never created)",
+                        show(&path)
+                    );
+                }
+                match self.create_below(dir, &rest)? {
+                    Some((n, kind)) => (n, Some(kind)),
+                    None => return Ok(None),
+                }
+            }
+        };
+        let kind = created.unwrap_or_else(|| {
+            if node.is_placeholder() {
+                Kind::Placeholder
+            } else {
+                Kind::Existing
+            }
+        });
+        Ok(Some(Prepared {
+            share: share.clone(),
+            resolved: node.path.clone(),
+            dev: node.st.st_dev,
+            ino: node.st.st_ino,
+            kind,
+        }))
+    }
+
+    /// Creates `rest` below `dir` by the rules of the directory it starts from.
+    fn create_below(&mut self, dir: Node, rest: &[OsString]) -> Result<Option<(Node, Kind)>> {
+        let mut creator = if dir.is_placeholder() {
+            Creator::Placeholders
+        } else if dir.uid() == 0 {
+            Creator::Root
+        } else {
+            Creator::User(dir.uid(), dir.st.st_gid)
+        };
+        let mut dir = dir;
+        let mut path = dir.path.clone();
+        for (i, name) in rest.iter().enumerate() {
+            if name == OsStr::new("..") {
+                bail!(
+                    "cannot create {}: it goes up through a missing directory",
+                    show(&path.join(name))
+                );
+            }
+            path.push(name);
+            if let Some(c) = self.planned.get(&path) {
+                creator = *c; // a dry run already planned it for an earlier share
+                continue;
+            }
+            let leaf = i + 1 == rest.len();
+            let spec = self.spec;
+            let children = match creator {
+                Creator::Placeholders | Creator::Root
+                    if leaf || matches!(creator, Creator::Placeholders) =>
+                {
+                    self.act("create-placeholder", &path, mode_text(spec));
+                    if !self.dry_run {
+                        dir = fsafe::create_placeholder(&dir, name, spec)?;
+                    }
+                    Creator::Placeholders
+                }
+                Creator::Root | Creator::Placeholders => {
+                    self.act("mkdir", &path, "root, 0755".into());
+                    if !self.dry_run {
+                        dir = fsafe::mkdir_as(&dir, name, 0, 0)?;
+                    }
+                    Creator::Root
+                }
+                Creator::User(uid, gid) => {
+                    self.act(
+                        "mkdir-as-owner",
+                        &path,
+                        format!("uid {uid}, gid {gid}, 0755"),
+                    );
+                    if !self.dry_run {
+                        dir = fsafe::mkdir_as(&dir, name, uid, gid)?;
+                    }
+                    creator
+                }
+            };
+            if self.dry_run {
+                self.planned.insert(path.clone(), children);
+            }
+            creator = children;
+        }
+        if self.dry_run {
+            return Ok(None);
+        }
+        let kind = match creator {
+            Creator::User(..) => Kind::CreatedInRepo,
+            _ => Kind::Placeholder,
+        };
+        Ok(Some((dir, kind)))
+    }
+}
+
+fn mode_text(spec: PlaceholderSpec) -> String {
+    format!("uid {}, gid {}, {:04o}", spec.uid, spec.gid, spec.mode)
+}
+
+/// Resolves the configured placeholder owner to numbers (names through the host's user db).
+pub fn placeholder_spec(cfg: &Config) -> Result<PlaceholderSpec> {
+    let p = &cfg.placeholder;
+    let uid = match p.user.parse::<u32>() {
+        Ok(n) => n,
+        Err(_) => nix::unistd::User::from_name(&p.user)
+            .ok()
+            .flatten()
+            .with_context(|| format!("placeholder.user {:?}: no such user", p.user))?
+            .uid
+            .as_raw(),
+    };
+    let gid = match p.group.parse::<u32>() {
+        Ok(n) => n,
+        Err(_) => nix::unistd::Group::from_name(&p.group)
+            .ok()
+            .flatten()
+            .with_context(|| format!("placeholder.group {:?}: no such group", p.group))?
+            .gid
+            .as_raw(),
+    };
+    Ok(PlaceholderSpec {
+        uid,
+        gid,
+        mode: p.mode_bits(),
+    })
+}
+
+/// The result of preparing one VM.
+pub struct Outcome {
+    pub prepared: Vec<Prepared>,
+    /// Steps taken, or in a dry run the steps it would take.
+    pub actions: Vec<Action>,
+}
+
+/// Prepares every share of `vm`. With `dry_run`, changes nothing and returns the plan.
+pub fn prepare_vm(tree: &Tree, cfg: &Config, vm: &str, dry_run: bool) -> Result<Outcome> {
+    let shares = runner::shares(tree, cfg, vm).with_context(|| format!("VM {vm}"))?;
+    prepare_shares(tree, cfg, vm, &shares, dry_run)
+}
+
+/// Prepares the given shares of `vm` (a subset when microvm-link ensures what it changed).
+pub fn prepare_shares(
+    tree: &Tree,
+    cfg: &Config,
+    vm: &str,
+    shares: &[Share],
+    dry_run: bool,
+) -> Result<Outcome> {
+    let mut look = Ctx::new(tree, cfg, true)?;
+    look.vm = vm.to_string();
+    let mut found = Vec::new();
+    for s in shares {
+        let r = look.ensure_share(s).with_context(|| share_label(vm, s))?;
+        found.push(r);
+    }
+    if dry_run || look.actions.is_empty() {
+        return Ok(Outcome {
+            prepared: found.into_iter().flatten().collect(),
+            actions: look.actions,
+        });
+    }
+    let mut act = Ctx::new(tree, cfg, false)?;
+    act.vm = vm.to_string();
+    let ws = act.workspace()?.expect("not a dry run");
+    let _lock = fsafe::lock(&ws)?;
+    fsafe::remove_leftovers(&ws)?;
+    if let Some(links) = act.links_dir(&ws)? {
+        fsafe::remove_leftovers(&links)?;
+    }
+    let mut prepared = Vec::new();
+    for s in shares {
+        let r = act.ensure_share(s).with_context(|| share_label(vm, s))?;
+        prepared.push(r.expect("not a dry run"));
+    }
+    Ok(Outcome {
+        prepared,
+        actions: act.actions,
+    })
+}
+
+fn share_label(vm: &str, s: &Share) -> String {
+    format!("VM {vm}, share {:?} ({})", s.tag, show(&s.path))
+}
+
+/// The workspace entries (direct children of the workspace dir) a VM's shares pass through.
+pub fn entries_of(cfg: &Config, shares: &[Share]) -> Vec<OsString> {
+    let mut names: Vec<OsString> = shares
+        .iter()
+        .filter_map(|s| entry_of(&cfg.workspace_dir, &s.path).map(OsStr::to_os_string))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}

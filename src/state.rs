@@ -1,0 +1,125 @@
+//! The runtime record `/run/microvm-workspaces/<vm>.json`: what each share's source resolved
+//! to when systemd last started the VM, and staleness (what it resolves to now differs).
+//!
+//! Only the prepare that systemd runs for a start writes it; microvm-link, when it ensures
+//! other VMs' sources, leaves their records alone or their staleness would be hidden.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::fsafe::{Tree, Trust, Walk};
+use crate::paths::{self, show, Root};
+use crate::prepare::{Kind, Prepared};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct VmRecord {
+    pub vm: String,
+    /// Seconds since the epoch when prepare ran.
+    pub prepared_at: u64,
+    pub shares: Vec<ShareRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ShareRecord {
+    pub tag: String,
+    pub source: String,
+    /// The absolute source path prepare worked on.
+    pub path: String,
+    /// Where it resolved (symlinks followed).
+    pub resolved: String,
+    pub device: u64,
+    pub inode: u64,
+    pub kind: Kind,
+}
+
+impl VmRecord {
+    pub fn new(vm: &str, prepared: &[Prepared]) -> VmRecord {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        VmRecord {
+            vm: vm.to_string(),
+            prepared_at: now,
+            shares: prepared
+                .iter()
+                .map(|p| ShareRecord {
+                    tag: p.share.tag.clone(),
+                    source: p.share.source.clone(),
+                    path: show(&p.share.path),
+                    resolved: show(&p.resolved),
+                    device: p.dev,
+                    inode: p.ino,
+                    kind: p.kind,
+                })
+                .collect(),
+        }
+    }
+}
+
+fn record_path(root: &Root, vm: &str) -> PathBuf {
+    root.real(&Path::new(paths::RUNTIME_DIR).join(format!("{vm}.json")))
+}
+
+/// Writes the record atomically (temporary file in the same directory, then rename).
+pub fn write(root: &Root, rec: &VmRecord) -> Result<()> {
+    let dir = root.real(Path::new(paths::RUNTIME_DIR));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", show(&dir)))?;
+    let path = record_path(root, &rec.vm);
+    let mut tmp = tempfile::NamedTempFile::new_in(&dir)
+        .with_context(|| format!("cannot write in {}", show(&dir)))?;
+    serde_json::to_writer_pretty(&mut tmp, rec)?;
+    tmp.write_all(b"\n")?;
+    tmp.persist(&path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("cannot write {}", show(&path)))?;
+    Ok(())
+}
+
+pub fn read(root: &Root, vm: &str) -> Result<Option<VmRecord>> {
+    let path = record_path(root, vm);
+    match std::fs::read(&path) {
+        Ok(t) => serde_json::from_slice(&t)
+            .map(Some)
+            .with_context(|| format!("runtime record {}", show(&path))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", show(&path))),
+    }
+}
+
+/// VMs that have a runtime record.
+pub fn recorded_vms(root: &Root) -> Vec<String> {
+    let dir = root.real(Path::new(paths::RUNTIME_DIR));
+    let mut vms: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_suffix(".json")
+                .map(str::to_string)
+        })
+        .filter(|vm| paths::check_name("VM", vm).is_ok())
+        .collect();
+    vms.sort();
+    vms
+}
+
+/// A share's identity now: `None` if its source does not resolve to a directory.
+pub fn current_id(tree: &Tree, path: &Path) -> Option<(u64, u64)> {
+    match tree.walk(path, Trust::All) {
+        Ok(Walk::Found(n)) if n.is_dir() => Some(n.id()),
+        _ => None,
+    }
+}
+
+/// Is this share stale: does its source no longer resolve to what it did at the VM's start?
+pub fn is_stale(tree: &Tree, s: &ShareRecord) -> bool {
+    current_id(tree, Path::new(&s.path)) != Some((s.device, s.inode))
+}
