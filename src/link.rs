@@ -165,6 +165,7 @@ impl Ctx<'_> {
             if self.dry_run {
                 record = Some(rec);
                 entry = None;
+                self.plan_placeholder(&at);
             } else {
                 let links = match links.as_ref() {
                     Some(l) => l,
@@ -192,22 +193,35 @@ impl Ctx<'_> {
             });
         };
 
-        // A record: the entry must be a placeholder to mount on.
-        let entry = match entry {
-            Some(e) => e,
-            None => {
-                self.act("create-placeholder", &at, "mountpoint for the link".into());
-                if self.dry_run {
-                    return self.plan_mount(&at, &rec);
-                }
-                fsafe::create_placeholder(&ws, name, self.spec)?
-            }
-        };
+        // A record: first the repo (so any refusal comes before any change), then the entry,
+        // which must be a placeholder to mount on.
         let repo = match self.tree.walk(&rec.target, Trust::Owners) {
             Ok(Walk::Found(n)) if n.is_dir() => Some(n),
             Ok(_) => None,
             Err(e) if format!("{e:#}").contains("dangling") => None,
             Err(e) => return Err(e).with_context(|| format!("link {}", show(&at))),
+        };
+        if let Some(repo) = &repo {
+            if rec.owner != 0 && repo.uid() != rec.owner {
+                bail!(
+                    "repo {} of link {} is owned by uid {}, but the link was made by uid {}; refusing to mount it",
+                    show(&repo.path), show(&at), repo.uid(), rec.owner
+                );
+            }
+        }
+        let entry = match entry {
+            Some(e) => e,
+            None => {
+                self.act("create-placeholder", &at, "mountpoint for the link".into());
+                if self.dry_run {
+                    self.plan_placeholder(&at);
+                    return match repo {
+                        Some(_) => self.plan_mount(&at, &rec),
+                        None => Ok(EntryState::Placeholder),
+                    };
+                }
+                fsafe::create_placeholder(&ws, name, self.spec)?
+            }
         };
         let mounted = is_mount_root(entry.fd.as_fd())?;
         let Some(repo) = repo else {
@@ -225,12 +239,6 @@ impl Ctx<'_> {
             }
             return Ok(EntryState::Placeholder);
         };
-        if rec.owner != 0 && repo.uid() != rec.owner {
-            bail!(
-                "repo {} of link {} is owned by uid {}, but the link was made by uid {}; refusing to mount it",
-                show(&repo.path), show(&at), repo.uid(), rec.owner
-            );
-        }
         if mounted && entry.id() == repo.id() && entry.st.st_nlink > 0 {
             return Ok(EntryState::Linked);
         }

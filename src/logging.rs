@@ -4,14 +4,19 @@
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::EnvFilter;
 
+///
+/// The journal gets every step (info); a terminal only warnings unless `-v`, so a failure
+/// stays the one line it is meant to be.
 pub fn init(verbose: u8) {
-    let default = match verbose {
-        0 => "info",
-        1 => "debug",
+    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    let default = match (journal, verbose) {
+        (false, 0) => "warn",
+        (true, 0) | (_, 1) => "info",
+        (_, 2) => "debug",
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
+    if journal {
         if let Ok(journal) = tracing_journald::layer() {
             // Field names as the design gives them (VM, TAG, ...), without the default prefix.
             let journal = journal.with_field_prefix(None);

@@ -109,6 +109,12 @@ impl<'a> Ctx<'a> {
         })
     }
 
+    /// Dry run: note that `path` would be replaced by (or created as) a placeholder.
+    pub fn plan_placeholder(&mut self, path: &Path) {
+        self.planned
+            .insert(path.to_path_buf(), Creator::Placeholders);
+    }
+
     /// Records (and logs) a step; in a dry run the caller then skips doing it.
     pub fn act(&mut self, action: &'static str, path: &Path, detail: String) {
         if !self.dry_run {
@@ -152,6 +158,20 @@ impl<'a> Ctx<'a> {
             self.ensure_entry(name)?;
         }
         let path = self.redirected(&share.path);
+        if self.dry_run {
+            // Below something this dry run already plans to create (or to replace by a
+            // placeholder), the rest is planned without looking at the disk.
+            if let Some((base, creator)) = self.planned_ancestor(&path) {
+                let rest: Vec<OsString> = path
+                    .strip_prefix(&base)
+                    .expect("an ancestor")
+                    .iter()
+                    .map(OsStr::to_os_string)
+                    .collect();
+                self.create_below(None, base, creator, &rest)?;
+                return Ok(None);
+            }
+        }
         let found = match self.tree.existing_dir_fast(&path) {
             Some(n) => Walk::Found(n),
             None => self.tree.walk(&path, Trust::Owners)?,
@@ -166,7 +186,15 @@ impl<'a> Ctx<'a> {
                         show(&path)
                     );
                 }
-                match self.create_below(dir, &rest)? {
+                let creator = if dir.is_placeholder() {
+                    Creator::Placeholders
+                } else if dir.uid() == 0 {
+                    Creator::Root
+                } else {
+                    Creator::User(dir.uid(), dir.st.st_gid)
+                };
+                let base = dir.path.clone();
+                match self.create_below(Some(dir), base, creator, &rest)? {
                     Some((n, kind)) => (n, Some(kind)),
                     None => return Ok(None),
                 }
@@ -188,17 +216,22 @@ impl<'a> Ctx<'a> {
         }))
     }
 
-    /// Creates `rest` below `dir` by the rules of the directory it starts from.
-    fn create_below(&mut self, dir: Node, rest: &[OsString]) -> Result<Option<(Node, Kind)>> {
-        let mut creator = if dir.is_placeholder() {
-            Creator::Placeholders
-        } else if dir.uid() == 0 {
-            Creator::Root
-        } else {
-            Creator::User(dir.uid(), dir.st.st_gid)
-        };
+    /// The nearest path at or above `path` that this dry run plans to create.
+    fn planned_ancestor(&self, path: &Path) -> Option<(PathBuf, Creator)> {
+        path.ancestors()
+            .find_map(|a| self.planned.get(a).map(|c| (a.to_path_buf(), *c)))
+    }
+
+    /// Creates `rest` below the directory at `path` (`dir`: its node; `None` only in a dry
+    /// run, for a directory that is itself only planned) by `creator`'s rules.
+    fn create_below(
+        &mut self,
+        dir: Option<Node>,
+        mut path: PathBuf,
+        mut creator: Creator,
+        rest: &[OsString],
+    ) -> Result<Option<(Node, Kind)>> {
         let mut dir = dir;
-        let mut path = dir.path.clone();
         for (i, name) in rest.iter().enumerate() {
             if name == OsStr::new("..") {
                 bail!(
@@ -218,15 +251,15 @@ impl<'a> Ctx<'a> {
                     if leaf || matches!(creator, Creator::Placeholders) =>
                 {
                     self.act("create-placeholder", &path, mode_text(spec));
-                    if !self.dry_run {
-                        dir = fsafe::create_placeholder(&dir, name, spec)?;
+                    if let Some(d) = dir.as_ref().filter(|_| !self.dry_run) {
+                        dir = Some(fsafe::create_placeholder(d, name, spec)?);
                     }
                     Creator::Placeholders
                 }
                 Creator::Root | Creator::Placeholders => {
                     self.act("mkdir", &path, "root, 0755".into());
-                    if !self.dry_run {
-                        dir = fsafe::mkdir_as(&dir, name, 0, 0)?;
+                    if let Some(d) = dir.as_ref().filter(|_| !self.dry_run) {
+                        dir = Some(fsafe::mkdir_as(d, name, 0, 0)?);
                     }
                     Creator::Root
                 }
@@ -236,8 +269,8 @@ impl<'a> Ctx<'a> {
                         &path,
                         format!("uid {uid}, gid {gid}, 0755"),
                     );
-                    if !self.dry_run {
-                        dir = fsafe::mkdir_as(&dir, name, uid, gid)?;
+                    if let Some(d) = dir.as_ref().filter(|_| !self.dry_run) {
+                        dir = Some(fsafe::mkdir_as(d, name, uid, gid)?);
                     }
                     creator
                 }
@@ -247,9 +280,9 @@ impl<'a> Ctx<'a> {
             }
             creator = children;
         }
-        if self.dry_run {
+        let Some(dir) = dir.filter(|_| !self.dry_run) else {
             return Ok(None);
-        }
+        };
         let kind = match creator {
             Creator::User(..) => Kind::CreatedInRepo,
             _ => Kind::Placeholder,

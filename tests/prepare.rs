@@ -1,0 +1,643 @@
+//! Prepare against a temporary root, as root: one test per rule of DESIGN.md section 4.
+//! Tests that mount run in a private mount namespace (see `common::isolated`).
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::process::{Command, Stdio};
+
+use common::*;
+
+const WS: &str = "/var/lib/microvm-workspaces";
+
+#[test]
+fn missing_source_becomes_marked_root_placeholder() {
+    let fx = Fx::new();
+    fx.runner("vm1", &[("workspace", b"/var/lib/microvm-workspaces/vm1")]);
+    fx.prepare_ok("vm1");
+    let p = fx.p("/var/lib/microvm-workspaces/vm1");
+    assert_eq!(meta(&p), (0, 0, 0o555));
+    assert!(is_marked(&p), "placeholder must carry the trusted mark");
+    // The workspace dir itself is a plain root directory, not a placeholder.
+    assert_eq!(meta(&fx.p(WS)), (0, 0, 0o755));
+    assert!(!is_marked(&fx.p(WS)));
+    assert_eq!(fx.record("vm1")["shares"][0]["kind"], "placeholder");
+}
+
+#[test]
+fn placeholder_owner_and_mode_come_from_config() {
+    let fx = Fx::new();
+    fx.config(r#"{"placeholder": {"user": "65534", "group": "65533", "mode": "0500"}}"#);
+    fx.runner("vm1", &[("workspace", b"/var/lib/microvm-workspaces/vm1")]);
+    fx.prepare_ok("vm1");
+    assert_eq!(
+        meta(&fx.p("/var/lib/microvm-workspaces/vm1")),
+        (65534, 65533, 0o500)
+    );
+}
+
+#[test]
+fn children_of_placeholders_are_placeholders_and_root_parents_are_0755() {
+    let fx = Fx::new();
+    fx.runner(
+        "vm1",
+        &[
+            ("ws", b"/var/lib/microvm-workspaces/vm1"),
+            (
+                "deep",
+                b"/var/lib/microvm-workspaces/vm1/hosts/microvms/vm1",
+            ),
+            ("outside", b"/srv/shares/a/b"),
+        ],
+    );
+    fx.prepare_ok("vm1");
+    for p in [
+        "/var/lib/microvm-workspaces/vm1/hosts",
+        "/var/lib/microvm-workspaces/vm1/hosts/microvms/vm1",
+    ] {
+        assert_eq!(meta(&fx.p(p)), (0, 0, 0o555), "{p}");
+        assert!(is_marked(&fx.p(p)), "{p} must be a placeholder");
+    }
+    // Missing parents in a root-owned tree: plain root 0755; the leaf a placeholder.
+    for p in ["/srv/shares", "/srv/shares/a"] {
+        assert_eq!(meta(&fx.p(p)), (0, 0, 0o755), "{p}");
+        assert!(!is_marked(&fx.p(p)), "{p} must not be a placeholder");
+    }
+    assert!(is_marked(&fx.p("/srv/shares/a/b")));
+}
+
+#[test]
+fn relative_source_resolves_against_the_vm_state_dir() {
+    let fx = Fx::new();
+    fx.runner("vm1", &[("data", b"data/../shared")]);
+    fx.prepare_ok("vm1");
+    assert!(is_marked(&fx.p("/var/lib/microvms/vm1/shared")));
+    assert_eq!(
+        fx.record("vm1")["shares"][0]["path"],
+        "/var/lib/microvms/vm1/shared"
+    );
+}
+
+#[test]
+fn existing_directories_and_their_content_are_left_exactly_as_they_are() {
+    let fx = Fx::new();
+    fx.runner(
+        "vm1",
+        &[
+            ("ws", b"/var/lib/microvm-workspaces/vm1"),
+            ("data", b"/srv/data"),
+        ],
+    );
+    fx.mkdir(WS, 0, 0o755);
+    fx.mkdir("/var/lib/microvm-workspaces/vm1", ALICE, 0o700);
+    fx.write("/var/lib/microvm-workspaces/vm1/notes", b"mine");
+    fx.mkdir("/srv/data", 0, 0o1777);
+    let before = fx.snapshot();
+    fx.prepare_ok("vm1");
+    let mut after = fx.snapshot();
+    // Only our own bookkeeping may appear: the lock and the /run record.
+    after.retain(|p, _| !p.starts_with("run") && !p.ends_with(".lock"));
+    assert_eq!(before, after);
+    assert_eq!(fx.record("vm1")["shares"][0]["kind"], "existing");
+}
+
+#[test]
+fn a_users_own_0555_directory_is_not_taken_for_a_placeholder() {
+    let fx = Fx::new();
+    fx.runner("vm1", &[("ws", b"/var/lib/microvm-workspaces/vm1")]);
+    fx.mkdir(WS, 0, 0o755);
+    // Forged: same owner and mode as a placeholder, but no trusted mark (which a user
+    // cannot set).
+    fx.mkdir("/var/lib/microvm-workspaces/vm1", 0, 0o555);
+    fx.prepare_ok("vm1");
+    assert_eq!(fx.record("vm1")["shares"][0]["kind"], "existing");
+    assert!(!is_marked(&fx.p("/var/lib/microvm-workspaces/vm1")));
+}
+
+#[test]
+fn nix_store_sources_are_never_created_or_touched() {
+    let fx = Fx::new();
+    fx.runner("vm1", &[("store", b"/nix/store")]);
+    let before = fx.snapshot();
+    fx.prepare_ok("vm1");
+    let mut after = fx.snapshot();
+    after.retain(|p, _| !p.starts_with("run"));
+    assert_eq!(before, after);
+
+    let fx = Fx::new();
+    fx.runner("vm1", &[("gone", b"/nix/store/1111-missing")]);
+    let out = fx.prepare("vm1");
+    assert_one_line_error(
+        &out,
+        &[
+            "vm1",
+            "\"gone\"",
+            "/nix/store/1111-missing",
+            "never created",
+        ],
+    );
+    assert!(!fx.p("/nix/store/1111-missing").exists());
+}
+
+#[test]
+fn a_file_where_a_directory_belongs_fails_and_touches_nothing() {
+    let fx = Fx::new();
+    // Sorted parents first, so the placeholder share would be made before the bad one if
+    // prepare did not look before it leaps.
+    fx.runner(
+        "vm1",
+        &[
+            ("a", b"/srv/a"),
+            ("bad", b"/srv/x/file/below"),
+            ("c", b"/srv/c"),
+        ],
+    );
+    fx.write("/srv/x/file", b"not a dir");
+    let before = fx.snapshot();
+    let out = fx.prepare("vm1");
+    assert_one_line_error(&out, &["vm1", "\"bad\"", "/srv/x/file", "not a directory"]);
+    assert_eq!(
+        before,
+        fx.snapshot(),
+        "a failing prepare must change nothing"
+    );
+
+    let fx = Fx::new();
+    fx.runner("vm1", &[("sock", b"/srv/thing")]);
+    fx.write("/srv/thing", b"");
+    let out = fx.prepare("vm1");
+    assert_one_line_error(
+        &out,
+        &["\"sock\"", "/srv/thing", "exists but is not a directory"],
+    );
+}
+
+#[test]
+fn malformed_input_gives_one_line_errors() {
+    let cases: [(&str, &[u8], Option<&str>, &[&str]); 5] = [
+        (
+            "bad json",
+            b"/x",
+            Some("{\"vms\": "),
+            &["config", "config.json", "EOF"],
+        ),
+        (
+            "unknown key",
+            b"/x",
+            Some(r#"{"workspaceDirectory": "/x"}"#),
+            &["unknown field `workspaceDirectory`"],
+        ),
+        (
+            "non-utf8 source",
+            b"/srv/\xff\xfe",
+            None,
+            &["not valid UTF-8", "\\xff"],
+        ),
+        (
+            "newline source",
+            b"/srv/a\n/srv/b",
+            None,
+            &["newline", "/srv/a"],
+        ),
+        (
+            "bad mode",
+            b"/x",
+            Some(r#"{"placeholder": {"mode": "rwx"}}"#),
+            &["placeholder.mode"],
+        ),
+    ];
+    for (what, source, config, needles) in cases {
+        let fx = Fx::new();
+        fx.runner("vm1", &[("t", source)]);
+        if let Some(c) = config {
+            fx.config(c);
+        }
+        let before = fx.snapshot();
+        let out = fx.prepare("vm1");
+        eprintln!("{what}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_one_line_error(&out, needles);
+        assert_eq!(before, fx.snapshot(), "{what}: nothing may change");
+    }
+}
+
+#[test]
+fn unknown_vm_and_bad_names_are_refused() {
+    let fx = Fx::new();
+    fx.runner("vm1", &[("t", b"/srv/a")]);
+    fx.config(r#"{"vms": {"vm2": {"shares": []}}}"#);
+    assert_one_line_error(
+        &fx.prepare("nope"),
+        &["unknown VM \"nope\"", "known VMs: vm1, vm2"],
+    );
+    assert_one_line_error(&fx.prepare("../etc"), &["VM name \"../etc\""]);
+    assert_one_line_error(&fx.prepare("a/b"), &["VM name", "'/'"]);
+    assert_one_line_error(&fx.prepare(".links"), &["starts with '.'"]);
+}
+
+#[test]
+fn the_unit_instance_escaping_is_decoded() {
+    let fx = Fx::new();
+    fx.runner("ümlaut", &[("t", b"/srv/u")]);
+    // systemd passes %i, which for this VM is \xc3\xbcmlaut.
+    fx.prepare_ok("\\xc3\\xbcmlaut");
+    assert!(is_marked(&fx.p("/srv/u")));
+    assert!(fx.p("/run/microvm-workspaces/ümlaut.json").exists());
+}
+
+#[test]
+fn config_shares_including_9p_are_prepared_and_the_runner_wins_on_a_tag() {
+    let fx = Fx::new();
+    fx.runner("vm1", &[("ws", b"/srv/from-runner")]);
+    fx.config(
+        r#"{"vms": {"vm1": {"hostName": "vm1", "shares": [
+            {"tag": "ws", "proto": "virtiofs", "source": "/srv/from-config", "readOnly": true},
+            {"tag": "nine", "proto": "9p", "source": "/srv/ninep"}]}}}"#,
+    );
+    fx.prepare_ok("vm1");
+    assert!(fx.p("/srv/from-runner").is_dir());
+    assert!(!fx.p("/srv/from-config").exists());
+    assert!(is_marked(&fx.p("/srv/ninep")));
+    // A VM only in the config (an imperative one not installed yet) is known too.
+    fx.config(
+        r#"{"vms": {"cfgonly": {"shares": [{"tag": "a", "proto": "9p", "source": "/srv/c"}]}}}"#,
+    );
+    fx.prepare_ok("cfgonly");
+    assert!(is_marked(&fx.p("/srv/c")));
+}
+
+#[test]
+fn a_second_run_changes_nothing_and_plans_nothing() {
+    let fx = Fx::new();
+    fx.runner(
+        "vm1",
+        &[
+            ("a", b"/var/lib/microvm-workspaces/vm1"),
+            ("b", b"/var/lib/microvm-workspaces/vm1/x/y"),
+            ("c", b"rel"),
+        ],
+    );
+    fx.prepare_ok("vm1");
+    let mut first = fx.snapshot();
+    fx.prepare_ok("vm1");
+    let mut second = fx.snapshot();
+    for s in [&mut first, &mut second] {
+        s.retain(|p, _| !p.starts_with("run"));
+    }
+    assert_eq!(first, second);
+    let plan = String::from_utf8(fx.run(PREPARE, &["--dry-run", "vm1"]).stdout).unwrap();
+    assert_eq!(plan.trim(), "vm1: every share source exists; nothing to do");
+}
+
+#[test]
+fn dry_run_prints_the_plan_and_changes_nothing() {
+    let fx = Fx::new();
+    fx.runner(
+        "vm1",
+        &[
+            ("a", b"/var/lib/microvm-workspaces/vm1"),
+            ("b", b"/var/lib/microvm-workspaces/vm1/x"),
+        ],
+    );
+    let before = fx.snapshot();
+    let out = fx.run(PREPARE, &["--dry-run", "vm1"]);
+    assert_ok(&out);
+    assert_eq!(before, fx.snapshot());
+    let plan = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        plan.lines().collect::<Vec<_>>(),
+        [
+            "would create directory /var/lib/microvm-workspaces (root, 0755)",
+            "would create placeholder /var/lib/microvm-workspaces/vm1 (uid 0, gid 0, 0555)",
+            "would create placeholder /var/lib/microvm-workspaces/vm1/x (uid 0, gid 0, 0555)",
+        ]
+    );
+}
+
+#[test]
+fn directories_in_a_users_tree_are_created_with_the_users_credentials() {
+    let fx = Fx::new();
+    fx.repo("/home/alice/proj", ALICE);
+    fx.runner("vm1", &[("deep", b"/home/alice/proj/hosts/microvms/vm1")]);
+    fx.prepare_ok("vm1");
+    for p in [
+        "/home/alice/proj/hosts",
+        "/home/alice/proj/hosts/microvms",
+        "/home/alice/proj/hosts/microvms/vm1",
+    ] {
+        assert_eq!(meta(&fx.p(p)), (ALICE, ALICE, 0o755), "{p}");
+        assert!(!is_marked(&fx.p(p)));
+    }
+    assert_eq!(fx.record("vm1")["shares"][0]["kind"], "created-in-repo");
+}
+
+#[test]
+fn a_read_only_user_directory_is_not_overridden_by_root() {
+    let fx = Fx::new();
+    fx.repo("/home/alice/proj", ALICE);
+    fx.mkdir("/home/alice/proj/locked", ALICE, 0o555);
+    fx.runner("vm1", &[("x", b"/home/alice/proj/locked/sub")]);
+    // Created as alice, the mkdir must fail as it would for her; root would have succeeded.
+    assert_one_line_error(&fx.prepare("vm1"), &["as uid 4242", "Permission denied"]);
+    assert!(!fx.p("/home/alice/proj/locked/sub").exists());
+}
+
+#[test]
+fn a_users_symlink_cannot_lead_root_into_etc() {
+    for (how, target) in [
+        ("absolute", "/etc"),
+        ("relative", "../../../etc"),
+        ("via parent", ".."),
+    ] {
+        let fx = Fx::new();
+        fx.repo("/home/alice/proj", ALICE);
+        fx.mkdir("/etc", 0, 0o755);
+        fx.symlink(target, "/home/alice/proj/hosts");
+        nix::unistd::fchownat(
+            nix::fcntl::AT_FDCWD,
+            &fx.p("/home/alice/proj/hosts"),
+            Some(nix::unistd::Uid::from_raw(ALICE)),
+            None,
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .unwrap();
+        let src = if how == "via parent" {
+            "/home/alice/proj/hosts/../etc/evil"
+        } else {
+            "/home/alice/proj/hosts/evil"
+        };
+        fx.runner("vm1", &[("x", src.as_bytes())]);
+        let before = fx.snapshot();
+        let out = fx.prepare("vm1");
+        // "via parent" is lexically normalized (".." of what the admin wrote) to
+        // /home/alice/proj/etc/evil, a plain path in alice's tree: created as alice, not root.
+        if how == "via parent" {
+            assert_ok(&out);
+            assert_eq!(meta(&fx.p("/home/alice/proj/etc/evil")).0, ALICE);
+            assert!(!fx.p("/etc/evil").exists());
+            continue;
+        }
+        assert_one_line_error(&out, &["unsafe path transition"]);
+        assert!(
+            !fx.p("/etc/evil").exists(),
+            "{how}: root created something under /etc"
+        );
+        assert_eq!(before, fx.snapshot(), "{how}");
+    }
+}
+
+#[test]
+fn dangling_symlinks_are_not_created_through() {
+    let fx = Fx::new();
+    fx.symlink("/srv/nowhere", "/srv/dangling");
+    fx.runner("vm1", &[("x", b"/srv/dangling")]);
+    assert_one_line_error(
+        &fx.prepare("vm1"),
+        &["dangling symbolic link", "/srv/nowhere"],
+    );
+    assert!(!fx.p("/srv/nowhere").exists());
+}
+
+#[test]
+fn symlink_loops_fail_cleanly() {
+    let fx = Fx::new();
+    fx.symlink("/srv/b", "/srv/a");
+    fx.symlink("/srv/a", "/srv/b");
+    fx.runner("vm1", &[("x", b"/srv/a/sub")]);
+    assert_one_line_error(&fx.prepare("vm1"), &["too many levels of symbolic links"]);
+}
+
+#[test]
+fn absolute_symlinks_resolve_inside_the_root() {
+    let fx = Fx::new();
+    fx.mkdir("/srv/real", 0, 0o755);
+    fx.symlink("/srv/real", "/srv/alias");
+    fx.runner("vm1", &[("x", b"/srv/alias/sub")]);
+    fx.prepare_ok("vm1");
+    assert!(is_marked(&fx.p("/srv/real/sub")));
+    assert_eq!(fx.record("vm1")["shares"][0]["resolved"], "/srv/real/sub");
+}
+
+#[test]
+fn the_run_record_names_each_tag_its_resolution_and_kind() {
+    let fx = Fx::new();
+    fx.runner("vm1", &[("a", b"/srv/a")]);
+    fx.mkdir("/srv/a", 0, 0o755);
+    fx.prepare_ok("vm1");
+    let rec = fx.record("vm1");
+    let s = &rec["shares"][0];
+    let m = std::fs::metadata(fx.p("/srv/a")).unwrap();
+    assert_eq!(rec["vm"], "vm1");
+    assert_eq!(s["tag"], "a");
+    assert_eq!(s["source"], "/srv/a");
+    assert_eq!(s["device"], m.dev());
+    assert_eq!(s["inode"], m.ino());
+    assert_eq!(s["kind"], "existing");
+    // A dry run writes no record.
+    let fx = Fx::new();
+    fx.runner("vm1", &[("a", b"/srv/a")]);
+    assert_ok(&fx.run(PREPARE, &["--dry-run", "vm1"]));
+    assert!(!fx.p("/run/microvm-workspaces/vm1.json").exists());
+}
+
+#[test]
+fn eight_prepares_of_vms_sharing_sources_run_in_parallel_without_failing() {
+    for round in 0..5 {
+        let fx = Fx::new();
+        for i in 0..8 {
+            let vm = format!("vm{i}");
+            let own = format!("/var/lib/microvm-workspaces/{vm}/hosts/microvms/{vm}");
+            fx.runner(
+                &vm,
+                &[
+                    ("nixfiles", b"/var/lib/microvm-workspaces/nixfiles"),
+                    ("secrets", b"/var/lib/microvm-workspaces/nix-secrets"),
+                    (
+                        "shared",
+                        b"/var/lib/microvm-workspaces/nixfiles/hosts/microvms/common",
+                    ),
+                    ("own", own.as_bytes()),
+                ],
+            );
+        }
+        let children: Vec<_> = (0..8)
+            .map(|i| {
+                Command::new(PREPARE)
+                    .env("MICROVM_WORKSPACES_ROOT", fx.root())
+                    .arg(format!("vm{i}"))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for c in children {
+            let out = c.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "round {round}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        for p in [
+            "nixfiles",
+            "nix-secrets",
+            "nixfiles/hosts/microvms/common",
+            "vm3/hosts/microvms/vm3",
+        ] {
+            assert!(is_marked(&fx.p(&format!("{WS}/{p}"))), "{p}");
+        }
+        // No temporary names left behind.
+        let leftovers: Vec<_> = std::fs::read_dir(fx.p(WS))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".mvw-tmp-"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+}
+
+// ---- links (record + bind mount), each in a private mount namespace ----
+
+fn link_record(fx: &Fx, name: &str, target: &str, owner: u32) {
+    fx.mkdir(&format!("{WS}/.links"), 0, 0o755);
+    let rec = format!("{WS}/.links/{name}");
+    fx.symlink(target, &rec);
+    nix::unistd::fchownat(
+        nix::fcntl::AT_FDCWD,
+        &fx.p(&rec),
+        Some(nix::unistd::Uid::from_raw(owner)),
+        None,
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_recorded_link_is_mounted_and_sources_below_it_are_created_as_the_repo_owner() {
+    in_mount_ns!(a_recorded_link_is_mounted_and_sources_below_it_are_created_as_the_repo_owner);
+    let fx = Fx::new();
+    fx.repo("/home/alice/nixfiles", ALICE);
+    fx.write("/home/alice/nixfiles/marker", b"repo");
+    link_record(&fx, "nixfiles", "/home/alice/nixfiles", ALICE);
+    fx.runner(
+        "vm1",
+        &[
+            ("nixfiles", b"/var/lib/microvm-workspaces/nixfiles"),
+            (
+                "host",
+                b"/var/lib/microvm-workspaces/nixfiles/hosts/microvms/vm1",
+            ),
+        ],
+    );
+    fx.prepare_ok("vm1");
+    let entry = fx.p("/var/lib/microvm-workspaces/nixfiles");
+    assert!(
+        is_mountpoint(&entry),
+        "the repo must be bind-mounted on the entry"
+    );
+    assert_eq!(std::fs::read(entry.join("marker")).unwrap(), b"repo");
+    // Created in the real repo, owned by its owner, not root.
+    assert_eq!(
+        meta(&fx.p("/home/alice/nixfiles/hosts/microvms/vm1")),
+        (ALICE, ALICE, 0o755)
+    );
+    let rec = fx.record("vm1");
+    assert_eq!(rec["shares"][1]["kind"], "created-in-repo");
+    // Under the mount, the entry is a placeholder (what shows when the link goes away).
+    nix::mount::umount2(&entry, nix::mount::MntFlags::MNT_DETACH).unwrap();
+    assert!(is_marked(&entry));
+    // And after a "reboot" (mount gone, record kept) the next prepare mounts it again.
+    fx.prepare_ok("vm1");
+    assert!(is_mountpoint(&entry));
+    assert!(entry.join("marker").exists());
+}
+
+#[test]
+fn a_record_whose_repo_is_gone_leaves_the_placeholder_serving() {
+    in_mount_ns!(a_record_whose_repo_is_gone_leaves_the_placeholder_serving);
+    let fx = Fx::new();
+    link_record(&fx, "vm1", "/home/alice/moved-away", ALICE);
+    fx.runner("vm1", &[("ws", b"/var/lib/microvm-workspaces/vm1")]);
+    let out = fx.prepare("vm1");
+    assert_ok(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is gone; the placeholder serves"));
+    let entry = fx.p("/var/lib/microvm-workspaces/vm1");
+    assert!(is_marked(&entry) && !is_mountpoint(&entry));
+    assert_eq!(
+        std::fs::read_link(fx.p(&format!("{WS}/.links/vm1")))
+            .unwrap()
+            .to_str(),
+        Some("/home/alice/moved-away")
+    );
+}
+
+#[test]
+fn a_repo_deleted_while_mounted_is_unmounted() {
+    in_mount_ns!(a_repo_deleted_while_mounted_is_unmounted);
+    let fx = Fx::new();
+    fx.repo("/home/alice/r", ALICE);
+    link_record(&fx, "vm1", "/home/alice/r", ALICE);
+    fx.runner("vm1", &[("ws", b"/var/lib/microvm-workspaces/vm1")]);
+    fx.prepare_ok("vm1");
+    let entry = fx.p("/var/lib/microvm-workspaces/vm1");
+    assert!(is_mountpoint(&entry));
+    std::fs::remove_dir(fx.p("/home/alice/r")).unwrap();
+    fx.prepare_ok("vm1");
+    assert!(
+        !is_mountpoint(&entry),
+        "a mount of a deleted directory must go"
+    );
+    assert!(is_marked(&entry));
+    // Re-created at the same path: mounted again (a different directory than before).
+    fx.repo("/home/alice/r", ALICE);
+    fx.write("/home/alice/r/new", b"");
+    fx.prepare_ok("vm1");
+    assert!(entry.join("new").exists());
+}
+
+#[test]
+fn legacy_symlinks_in_the_workspace_dir_are_migrated() {
+    in_mount_ns!(legacy_symlinks_in_the_workspace_dir_are_migrated);
+    let fx = Fx::new();
+    fx.repo("/home/alice/r", ALICE);
+    fx.write("/home/alice/r/marker", b"x");
+    fx.mkdir(WS, 0, 0o755);
+    fx.symlink("/home/alice/r", &format!("{WS}/vm1"));
+    fx.symlink("/home/alice/gone", &format!("{WS}/vm2"));
+    fx.runner("vm1", &[("ws", b"/var/lib/microvm-workspaces/vm1")]);
+    fx.runner("vm2", &[("ws", b"/var/lib/microvm-workspaces/vm2")]);
+    fx.prepare_ok("vm1");
+    fx.prepare_ok("vm2");
+    for (vm, target) in [("vm1", "/home/alice/r"), ("vm2", "/home/alice/gone")] {
+        let entry = fx.p(&format!("{WS}/{vm}"));
+        let m = std::fs::symlink_metadata(&entry).unwrap();
+        assert!(m.is_dir(), "{vm}: the entry must now be a real directory");
+        assert_eq!(
+            std::fs::read_link(fx.p(&format!("{WS}/.links/{vm}")))
+                .unwrap()
+                .to_str(),
+            Some(target)
+        );
+    }
+    assert!(
+        fx.p(&format!("{WS}/vm1/marker")).exists(),
+        "vm1's repo must be mounted"
+    );
+    assert!(is_mountpoint(&fx.p(&format!("{WS}/vm1"))));
+    assert!(!is_mountpoint(&fx.p(&format!("{WS}/vm2"))));
+    assert!(is_marked(&fx.p(&format!("{WS}/vm2"))));
+}
+
+#[test]
+fn a_repo_not_owned_by_the_linker_is_not_mounted() {
+    in_mount_ns!(a_repo_not_owned_by_the_linker_is_not_mounted);
+    let fx = Fx::new();
+    fx.repo("/home/bob/secret", BOB);
+    link_record(&fx, "vm1", "/home/bob/secret", ALICE);
+    fx.runner("vm1", &[("ws", b"/var/lib/microvm-workspaces/vm1")]);
+    assert_one_line_error(
+        &fx.prepare("vm1"),
+        &["owned by uid 4343", "made by uid 4242"],
+    );
+    assert!(!is_mountpoint(&fx.p(&format!("{WS}/vm1"))));
+}
