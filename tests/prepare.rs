@@ -172,9 +172,12 @@ fn a_file_where_a_directory_belongs_fails_and_touches_nothing() {
     );
 }
 
+/// What is wrong, the runner's source, the config (if any), what the error must say.
+type Malformed<'a> = (&'a str, &'a [u8], Option<&'a str>, &'a [&'a str]);
+
 #[test]
 fn malformed_input_gives_one_line_errors() {
-    let cases: [(&str, &[u8], Option<&str>, &[&str]); 5] = [
+    let cases: [Malformed; 5] = [
         (
             "bad json",
             b"/x",
