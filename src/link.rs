@@ -282,3 +282,342 @@ impl Ctx<'_> {
         }
     }
 }
+
+// ---- microvm-link: relink, unlink, status ----
+
+/// How a workspace entry looks to `status` (read-only).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct EntryView {
+    /// linked | placeholder | dangling | directory | legacy-symlink | missing
+    pub state: &'static str,
+    /// The recorded (or legacy) target, if any.
+    pub target: Option<String>,
+}
+
+/// What `status` says of workspace entry `name`.
+pub fn view_entry(tree: &crate::fsafe::Tree, ws_dir: &Path, name: &str) -> Result<EntryView> {
+    let (ws, links) = match tree.walk(ws_dir, Trust::Owners)? {
+        Walk::Found(ws) if ws.is_dir() => {
+            let links = match ws.child(OsStr::new(paths::LINKS)) {
+                Ok(l) if l.is_dir() => Some(l),
+                _ => None,
+            };
+            (ws, links)
+        }
+        _ => {
+            return Ok(EntryView {
+                state: "missing",
+                target: None,
+            })
+        }
+    };
+    let rec = read_record(links.as_ref(), OsStr::new(name))?;
+    let target = rec.as_ref().map(|r| show(&r.target));
+    let entry = match ws.child(OsStr::new(name)) {
+        Ok(e) => e,
+        Err(_) => {
+            return Ok(EntryView {
+                state: "missing",
+                target,
+            })
+        }
+    };
+    if !entry.is_dir() {
+        let t = nix::fcntl::readlinkat(&entry.fd, "")
+            .ok()
+            .map(|t| show(Path::new(&t)));
+        let state = if t.is_some() {
+            "legacy-symlink"
+        } else {
+            "not-a-directory"
+        };
+        return Ok(EntryView { state, target: t });
+    }
+    let repo = rec
+        .as_ref()
+        .and_then(|r| match tree.walk(&r.target, Trust::Owners) {
+            Ok(Walk::Found(n)) if n.is_dir() => Some(n),
+            _ => None,
+        });
+    let state = match (&rec, repo) {
+        (Some(_), Some(repo)) if repo.id() == entry.id() => "linked",
+        (Some(_), None) => "dangling",
+        _ if entry.is_placeholder() => "placeholder",
+        _ => "directory",
+    };
+    Ok(EntryView { state, target })
+}
+
+/// One workspace entry to point at a repo directory (inside path), or to turn back into a
+/// placeholder (`None`).
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub name: String,
+    pub target: Option<PathBuf>,
+}
+
+/// What a relink did (or would do).
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Relinked {
+    pub steps: Vec<String>,
+    /// User directories moved aside into `.displaced/`: (from, to).
+    pub displaced: Vec<(String, String)>,
+}
+
+impl Ctx<'_> {
+    /// Applies `changes` under the workspace lock: records written atomically, then mounts
+    /// replaced. `<workspaceDir>/<name>` exists at every instant: it is the placeholder, with
+    /// or without a repo mounted on it. A user's real directory in the way is moved aside,
+    /// never deleted. `owner` is who the records say made the link.
+    pub fn relink(&mut self, changes: &[Change], owner: u32) -> Result<Relinked> {
+        let mut out = Relinked::default();
+        let ws_dir = self.cfg.workspace_dir.clone();
+        // Validate every target before changing anything.
+        let mut repos = Vec::new();
+        for c in changes {
+            paths::check_name("workspace entry", &c.name)?;
+            let repo = match &c.target {
+                None => None,
+                Some(t) => match self.tree.walk(t, Trust::Owners)? {
+                    Walk::Found(n) if n.is_dir() => Some(n),
+                    _ => bail!("{} is not a directory", show(t)),
+                },
+            };
+            repos.push(repo);
+        }
+        if self.dry_run {
+            for (c, repo) in changes.iter().zip(&repos) {
+                let at = ws_dir.join(&c.name);
+                out.steps.push(match repo {
+                    Some(r) => format!("would link {} -> {}", show(&at), show(&r.path)),
+                    None => format!("would make {} a placeholder", show(&at)),
+                });
+            }
+            return Ok(out);
+        }
+        let ws = fsafe::ensure_root_dir(self.tree, &ws_dir)?;
+        let _lock = fsafe::lock(&ws)?;
+        fsafe::remove_leftovers(&ws)?;
+        let links = fsafe::ensure_root_dir(self.tree, &ws_dir.join(paths::LINKS))?;
+        fsafe::remove_leftovers(&links)?;
+        for (c, repo) in changes.iter().zip(repos) {
+            let name = OsStr::new(&c.name);
+            let at = ws_dir.join(name);
+            let entry = self.make_mountpoint(&ws, &links, name, &mut out)?;
+            match repo {
+                Some(repo) => {
+                    write_record(
+                        &links,
+                        name,
+                        &Record {
+                            target: repo.path.clone(),
+                            owner,
+                        },
+                    )?;
+                    let entry = self.unmount_entry(&ws, name, entry)?;
+                    bind(&repo, &entry)?;
+                    out.steps
+                        .push(format!("linked {} -> {}", show(&at), show(&repo.path)));
+                }
+                None => {
+                    remove_record(&links, name)?;
+                    self.unmount_entry(&ws, name, entry)?;
+                    out.steps.push(format!("{} is a placeholder", show(&at)));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Unlinks `name`: mount removed first, then the record (a crash in between leaves a
+    /// record without a mount, which the next start re-mounts: still consistent).
+    pub fn unlink(&mut self, name: &str) -> Result<Relinked> {
+        self.relink(
+            &[Change {
+                name: name.to_string(),
+                target: None,
+            }],
+            0,
+        )
+    }
+
+    /// Makes `<ws>/<name>` a placeholder that may carry our mount, whatever it was.
+    fn make_mountpoint(
+        &mut self,
+        ws: &Node,
+        links: &Node,
+        name: &OsStr,
+        out: &mut Relinked,
+    ) -> Result<Node> {
+        let at = ws.path.join(name);
+        let entry = match ws.child(name) {
+            Ok(e) => e,
+            Err(Errno::ENOENT) => return fsafe::create_placeholder(ws, name, self.spec),
+            Err(e) => return Err(anyhow!(e)).with_context(|| format!("cannot open {}", show(&at))),
+        };
+        let kind = entry.st.st_mode & nix::libc::S_IFMT;
+        if kind == nix::libc::S_IFLNK {
+            let old = fsafe::swap_in_placeholder(ws, name, self.spec)?;
+            nix::unistd::unlinkat(&ws.fd, &*old, nix::unistd::UnlinkatFlags::NoRemoveDir)?;
+            out.steps
+                .push(format!("replaced the legacy symlink {}", show(&at)));
+            return Ok(ws.child(name)?);
+        }
+        if kind != nix::libc::S_IFDIR {
+            bail!(
+                "{} exists but is not a directory; move it away first",
+                show(&at)
+            );
+        }
+        if entry.is_placeholder() {
+            return Ok(entry);
+        }
+        if is_mount_root(entry.fd.as_fd())? {
+            if read_record(Some(links), name)?.is_some() {
+                return Ok(entry); // our mount: the placeholder is beneath it
+            }
+            bail!(
+                "{} is a mount point not made by microvm-link; unmount it first",
+                show(&at)
+            );
+        }
+        // A user's real directory: moved aside atomically, a placeholder taking its place.
+        let displaced = fsafe::ensure_root_dir(self.tree, &ws.path.join(paths::DISPLACED))?;
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut keep = OsString::from(name);
+        keep.push(format!(".{stamp}"));
+        let old = fsafe::swap_in_placeholder(ws, name, self.spec)?;
+        nix::fcntl::renameat2(
+            &ws.fd,
+            &*old,
+            &displaced.fd,
+            &*keep,
+            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+        )
+        .or_else(|_| {
+            keep.push(format!(".{}", std::process::id()));
+            nix::fcntl::renameat2(
+                &ws.fd,
+                &*old,
+                &displaced.fd,
+                &*keep,
+                nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+            )
+        })
+        .with_context(|| format!("cannot move {} into {}", show(&at), show(&displaced.path)))?;
+        let to = displaced.path.join(&keep);
+        tracing::warn!(path = %show(&at), "moved the directory {} aside to {}", show(&at), show(&to));
+        out.displaced.push((show(&at), show(&to)));
+        Ok(ws.child(name)?)
+    }
+
+    /// Detaches whatever is mounted on the entry; returns the placeholder beneath.
+    fn unmount_entry(&mut self, ws: &Node, name: &OsStr, entry: Node) -> Result<Node> {
+        if !is_mount_root(entry.fd.as_fd())? {
+            return Ok(entry);
+        }
+        let at = ws.path.join(name);
+        unmount(&self.tree.real_root.join(at.strip_prefix("/")?), &at)?;
+        let entry = ws.child(name)?;
+        if !entry.is_placeholder() {
+            bail!("{} is not a placeholder under its mount", show(&at));
+        }
+        Ok(entry)
+    }
+}
+
+use std::ffi::OsString;
+
+/// The repo root for a working directory: the nearest ancestor holding `.git` (a directory,
+/// or a file as in worktrees and submodules), else the directory itself.
+pub fn repo_root(start: &Path) -> PathBuf {
+    start
+        .ancestors()
+        .find(|d| d.join(".git").symlink_metadata().is_ok())
+        .unwrap_or(start)
+        .to_path_buf()
+}
+
+/// The VM name for a repo: its directory name with every run of characters outside
+/// `[A-Za-z0-9._-]` replaced by `-`, and leading and trailing `-` trimmed.
+pub fn derive_vm_name(repo: &Path) -> Result<String> {
+    let base = repo
+        .file_name()
+        .with_context(|| format!("cannot derive a VM name from {}; name the VM", show(repo)))?;
+    let mut name = String::new();
+    for ch in String::from_utf8_lossy(base.as_encoded_bytes()).chars() {
+        if ch.is_ascii_alphanumeric() || "._-".contains(ch) {
+            name.push(ch);
+        } else if !name.ends_with('-') {
+            name.push('-');
+        }
+    }
+    let name = name.trim_matches('-').to_string();
+    paths::check_name("derived VM", &name).with_context(|| {
+        format!(
+            "from the repo directory {}; name the VM explicitly",
+            show(repo)
+        )
+    })?;
+    Ok(name)
+}
+
+/// The changes linking `vm` to `repo` implies: the VM's own entry, and each companion
+/// (linked when the repo has that relative path as a directory owned by `user`, else turned
+/// back into a placeholder).
+pub fn changes_for(
+    tree: &crate::fsafe::Tree,
+    cfg: &crate::config::Config,
+    vm: &str,
+    repo: &Path,
+    user: u32,
+) -> Vec<Change> {
+    let mut out = vec![Change {
+        name: vm.to_string(),
+        target: Some(repo.to_path_buf()),
+    }];
+    for (name, rel) in cfg.companions.get(vm).into_iter().flatten() {
+        let target = paths::normalize(&repo.join(rel));
+        let usable = match tree.walk(&target, Trust::Owners) {
+            Ok(Walk::Found(n)) => n.is_dir() && (user == 0 || n.uid() == user),
+            _ => false,
+        };
+        out.push(Change {
+            name: name.clone(),
+            target: usable.then_some(target),
+        });
+    }
+    out
+}
+
+/// After relinking: the sources of every known VM that pass through a changed entry are
+/// ensured at once (so `nixfiles/hosts/microvms/<host>` appears in the real repo). Other
+/// VMs' runtime records are left alone, or their staleness would be hidden.
+pub fn ensure_affected(
+    tree: &crate::fsafe::Tree,
+    cfg: &crate::config::Config,
+    changed: &[Change],
+    dry_run: bool,
+) -> Result<Vec<String>> {
+    let names: Vec<&OsStr> = changed.iter().map(|c| OsStr::new(&c.name)).collect();
+    let mut steps = Vec::new();
+    for vm in crate::runner::known_vms(tree, cfg) {
+        let shares: Vec<_> = crate::runner::shares(tree, cfg, &vm)?
+            .into_iter()
+            .filter(|s| entry_of(&cfg.workspace_dir, &s.path).is_some_and(|n| names.contains(&n)))
+            .collect();
+        if shares.is_empty() {
+            continue;
+        }
+        let out = crate::prepare::prepare_shares(tree, cfg, &vm, &shares, dry_run)?;
+        steps.extend(
+            out.actions
+                .iter()
+                .map(|a| format!("{}{vm}: {a}", if dry_run { "would, for " } else { "for " })),
+        );
+    }
+    Ok(steps)
+}

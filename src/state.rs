@@ -123,3 +123,112 @@ pub fn current_id(tree: &Tree, path: &Path) -> Option<(u64, u64)> {
 pub fn is_stale(tree: &Tree, s: &ShareRecord) -> bool {
     current_id(tree, Path::new(&s.path)) != Some((s.device, s.inode))
 }
+
+/// One share in `microvm-link status`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShareStatus {
+    pub tag: String,
+    pub source: String,
+    pub path: String,
+    /// What it was at the VM's last start (from the runtime record), if recorded.
+    pub kind: Option<Kind>,
+    pub at_start: Option<Ident>,
+    pub now: Option<Ident>,
+    /// Recorded at start and resolving to something else now.
+    pub stale: bool,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct Ident {
+    pub device: u64,
+    pub inode: u64,
+}
+
+/// One VM in `microvm-link status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct VmStatus {
+    pub vm: String,
+    /// `microvm@<vm>` active; `null` when systemd cannot be asked (re-rooted, no systemd).
+    pub running: Option<bool>,
+    pub workspace: crate::link::EntryView,
+    pub shares: Vec<ShareStatus>,
+    pub stale: bool,
+}
+
+/// The status of `vm`: its workspace entry, and each share at start vs now.
+pub fn status_of(
+    tree: &Tree,
+    cfg: &crate::config::Config,
+    root: &Root,
+    vm: &str,
+) -> anyhow::Result<VmStatus> {
+    let running = if root.is_rerooted() {
+        None
+    } else {
+        crate::systemd::is_active(&crate::units::unit_name("microvm@", vm))
+    };
+    let workspace = crate::link::view_entry(tree, &cfg.workspace_dir, vm)?;
+    let record = read(root, vm)?;
+    let mut shares: Vec<ShareStatus> = Vec::new();
+    let current = crate::runner::shares(tree, cfg, vm).unwrap_or_default();
+    let recorded = record
+        .as_ref()
+        .map(|r| r.shares.clone())
+        .unwrap_or_default();
+    for s in &current {
+        let path = show(&s.path);
+        let rec = recorded.iter().find(|r| r.tag == s.tag);
+        shares.push(share_status(
+            tree,
+            s.tag.clone(),
+            s.source.clone(),
+            path,
+            rec,
+        ));
+    }
+    // Tags recorded at start but gone from the runner since (a rebuilt VM not restarted).
+    for r in recorded
+        .iter()
+        .filter(|r| !current.iter().any(|s| s.tag == r.tag))
+    {
+        shares.push(share_status(
+            tree,
+            r.tag.clone(),
+            r.source.clone(),
+            r.path.clone(),
+            Some(r),
+        ));
+    }
+    let stale = shares.iter().any(|s| s.stale);
+    Ok(VmStatus {
+        vm: vm.to_string(),
+        running,
+        workspace,
+        shares,
+        stale,
+    })
+}
+
+fn share_status(
+    tree: &Tree,
+    tag: String,
+    source: String,
+    path: String,
+    rec: Option<&ShareRecord>,
+) -> ShareStatus {
+    let now = current_id(tree, Path::new(&path)).map(|(device, inode)| Ident { device, inode });
+    let at_start = rec.map(|r| Ident {
+        device: r.device,
+        inode: r.inode,
+    });
+    ShareStatus {
+        tag,
+        source,
+        path,
+        kind: rec.map(|r| r.kind),
+        stale: at_start.is_some() && at_start != now,
+        at_start,
+        now,
+    }
+}
