@@ -1,0 +1,295 @@
+# Pure helpers of the microvm-workspaces NixOS module.
+#
+# Only builtins are used (nothing from nixpkgs' lib), and nothing newer than
+# Nix 2.8 offers, so that tests/nix/check.sh can evaluate every function here
+# with a bare `nix-instantiate --eval`, on machines without nixpkgs.
+#
+# The checks below mirror what the Rust config parser (src/config.rs) rejects,
+# so that a config.json it would refuse is caught while evaluating the host,
+# with the option name in the message, instead of at the next VM start.
+let
+  inherit (builtins)
+    attrNames
+    concatMap
+    filter
+    foldl'
+    head
+    isString
+    length
+    listToAttrs
+    match
+    replaceStrings
+    stringLength
+    substring
+    ;
+
+  matches = regex: s: isString s && match regex s != null;
+
+  hasControlChar = s: match "[^[:cntrl:]]*" s == null;
+
+  # Keep the first occurrence of each element, in order.
+  unique = foldl' (acc: x: if builtins.elem x acc then acc else acc ++ [ x ]) [ ];
+
+  quote = builtins.toJSON;
+
+  # An attribute name as it would be written in an option path: bare when it
+  # is an identifier, quoted otherwise (microvm.vms.vm1, microvm.vms.".x").
+  showAttr = n: if match "[A-Za-z_][A-Za-z0-9_'-]*" n != null then n else quote n;
+in
+rec {
+  # Octal file mode, as in tmpfiles.d: three digits, or four with the
+  # special bits ("0555", "755", "2775").
+  octalModeRegex = "[0-7]{3,4}";
+
+  # A group name sudoers and shadow-utils accept: starts with a letter or
+  # underscore, at most 32 characters, an optional trailing "$".
+  groupNameRegex = "[A-Za-z_][A-Za-z0-9_.-]{0,30}[$]?";
+
+  isOctalMode = matches octalModeRegex;
+
+  isGroupName = s: matches groupNameRegex s && stringLength s <= 32;
+
+  # An absolute path without empty, "." or ".." components and without a
+  # trailing slash, such as "/var/lib/microvm-workspaces".
+  isAbsolutePath =
+    p:
+    matches "(/[^/]+)+" p
+    && !hasControlChar p
+    && match "(.*/)?[.][.]?(/.*)?" p == null;
+
+  # A non-empty path that does not start with "/": companion paths are
+  # relative to the linked repository (they may go up, as "../nix-secrets").
+  isRelativePath = p: isString p && p != "" && substring 0 1 p != "/" && !hasControlChar p;
+
+  # A name that may become one entry of the workspace dir: the rules of
+  # `check_name` in src/paths.rs (".links" and ".displaced" are reserved).
+  isEntryName =
+    s:
+    isString s
+    && s != ""
+    && substring 0 1 s != "."
+    && match ".*/.*" s == null
+    && !hasControlChar s
+    && stringLength s <= 200;
+
+  # `path` is `dir` or lies beneath it (string prefix on whole components).
+  isUnder =
+    dir: path:
+    path == dir || substring 0 (stringLength dir + 1) path == dir + "/";
+
+  # Escape a command path for a sudoers Cmnd_Spec: sudoers(5) requires a
+  # backslash before ",", ":", "=", "\" and white space in a command.
+  escapeSudoersCommand =
+    s:
+    if hasControlChar s then
+      throw "microvm-workspaces: command path ${quote s} contains a control character and cannot go into sudoers"
+    else
+      replaceStrings [ "\\" "," ":" "=" " " ] [ "\\\\" "\\," "\\:" "\\=" "\\ " ] s;
+
+  # The evaluated NixOS configuration of the guest behind one entry of
+  # microvm.nix's `microvm.vms`, looked up the way microvm.nix's host module
+  # does: a flake VM takes nixosConfigurations.<name> of its flake, then an
+  # `evaluatedConfig`, then the `config` option (an eval-config result, whose
+  # `.config` is the guest configuration). null when the entry has none of
+  # them (microvm.nix itself refuses such an entry).
+  guestConfigOf =
+    name: vm:
+    if (vm.flake or null) != null then
+      vm.flake.nixosConfigurations.${name}.config
+    else if (vm.evaluatedConfig or null) != null then
+      vm.evaluatedConfig.config
+    else if (vm.config or null) != null then
+      vm.config.config
+    else
+      null;
+
+  # One share as config.json lists it: exactly tag, proto, source, readOnly.
+  # The fallbacks are microvm.nix's option defaults (proto "9p", read-write).
+  shareEntry = share: {
+    inherit (share) tag source;
+    proto = share.proto or "9p";
+    readOnly = share.readOnly or false;
+  };
+
+  # config.json's entry for one guest. An empty networking.hostName (left to
+  # DHCP) falls back to the VM name, which is what microvm.nix defaults it to.
+  vmEntry =
+    name: guest:
+    let
+      hostName = guest.networking.hostName or "";
+    in
+    {
+      hostName = if hostName == null || hostName == "" then name else hostName;
+      shares = map shareEntry (guest.microvm.shares or [ ]);
+    };
+
+  # `vms` of config.json from microvm.nix's `microvm.vms`: every declarative,
+  # evaluatedConfig and flake VM, with all of its shares (virtiofs and 9p,
+  # /nix/store included: prepare never touches an existing source).
+  collectVms =
+    microvmVms:
+    let
+      withGuest = filter (n: guestConfigOf n microvmVms.${n} != null) (attrNames microvmVms);
+    in
+    listToAttrs (
+      map (n: {
+        name = n;
+        value = vmEntry n (guestConfigOf n microvmVms.${n});
+      }) withGuest
+    );
+
+  # The whole of config.json.
+  mkConfig =
+    {
+      stateDir,
+      workspaceDir,
+      placeholder,
+      vms,
+      companions,
+    }:
+    {
+      enable = true;
+      stateDir = toString stateDir;
+      workspaceDir = toString workspaceDir;
+      placeholder = {
+        inherit (placeholder) user group mode;
+      };
+      inherit vms companions;
+    };
+
+  # Share sources for which microvm.nix's host module writes tmpfiles lines
+  # that must go: those under the workspace dir (prepare creates them at VM
+  # start, as placeholders or inside a linked repo; a directory made at boot
+  # as microvm:kvm 0775 would be mistaken for a user's directory) and the
+  # relative ones (tmpfiles rejects relative paths; prepare resolves them
+  # against <stateDir>/<vm>). Sorted, without duplicates.
+  tmpfilesMasks =
+    { workspaceDir, vms }:
+    let
+      sources = concatMap (vm: map (s: s.source) vms.${vm}.shares) (attrNames vms);
+      masked = filter (
+        src: src != "/nix/store" && (substring 0 1 src != "/" || isUnder workspaceDir src)
+      ) sources;
+    in
+    attrNames (
+      listToAttrs (
+        map (src: {
+          name = src;
+          value = true;
+        }) masked
+      )
+    );
+
+  # Problems the Rust parser would reject config.json for, found in the
+  # collected VMs: names, share tags and sources. A list of messages.
+  vmProblems =
+    vms:
+    concatMap (
+      vm:
+      (
+        if isEntryName vm then
+          [ ]
+        else
+          [
+            "microvm.vms.${showAttr vm}: microvm-workspaces needs VM names that are not empty, do not start with \".\" and contain no \"/\" or control characters."
+          ]
+      )
+      ++ concatMap (
+        share:
+        (
+          if isString share.tag && share.tag != "" && match ".*/.*" share.tag == null && !hasControlChar share.tag then
+            [ ]
+          else
+            [
+              "microvm.vms.${showAttr vm}: share tag ${quote share.tag} is empty or contains \"/\" or a control character."
+            ]
+        )
+        ++ (
+          if isString share.source && share.source != "" && match ".*[\n].*" share.source == null then
+            [ ]
+          else
+            [
+              "microvm.vms.${showAttr vm}: share ${quote share.tag} has a source that is empty or spans lines: ${quote share.source}."
+            ]
+        )
+      ) vms.${vm}.shares
+    ) (attrNames vms);
+
+  # Problems in `services.microvm-workspaces.companions`: invalid owner or
+  # entry names, paths that are not relative. A list of messages.
+  companionProblems =
+    companions:
+    concatMap (
+      owner:
+      let
+        opt = "services.microvm-workspaces.companions.${showAttr owner}";
+      in
+      (
+        if isEntryName owner then
+          [ ]
+        else
+          [
+            "${opt}: the VM name must not be empty, start with \".\" or contain \"/\" or control characters."
+          ]
+      )
+      ++ concatMap (
+        name:
+        let
+          path = companions.${owner}.${name};
+        in
+        (
+          if isEntryName name then
+            [ ]
+          else
+            [
+              "${opt}.${showAttr name}: a companion name becomes an entry of the workspace dir; it must not be empty, start with \".\" or contain \"/\" or control characters."
+            ]
+        )
+        ++ (
+          if isRelativePath path then
+            [ ]
+          else
+            [
+              "${opt}.${showAttr name}: ${quote path} must be a path relative to the linked repository, such as \"../${name}\"."
+            ]
+        )
+      ) (attrNames companions.${owner})
+    ) (attrNames companions);
+
+  # Companion names that would share one entry of the workspace dir with
+  # another companion or with a VM's own workspace. A list of messages.
+  companionClashes =
+    { companions, vmNames }:
+    let
+      owned = concatMap (
+        owner:
+        map (name: {
+          inherit owner name;
+        }) (attrNames companions.${owner})
+      ) (attrNames companions);
+      names = unique (map (c: c.name) owned);
+      ownersOf = name: map (c: c.owner) (filter (c: c.name == name) owned);
+    in
+    concatMap (
+      name:
+      let
+        owners = ownersOf name;
+      in
+      (
+        if length owners > 1 then
+          [
+            "services.microvm-workspaces.companions: ${quote name} is a companion of several VMs (${builtins.concatStringsSep ", " owners}); each companion name is one entry of the workspace dir and can follow only one repository."
+          ]
+        else
+          [ ]
+      )
+      ++ (
+        if builtins.elem name vmNames then
+          [
+            "services.microvm-workspaces.companions.${showAttr (head owners)}.${showAttr name}: ${quote name} is also a VM in microvm.vms, whose own workspace has that name; rename the companion."
+          ]
+        else
+          [ ]
+      )
+    ) names;
+}

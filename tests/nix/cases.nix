@@ -1,0 +1,295 @@
+# Cases for tests/nix/check.sh: the pure helpers of nixos-module/lib.nix
+# applied to hand-made inputs shaped like microvm.nix's `microvm.vms`.
+#
+# `values.<name>` is evaluated with `nix-instantiate --eval --strict --json`
+# and compared with expected/<name>.json, which is written by hand (not
+# generated from these expressions). `failures.<name>.expr` must fail to
+# evaluate with an error containing `failures.<name>.message`.
+let
+  mw = import ../../nixos-module/lib.nix;
+
+  ws = "/var/lib/microvm-workspaces";
+
+  # A guest NixOS configuration, as far as the helpers look at it. Extra
+  # share attributes (socket, mountPoint, ...) are what microvm.nix's share
+  # submodule adds and must not reach config.json.
+  guest = hostName: shares: {
+    networking.hostName = hostName;
+    microvm.shares = shares;
+    system.stateVersion = "25.11";
+  };
+
+  # The three ways microvm.nix's host module finds a guest configuration.
+  declarative = g: {
+    flake = null;
+    updateFlake = null;
+    evaluatedConfig = null;
+    # the `config` option holds an eval-config result: `.config` is the guest
+    config = {
+      config = g;
+      options = { };
+    };
+    autostart = true;
+  };
+  evaluated = g: {
+    flake = null;
+    evaluatedConfig = {
+      config = g;
+    };
+    config = null;
+    autostart = false;
+  };
+  fromFlake = name: g: {
+    flake = {
+      outPath = "/nix/store/00000000000000000000000000000000-source";
+      nixosConfigurations.${name}.config = g;
+    };
+    evaluatedConfig = null;
+    config = null;
+  };
+
+  workspace = name: {
+    tag = "workspace";
+    proto = "virtiofs";
+    source = "${ws}/${name}";
+    mountPoint = "/workspace";
+    socket = "${name}-virtiofs-workspace.sock";
+    securityModel = "none";
+    cache = "auto";
+    readOnly = false;
+  };
+in
+{
+  values = {
+    collect-declarative = mw.collectVms {
+      dev = declarative (guest "dev-box" [
+        (workspace "dev")
+        {
+          tag = "store";
+          proto = "virtiofs";
+          source = "/nix/store";
+          mountPoint = "/nix/.ro-store";
+          readOnly = true;
+        }
+        # 9p share leaving proto and readOnly to microvm.nix's defaults
+        {
+          tag = "data";
+          source = "data";
+          mountPoint = "/data";
+        }
+      ]);
+    };
+
+    collect-evaluated = mw.collectVms {
+      builder = evaluated (guest "builder" [
+        {
+          tag = "nixfiles";
+          proto = "9p";
+          source = "${ws}/nixfiles";
+          readOnly = true;
+          securityModel = "mapped";
+        }
+      ]);
+    };
+
+    collect-flake = mw.collectVms {
+      web = fromFlake "web" (guest "web" [ (workspace "web") ]);
+    };
+
+    # One of each, a VM without a guest configuration (left out), an empty
+    # hostName (falls back to the VM name) and a VM without shares.
+    collect-mixed = mw.collectVms {
+      a = declarative (guest "" [ (workspace "a") ]);
+      b = evaluated (guest "b-host" [ ]);
+      c = fromFlake "c" (guest "c" [
+        {
+          tag = "host";
+          proto = "virtiofs";
+          source = "${ws}/nixfiles/hosts/microvms/c";
+          readOnly = false;
+        }
+      ]);
+      d = {
+        flake = null;
+        evaluatedConfig = null;
+        config = null;
+      };
+    };
+
+    # flake wins over evaluatedConfig, which wins over config.
+    guest-precedence = map (vm: (mw.guestConfigOf "x" vm).networking.hostName) [
+      {
+        flake.nixosConfigurations.x.config = guest "from-flake" [ ];
+        evaluatedConfig.config = guest "from-evaluated" [ ];
+        config.config = guest "from-config" [ ];
+      }
+      {
+        flake = null;
+        evaluatedConfig.config = guest "from-evaluated" [ ];
+        config.config = guest "from-config" [ ];
+      }
+      {
+        flake = null;
+        evaluatedConfig = null;
+        config.config = guest "from-config" [ ];
+      }
+    ];
+
+    # The example config of DESIGN.md section 3, built the way the module does.
+    mk-config = mw.mkConfig {
+      stateDir = "/var/lib/microvms";
+      workspaceDir = ws;
+      placeholder = {
+        user = "root";
+        group = "root";
+        mode = "0555";
+      };
+      vms = mw.collectVms {
+        testvm = declarative (guest "testvm" [ (workspace "testvm") ]);
+      };
+      companions = {
+        nixfiles = {
+          nix-secrets = "../nix-secrets";
+        };
+      };
+    };
+
+    tmpfiles-masks = mw.tmpfilesMasks {
+      workspaceDir = ws;
+      vms = mw.collectVms {
+        one = declarative (guest "one" [
+          (workspace "one")
+          {
+            tag = "hosts";
+            proto = "virtiofs";
+            source = "${ws}/nixfiles/hosts/microvms/one";
+          }
+          {
+            tag = "store";
+            proto = "virtiofs";
+            source = "/nix/store";
+          }
+          {
+            tag = "state";
+            proto = "virtiofs";
+            source = "/var/lib/microvms/one/state";
+          }
+          {
+            tag = "rel";
+            source = "relative/dir";
+          }
+        ]);
+        two = evaluated (guest "two" [
+          (workspace "one")
+          {
+            tag = "all";
+            proto = "virtiofs";
+            source = ws;
+          }
+          {
+            tag = "lookalike";
+            proto = "virtiofs";
+            source = "${ws}-old/two";
+          }
+        ]);
+      };
+    };
+
+    octal-modes = map (m: [
+      m
+      (mw.isOctalMode m)
+    ]) [ "0555" "755" "2775" "0558" "55" "05555" "" "u+rx" ];
+
+    group-names = map (g: [
+      g
+      (mw.isGroupName g)
+    ]) [ "microvm-link" "_dev" "wheel" "host$" "9group" "a b" "a,b" "" "abcdefghijklmnopqrstuvwxyz0123456" ];
+
+    absolute-paths = map (p: [
+      p
+      (mw.isAbsolutePath p)
+    ]) [ "/var/lib/microvm-workspaces" "/srv/ws" "/" "relative" "/var/lib/" "/var//lib" "/var/./lib" "/var/../etc" "/var/.hidden" "/a\nb" ];
+
+    relative-paths = map (p: [
+      p
+      (mw.isRelativePath p)
+    ]) [ "../nix-secrets" "." "sub/dir" "/abs" "" "a\nb" ];
+
+    entry-names = map (n: [
+      n
+      (mw.isEntryName n)
+    ]) [ "nix-secrets" "vm 1" "a.b" ".links" "a/b" "" "tab\there" ];
+
+    is-under = map (p: [
+      p
+      (mw.isUnder ws p)
+    ]) [ ws "${ws}/x" "${ws}/x/y" "${ws}-old/x" "/var/lib" ];
+
+    escape-sudoers = map mw.escapeSudoersCommand [
+      "/nix/store/abc-microvm-workspaces-0.1.0/bin/microvm-link"
+      "/opt/a b/c,d:e=f\\g"
+    ];
+
+    vm-problems = mw.vmProblems (mw.collectVms {
+      good = declarative (guest "good" [ (workspace "good") ]);
+      ".hidden" = declarative (guest "hidden" [
+        {
+          tag = "a/b";
+          proto = "virtiofs";
+          source = "";
+        }
+      ]);
+    });
+
+    companion-problems = mw.companionProblems {
+      nixfiles = {
+        nix-secrets = "../nix-secrets";
+        ".links" = "links";
+        abs = "/etc/secrets";
+      };
+      "a/b" = { };
+    };
+
+    companion-clashes = mw.companionClashes {
+      companions = {
+        nixfiles = {
+          nix-secrets = "../nix-secrets";
+          shared = "../shared";
+        };
+        other = {
+          shared = "../shared";
+        };
+      };
+      vmNames = [
+        "nixfiles"
+        "other"
+        "nix-secrets"
+      ];
+    };
+
+    no-companion-clashes = mw.companionClashes {
+      companions = {
+        nixfiles = {
+          nix-secrets = "../nix-secrets";
+        };
+      };
+      vmNames = [
+        "nixfiles"
+        "vm1"
+      ];
+    };
+  };
+
+  failures = {
+    escape-sudoers-newline = {
+      expr = mw.escapeSudoersCommand "/bin/microvm-link\nALL ALL=(ALL) ALL";
+      message = "contains a control character";
+    };
+    # A flake VM whose flake has no nixosConfigurations.<name> is an error,
+    # as in microvm.nix, not a VM silently left out of config.json.
+    flake-without-configuration = {
+      expr = mw.collectVms { nope = fromFlake "other" (guest "other" [ ]); };
+      message = "nope";
+    };
+  };
+}

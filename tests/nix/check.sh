@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# Nix checks that need no nixpkgs (DESIGN: these machines cannot fetch it):
+#   1. every .nix file of the repository parses (nix-instantiate --parse);
+#   2. the module's pure helpers (nixos-module/lib.nix) give, on the hand-made
+#      inputs of tests/nix/cases.nix, exactly the JSON of tests/nix/expected/;
+#      the cases under `failures` must fail with the expected message;
+#   3. the README section lists every option the module declares.
+# Prints one line per check and ends with "nix: N passed, M failed"; exits
+# non-zero when anything failed. Needs only nix-instantiate (Debian's nix-bin,
+# Nix 2.8 or later).
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/../.." && pwd)
+cases=$here/cases.nix
+
+if ! command -v nix-instantiate >/dev/null 2>&1; then
+    echo "nix: nix-instantiate not found; install Nix (on Debian: apt-get install nix-bin)" >&2
+    exit 1
+fi
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+# Nothing here builds or copies to the store, so evaluate against the dummy
+# store: no daemon, no writable /nix, no root. Older Nix without it gets a
+# private chroot store in the temporary directory instead.
+unset NIX_REMOTE
+export XDG_CACHE_HOME=${XDG_CACHE_HOME:-$tmp/cache}
+if nix-instantiate --store dummy:// --eval -E null >/dev/null 2>&1; then
+    nix=(nix-instantiate --store dummy://)
+else
+    export NIX_STATE_DIR=$tmp/state NIX_LOG_DIR=$tmp/log
+    nix=(nix-instantiate --store "local?root=$tmp/store")
+fi
+
+passed=0
+failed=0
+pass() {
+    passed=$((passed + 1))
+    printf 'ok   %s\n' "$1"
+}
+fail() {
+    failed=$((failed + 1))
+    printf 'FAIL %s\n' "$1"
+    if [ -n "${2:-}" ]; then
+        printf '%s\n' "$2" | sed 's/^/     /'
+    fi
+}
+
+# 1. Parse every .nix file (not under target/ or .git/).
+parsed=()
+while IFS= read -r -d '' file; do
+    rel=${file#"$root"/}
+    parsed+=("$rel")
+    if err=$("${nix[@]}" --parse "$file" 2>&1 >/dev/null); then
+        pass "parse $rel"
+    else
+        fail "parse $rel" "$err"
+    fi
+done < <(find "$root" \( -name target -o -name .git \) -prune -o -type f -name '*.nix' -print0 | sort -z)
+
+for required in flake.nix nixos-module/default.nix nixos-module/lib.nix \
+    nixos-module/package.nix nixos-module/test.nix tests/nix/cases.nix; do
+    found=no
+    for rel in "${parsed[@]}"; do
+        if [ "$rel" = "$required" ]; then found=yes; fi
+    done
+    if [ "$found" = yes ]; then
+        pass "present $required"
+    else
+        fail "present $required" "not found under $root"
+    fi
+done
+
+# Evaluate Nix text to a JSON string.
+eval_json() {
+    "${nix[@]}" --eval --strict --json "$@"
+}
+
+# Case names are plain words; the list comes out as one JSON string.
+names() {
+    local out
+    out=$(eval_json -E "builtins.concatStringsSep \" \" (builtins.attrNames (import $cases).$1)")
+    out=${out#\"}
+    printf '%s\n' "${out%\"}"
+}
+
+# 2a. Values: compare with expected/<name>.json as JSON values (key order and
+# white space do not matter; everything else does).
+read -r -a value_cases <<<"$(names values)"
+if [ "${#value_cases[@]}" -eq 0 ]; then
+    fail "eval cases" "no cases in $cases"
+fi
+for name in "${value_cases[@]}"; do
+    expected_file=$here/expected/$name.json
+    if [ ! -f "$expected_file" ]; then
+        fail "eval $name" "missing $expected_file"
+        continue
+    fi
+    if ! actual=$(eval_json --argstr name "$name" -E "{ name }: (import $cases).values.\${name}" 2>&1); then
+        fail "eval $name" "$actual"
+        continue
+    fi
+    if ! same=$("${nix[@]}" --eval --strict \
+        --argstr actual "$actual" --argstr expected "$(cat "$expected_file")" \
+        -E '{ actual, expected }: builtins.fromJSON actual == builtins.fromJSON expected' 2>&1); then
+        fail "eval $name" "cannot compare: $same"
+    elif [ "$same" = true ]; then
+        pass "eval $name"
+    else
+        fail "eval $name" "expected: $(tr -s ' \n' ' ' <"$expected_file")
+actual:   $actual"
+    fi
+done
+
+# Every expected file belongs to a case.
+for expected_file in "$here"/expected/*.json; do
+    name=$(basename "$expected_file" .json)
+    known=no
+    for n in "${value_cases[@]}"; do
+        if [ "$n" = "$name" ]; then known=yes; fi
+    done
+    if [ "$known" = no ]; then
+        fail "expected/$name.json" "no case values.$name in $cases"
+    fi
+done
+
+# 2b. Failures: evaluation must fail, with the expected message.
+read -r -a failure_cases <<<"$(names failures)"
+for name in "${failure_cases[@]}"; do
+    # (plain text: no quotes or backslashes to unescape)
+    message=$(eval_json --argstr name "$name" -E "{ name }: (import $cases).failures.\${name}.message")
+    message=${message#\"}
+    message=${message%\"}
+    if out=$(eval_json --argstr name "$name" -E "{ name }: (import $cases).failures.\${name}.expr" 2>&1); then
+        fail "fails $name" "evaluated to $out"
+    elif [[ "$out" != *"$message"* ]]; then
+        fail "fails $name" "error without \"$message\": $out"
+    else
+        pass "fails $name"
+    fi
+done
+
+# 3. The options the module declares are exactly these, and the README
+# section (docs/nixos.md, or README.md once merged) names each of them.
+options=(enable package workspaceDir placeholder.user placeholder.group placeholder.mode companions linkGroup)
+module=$root/nixos-module/default.nix
+declared=$(grep -cE '^ +[A-Za-z]+ = lib\.mk(Enable)?Option\b' "$module" || true)
+if [ "$declared" -eq "${#options[@]}" ]; then
+    pass "module declares ${#options[@]} options"
+else
+    fail "module declares ${#options[@]} options" "found $declared mkOption/mkEnableOption declarations in ${module#"$root"/}"
+fi
+doc=$root/docs/nixos.md
+if [ ! -f "$doc" ]; then doc=$root/README.md; fi
+for option in "${options[@]}"; do
+    if ! grep -qE "^ +${option##*.} = lib\.mk(Enable)?Option\b" "$module"; then
+        fail "option $option" "not declared in ${module#"$root"/}"
+    elif grep -qF "\`services.microvm-workspaces.$option\`" "$doc" 2>/dev/null; then
+        pass "documented $option"
+    else
+        fail "documented $option" "\`services.microvm-workspaces.$option\` is not in ${doc#"$root"/}"
+    fi
+done
+
+echo "nix: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
