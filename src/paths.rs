@@ -154,3 +154,39 @@ pub fn check_name(what: &str, name: &str) -> Result<()> {
         None => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_is_lexical_and_never_climbs_above_the_root() {
+        for (p, want) in [
+            ("/a/./b//c/", "/a/b/c"),
+            ("/a/b/../c", "/a/c"),
+            ("/../../x", "/x"),
+            ("a/../../b", "../b"),
+            ("/", "/"),
+        ] {
+            assert_eq!(normalize(Path::new(p)), Path::new(want), "{p}");
+        }
+    }
+
+    #[test]
+    fn shown_paths_stay_on_one_line() {
+        use std::os::unix::ffi::OsStrExt;
+        let p = Path::new(OsStr::from_bytes(b"/a\nb/\xff\x1b[31m"));
+        assert_eq!(show(p), "/a\\nb/\\xff\\u{1b}[31m");
+    }
+
+    #[test]
+    fn the_root_maps_inside_paths_both_ways() {
+        let t = std::env::temp_dir();
+        let root = Root::from_args(Some(&t)).unwrap();
+        let real = root.real(Path::new("/var/lib/x"));
+        assert_eq!(real, t.join("var/lib/x"));
+        assert_eq!(root.inside(&real).unwrap(), Path::new("/var/lib/x"));
+        assert!(root.inside(Path::new("/elsewhere")).is_none());
+        assert!(!Root::from_args(Some(Path::new("/"))).unwrap().is_rerooted());
+    }
+}

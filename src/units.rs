@@ -238,3 +238,51 @@ fn write_new(out: &Path, rel: &Path, text: &str) -> Result<()> {
     f.write_all(text.as_bytes())
         .with_context(|| format!("cannot write {}", show(&path)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_names_are_mangled_like_systemctl_and_decoded_back() {
+        for (vm, unit) in [
+            ("vm1", "vm1"),
+            ("my-vm.dev", "my-vm.dev"),
+            ("ümlaut", "\\xc3\\xbcmlaut"),
+            ("a b", "a\\x20b"),
+            ("back\\slash", "back\\x5cslash"),
+        ] {
+            assert_eq!(mangle(vm), unit);
+            assert_eq!(unmangle(unit), vm);
+        }
+        assert_eq!(unmangle("trailing\\x"), "trailing\\x");
+        assert_eq!(unmangle("\\xzz"), "\\xzz");
+        assert_eq!(
+            unit_name("microvm@", "my-vm.dev"),
+            "microvm@my-vm.dev.service"
+        );
+    }
+
+    #[test]
+    fn unit_words_escape_specifiers_and_quote_when_needed() {
+        assert_eq!(unit_word("/usr/libexec/p", true), "/usr/libexec/p");
+        assert_eq!(unit_word("/a/100%", false), "/a/100%%");
+        assert_eq!(unit_word("/opt/$HOME/p", true), "/opt/$$HOME/p");
+        assert_eq!(unit_word("/opt/$HOME/p", false), "/opt/$HOME/p");
+        assert_eq!(
+            unit_word("/with space/x\"y", false),
+            "\"/with space/x\\\"y\""
+        );
+    }
+
+    #[test]
+    fn the_kernel_command_line_switch_is_the_last_one() {
+        assert!(cmdline_enabled("quiet"));
+        assert!(!cmdline_enabled("quiet microvm-workspaces=0"));
+        assert!(!cmdline_enabled("microvm-workspaces=off"));
+        assert!(cmdline_enabled(
+            "microvm-workspaces=0 microvm-workspaces=yes"
+        ));
+        assert!(cmdline_enabled("xmicrovm-workspaces=0"));
+    }
+}

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Runs every test: the crate's (unit, prepare, link, generator golden files with
+# systemd-analyze verify, the real virtiofsd), the Nix checks, and the end-to-end suite in a
+# booted systemd container with real virtiofsd and qemu guests. Needs root; installs what is
+# missing first (tests/deps.sh). Ends with one line: "all: N passed, M failed".
+set -uo pipefail
+cd "$(dirname "$0")"
+
+if [ "$(id -u)" != 0 ]; then
+  echo "test.sh: the tests mount, set trusted xattrs and boot a container: run as root" >&2
+  exit 1
+fi
+tests/deps.sh || { echo "test.sh: installing dependencies failed" >&2; exit 1; }
+export VIRTIOFSD=${VIRTIOFSD:-/var/cache/microvm-workspaces-ci/virtiofsd-1.14.0/bin/virtiofsd}
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+passed=0 failed=0 broken=()
+
+step() { # name, command...
+  local name=$1; shift
+  echo "== $name"
+  if "$@" 2>&1 | tee -a "$log"; then :; else broken+=("$name"); fi
+}
+
+step "cargo fmt" cargo fmt --all -- --check
+step "cargo clippy" cargo clippy --all-targets --quiet -- -D warnings
+step "cargo test" cargo test --all-targets
+step "nix" bash tests/nix/check.sh
+step "e2e" bash tests/e2e/run
+
+# Tally every runner's closing lines.
+while read -r p f; do
+  passed=$((passed + p)); failed=$((failed + f))
+done < <(sed -nE 's/^test result: [a-zA-Z]+\. ([0-9]+) passed; ([0-9]+) failed.*/\1 \2/p; s/^[a-z0-9]+: ([0-9]+) passed, ([0-9]+) failed.*/\1 \2/p' "$log")
+
+if [ ${#broken[@]} -gt 0 ]; then
+  echo "test.sh: failed steps: ${broken[*]}" >&2
+  [ "$failed" -gt 0 ] || failed=${#broken[@]}
+fi
+echo "all: $passed passed, $failed failed"
+[ ${#broken[@]} -eq 0 ] && [ "$failed" -eq 0 ]
