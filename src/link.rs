@@ -487,26 +487,27 @@ impl Ctx<'_> {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let mut keep = OsString::from(name);
-        keep.push(format!(".{stamp}"));
         let old = fsafe::swap_in_placeholder(ws, name, self.spec)?;
-        nix::fcntl::renameat2(
-            &ws.fd,
-            &*old,
-            &displaced.fd,
-            &*keep,
-            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
-        )
-        .or_else(|_| {
-            keep.push(format!(".{}", std::process::id()));
-            nix::fcntl::renameat2(
+        // `<name>.<time>`, with `.<n>` added while that is taken: never over an earlier one.
+        let mut keep;
+        let mut n = 0;
+        loop {
+            keep = OsString::from(name);
+            keep.push(format!(".{stamp}"));
+            if n > 0 {
+                keep.push(format!(".{n}"));
+            }
+            match nix::fcntl::renameat2(
                 &ws.fd,
                 &*old,
                 &displaced.fd,
                 &*keep,
                 nix::fcntl::RenameFlags::RENAME_NOREPLACE,
-            )
-        })
+            ) {
+                Err(Errno::EEXIST) if n < 100 => n += 1,
+                r => break r,
+            }
+        }
         .with_context(|| format!("cannot move {} into {}", show(&at), show(&displaced.path)))?;
         let to = displaced.path.join(&keep);
         tracing::warn!(path = %show(&at), "moved the directory {} aside to {}", show(&at), show(&to));
