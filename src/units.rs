@@ -16,6 +16,10 @@ const TEMPLATE_DROPIN: &str = include_str!("../units/50-microvm-workspaces.conf.
 const INSTANCE_DROPIN: &str = include_str!("../units/instance.conf.in");
 /// Drop-in file name, systemd style: `50-<name>.conf`.
 pub const DROPIN_NAME: &str = "50-microvm-workspaces.conf";
+/// The per-VM drop-in must have another name: a drop-in in `microvm@vm1.service.d/` with
+/// the template's file name *replaces* the template's (found on real systemd 252, where it
+/// silently dropped the ExecStartPre= of every VM listed in the config).
+pub const INSTANCE_DROPIN_NAME: &str = "50-microvm-workspaces-mounts.conf";
 /// The two templates of microvm.nix whose starts run prepare. Both, because a unit whose
 /// condition fails skips its ExecStartPre too, and 9p shares have no virtiofsd unit at all.
 pub const TEMPLATES: [&str; 2] = ["microvm-virtiofsd@", "microvm@"];
@@ -178,7 +182,7 @@ pub fn generate(root: &Root, env: &GenEnv, out: &Path, prepare: &Path) -> Result
             .replace("@VM@", &vm)
             .replace("@PATHS@", &words.join(" "));
         for t in TEMPLATES {
-            let rel = Path::new(&format!("{}.d", unit_name(t, &vm))).join(DROPIN_NAME);
+            let rel = Path::new(&format!("{}.d", unit_name(t, &vm))).join(INSTANCE_DROPIN_NAME);
             write_new(out, &rel, &text)?;
             wrote.push(rel);
         }

@@ -287,6 +287,38 @@ fn systemd_analyze_verify_accepts_every_generated_file() {
 }
 
 #[test]
+fn instance_drop_ins_add_to_the_template_drop_in_rather_than_replace_it() {
+    // Point the template drop-in's ExecStartPre= at a missing file: verify complains about it
+    // for an instance with its own drop-in only if the template drop-in still applies there.
+    let case = cases()
+        .into_iter()
+        .find(|c| c.ends_with("02-config-with-vms"))
+        .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    assert!(run_case(&case, out.path()).status.success());
+    let normal = out.path().join("normal");
+    for t in ["microvm@", "microvm-virtiofsd@"] {
+        let f = normal.join(format!("{t}.service.d/50-microvm-workspaces.conf"));
+        let text = std::fs::read_to_string(&f)
+            .unwrap()
+            .replace(&expected_prepare(), "/nonexistent/prepare");
+        std::fs::write(&f, text).unwrap();
+        assert!(
+            normal.join(format!("{t}vm1.service.d")).is_dir(),
+            "the case must have an instance drop-in"
+        );
+    }
+    let units = unit_dir_with(&normal);
+    for unit in ["microvm@vm1.service", "microvm-virtiofsd@vm1.service"] {
+        let (_, stderr) = verify(units.path(), &[unit.to_string()]);
+        assert!(
+            stderr.contains("/nonexistent/prepare"),
+            "{unit}: the template's ExecStartPre= is hidden: {stderr:?}"
+        );
+    }
+}
+
+#[test]
 fn systemd_analyze_verify_does_read_our_drop_ins() {
     // The control for the test above: a broken drop-in in the same layout must be reported,
     // or a clean verify would prove nothing.
