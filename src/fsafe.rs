@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{anyhow, bail, Context, Result};
 use nix::errno::Errno;
-use nix::fcntl::{openat, renameat2, OFlag, RenameFlags};
+use nix::fcntl::{openat, openat2, renameat2, OFlag, OpenHow, RenameFlags, ResolveFlag};
 use nix::sys::stat::{fstat, mkdirat, FileStat, Mode, SFlag};
 use nix::unistd::{Gid, Uid};
 
@@ -155,9 +155,20 @@ impl Tree {
     /// Errors: a non-directory in the middle, a symlink loop, an unsafe transition (with
     /// [`Trust::Owners`]), or a dangling symlink: nothing is ever created through a symlink
     /// whose target is missing.
+    ///
+    /// With [`Trust::All`] an existing path is first opened with one `openat2` in the root
+    /// (`RESOLVE_IN_ROOT` follows symlinks, absolute ones inside the root, as this walk does);
+    /// a found node's `path` is then the path asked for, not the resolved one.
     pub fn walk(&self, path: &Path, trust: Trust) -> Result<Walk> {
         if !path.is_absolute() {
             bail!("{} is not an absolute path", show(path));
+        }
+        if trust == Trust::All {
+            if let Some(node) =
+                self.open_in_root(path, OFlag::empty(), ResolveFlag::RESOLVE_IN_ROOT)
+            {
+                return Ok(Walk::Found(node));
+            }
         }
         let mut todo: VecDeque<(OsString, bool)> = paths::normalize(path)
             .components()
@@ -242,15 +253,21 @@ impl Tree {
     /// The fast path for the common case, an existing directory reached without any symlink:
     /// one `openat2` resolving inside the root. `None` means "take the careful walk".
     pub fn existing_dir_fast(&self, path: &Path) -> Option<Node> {
-        use nix::fcntl::{openat2, OpenHow, ResolveFlag};
+        self.open_in_root(
+            path,
+            OFlag::O_DIRECTORY,
+            ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_SYMLINKS,
+        )
+    }
+
+    /// One `openat2` (`O_PATH`, plus `flags`) of an inside path, resolved inside the root as
+    /// `resolve` says (magic links always refused); `None` on any failure.
+    fn open_in_root(&self, path: &Path, flags: OFlag, resolve: ResolveFlag) -> Option<Node> {
+        let path = paths::normalize(path);
         let rel = path.strip_prefix("/").ok()?;
         let how = OpenHow::new()
-            .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
-            .resolve(
-                ResolveFlag::RESOLVE_IN_ROOT
-                    | ResolveFlag::RESOLVE_NO_SYMLINKS
-                    | ResolveFlag::RESOLVE_NO_MAGICLINKS,
-            );
+            .flags(OFlag::O_PATH | OFlag::O_CLOEXEC | flags)
+            .resolve(resolve | ResolveFlag::RESOLVE_NO_MAGICLINKS);
         let target = if rel.as_os_str().is_empty() {
             Path::new(".")
         } else {
@@ -258,11 +275,7 @@ impl Tree {
         };
         let fd = openat2(&self.root.fd, target, how).ok()?;
         let st = fstat(&fd).ok()?;
-        Some(Node {
-            fd,
-            st,
-            path: paths::normalize(path),
-        })
+        Some(Node { fd, st, path })
     }
 }
 
@@ -277,6 +290,27 @@ fn check_transition(trust: Trust, from: &Node, to: &Node) -> Result<()> {
         );
     }
     Ok(())
+}
+
+// ---- crash-safety failpoint ----
+
+/// Crash-safety tests set `MICROVM_WORKSPACES_FAILPOINT=N` to make the process kill itself
+/// (SIGKILL, like a power cut or the OOM killer) right after its Nth change to the file system
+/// or the mount table, so every point between two steps can be hit deterministically.
+pub const FAILPOINT_ENV: &str = "MICROVM_WORKSPACES_FAILPOINT";
+
+/// Marks one completed change (`what` names it). Unset (always, outside the tests) this is
+/// one environment lookup.
+pub fn step(what: &str) {
+    static DONE: AtomicU32 = AtomicU32::new(0);
+    let n = DONE.fetch_add(1, Ordering::Relaxed) + 1;
+    let Some(at) = std::env::var_os(FAILPOINT_ENV) else {
+        return;
+    };
+    if at.to_str().and_then(|s| s.parse::<u32>().ok()) == Some(n) {
+        eprintln!("failpoint: killed after step {n} ({what})");
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
 }
 
 // ---- extended attribute marker ----
@@ -343,7 +377,7 @@ pub fn tmp_name() -> OsString {
 pub fn create_placeholder(dir: &Node, name: &OsStr, spec: PlaceholderSpec) -> Result<Node> {
     let tmp = tmp_placeholder(dir, spec)?;
     match renameat2(&dir.fd, &*tmp, &dir.fd, name, RenameFlags::RENAME_NOREPLACE) {
-        Ok(()) => {}
+        Ok(()) => step("rename the placeholder into place"),
         Err(Errno::EEXIST) => {
             let _ = nix::unistd::unlinkat(&dir.fd, &*tmp, nix::unistd::UnlinkatFlags::RemoveDir);
         }
@@ -370,6 +404,7 @@ pub fn swap_in_placeholder(dir: &Node, name: &OsStr, spec: PlaceholderSpec) -> R
             )
         });
     }
+    step("exchange a placeholder with the old entry");
     Ok(tmp)
 }
 
@@ -378,6 +413,7 @@ fn tmp_placeholder(dir: &Node, spec: PlaceholderSpec) -> Result<OsString> {
     let at = || dir.path.join(&tmp);
     mkdirat(&dir.fd, &*tmp, Mode::from_bits_truncate(0o700))
         .with_context(|| format!("cannot create {}", show(&at())))?;
+    step("mkdir a temporary placeholder");
     let made = (|| -> Result<()> {
         let fd = openat(
             &dir.fd,
@@ -386,12 +422,15 @@ fn tmp_placeholder(dir: &Node, spec: PlaceholderSpec) -> Result<OsString> {
             Mode::empty(),
         )?;
         set_mark(fd.as_fd())?;
+        step("mark the placeholder");
         nix::unistd::fchown(
             &fd,
             Some(Uid::from_raw(spec.uid)),
             Some(Gid::from_raw(spec.gid)),
         )?;
+        step("chown the placeholder");
         nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(spec.mode))?;
+        step("chmod the placeholder");
         Ok(())
     })();
     if let Err(e) = made {
@@ -409,7 +448,8 @@ pub fn mkdir_as(dir: &Node, name: &OsStr, uid: u32, gid: u32) -> Result<Node> {
         mkdirat(&dir.fd, name, Mode::from_bits_truncate(0o755))
     });
     match made {
-        Ok(()) | Err(Errno::EEXIST) => {}
+        Ok(()) => step("mkdir"),
+        Err(Errno::EEXIST) => {}
         Err(e) => {
             return Err(anyhow!(e))
                 .with_context(|| format!("cannot create {} as uid {uid}", show(&at)))
@@ -470,6 +510,7 @@ pub fn lock(dir: &Node) -> Result<OwnedFd> {
         Mode::from_bits_truncate(0o600),
     )
     .with_context(|| format!("cannot open lock {}", show(&dir.path.join(paths::LOCK))))?;
+    step("open the lock file");
     loop {
         // SAFETY: plain flock on a descriptor we own.
         let r = unsafe { nix::libc::flock(fd.as_raw_fd(), nix::libc::LOCK_EX) };
@@ -485,8 +526,12 @@ pub fn lock(dir: &Node) -> Result<OwnedFd> {
 }
 
 /// Removes leftovers of interrupted runs (temporary names) from `dir`; call with the lock held.
-/// Only empty directories and symlinks are removed: a temporary name never holds user data.
-pub fn remove_leftovers(dir: &Node) -> Result<()> {
+/// Only what is provably ours goes: symlinks (temporary records, and legacy links whose
+/// target was recorded before they were swapped out) and empty directories that are our
+/// placeholders, marked or still half-made (root, 0700, before the mark). Any other directory
+/// under a temporary name holds user data (a user's directory whose move aside a killed run
+/// interrupted): it is returned, for the caller to move into `.displaced/`, never deleted.
+pub fn remove_leftovers(dir: &Node) -> Result<Vec<OsString>> {
     let fd = openat(
         &dir.fd,
         ".",
@@ -501,28 +546,36 @@ pub fn remove_leftovers(dir: &Node) -> Result<()> {
         .map(|e| e.file_name().to_owned())
         .filter(|n| n.to_bytes().starts_with(prefix))
         .collect();
+    let mut strays = Vec::new();
     for name in names {
         let name = OsStr::from_bytes(name.to_bytes());
-        let Ok(st) =
-            nix::sys::stat::fstatat(&dir.fd, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
-        else {
+        let Ok(node) = dir.child(name) else {
             continue;
         };
-        let flag = if is_dir(&st) {
+        let flag = if node.is_dir() {
+            let half_made = node.st.st_uid == 0 && node.st.st_mode & 0o7777 == 0o700;
+            if !has_mark(node.fd.as_fd()) && !half_made {
+                strays.push(name.to_os_string());
+                continue;
+            }
             nix::unistd::UnlinkatFlags::RemoveDir
-        } else if is_symlink(&st) {
+        } else if is_symlink(&node.st) {
             nix::unistd::UnlinkatFlags::NoRemoveDir
         } else {
             continue;
         };
         match nix::unistd::unlinkat(&dir.fd, name, flag) {
-            Ok(()) => tracing::info!(path = %show(&dir.path.join(name)), "removed leftover"),
+            Ok(()) => {
+                step("remove a leftover");
+                tracing::info!(path = %show(&dir.path.join(name)), "removed leftover")
+            }
+            Err(Errno::ENOTEMPTY) => strays.push(name.to_os_string()),
             Err(e) => {
                 tracing::warn!(path = %show(&dir.path.join(name)), "cannot remove leftover: {e}")
             }
         }
     }
-    Ok(())
+    Ok(strays)
 }
 
 /// Is this object the root of a mount? (statx `STATX_ATTR_MOUNT_ROOT`, Linux 5.8+.)

@@ -66,6 +66,7 @@ pub fn write_record(links: &Node, name: &OsStr, rec: &Record) -> Result<()> {
     let at = links.path.join(name);
     nix::unistd::symlinkat(&rec.target, &links.fd, &*tmp)
         .with_context(|| format!("cannot write record {}", show(&at)))?;
+    fsafe::step("symlink a temporary record");
     let done = nix::unistd::fchownat(
         &links.fd,
         &*tmp,
@@ -78,12 +79,17 @@ pub fn write_record(links: &Node, name: &OsStr, rec: &Record) -> Result<()> {
         let _ = nix::unistd::unlinkat(&links.fd, &*tmp, nix::unistd::UnlinkatFlags::NoRemoveDir);
         return Err(anyhow!(e)).with_context(|| format!("cannot write record {}", show(&at)));
     }
+    fsafe::step("rename the record into place");
     Ok(())
 }
 
 pub fn remove_record(links: &Node, name: &OsStr) -> Result<()> {
     match nix::unistd::unlinkat(&links.fd, name, nix::unistd::UnlinkatFlags::NoRemoveDir) {
-        Ok(()) | Err(Errno::ENOENT) => Ok(()),
+        Ok(()) => {
+            fsafe::step("remove a record");
+            Ok(())
+        }
+        Err(Errno::ENOENT) => Ok(()),
         Err(e) => Err(anyhow!(e))
             .with_context(|| format!("cannot remove record {}", show(&links.path.join(name)))),
     }
@@ -104,13 +110,19 @@ pub fn bind(repo: &Node, target: &Node) -> Result<()> {
             show(&repo.path),
             show(&target.path)
         )
-    })
+    })?;
+    fsafe::step("bind-mount");
+    Ok(())
 }
 
 /// Detaches the mount at `real` (lazily, so a busy mount goes when its last user does).
 pub fn unmount(real: &Path, shown: &Path) -> Result<()> {
     match umount2(real, MntFlags::MNT_DETACH) {
-        Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => Ok(()),
+        Ok(()) => {
+            fsafe::step("unmount");
+            Ok(())
+        }
+        Err(Errno::EINVAL) | Err(Errno::ENOENT) => Ok(()),
         Err(e) => Err(anyhow!(e)).with_context(|| format!("cannot unmount {}", show(shown))),
     }
 }
@@ -180,6 +192,7 @@ impl Ctx<'_> {
                             show(&ws.path.join(&old))
                         )
                     })?;
+                fsafe::step("remove the legacy symlink");
                 record = Some(rec);
                 entry = Some(ws.child(name)?);
             }
@@ -397,7 +410,7 @@ impl Ctx<'_> {
         }
         let ws = fsafe::ensure_root_dir(self.tree, &ws_dir)?;
         let _lock = fsafe::lock(&ws)?;
-        fsafe::remove_leftovers(&ws)?;
+        self.clean_workspace(&ws)?;
         let links = fsafe::ensure_root_dir(self.tree, &ws_dir.join(paths::LINKS))?;
         fsafe::remove_leftovers(&links)?;
         for (c, repo) in changes.iter().zip(repos) {
@@ -420,8 +433,12 @@ impl Ctx<'_> {
                         .push(format!("linked {} -> {}", show(&at), show(&repo.path)));
                 }
                 None => {
-                    remove_record(&links, name)?;
+                    // Mount first, then the record: a crash in between leaves a record
+                    // without a mount, which the next start re-mounts (consistent). The
+                    // other order would leave a mount no record explains, which nothing
+                    // repairs until the next link.
                     self.unmount_entry(&ws, name, entry)?;
+                    remove_record(&links, name)?;
                     out.steps.push(format!("{} is a placeholder", show(&at)));
                 }
             }
@@ -459,6 +476,7 @@ impl Ctx<'_> {
         if kind == nix::libc::S_IFLNK {
             let old = fsafe::swap_in_placeholder(ws, name, self.spec)?;
             nix::unistd::unlinkat(&ws.fd, &*old, nix::unistd::UnlinkatFlags::NoRemoveDir)?;
+            fsafe::step("remove the legacy symlink");
             out.steps
                 .push(format!("replaced the legacy symlink {}", show(&at)));
             return Ok(ws.child(name)?);
@@ -482,37 +500,25 @@ impl Ctx<'_> {
             );
         }
         // A user's real directory: moved aside atomically, a placeholder taking its place.
+        // `.displaced` first, so that failing to make it (a full disk) changes nothing.
         let displaced = fsafe::ensure_root_dir(self.tree, &ws.path.join(paths::DISPLACED))?;
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
         let old = fsafe::swap_in_placeholder(ws, name, self.spec)?;
-        // `<name>.<time>`, with `.<n>` added while that is taken: never over an earlier one.
-        let mut keep;
-        let mut n = 0;
-        loop {
-            keep = OsString::from(name);
-            keep.push(format!(".{stamp}"));
-            if n > 0 {
-                keep.push(format!(".{n}"));
-            }
-            match nix::fcntl::renameat2(
-                &ws.fd,
-                &*old,
-                &displaced.fd,
-                &*keep,
-                nix::fcntl::RenameFlags::RENAME_NOREPLACE,
-            ) {
-                Err(Errno::EEXIST) if n < 100 => n += 1,
-                r => break r,
-            }
-        }
-        .with_context(|| format!("cannot move {} into {}", show(&at), show(&displaced.path)))?;
-        let to = displaced.path.join(&keep);
+        let to = move_aside(ws, &displaced, &old, name)?;
         tracing::warn!(path = %show(&at), "moved the directory {} aside to {}", show(&at), show(&to));
         out.displaced.push((show(&at), show(&to)));
         Ok(ws.child(name)?)
+    }
+
+    /// Clears what killed runs left in the workspace dir (call with the lock held). A
+    /// directory under a temporary name that is not ours is a user's directory caught
+    /// between being swapped out and moved aside: it finishes its way into `.displaced/`.
+    pub fn clean_workspace(&self, ws: &Node) -> Result<()> {
+        for stray in fsafe::remove_leftovers(ws)? {
+            let displaced = fsafe::ensure_root_dir(self.tree, &ws.path.join(paths::DISPLACED))?;
+            let to = move_aside(ws, &displaced, &stray, OsStr::new("recovered"))?;
+            tracing::warn!(path = %show(&ws.path.join(&stray)), "moved the directory {} left by an interrupted run aside to {}", show(&ws.path.join(&stray)), show(&to));
+        }
+        Ok(())
     }
 
     /// Detaches whatever is mounted on the entry; returns the placeholder beneath.
@@ -531,6 +537,43 @@ impl Ctx<'_> {
 }
 
 use std::ffi::OsString;
+
+/// Moves `<ws>/<from>` into `displaced` as `<label>.<time>` (`.<n>` added while that is
+/// taken: never over an earlier one); returns where it went.
+fn move_aside(ws: &Node, displaced: &Node, from: &OsStr, label: &OsStr) -> Result<PathBuf> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut keep;
+    let mut n = 0;
+    loop {
+        keep = OsString::from(label);
+        keep.push(format!(".{stamp}"));
+        if n > 0 {
+            keep.push(format!(".{n}"));
+        }
+        match nix::fcntl::renameat2(
+            &ws.fd,
+            from,
+            &displaced.fd,
+            &*keep,
+            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+        ) {
+            Err(Errno::EEXIST) if n < 100 => n += 1,
+            r => break r,
+        }
+    }
+    .with_context(|| {
+        format!(
+            "cannot move {} into {}",
+            show(&ws.path.join(from)),
+            show(&displaced.path)
+        )
+    })?;
+    fsafe::step("move the user's directory aside");
+    Ok(displaced.path.join(&keep))
+}
 
 /// The repo root for a working directory: the nearest ancestor holding `.git` (a directory,
 /// or a file as in worktrees and submodules), else the directory itself.

@@ -38,7 +38,17 @@ pub fn init(verbose: u8) {
         .try_init();
 }
 
-/// One line for a failure: the anyhow chain joined by ": ", with any newline escaped.
+/// One line for a failure: the anyhow chain joined by ": ", with every control character
+/// escaped. Not only newlines: a carriage return or an escape sequence from a hostile input
+/// (serde quotes an unknown config key verbatim) would garble the terminal or the journal.
 pub fn one_line(e: &anyhow::Error) -> String {
-    format!("{e:#}").replace('\n', "\\n")
+    let mut out = String::new();
+    for ch in format!("{e:#}").chars() {
+        if ch.is_control() {
+            out.extend(ch.escape_default());
+        } else {
+            out.push(ch);
+        }
+    }
+    out
 }

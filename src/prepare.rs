@@ -78,6 +78,9 @@ pub struct Ctx<'a> {
     pub redirects: Vec<(PathBuf, PathBuf)>,
     /// Dry run only: directories planned so far, and how their children would be created.
     planned: BTreeMap<PathBuf, Creator>,
+    /// Workspace entries already made to agree with their records in this pass (every share
+    /// below one entry would otherwise check it again).
+    ensured: Vec<OsString>,
     /// Labels for log lines (the VM and tag being worked on).
     pub vm: String,
     pub tag: String,
@@ -104,6 +107,7 @@ impl<'a> Ctx<'a> {
             actions: Vec::new(),
             redirects: Vec::new(),
             planned: BTreeMap::new(),
+            ensured: Vec::new(),
             vm: String::new(),
             tag: String::new(),
         })
@@ -155,7 +159,10 @@ impl<'a> Ctx<'a> {
     pub fn ensure_share(&mut self, share: &Share) -> Result<Option<Prepared>> {
         self.tag = share.tag.clone();
         if let Some(name) = entry_of(&self.cfg.workspace_dir, &share.path) {
-            self.ensure_entry(name)?;
+            if !self.ensured.iter().any(|n| n == name) {
+                self.ensure_entry(name)?;
+                self.ensured.push(name.to_os_string());
+            }
         }
         let path = self.redirected(&share.path);
         if self.dry_run {
@@ -245,13 +252,22 @@ impl<'a> Ctx<'a> {
                 continue;
             }
             let leaf = i + 1 == rest.len();
+            // A workspace entry is a placeholder even as a parent (`nixfiles` when a VM
+            // needs `nixfiles/hosts/...` first): it is where a link gets mounted, and a
+            // plain directory there would be taken for a user's and moved aside.
+            let entry = path.parent() == Some(self.cfg.workspace_dir.as_path())
+                && entry_of(&self.cfg.workspace_dir, &path).is_some();
             let spec = self.spec;
             let children = match creator {
                 Creator::Placeholders | Creator::Root
-                    if leaf || matches!(creator, Creator::Placeholders) =>
+                    if leaf || entry || matches!(creator, Creator::Placeholders) =>
                 {
                     self.act("create-placeholder", &path, mode_text(spec));
                     if let Some(d) = dir.as_ref().filter(|_| !self.dry_run) {
+                        // A placeholder is built under a temporary name in `d`; a run killed
+                        // doing so left one behind here, where only this step ever looks (the
+                        // leaf is still missing). We hold the lock: such names are leftovers.
+                        fsafe::remove_leftovers(d)?;
                         dir = Some(fsafe::create_placeholder(d, name, spec)?);
                     }
                     Creator::Placeholders
@@ -298,8 +314,11 @@ fn mode_text(spec: PlaceholderSpec) -> String {
 /// Resolves the configured placeholder owner to numbers (names through the host's user db).
 pub fn placeholder_spec(cfg: &Config) -> Result<PlaceholderSpec> {
     let p = &cfg.placeholder;
+    // `root` (the default) is 0 without asking NSS, as systemd resolves it: every start would
+    // otherwise pay for user and group database lookups (an nscd round trip on NixOS).
     let uid = match p.user.parse::<u32>() {
         Ok(n) => n,
+        Err(_) if p.user == "root" => 0,
         Err(_) => nix::unistd::User::from_name(&p.user)
             .ok()
             .flatten()
@@ -309,6 +328,7 @@ pub fn placeholder_spec(cfg: &Config) -> Result<PlaceholderSpec> {
     };
     let gid = match p.group.parse::<u32>() {
         Ok(n) => n,
+        Err(_) if p.group == "root" => 0,
         Err(_) => nix::unistd::Group::from_name(&p.group)
             .ok()
             .flatten()
@@ -361,7 +381,7 @@ pub fn prepare_shares(
     act.vm = vm.to_string();
     let ws = act.workspace()?.expect("not a dry run");
     let _lock = fsafe::lock(&ws)?;
-    fsafe::remove_leftovers(&ws)?;
+    act.clean_workspace(&ws)?;
     if let Some(links) = act.links_dir(&ws)? {
         fsafe::remove_leftovers(&links)?;
     }

@@ -140,6 +140,16 @@ fn become_root() -> Result<()> {
         return Ok(());
     }
     let sudo = option_env!("MICROVM_WORKSPACES_SUDO").unwrap_or("sudo");
+    // Set on the re-execution below. The real sudo drops it (env_reset) and makes us root;
+    // seeing it while still not root means `sudo` ran us unprivileged, and going round again
+    // would loop for ever.
+    const VIA_SUDO: &str = "MICROVM_LINK_VIA_SUDO";
+    if std::env::var_os(VIA_SUDO).is_some() {
+        bail!(
+            "{sudo} ran microvm-link again as uid {}, not as root; check that {sudo} is the real sudo and allows you to run microvm-link",
+            nix::unistd::Uid::effective()
+        );
+    }
     let exe = std::env::current_exe().context("cannot find microvm-link's own executable")?;
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     if let Some(r) = std::env::var_os(paths::ROOT_ENV).filter(|r| !r.is_empty()) {
@@ -147,6 +157,7 @@ fn become_root() -> Result<()> {
         args.insert(0, "--root".into());
     }
     let err = std::process::Command::new(sudo)
+        .env(VIA_SUDO, "1")
         .arg("--")
         .arg(&exe)
         .args(&args)
