@@ -12,6 +12,10 @@ if [ "$(id -u)" != 0 ]; then
   echo "deps.sh: run as root (it installs packages)" >&2
   exit 1
 fi
+command -v cargo >/dev/null || {
+  echo "deps.sh: no cargo: install a Rust toolchain (1.80 or later, e.g. with rustup) for root" >&2
+  exit 1
+}
 
 # package -> a file it installs (checked instead of asking dpkg, which is slow)
 declare -A want=(
@@ -33,12 +37,16 @@ declare -A want=(
   [libcap-ng-dev]=/usr/include/cap-ng.h
   [xz-utils]=/usr/bin/xz
   [zstd]=/usr/bin/zstd
+  [gcc]=/usr/bin/cc
 )
 missing=()
 for pkg in "${!want[@]}"; do
   f=${want[$pkg]}
   if [ "$pkg" = linux-image-amd64 ]; then
     compgen -G '/boot/vmlinuz-*' >/dev/null || missing+=("$pkg")
+  elif [ "$pkg" = busybox-static ]; then
+    # Debian's dynamic busybox installs the same path but lacks what the guest needs.
+    { [ -e "$f" ] && busybox --list | grep -qx setpriv; } || missing+=("$pkg")
   elif [ ! -e "$f" ]; then
     missing+=("$pkg")
   fi

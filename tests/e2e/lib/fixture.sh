@@ -1,0 +1,197 @@
+# shellcheck shell=bash
+# Per-run fixture written into a copy of the base rootfs: microvm.nix-shaped
+# template units, runner trees under /var/lib/microvms/<vm>/current (symlinks
+# into a fake /nix/store, as microvm.nix's install-microvm-<vm> makes them),
+# the guest kernel/initramfs, and /etc/microvm-workspaces/config.json.
+# Sourced after common.sh.
+
+E2E_WS=/var/lib/microvm-workspaces
+E2E_STATE=/var/lib/microvms
+E2E_GUEST_MEM=${E2E_GUEST_MEM:-256}
+
+# vm -> "tag=source[=ro] ..." (source as the user wrote it)
+declare -gA E2E_VMS=(
+    [vm1]="workspace=$E2E_WS/vm1"
+    [vm2]="nixfiles=$E2E_WS/vm1=ro"
+    [nixfiles]="nixfiles=$E2E_WS/nixfiles nix-secrets=$E2E_WS/nix-secrets host=$E2E_WS/nixfiles/hosts/microvms/nixfiles"
+    [vm3]="nixfiles=$E2E_WS/nixfiles=ro nix-secrets=$E2E_WS/nix-secrets=ro host=$E2E_WS/nixfiles/hosts/microvms/vm3"
+)
+
+e2e_fake_hash() { printf '%s' "$1" | sha256sum | tr -d -c 'a-z0-9' | cut -c1-32; }
+
+# e2e_fixture ROOT GUESTDIR
+e2e_fixture() {
+    local root=$1 guest=$2 vm gh
+    install -m 0644 -t "$root/etc/systemd/system" "$E2E_LIB"/units/*.service
+    # sudo wants to resolve the host name (debootstrap writes no /etc/hosts)
+    [ -s "$root/etc/hosts" ] || printf '127.0.0.1\tlocalhost\n' > "$root/etc/hosts"
+    grep -q "[[:space:]]$(cat "$root/etc/hostname")\$" "$root/etc/hosts" ||
+        printf '127.0.1.1\t%s\n' "$(cat "$root/etc/hostname")" >> "$root/etc/hosts"
+
+    gh=/nix/store/$(e2e_fake_hash "guest-$(cat "$guest/kernel-version")")-e2e-guest
+    mkdir -p "$root$gh"
+    install -m 0644 "$guest/bzImage" "$guest/initrd.gz" "$root$gh/"
+
+    # microvm.nix activation: stateDir owned by microvm:kvm, group-writable
+    mkdir -p "$root$E2E_STATE" "$root$E2E_WS"
+    chroot "$root" chown microvm:kvm "$E2E_STATE"
+    chmod 0775 "$root$E2E_STATE"
+    for vm in "${!E2E_VMS[@]}"; do
+        e2e_runner "$root" "$vm" "$gh" ${E2E_VMS[$vm]}
+    done
+    mkdir -p "$root/etc/microvm-workspaces"
+    e2e_config > "$root/etc/microvm-workspaces/config.json.new"
+    mv "$root/etc/microvm-workspaces/config.json.new" "$root/etc/microvm-workspaces/config.json"
+    # sudo for alice, as the NixOS module's optional rule would grant it
+    printf '%s\n' "# microvm-workspaces e2e: the NixOS module's optional sudo rule" \
+        "alice ALL=(root) NOPASSWD: /usr/bin/microvm-link" > "$root/etc/sudoers.d/microvm-link"
+    chmod 0440 "$root/etc/sudoers.d/microvm-link"
+}
+
+# e2e_runner ROOT VM GUESTSTOREPATH tag=source[=ro]...
+e2e_runner() {
+    local root=$1 vm=$2 gh=$3; shift 3
+    local store=/nix/store/$(e2e_fake_hash "runner-$vm-$*")-microvm-qemu-$vm
+    local d=$root$store spec tag src ro tags="" sock i=0 fsargs="" vfs=""
+    mkdir -p "$d/bin" "$d/share/microvm/virtiofs"
+    echo qemu > "$d/share/microvm/hypervisor"
+    for spec in "$@"; do
+        IFS== read -r tag src ro <<<"$spec"
+        sock=$vm-virtiofs-$tag.sock
+        mkdir -p "$d/share/microvm/virtiofs/$tag"
+        printf '%s\n' "$src" > "$d/share/microvm/virtiofs/$tag/source"
+        printf '%s\n' "$sock" > "$d/share/microvm/virtiofs/$tag/socket"
+        tags=${tags:+$tags,}$tag
+        fsargs+=" -chardev socket,id=fs$i,path=$sock -device vhost-user-fs-pci,chardev=fs$i,tag=$tag"
+        vfs+="start_virtiofsd $tag $sock $src ${ro:+--readonly}"$'\n'
+        i=$((i + 1))
+    done
+
+    cat > "$d/bin/microvm-run" <<RUN
+#!/bin/sh
+# qemu runner of MicroVM '$vm' (microvm.nix-shaped; TCG, KVM is not usable here)
+set -e
+cd $E2E_STATE/$vm
+exec qemu-system-x86_64 -name $vm -accel tcg -m ${E2E_GUEST_MEM}M \\
+  -object memory-backend-memfd,id=mem,size=${E2E_GUEST_MEM}M,share=on -numa node,memdev=mem \\
+  -nodefaults -no-user-config -display none -no-reboot \\
+  -kernel $gh/bzImage -initrd $gh/initrd.gz \\
+  -append "console=ttyS0 quiet panic=-1 mvw.vm=$vm mvw.tags=$tags" \\
+  -chardev file,id=ser0,path=$E2E_STATE/$vm/console.log,append=on -serial chardev:ser0 \\
+ $fsargs
+RUN
+
+    cat > "$d/bin/microvm-shutdown" <<'RUN'
+#!/bin/sh
+# The e2e guest has no ACPI daemon, so a powerdown request would only time
+# out; qemu exits cleanly on the SIGTERM systemd sends after ExecStop.
+exit 0
+RUN
+
+    cat > "$d/bin/virtiofsd-run" <<RUN
+#!/bin/bash
+# virtiofsd supervisor of MicroVM '$vm', in place of microvm.nix's supervisord:
+# one virtiofsd per share; READY=1 once every socket exists and every
+# virtiofsd has stayed up for a second (supervisord's startsecs=1). A
+# virtiofsd that exits with status 0 (its client, qemu, went away) is left
+# exited, as supervisord's autorestart=unexpected does. One that dies
+# otherwise (error, signal) stops the others and makes this script exit 1,
+# so systemd's Restart=always starts the unit again, ExecStartPre included.
+# (supervisord would restart such a virtiofsd itself, without systemd.)
+set -u
+cd $E2E_STATE/$vm
+declare -A pid_tag=() tag_args=()
+stopping=
+start_virtiofsd() { # TAG SOCKET SOURCE [--readonly]
+    local tag=\$1 sock=\$2 src=\$3; shift 3
+    tag_args[\$tag]="\$sock \$src \$*"
+    rm -f "\$sock"
+    /usr/libexec/virtiofsd --socket-path="\$sock" --socket-group=kvm \\
+        --shared-dir="\$src" "\$@" --cache=auto &
+    pid_tag[\$!]=\$tag
+}
+sleeper=
+stop_all() {
+    stopping=1
+    kill -TERM "\${!pid_tag[@]}" \$sleeper 2>/dev/null
+    wait
+}
+trap 'stop_all; exit 0' TERM INT
+
+$vfs
+# ready once every socket exists; fail when a virtiofsd dies first
+for _ in \$(seq 1 300); do
+    missing=0
+    for p in "\${!pid_tag[@]}"; do
+        if ! kill -0 "\$p" 2>/dev/null; then
+            wait "\$p"; rc=\$?
+            echo "virtiofsd for tag \${pid_tag[\$p]} exited with status \$rc before it was ready" >&2
+            unset "pid_tag[\$p]"; stop_all; exit 1
+        fi
+        read -r sock _ <<<"\${tag_args[\${pid_tag[\$p]}]}"
+        [ -S "\$sock" ] || missing=1
+    done
+    [ \$missing = 0 ] && break
+    sleep 0.1
+done
+[ \$missing = 0 ] || { echo "virtiofsd sockets did not appear" >&2; stop_all; exit 1; }
+# virtiofsd creates its socket before it enters its sandbox (where a bad
+# --shared-dir fails): like supervisord's startsecs=1, a virtiofsd counts as
+# running only once it has stayed up for a second
+sleep 1
+for p in "\${!pid_tag[@]}"; do
+    if ! kill -0 "\$p" 2>/dev/null; then
+        wait "\$p"; rc=\$?
+        echo "virtiofsd for tag \${pid_tag[\$p]} exited with status \$rc right after starting" >&2
+        unset "pid_tag[\$p]"; stop_all; exit 1
+    fi
+done
+systemd-notify --ready --status="\${#pid_tag[@]} virtiofsd running"
+
+while :; do
+    if [ \${#pid_tag[@]} = 0 ]; then
+        # every virtiofsd exited cleanly: stay up like supervisord does
+        sleep infinity & sleeper=\$!
+        wait \$sleeper
+        [ -n "\$stopping" ] && exit 0
+        continue
+    fi
+    dead=
+    wait -n -p dead "\${!pid_tag[@]}"; rc=\$?
+    [ -n "\$stopping" ] && exit 0
+    [ -n "\$dead" ] || continue
+    tag=\${pid_tag[\$dead]}; unset "pid_tag[\$dead]"
+    if [ \$rc = 0 ]; then
+        echo "virtiofsd for tag \$tag exited (its client went away); not restarted" >&2
+        continue
+    fi
+    echo "virtiofsd for tag \$tag died (status \$rc); stopping" >&2
+    stop_all
+    exit 1
+done
+RUN
+    chmod 0755 "$d/bin/"*
+    # install-microvm-<vm>: <stateDir>/<vm>/current -> runner, owned microvm:kvm
+    mkdir -p "$root$E2E_STATE/$vm"
+    ln -sfn "$store" "$root$E2E_STATE/$vm/current"
+    chroot "$root" chown -h microvm:kvm "$E2E_STATE/$vm" "$E2E_STATE/$vm/current"
+}
+
+e2e_config() {
+    local vm spec tag src ro first=1 sfirst
+    printf '{\n  "enable": true,\n  "stateDir": "%s",\n  "workspaceDir": "%s",\n' "$E2E_STATE" "$E2E_WS"
+    printf '  "placeholder": { "user": "root", "group": "root", "mode": "0555" },\n  "vms": {\n'
+    for vm in $(printf '%s\n' "${!E2E_VMS[@]}" | sort); do
+        [ $first = 1 ] || printf ',\n'; first=0
+        printf '    "%s": { "hostName": "%s", "shares": [' "$vm" "$vm"
+        sfirst=1
+        for spec in ${E2E_VMS[$vm]}; do
+            IFS== read -r tag src ro <<<"$spec"
+            [ $sfirst = 1 ] || printf ','; sfirst=0
+            printf '\n      { "tag": "%s", "proto": "virtiofs", "source": "%s", "readOnly": %s }' \
+                "$tag" "$src" "$([ -n "$ro" ] && echo true || echo false)"
+        done
+        printf ' ] }'
+    done
+    printf '\n  },\n  "companions": { "nixfiles": { "nix-secrets": "../nix-secrets" } }\n}\n'
+}
