@@ -410,6 +410,28 @@ fn symlink_loops_fail_cleanly() {
 }
 
 #[test]
+fn a_source_that_is_itself_a_symlink_is_left_alone_with_a_warning() {
+    let fx = Fx::new();
+    fx.mkdir("/srv/real", 0, 0o755);
+    fx.symlink("/srv/real", "/srv/alias");
+    fx.runner("vm1", &[("x", b"/srv/alias"), ("y", b"/srv/alias/sub")]);
+    let out = fx.prepare("vm1");
+    assert_ok(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    // Only the share whose *last* component is the symlink: through a parent is fine.
+    assert_eq!(
+        err.matches("virtiofsd 1.14 and later refuse").count(),
+        1,
+        "{err}"
+    );
+    assert!(err.contains("\"x\""), "{err}");
+    assert!(std::fs::symlink_metadata(fx.p("/srv/alias"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}
+
+#[test]
 fn absolute_symlinks_resolve_inside_the_root() {
     let fx = Fx::new();
     fx.mkdir("/srv/real", 0, 0o755);
