@@ -11,7 +11,7 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 tests/deps.sh || { echo "test.sh: installing dependencies failed" >&2; exit 1; }
-export VIRTIOFSD=${VIRTIOFSD:-/var/cache/microvm-workspaces-ci/virtiofsd-1.14.0/bin/virtiofsd}
+export VIRTIOFSD=${VIRTIOFSD:-${MVW_CACHE:-/var/cache/microvm-workspaces-ci}/virtiofsd-1.14.0/bin/virtiofsd}
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

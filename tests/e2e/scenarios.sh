@@ -263,6 +263,13 @@ s_placeholders() {
     done
     # nothing the unprivileged guest user tried landed on the host
     [ -z "$(e2e_ct find "$E2E_WS" -name guest-wrote-as-uid1000)" ] || fail "a guest file appeared in a placeholder"
+    step "journal: prepare logged each step with structured fields"
+    local entry
+    entry=$(e2e_ct journalctl --no-pager -o export VM=vm1 TAG=workspace ACTION=create-placeholder)
+    [ -n "$entry" ] || fail "no journal entry with VM=vm1 TAG=workspace ACTION=create-placeholder"
+    grep -qx "PATH=$E2E_WS/vm1" <<<"$entry" || fail "the entry lacks PATH=$E2E_WS/vm1: $entry"
+    grep -q "^_SYSTEMD_UNIT=microvm-virtiofsd@vm1.service" <<<"$entry" || fail "the entry is not from microvm-virtiofsd@vm1: $entry"
+    echo "journal: $(grep -c '^MESSAGE=' <<<"$entry") entry with VM, TAG, PATH, ACTION from microvm-virtiofsd@vm1"
 }
 
 # ---------- scenario 3: link and restart ----------------------------------
