@@ -301,7 +301,8 @@ impl Ctx<'_> {
 /// How a workspace entry looks to `status` (read-only).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct EntryView {
-    /// linked | placeholder | dangling | directory | legacy-symlink | missing
+    /// linked | placeholder | dangling | directory | legacy-symlink | missing | none (in
+    /// `status`: the VM shares nothing through an entry of its own)
     pub state: &'static str,
     /// The recorded (or legacy) target, if any.
     pub target: Option<String>,

@@ -172,7 +172,7 @@ pub fn status_of(
     } else {
         crate::systemd::is_active(&crate::units::unit_name("microvm@", vm))
     };
-    let workspace = crate::link::view_entry(tree, &cfg.workspace_dir, vm)?;
+    let mut workspace = crate::link::view_entry(tree, &cfg.workspace_dir, vm)?;
     let record = read(root, vm)?;
     let mut shares: Vec<ShareStatus> = Vec::new();
     let current = crate::runner::shares(tree, cfg, vm).unwrap_or_default();
@@ -203,6 +203,15 @@ pub fn status_of(
             r.path.clone(),
             Some(r),
         ));
+    }
+    // A VM that shares nothing through `<workspaceDir>/<vm>` (it mounts another VM's, say)
+    // has no workspace of its own: "none", not "missing", which would read as a fault.
+    let own = cfg.workspace_dir.join(vm);
+    if workspace.state == "missing"
+        && workspace.target.is_none()
+        && !current.iter().any(|s| s.path.starts_with(&own))
+    {
+        workspace.state = "none";
     }
     let stale = shares.iter().any(|s| s.stale);
     Ok(VmStatus {

@@ -363,6 +363,9 @@ fn status_marks_exactly_the_vm_and_tag_that_went_stale() {
         [("own".to_string(), false), ("vm1ro".to_string(), true)]
     );
     assert_eq!(tags("vm3"), [("other".to_string(), false)]);
+    // vm2 mounts vm1's workspace and its own; vm3 only its own: both have one. A VM
+    // sharing only others' entries has none of its own, which is not a fault.
+    assert_eq!(vm_status(&st, "vm3")["workspace"]["state"], "placeholder");
     assert_eq!(
         tags("vm1"),
         [("workspace".to_string(), true)],
@@ -381,6 +384,20 @@ fn status_marks_exactly_the_vm_and_tag_that_went_stale() {
     assert!(
         vm1_line.contains("linked -> /home/alice/vm1") && vm1_line.ends_with("STALE"),
         "{table}"
+    );
+}
+
+#[test]
+fn status_says_none_for_a_vm_without_a_workspace_of_its_own() {
+    let fx = Fx::new();
+    fx.runner("vm1", &[("workspace", b"/var/lib/microvm-workspaces/vm1")]);
+    fx.runner("viewer", &[("ro", b"/var/lib/microvm-workspaces/vm1")]);
+    let st = status_json(&fx);
+    assert_eq!(vm_status(&st, "viewer")["workspace"]["state"], "none");
+    assert_eq!(
+        vm_status(&st, "vm1")["workspace"]["state"],
+        "missing",
+        "vm1's own entry is missing"
     );
 }
 
