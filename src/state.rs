@@ -5,6 +5,7 @@
 //! other VMs' sources, leaves their records alone or their staleness would be hidden.
 
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -75,6 +76,11 @@ pub fn write(root: &Root, rec: &VmRecord) -> Result<()> {
         .with_context(|| format!("cannot write in {}", show(&dir)))?;
     // One write: serde_json emits token by token, and the file is unbuffered (this was about
     // 80 system calls per share).
+    // World-readable like the rest of /run: `microvm-link status` runs as a normal user too.
+    // (tempfile creates 0600.)
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))
+        .with_context(|| format!("cannot write in {}", show(&dir)))?;
     let mut text = serde_json::to_vec_pretty(rec)?;
     text.push(b'\n');
     tmp.write_all(&text)?;

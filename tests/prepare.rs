@@ -457,6 +457,11 @@ fn the_run_record_names_each_tag_its_resolution_and_kind() {
     assert_eq!(s["device"], m.dev());
     assert_eq!(s["inode"], m.ino());
     assert_eq!(s["kind"], "existing");
+    // Readable by everyone: `microvm-link status` also runs unprivileged.
+    assert_eq!(
+        meta(&fx.p("/run/microvm-workspaces/vm1.json")),
+        (0, 0, 0o644)
+    );
     // A dry run writes no record.
     let fx = Fx::new();
     fx.runner("vm1", &[("a", b"/srv/a")]);
