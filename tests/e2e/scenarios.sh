@@ -325,6 +325,10 @@ s_stale_view() {
     echo "$out"
     stale=$(echo "$out" | e2e_jq -r '[.vms[] | select(any(.shares[]?; .stale == true)) | .vm] | sort | join(" ")')
     [ "$stale" = vm2 ] || fail "status --json marks '$stale' stale, expected exactly 'vm2'"
+    step "alice, unprivileged and without sudo, sees the same"
+    out=$(e2e_ct runuser -u alice -- env -u SUDO_UID microvm-link status --json) || fail "microvm-link status as alice failed"
+    stale=$(echo "$out" | e2e_jq -r '[.vms[] | select(any(.shares[]?; .stale == true)) | .vm] | sort | join(" ")')
+    [ "$stale" = vm2 ] || fail "status --json as alice marks '$stale' stale, expected exactly 'vm2'"
     step "--restart-stale restarts vm2, which then sees the repo"
     e2e_link_as_alice vm1 --restart-stale || fail "microvm-link --restart-stale failed: $(tail -n 3 "$E2E_RUN/link.out" | tr '\n' ' ')"
     e2e_wait_restarted vm2 "$b2"
