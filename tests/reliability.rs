@@ -61,37 +61,10 @@ fn rig() -> Rig {
 
 /// Every mount point at or below `root`, one entry per mount (stacked mounts repeat).
 fn mounts_under(root: &Path) -> Vec<PathBuf> {
-    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    mi.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|f| PathBuf::from(OsStr::from_bytes(&unescape(f))))
+    mount_points()
+        .into_iter()
         .filter(|p| p.starts_with(root))
         .collect()
-}
-
-fn unescape(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() {
-            if let Ok(v) = u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 4]).unwrap(), 8) {
-                out.push(v);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    out
-}
-
-fn mount_count(p: &Path) -> usize {
-    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    mi.lines()
-        .filter(|l| l.split(' ').nth(4).map(unescape).as_deref() == Some(p.as_os_str().as_bytes()))
-        .count()
 }
 
 /// A small deterministic generator (xorshift64*), seeded per run so a failure reproduces.

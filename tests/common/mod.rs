@@ -236,11 +236,23 @@ pub fn meta(p: &Path) -> (u32, u32, u32) {
     (m.uid(), m.gid(), m.mode() & 0o7777)
 }
 
+/// Every mount point in this mount namespace, one entry per mount (stacked mounts repeat).
+pub fn mount_points() -> Vec<PathBuf> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|f| PathBuf::from(OsStr::from_bytes(&unescape_mountinfo(f))))
+        .collect()
+}
+
+/// How many mounts sit on `p` (more than one: stacked).
+pub fn mount_count(p: &Path) -> usize {
+    mount_points().iter().filter(|m| *m == p).count()
+}
+
 pub fn is_mountpoint(p: &Path) -> bool {
-    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let want = p.as_os_str().as_bytes();
-    mi.lines()
-        .any(|l| l.split(' ').nth(4).map(unescape_mountinfo).as_deref() == Some(want))
+    mount_count(p) > 0
 }
 
 fn unescape_mountinfo(s: &str) -> Vec<u8> {
