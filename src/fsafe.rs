@@ -179,14 +179,21 @@ impl Tree {
             .collect();
         let mut stack = vec![self.root_node()?];
         let mut links = 0;
+        // The symlink just followed: as in systemd's chase(), the step after a symlink is
+        // judged from the symlink's owner, not from the directory holding it, so a user's
+        // link in a root-owned sticky directory (/tmp) cannot lead root anywhere.
+        let mut judge: Option<Node> = None;
         while let Some((name, from_link)) = todo.pop_front() {
             let top = stack.last().expect("the root never leaves the stack");
             if name == ".." {
                 if stack.len() > 1 {
                     let child = stack.pop().expect("checked length");
                     let parent = stack.last().expect("checked length");
-                    check_transition(trust, &child, parent)?;
+                    check_transition(trust, judge.as_ref().unwrap_or(&child), parent)?;
+                } else if let Some(j) = &judge {
+                    check_transition(trust, j, &self.root)?;
                 }
+                judge = None;
                 continue;
             }
             if name == "." {
@@ -220,12 +227,15 @@ impl Tree {
                 let target = nix::fcntl::readlinkat(&node.fd, "")
                     .with_context(|| format!("cannot read link {}", show(&node.path)))?;
                 let target = PathBuf::from(target);
+                let context = || format!("symbolic link {} -> {}", show(&node.path), show(&target));
+                check_transition(trust, judge.as_ref().unwrap_or(top), &node)
+                    .with_context(context)?;
                 if target.is_absolute() {
-                    let root = &self.root;
-                    check_transition(trust, top, root).with_context(|| {
-                        format!("symbolic link {} -> {}", show(&node.path), show(&target))
-                    })?;
+                    check_transition(trust, &node, &self.root).with_context(context)?;
                     stack.truncate(1);
+                    judge = None;
+                } else {
+                    judge = Some(node);
                 }
                 for c in target.components().rev() {
                     match c {
@@ -237,7 +247,7 @@ impl Tree {
                 continue;
             }
             if node.is_dir() {
-                check_transition(trust, top, &node)?;
+                check_transition(trust, judge.take().as_ref().unwrap_or(top), &node)?;
                 stack.push(node);
             } else if todo.is_empty() {
                 return Ok(Walk::Found(node));

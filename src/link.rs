@@ -392,7 +392,15 @@ impl Ctx<'_> {
             paths::check_name("workspace entry", &c.name)?;
             let repo = match &c.target {
                 None => None,
+                // The node checked here is the one mounted below (by descriptor): the owner
+                // check must be on it, not on an earlier look at the same path, which a user
+                // can swap in between.
                 Some(t) => match self.tree.walk(t, Trust::Owners)? {
+                    Walk::Found(n) if n.is_dir() && owner != 0 && n.uid() != owner => bail!(
+                        "{} is owned by uid {}, not by the linking user (uid {owner})",
+                        show(&n.path),
+                        n.uid()
+                    ),
                     Walk::Found(n) if n.is_dir() => Some(n),
                     _ => bail!("{} is not a directory", show(t)),
                 },

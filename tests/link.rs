@@ -550,3 +550,31 @@ fn help_has_examples_and_completions_are_generated() {
         );
     }
 }
+
+#[test]
+fn relink_checks_the_owner_of_the_very_directory_it_mounts() {
+    // microvm-link checks the repo's owner first; a user can swap the path before relink looks
+    // again. relink must refuse on its own look, which is what it mounts (by descriptor).
+    use microvm_workspaces::{
+        config::Config, fsafe::Tree, link::Change, paths::Root, prepare::Ctx,
+    };
+    let fx = vm1_fixture();
+    fx.repo("/home/bob/secret", BOB);
+    let root = Root::from_args(Some(fx.root())).unwrap();
+    let cfg = Config::load(&root).unwrap();
+    let tree = Tree::open(&root).unwrap();
+    let mut ctx = Ctx::new(&tree, &cfg, false).unwrap();
+    let change = Change {
+        name: "vm1".into(),
+        target: Some("/home/bob/secret".into()),
+    };
+    let err = format!("{:#}", ctx.relink(&[change], ALICE).unwrap_err());
+    assert!(
+        err.contains("owned by uid 4343, not by the linking user (uid 4242)"),
+        "{err}"
+    );
+    assert!(
+        !fx.p(&format!("{WS}/.links/vm1")).exists(),
+        "nothing may be recorded"
+    );
+}

@@ -671,3 +671,36 @@ fn a_repo_not_owned_by_the_linker_is_not_mounted() {
     );
     assert!(!is_mountpoint(&fx.p(&format!("{WS}/vm1"))));
 }
+
+#[test]
+fn a_users_symlink_in_a_sticky_root_directory_is_judged_by_its_owner() {
+    // /tmp is root's, but the link in it is alice's: the step after it is judged from alice,
+    // as systemd's chase() does, so it cannot lead root into /etc (absolute or relative).
+    for (target, src) in [
+        ("/etc/sudoers.d", "/tmp/scratch/data"),
+        ("../etc", "/tmp/scratch/evil"),
+    ] {
+        let fx = Fx::new();
+        fx.mkdir("/tmp", 0, 0o1777);
+        fx.mkdir("/etc/sudoers.d", 0, 0o755);
+        fx.symlink(target, "/tmp/scratch");
+        nix::unistd::fchownat(
+            nix::fcntl::AT_FDCWD,
+            &fx.p("/tmp/scratch"),
+            Some(nix::unistd::Uid::from_raw(ALICE)),
+            None,
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .unwrap();
+        fx.runner("vm1", &[("x", src.as_bytes())]);
+        let before = fx.snapshot();
+        assert_one_line_error(
+            &fx.prepare("vm1"),
+            &["unsafe path transition", "/tmp/scratch"],
+        );
+        assert_eq!(before, fx.snapshot(), "{target}");
+        // The control: the same link owned by root is followed.
+        std::os::unix::fs::lchown(fx.p("/tmp/scratch"), Some(0), Some(0)).unwrap();
+        fx.prepare_ok("vm1");
+    }
+}
