@@ -74,9 +74,10 @@ impl Node {
         Node::open_at(self.fd.as_fd(), name, self.path.join(name))
     }
 
-    /// Is this directory one of our placeholders (root-owned and marked)?
+    /// Is this directory one of our placeholders? The mark is the proof: only CAP_SYS_ADMIN
+    /// sets `trusted.*`. (Not the owner: the config may give placeholders to any user.)
     pub fn is_placeholder(&self) -> bool {
-        self.is_dir() && self.st.st_uid == 0 && has_mark(self.fd.as_fd())
+        self.is_dir() && has_mark(self.fd.as_fd())
     }
 }
 
@@ -397,8 +398,17 @@ pub fn create_placeholder(dir: &Node, name: &OsStr, spec: PlaceholderSpec) -> Re
                 .with_context(|| format!("cannot create {}", show(&dir.path.join(name))));
         }
     }
-    dir.child(name)
-        .with_context(|| format!("cannot open {}", show(&dir.path.join(name))))
+    let node = dir
+        .child(name)
+        .with_context(|| format!("cannot open {}", show(&dir.path.join(name))))?;
+    // If another process won the race, it must have made a placeholder too.
+    if !node.is_placeholder() {
+        bail!(
+            "{} appeared meanwhile and is not a placeholder",
+            show(&node.path)
+        );
+    }
+    Ok(node)
 }
 
 /// Puts a fresh placeholder where `name` is, atomically (`RENAME_EXCHANGE`), so the path
@@ -470,6 +480,16 @@ pub fn mkdir_as(dir: &Node, name: &OsStr, uid: u32, gid: u32) -> Result<Node> {
         .with_context(|| format!("cannot open {}", show(&at)))?;
     if !node.is_dir() {
         bail!("{} exists but is not a directory", show(&at));
+    }
+    // What appeared meanwhile (EEXIST) must be what we would have made: in a world-writable
+    // parent another user could have put their own directory there, and root would then go
+    // on creating inside it as root.
+    if node.uid() != uid {
+        bail!(
+            "{} appeared meanwhile, owned by uid {} instead of {uid}",
+            show(&at),
+            node.uid()
+        );
     }
     Ok(node)
 }

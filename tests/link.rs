@@ -578,3 +578,20 @@ fn relink_checks_the_owner_of_the_very_directory_it_mounts() {
         "nothing may be recorded"
     );
 }
+
+#[test]
+fn placeholders_owned_by_a_configured_user_are_still_placeholders() {
+    in_mount_ns!(placeholders_owned_by_a_configured_user_are_still_placeholders);
+    let fx = vm1_fixture();
+    fx.config(r#"{"placeholder": {"user": "65534", "group": "65534", "mode": "0555"}}"#);
+    fx.prepare_ok("vm1");
+    assert_eq!(meta(&fx.p(&format!("{WS}/vm1"))), (65534, 65534, 0o555));
+    repo_with_marker(&fx, "/home/alice/vm1", ALICE);
+    let out = link_ok(&fx, "/home/alice/vm1", ALICE, &["--no-restart"]);
+    assert!(
+        !out.contains("moved your directory"),
+        "a placeholder was displaced: {out}"
+    );
+    assert!(!fx.p(&format!("{WS}/.displaced")).exists());
+    assert_eq!(agree(&fx, "vm1"), (Some("/home/alice/vm1".into()), true));
+}
