@@ -425,9 +425,16 @@ impl Ctx<'_> {
         for (c, repo) in changes.iter().zip(repos) {
             let name = OsStr::new(&c.name);
             let at = ws_dir.join(name);
-            let entry = self.make_mountpoint(&ws, &links, name, &mut out)?;
+            if repo.is_none() && read_record(Some(&links), name)?.is_none() {
+                // Nothing of ours to undo: whatever is there (a placeholder, nothing, a
+                // user's own directory, a legacy symlink prepare will migrate) stays as it is.
+                out.steps
+                    .push(format!("{} is not linked; left as it is", show(&at)));
+                continue;
+            }
             match repo {
                 Some(repo) => {
+                    let entry = self.make_mountpoint(&ws, &links, name, &mut out)?;
                     write_record(
                         &links,
                         name,
@@ -446,9 +453,15 @@ impl Ctx<'_> {
                     // without a mount, which the next start re-mounts (consistent). The
                     // other order would leave a mount no record explains, which nothing
                     // repairs until the next link.
-                    self.unmount_entry(&ws, name, entry)?;
+                    // The record is ours, so is a mount on the entry; nothing else is
+                    // touched (a directory of the user's stays where it is).
+                    if let Ok(entry) = ws.child(name) {
+                        if entry.is_dir() && is_mount_root(entry.fd.as_fd())? {
+                            unmount(&self.tree.real_root.join(at.strip_prefix("/")?), &at)?;
+                        }
+                    }
                     remove_record(&links, name)?;
-                    out.steps.push(format!("{} is a placeholder", show(&at)));
+                    out.steps.push(format!("unlinked {}", show(&at)));
                 }
             }
         }

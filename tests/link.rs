@@ -271,7 +271,7 @@ fn companions_are_linked_when_present_and_placeholders_when_not() {
     repo_with_marker(&fx, "/home/alice/other/nixfiles", ALICE);
     let out = link_ok(&fx, "/home/alice/other/nixfiles", ALICE, &["--no-restart"]);
     assert!(
-        out.contains("/var/lib/microvm-workspaces/nix-secrets is a placeholder"),
+        out.contains("unlinked /var/lib/microvm-workspaces/nix-secrets"),
         "{out}"
     );
     assert_eq!(agree(&fx, "nix-secrets"), (None, true));
@@ -594,4 +594,19 @@ fn placeholders_owned_by_a_configured_user_are_still_placeholders() {
     );
     assert!(!fx.p(&format!("{WS}/.displaced")).exists());
     assert_eq!(agree(&fx, "vm1"), (Some("/home/alice/vm1".into()), true));
+}
+
+#[test]
+fn unlinking_what_is_not_linked_touches_nothing() {
+    in_mount_ns!(unlinking_what_is_not_linked_touches_nothing);
+    let fx = vm1_fixture();
+    fx.mkdir(WS, 0, 0o755);
+    fx.mkdir(&format!("{WS}/vm1"), ALICE, 0o755);
+    fx.write(&format!("{WS}/vm1/notes.txt"), b"mine");
+    let before = fx.snapshot();
+    let out = link_ok(&fx, "/", ALICE, &["unlink", "vm1", "--no-restart"]);
+    assert!(out.contains("is not linked; left as it is"), "{out}");
+    let mut after = fx.snapshot();
+    after.retain(|p, _| !p.ends_with(".lock") && !p.ends_with(".links"));
+    assert_eq!(before, after, "unlink moved or changed something");
 }

@@ -366,7 +366,7 @@ fn unlink(cli: &Cli, vm: &str, no_restart: bool, json: bool) -> Result<ExitCode>
         println!(
             "{}",
             serde_json::to_string_pretty(
-                &serde_json::json!({"vm": vm, "steps": done.steps, "restart": restart})
+                &serde_json::json!({"vm": vm, "steps": done.steps, "displaced": done.displaced, "restart": restart})
             )?
         );
     } else {
