@@ -49,17 +49,24 @@ pub fn is_active(unit: &str) -> Option<bool> {
     }
 }
 
-/// `ActiveState` of a unit.
-pub fn active_state(unit: &str) -> Result<String> {
+/// `ActiveState` and `SubState` of a unit.
+pub fn unit_state(unit: &str) -> Result<(String, String)> {
     let out = std::process::Command::new(systemctl())
-        .args(["show", "--value", "-p", "ActiveState", unit])
+        .args(["show", "-p", "ActiveState", "-p", "SubState", unit])
         .output()
         .with_context(|| format!("cannot run {}", systemctl().display()))?;
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    let text = String::from_utf8_lossy(&out.stdout);
+    let get = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+            .unwrap_or("")
+            .to_string()
+    };
+    Ok((get("ActiveState"), get("SubState")))
 }
 
-/// Restarts `unit` and waits (at most `timeout`) until it is active or failed, showing
-/// progress on `progress` when it is a terminal. Returns the final state.
+/// Restarts `unit` and waits (at most `timeout`) until it is active or has failed, showing
+/// progress on stderr when `progress`. Returns the final state in words.
 pub fn restart_and_wait(
     unit: &str,
     timeout: std::time::Duration,
@@ -77,7 +84,7 @@ pub fn restart_and_wait(
     // Give the restart job a moment to leave the old "active" state behind.
     std::thread::sleep(std::time::Duration::from_millis(200));
     loop {
-        let state = active_state(unit)?;
+        let (active, sub) = unit_state(unit)?;
         let job_running = std::process::Command::new(systemctl())
             .args(["list-jobs", "--no-legend", unit])
             .output()
@@ -85,12 +92,20 @@ pub fn restart_and_wait(
             .unwrap_or(false);
         if progress {
             eprint!(
-                "\r  {unit}: {state} ({:.0} s)   ",
+                "\r  {unit}: {active} ({sub}, {:.0} s)   ",
                 start.elapsed().as_secs_f64()
             );
             let _ = std::io::stderr().flush();
         }
-        if !job_running && (state == "active" || state == "failed" || state == "inactive") {
+        // With Restart=always (microvm.nix's) a failed start never reaches "failed": the unit
+        // waits in activating/auto-restart, with no job, until RestartSec has passed.
+        let done = match (active.as_str(), sub.as_str()) {
+            _ if job_running => None,
+            (_, "auto-restart") => Some(format!("{active}, {sub}")),
+            ("active" | "failed" | "inactive", _) => Some(active.clone()),
+            _ => None,
+        };
+        if let Some(state) = done {
             if progress {
                 eprintln!();
             }
@@ -101,7 +116,7 @@ pub fn restart_and_wait(
                 eprintln!();
             }
             anyhow::bail!(
-                "{unit} is still {state} after {} s; see journalctl -u {unit}",
+                "{unit} is still {active} ({sub}) after {} s; see journalctl -u {unit}",
                 timeout.as_secs()
             );
         }

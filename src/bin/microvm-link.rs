@@ -291,12 +291,15 @@ fn restart_step(cli: &Cli, e: &Env, vm: &str, skip: bool) -> Result<Option<Strin
     let unit = units::unit_name("microvm@", vm);
     let t0 = Instant::now();
     let progress = std::io::stderr().is_terminal() && !cli.link.json;
-    let state = systemd::restart_and_wait(&unit, RESTART_TIMEOUT, progress)?;
+    // A restart that cannot be waited for is a result to report, not a reason to skip the
+    // rest (the stale list, the JSON).
+    let state = systemd::restart_and_wait(&unit, RESTART_TIMEOUT, progress)
+        .unwrap_or_else(|e| logging::one_line(&e));
     let secs = t0.elapsed().as_secs_f64();
     Ok(Some(if state == "active" {
         format!("restarted {unit}: active after {secs:.1} s")
     } else {
-        format!("restarted {unit}: failed ({state}) after {secs:.1} s; see journalctl -u {unit}")
+        format!("restarted {unit}: failed after {secs:.1} s ({state}); see journalctl -u {unit}")
     }))
 }
 

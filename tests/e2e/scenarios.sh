@@ -479,3 +479,21 @@ s_reload_reboot() {
     [ "$(echo "$out" | e2e_jq -r '.vms[] | select(.vm == "vm1") | "\(.running) \(.workspace.state)"')" = "true linked" ] ||
         fail "status after the reboot does not show vm1 running and linked: $out"
 }
+
+# A VM whose start fails: microvm-link must say so promptly (Restart=always keeps the unit in
+# activating/auto-restart, never "failed"), exit non-zero, and still report the rest.
+s_restart_failure() {
+    local t0 secs rc run
+    e2e_repo vm1 "alice's vm1 repo"
+    run=$(e2e_ct readlink -f /var/lib/microvms/vm1/current/bin/microvm-run)
+    e2e_ct chmod -x "$run"
+    t0=$(date +%s)
+    e2e_link_as_alice vm1 --json; rc=$?
+    secs=$(( $(date +%s) - t0 ))
+    e2e_ct chmod +x "$run"
+    [ "$rc" != 0 ] || fail "microvm-link exited 0 although microvm@vm1 cannot start"
+    [ "$secs" -lt 60 ] || fail "microvm-link took $secs s to notice the failed start"
+    e2e_jq -e '.restart | test("failed")' < "$E2E_RUN/link.out" >/dev/null || fail "the JSON does not report the failed restart: $(tr '\n' ' ' < "$E2E_RUN/link.out")"
+    e2e_jq -e 'has("stale")' < "$E2E_RUN/link.out" >/dev/null || fail "the JSON lost its stale list"
+    echo "microvm-link reported the failed restart after $secs s: $(e2e_jq -r .restart < "$E2E_RUN/link.out")"
+}
