@@ -116,6 +116,15 @@ pub fn runner_shares(tree: &Tree, cfg: &Config, vm: &str) -> Result<Vec<Share>> 
         Ok(Walk::Found(n)) if n.is_dir() => n,
         _ => return Ok(Vec::new()),
     };
+    // The runner decides what root creates; whoever owns `<stateDir>/<vm>` can point
+    // `current` anywhere, so only a root-owned runner (the Nix store's) is believed.
+    if node.uid() != 0 {
+        bail!(
+            "runner {} is owned by uid {}, not root; refusing to take share sources from it",
+            show(&dir),
+            node.uid()
+        );
+    }
     let fd = openat(
         nix::fcntl::AT_FDCWD,
         &node.proc_path(),

@@ -52,7 +52,9 @@ impl VmRecord {
                 .map(|p| ShareRecord {
                     tag: p.share.tag.clone(),
                     source: p.share.source.clone(),
-                    path: show(&p.share.path),
+                    // The path is read back to compute staleness, so it is stored as is
+                    // (sources are UTF-8, checked when read); `resolved` is for people.
+                    path: p.share.path.to_string_lossy().into_owned(),
                     resolved: show(&p.resolved),
                     device: p.dev,
                     inode: p.ino,
@@ -179,7 +181,11 @@ pub fn status_of(
         crate::systemd::is_active(&crate::units::unit_name("microvm@", vm))
     };
     let mut workspace = crate::link::view_entry(tree, &cfg.workspace_dir, vm)?;
-    let record = read(root, vm)?;
+    // One unreadable record must not take status (or a link's stale list) down with it.
+    let record = read(root, vm).unwrap_or_else(|e| {
+        tracing::warn!(vm, "ignoring it: {}", crate::logging::one_line(&e));
+        None
+    });
     let mut shares: Vec<ShareStatus> = Vec::new();
     let current = crate::runner::shares(tree, cfg, vm).unwrap_or_default();
     let recorded = record
@@ -187,7 +193,7 @@ pub fn status_of(
         .map(|r| r.shares.clone())
         .unwrap_or_default();
     for s in &current {
-        let path = show(&s.path);
+        let path = s.path.to_string_lossy().into_owned();
         let rec = recorded.iter().find(|r| r.tag == s.tag);
         shares.push(share_status(
             tree,

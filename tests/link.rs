@@ -610,3 +610,38 @@ fn unlinking_what_is_not_linked_touches_nothing() {
     after.retain(|p, _| !p.ends_with(".lock") && !p.ends_with(".links"));
     assert_eq!(before, after, "unlink moved or changed something");
 }
+
+#[test]
+fn a_broken_runtime_record_does_not_take_status_down() {
+    let fx = vm1_fixture();
+    fx.prepare_ok("vm1");
+    fx.write("/run/microvm-workspaces/vm2.json", br#"{"vm":"vm2"}"#);
+    let out = fx.run(LINK, &["status", "--json"]);
+    assert_ok(&out);
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        vm_status(&st, "vm2")["shares"][0]["atStart"],
+        serde_json::Value::Null
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("preparedAt"),
+        "the bad record is named"
+    );
+}
+
+#[test]
+fn sources_with_odd_characters_are_not_stale_by_accident() {
+    // Recorded paths are read back for staleness: they must be stored as they are, not as
+    // they are displayed (a tab shows as \t).
+    let fx = Fx::new();
+    fx.runner(
+        "vm1",
+        &[("t", b"/srv/tab\there"), ("e", "/srv/é".as_bytes())],
+    );
+    fx.prepare_ok("vm1");
+    let st = status_json(&fx);
+    for s in vm_status(&st, "vm1")["shares"].as_array().unwrap() {
+        assert_eq!(s["stale"], false, "{s}");
+        assert_ne!(s["now"], serde_json::Value::Null, "{s}");
+    }
+}

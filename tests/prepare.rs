@@ -704,3 +704,19 @@ fn a_users_symlink_in_a_sticky_root_directory_is_judged_by_its_owner() {
         fx.prepare_ok("vm1");
     }
 }
+
+#[test]
+fn a_runner_not_owned_by_root_is_not_believed() {
+    // Whoever owns <stateDir>/<vm> can point `current` at a runner of their own making, whose
+    // sources would be created as root: /etc/nologin would lock every user out.
+    let fx = Fx::new();
+    fx.runner("vm1", &[("x", b"/etc/nologin")]);
+    let store = fx.p("/nix/store/0000-microvm-vm1");
+    for d in ["", "/share", "/share/microvm", "/share/microvm/virtiofs"] {
+        std::os::unix::fs::chown(format!("{}{d}", store.display()), Some(ALICE), Some(ALICE))
+            .unwrap();
+    }
+    let before = fx.snapshot();
+    assert_one_line_error(&fx.prepare("vm1"), &["owned by uid 4242, not root"]);
+    assert_eq!(before, fx.snapshot());
+}

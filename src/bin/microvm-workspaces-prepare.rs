@@ -34,8 +34,9 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let vm = units::unmangle(&args.vm);
     // Before anything can start a thread.
-    let rerooted =
-        args.root.is_some() || std::env::var_os(paths::ROOT_ENV).is_some_and(|v| !v.is_empty());
+    // As Root decides it (`--root /` is the host); an invalid root is reported by run().
+    // Root::from_args starts no thread.
+    let rerooted = paths::Root::from_args(args.root.as_deref()).map_or(true, |r| r.is_rerooted());
     let joined = if !rerooted && !args.dry_run && systemd::run_by_systemd() {
         systemd::join_host_mount_namespace()
     } else {
