@@ -357,6 +357,11 @@ pub fn view_entry(tree: &crate::fsafe::Tree, ws_dir: &Path, name: &str) -> Resul
         (Some(_), Some(repo)) if repo.id() == entry.id() => "linked",
         (Some(_), None) => "dangling",
         _ if entry.is_placeholder() => "placeholder",
+        // Only root can read `trusted.*`; for a normal user running status, a directory
+        // nobody may write to stands in for the mark (display only, never acted upon).
+        _ if !nix::unistd::Uid::effective().is_root() && entry.st.st_mode & 0o222 == 0 => {
+            "placeholder"
+        }
         _ => "directory",
     };
     Ok(EntryView { state, target })

@@ -645,3 +645,25 @@ fn sources_with_odd_characters_are_not_stale_by_accident() {
         assert_ne!(s["now"], serde_json::Value::Null, "{s}");
     }
 }
+
+#[test]
+fn status_as_a_normal_user_still_recognizes_placeholders() {
+    // trusted.* is invisible without CAP_SYS_ADMIN; status falls back to the mode.
+    let fx = vm1_fixture();
+    fx.prepare_ok("vm1");
+    std::fs::set_permissions(
+        fx.root(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=4242", "--regid=4242", "--clear-groups", "--"])
+        .arg(LINK)
+        .args(["status", "--json"])
+        .env("MICROVM_WORKSPACES_ROOT", fx.root())
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(vm_status(&st, "vm1")["workspace"]["state"], "placeholder");
+}
