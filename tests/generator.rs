@@ -32,6 +32,10 @@ fn cases() -> Vec<PathBuf> {
     v
 }
 
+fn case(name: &str) -> PathBuf {
+    cases().into_iter().find(|c| c.ends_with(name)).unwrap()
+}
+
 /// Relative path -> content of every file under `dir` (empty map if `dir` does not exist).
 fn tree(dir: &Path) -> BTreeMap<PathBuf, String> {
     let mut out = BTreeMap::new();
@@ -139,10 +143,7 @@ fn golden_files() {
 fn generated_output_is_deterministic_and_excl() {
     // Output is written with O_EXCL: a second run into the same directory must fail rather
     // than silently rewrite (systemd hands generators empty directories).
-    let case = cases()
-        .into_iter()
-        .find(|c| c.ends_with("02-config-with-vms"))
-        .unwrap();
+    let case = case("02-config-with-vms");
     let out = tempfile::tempdir().unwrap();
     assert!(run_case(&case, out.path()).status.success());
     let first = tree(&out.path().join("normal"));
@@ -290,10 +291,7 @@ fn systemd_analyze_verify_accepts_every_generated_file() {
 fn instance_drop_ins_add_to_the_template_drop_in_rather_than_replace_it() {
     // Point the template drop-in's ExecStartPre= at a missing file: verify complains about it
     // for an instance with its own drop-in only if the template drop-in still applies there.
-    let case = cases()
-        .into_iter()
-        .find(|c| c.ends_with("02-config-with-vms"))
-        .unwrap();
+    let case = case("02-config-with-vms");
     let out = tempfile::tempdir().unwrap();
     assert!(run_case(&case, out.path()).status.success());
     let normal = out.path().join("normal");

@@ -354,15 +354,7 @@ fn a_users_symlink_cannot_lead_root_into_etc() {
         let fx = Fx::new();
         fx.repo("/home/alice/proj", ALICE);
         fx.mkdir("/etc", 0, 0o755);
-        fx.symlink(target, "/home/alice/proj/hosts");
-        nix::unistd::fchownat(
-            nix::fcntl::AT_FDCWD,
-            &fx.p("/home/alice/proj/hosts"),
-            Some(nix::unistd::Uid::from_raw(ALICE)),
-            None,
-            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-        .unwrap();
+        fx.symlink_as(target, "/home/alice/proj/hosts", ALICE);
         let src = if how == "via parent" {
             "/home/alice/proj/hosts/../etc/evil"
         } else {
@@ -531,15 +523,7 @@ fn eight_prepares_of_vms_sharing_sources_run_in_parallel_without_failing() {
 fn link_record(fx: &Fx, name: &str, target: &str, owner: u32) {
     fx.mkdir(&format!("{WS}/.links"), 0, 0o755);
     let rec = format!("{WS}/.links/{name}");
-    fx.symlink(target, &rec);
-    nix::unistd::fchownat(
-        nix::fcntl::AT_FDCWD,
-        &fx.p(&rec),
-        Some(nix::unistd::Uid::from_raw(owner)),
-        None,
-        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-    )
-    .unwrap();
+    fx.symlink_as(target, &rec, owner);
 }
 
 #[test]
@@ -683,15 +667,7 @@ fn a_users_symlink_in_a_sticky_root_directory_is_judged_by_its_owner() {
         let fx = Fx::new();
         fx.mkdir("/tmp", 0, 0o1777);
         fx.mkdir("/etc/sudoers.d", 0, 0o755);
-        fx.symlink(target, "/tmp/scratch");
-        nix::unistd::fchownat(
-            nix::fcntl::AT_FDCWD,
-            &fx.p("/tmp/scratch"),
-            Some(nix::unistd::Uid::from_raw(ALICE)),
-            None,
-            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-        .unwrap();
+        fx.symlink_as(target, "/tmp/scratch", ALICE);
         fx.runner("vm1", &[("x", src.as_bytes())]);
         let before = fx.snapshot();
         assert_one_line_error(

@@ -254,14 +254,7 @@ fn linked_to(repo: &str) -> Rig {
 }
 
 fn lchown(p: &Path, uid: u32) {
-    nix::unistd::fchownat(
-        nix::fcntl::AT_FDCWD,
-        p,
-        Some(nix::unistd::Uid::from_raw(uid)),
-        Some(nix::unistd::Gid::from_raw(uid)),
-        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-    )
-    .unwrap();
+    std::os::unix::fs::lchown(p, Some(uid), Some(uid)).unwrap();
 }
 
 /// A workspace entry, the records allowed after a kill, and the record after the next run.

@@ -112,6 +112,12 @@ impl Fx {
         std::os::unix::fs::symlink(target, p).unwrap();
     }
 
+    /// A symlink owned by `uid` (what a user's own `ln -s` makes).
+    pub fn symlink_as(&self, target: impl AsRef<Path>, inside: &str, uid: u32) {
+        self.symlink(target, inside);
+        std::os::unix::fs::lchown(self.p(inside), Some(uid), Some(uid)).unwrap();
+    }
+
     /// A microvm.nix runner for `vm` in the store, linked as `<stateDir>/<vm>/current`,
     /// recording the given virtiofs shares (tag, source as written).
     pub fn runner(&self, vm: &str, shares: &[(&str, &[u8])]) {
