@@ -473,18 +473,6 @@ impl Ctx<'_> {
         Ok(out)
     }
 
-    /// Unlinks `name`: mount removed first, then the record (a crash in between leaves a
-    /// record without a mount, which the next start re-mounts: still consistent).
-    pub fn unlink(&mut self, name: &str) -> Result<Relinked> {
-        self.relink(
-            &[Change {
-                name: name.to_string(),
-                target: None,
-            }],
-            0,
-        )
-    }
-
     /// Makes `<ws>/<name>` a placeholder that may carry our mount, whatever it was.
     fn make_mountpoint(
         &mut self,

@@ -423,14 +423,3 @@ pub fn prepare_shares(
 fn share_label(vm: &str, s: &Share) -> String {
     format!("VM {vm}, share {:?} ({})", s.tag, show(&s.path))
 }
-
-/// The workspace entries (direct children of the workspace dir) a VM's shares pass through.
-pub fn entries_of(cfg: &Config, shares: &[Share]) -> Vec<OsString> {
-    let mut names: Vec<OsString> = shares
-        .iter()
-        .filter_map(|s| entry_of(&cfg.workspace_dir, &s.path).map(OsStr::to_os_string))
-        .collect();
-    names.sort();
-    names.dedup();
-    names
-}
