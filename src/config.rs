@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use crate::paths::{self, check_name, show, Root};
+use crate::fsafe::{self, Tree};
+use crate::paths::{self, check_name, show};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -121,16 +122,16 @@ fn parse_mode(s: &str) -> Option<u32> {
 }
 
 impl Config {
-    /// Reads the config file under `root`; defaults when it does not exist.
-    pub fn load(root: &Root) -> Result<Config> {
-        let inside = Path::new(paths::CONFIG_FILE);
-        let real = root.real(inside);
-        let text = match std::fs::read(&real) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
-            Err(e) => return Err(e).with_context(|| format!("config {}", show(&real))),
-        };
-        Config::parse(&text).with_context(|| format!("config {}", show(&real)))
+    /// Reads the config file in `tree`; defaults when it does not exist. Only a root-owned
+    /// file reached through root-owned directories and links is read (see
+    /// [`fsafe::read_trusted`]), so its errors may quote it: they are for the admin.
+    pub fn load(tree: &Tree) -> Result<Config> {
+        let path = Path::new(paths::CONFIG_FILE);
+        let what = || format!("config {}", show(path));
+        match fsafe::read_trusted(tree, None, path, 16 << 20).with_context(what)? {
+            Some(text) => Config::parse(&text).with_context(what),
+            None => Ok(Config::default()),
+        }
     }
 
     pub fn parse(text: &[u8]) -> Result<Config> {

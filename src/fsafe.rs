@@ -99,8 +99,14 @@ pub enum Trust {
     /// Refuse unsafe path transitions: from a directory owned by an unprivileged user into one
     /// owned by anybody else (root included), whether by descending, by `..` or by a symlink.
     Owners,
-    /// Follow everything inside the root (for reading root-controlled trees like the runner).
+    /// Follow everything inside the root (for looking at trees whose content is then judged by
+    /// its owner, like a runner reached through microvm's `current` link).
     All,
+    /// Only what root controls: every directory, symlink and the object reached must be owned
+    /// by root, and a directory others may write to must be sticky (so nobody can rename root's
+    /// entries away). For files root *believes*: the config, runner files, `/run` records.
+    /// NixOS's `/etc/static -> /nix/store` chain passes (root-owned links, sticky 1775 store).
+    RootOwned,
 }
 
 /// Where a walk ended.
@@ -113,9 +119,10 @@ pub enum Walk {
     Missing { dir: Node, rest: Vec<OsString> },
 }
 
-/// The root of every walk.
+/// The root of every walk: the root directory, opened once.
 pub struct Tree {
     root: Node,
+    /// The real path of the root, for messages and for mapping a working directory inside.
     pub real_root: PathBuf,
 }
 
@@ -127,7 +134,7 @@ impl Tree {
             OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
             Mode::empty(),
         )
-        .with_context(|| format!("cannot open root {}", show(&real_root)))?;
+        .with_context(|| format!("root {} is not a directory", show(&real_root)))?;
         let st = fstat(&fd).with_context(|| format!("cannot stat root {}", show(&real_root)))?;
         Ok(Tree {
             root: Node {
@@ -171,6 +178,33 @@ impl Tree {
                 return Ok(Walk::Found(node));
             }
         }
+        self.walk_below(self.root_node()?, true, path, trust)
+    }
+
+    /// Resolves `rel` below the directory `start` (found earlier) as [`Tree::walk`] does; `..`
+    /// may not climb above `start`, and an absolute symlink restarts at the tree's root.
+    pub fn walk_from(&self, start: &Node, rel: &Path, trust: Trust) -> Result<Walk> {
+        let start = Node {
+            fd: start
+                .fd
+                .try_clone()
+                .context("cannot duplicate a descriptor")?,
+            st: start.st,
+            path: start.path.clone(),
+        };
+        if trust == Trust::RootOwned {
+            check_root_owned(&start)?;
+        }
+        self.walk_below(start, false, &start_rel(rel)?, trust)
+    }
+
+    fn walk_below(
+        &self,
+        base: Node,
+        base_is_root: bool,
+        path: &Path,
+        trust: Trust,
+    ) -> Result<Walk> {
         let mut todo: VecDeque<(OsString, bool)> = paths::normalize(path)
             .components()
             .filter_map(|c| match c {
@@ -178,7 +212,9 @@ impl Tree {
                 _ => None,
             })
             .collect();
-        let mut stack = vec![self.root_node()?];
+        let path = &base.path.join(path.strip_prefix("/").unwrap_or(path));
+        let mut base_is_root = base_is_root;
+        let mut stack = vec![base];
         let mut links = 0;
         // The symlink just followed: as in systemd's chase(), the step after a symlink is
         // judged from the symlink's owner, not from the directory holding it, so a user's
@@ -187,6 +223,27 @@ impl Tree {
         while let Some((name, from_link)) = todo.pop_front() {
             let top = stack.last().expect("the root never leaves the stack");
             if name == ".." {
+                if stack.len() == 1 && !base_is_root {
+                    // Above where `walk_from` started: the real parent, never above the root.
+                    let here = &stack[0];
+                    if here.id() == self.root.id() {
+                        stack[0] = self.root_node()?;
+                        base_is_root = true;
+                    } else {
+                        let label = here.path.parent().unwrap_or(Path::new("/")).to_path_buf();
+                        let parent = Node::open_at(here.fd.as_fd(), OsStr::new(".."), label)
+                            .with_context(|| {
+                                format!("cannot open the parent of {}", show(&here.path))
+                            })?;
+                        if trust == Trust::RootOwned {
+                            check_root_owned(&parent)?;
+                        }
+                        check_transition(trust, judge.as_ref().unwrap_or(here), &parent)?;
+                        stack[0] = parent;
+                    }
+                    judge = None;
+                    continue;
+                }
                 if stack.len() > 1 {
                     let child = stack.pop().expect("checked length");
                     let parent = stack.last().expect("checked length");
@@ -201,6 +258,11 @@ impl Tree {
                 continue;
             }
             let node = match top.child(&name) {
+                Ok(n) if trust == Trust::RootOwned => {
+                    check_root_owned(&n)
+                        .with_context(|| format!("{} is not trusted", show(path)))?;
+                    n
+                }
                 Ok(n) => n,
                 Err(Errno::ENOENT) => {
                     if from_link {
@@ -233,7 +295,8 @@ impl Tree {
                     .with_context(context)?;
                 if target.is_absolute() {
                     check_transition(trust, &node, &self.root).with_context(context)?;
-                    stack.truncate(1);
+                    stack = vec![self.root_node()?];
+                    base_is_root = true;
                     judge = None;
                 } else {
                     judge = Some(node);
@@ -290,6 +353,28 @@ impl Tree {
     }
 }
 
+/// `rel` as a relative path (a leading `/` is taken as relative to the start).
+fn start_rel(rel: &Path) -> Result<PathBuf> {
+    let rel = rel.strip_prefix("/").unwrap_or(rel);
+    Ok(Path::new("/").join(rel))
+}
+
+/// [`Trust::RootOwned`]'s rule for one object on the way.
+fn check_root_owned(n: &Node) -> Result<()> {
+    if n.uid() != 0 {
+        bail!("{} is owned by uid {}, not root", show(&n.path), n.uid());
+    }
+    let mode = n.st.st_mode;
+    if is_dir(&n.st) && mode & 0o022 != 0 && mode & 0o1000 == 0 {
+        bail!(
+            "{} may be written by others (mode {:04o}) and is not sticky",
+            show(&n.path),
+            mode & 0o7777
+        );
+    }
+    Ok(())
+}
+
 fn check_transition(trust: Trust, from: &Node, to: &Node) -> Result<()> {
     if trust == Trust::Owners && from.st.st_uid != 0 && from.st.st_uid != to.st.st_uid {
         bail!(
@@ -326,40 +411,14 @@ pub fn step(what: &str) {
 
 // ---- extended attribute marker ----
 
-fn c_path(p: &Path) -> Result<CString> {
-    CString::new(p.as_os_str().as_bytes()).map_err(|_| anyhow!("path {} contains NUL", show(p)))
-}
-
 fn has_mark(fd: BorrowedFd) -> bool {
-    let (Ok(p), Ok(name)) = (c_path(&proc_path(fd)), CString::new(MARK_NAME)) else {
-        return false;
-    };
+    // An O_PATH descriptor cannot be asked for xattrs directly; its /proc path can.
     let mut buf = [0u8; 32];
-    // SAFETY: valid C strings and a buffer of the given length.
-    let n = unsafe {
-        nix::libc::getxattr(
-            p.as_ptr(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    n >= 0 && &buf[..n as usize] == MARK_VALUE
+    matches!(rustix::fs::getxattr(proc_path(fd), MARK_NAME, &mut buf[..]), Ok(n) if &buf[..n] == MARK_VALUE)
 }
 
 fn set_mark(fd: BorrowedFd) -> Result<()> {
-    let name = CString::new(MARK_NAME).expect("constant has no NUL");
-    // SAFETY: `fd` is an open, non-O_PATH descriptor; value pointer and length match.
-    let r = unsafe {
-        nix::libc::fsetxattr(
-            fd.as_raw_fd(),
-            name.as_ptr(),
-            MARK_VALUE.as_ptr().cast(),
-            MARK_VALUE.len(),
-            0,
-        )
-    };
-    Errno::result(r).map(drop).map_err(|e| {
+    rustix::fs::fsetxattr(fd, MARK_NAME, MARK_VALUE, rustix::fs::XattrFlags::empty()).map_err(|e| {
         anyhow!("cannot set the {MARK_NAME} attribute ({e}); the file system must support trusted extended attributes")
     })
 }
@@ -510,9 +569,16 @@ fn with_fs_creds<T>(uid: u32, gid: u32, f: impl FnOnce() -> T) -> T {
 
 /// Creates (if needed) and opens a root-owned 0755 directory at an inside path whose parent
 /// exists, for our own bookkeeping directories.
+///
+/// These are trusted places (the workspace dir, `.links`, `.displaced`, the runtime dir): one
+/// found there already must be root's and not writable by group or others, or a user could
+/// plant or swap what root then acts on.
 pub fn ensure_root_dir(tree: &Tree, path: &Path) -> Result<Node> {
     match tree.walk(path, Trust::Owners)? {
-        Walk::Found(n) if n.is_dir() => Ok(n),
+        Walk::Found(n) if n.is_dir() => {
+            check_trusted_place(&n)?;
+            Ok(n)
+        }
         Walk::Found(n) => bail!("{} exists but is not a directory", show(&n.path)),
         Walk::Missing { mut dir, rest } => {
             for name in rest {
@@ -531,25 +597,42 @@ pub fn ensure_root_dir(tree: &Tree, path: &Path) -> Result<Node> {
     }
 }
 
+/// A trusted place is root's and nobody else may write to it (a directory or the lock file).
+pub fn check_trusted_place(n: &Node) -> Result<()> {
+    if n.uid() != 0 || n.st.st_mode & 0o022 != 0 {
+        bail!(
+            "{} must be owned by root and not writable by group or others (it is uid {}, mode {:04o}); refusing to use it",
+            show(&n.path),
+            n.uid(),
+            n.st.st_mode & 0o7777
+        );
+    }
+    Ok(())
+}
+
 /// An exclusive lock on `<dir>/.lock`, held until the descriptor is dropped.
 pub fn lock(dir: &Node) -> Result<OwnedFd> {
+    let at = || dir.path.join(paths::LOCK);
     let fd = openat(
         &dir.fd,
         paths::LOCK,
         OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
         Mode::from_bits_truncate(0o600),
     )
-    .with_context(|| format!("cannot open lock {}", show(&dir.path.join(paths::LOCK))))?;
+    .with_context(|| format!("cannot open lock {}", show(&at())))?;
     step("open the lock file");
+    let st = fstat(&fd).with_context(|| format!("cannot stat lock {}", show(&at())))?;
+    check_trusted_place(&Node {
+        fd: fd.try_clone()?,
+        st,
+        path: at(),
+    })?;
     loop {
-        // SAFETY: plain flock on a descriptor we own.
-        let r = unsafe { nix::libc::flock(fd.as_raw_fd(), nix::libc::LOCK_EX) };
-        match Errno::result(r) {
-            Ok(_) => return Ok(fd),
-            Err(Errno::EINTR) => continue,
+        match rustix::fs::flock(&fd, rustix::fs::FlockOperation::LockExclusive) {
+            Ok(()) => return Ok(fd),
+            Err(rustix::io::Errno::INTR) => continue,
             Err(e) => {
-                return Err(anyhow!(e))
-                    .with_context(|| format!("cannot lock {}", show(&dir.path.join(paths::LOCK))))
+                return Err(anyhow!(e)).with_context(|| format!("cannot lock {}", show(&at())))
             }
         }
     }
@@ -608,25 +691,122 @@ pub fn remove_leftovers(dir: &Node) -> Result<Vec<OsString>> {
     Ok(strays)
 }
 
+/// Removes regular files under a temporary name whose writer is gone (the name carries its
+/// pid: see [`tmp_name`]), in a trusted place written without the workspace lock (the
+/// runtime dir), where a live writer's file must be left alone.
+pub fn remove_dead_tmp_files(dir: &Node) {
+    for name in list_dir(dir).unwrap_or_default() {
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(paths::TMP_PREFIX))
+            .and_then(|n| n.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            if let Ok(n) = dir.child(&name) {
+                if SFlag::from_bits_truncate(n.st.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFREG
+                {
+                    let _ = nix::unistd::unlinkat(
+                        &dir.fd,
+                        &*name,
+                        nix::unistd::UnlinkatFlags::NoRemoveDir,
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The names in directory `dir` (without `.` and `..`).
+pub fn list_dir(dir: &Node) -> Result<Vec<OsString>> {
+    let fd = openat(
+        &dir.fd,
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .with_context(|| format!("cannot open {}", show(&dir.path)))?;
+    let mut d =
+        nix::dir::Dir::from_fd(fd).with_context(|| format!("cannot read {}", show(&dir.path)))?;
+    Ok(d.iter()
+        .filter_map(|e| e.ok())
+        .map(|e| OsStr::from_bytes(e.file_name().to_bytes()).to_os_string())
+        .filter(|n| n != "." && n != "..")
+        .collect())
+}
+
 /// Is this object the root of a mount? (statx `STATX_ATTR_MOUNT_ROOT`, Linux 5.8+.)
 pub fn is_mount_root(fd: BorrowedFd) -> Result<bool> {
-    const STATX_ATTR_MOUNT_ROOT: u64 = 0x2000;
-    let mut stx = std::mem::MaybeUninit::<nix::libc::statx>::zeroed();
-    // SAFETY: empty path with AT_EMPTY_PATH on a valid descriptor; the buffer is a statx.
-    let r = unsafe {
-        nix::libc::statx(
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            nix::libc::AT_EMPTY_PATH | nix::libc::AT_SYMLINK_NOFOLLOW,
-            nix::libc::STATX_BASIC_STATS,
-            stx.as_mut_ptr(),
-        )
-    };
-    Errno::result(r).context("statx")?;
-    // SAFETY: statx succeeded and filled the buffer.
-    let stx = unsafe { stx.assume_init() };
-    if stx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT == 0 {
+    use rustix::fs::{AtFlags, StatxAttributes, StatxFlags};
+    let stx = rustix::fs::statx(
+        fd,
+        "",
+        AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
+        StatxFlags::BASIC_STATS,
+    )
+    .context("statx")?;
+    let mask = stx.stx_attributes_mask;
+    if !mask.contains(StatxAttributes::MOUNT_ROOT) {
         bail!("this kernel does not report mount roots (statx, Linux 5.8 or later needed)");
     }
-    Ok(stx.stx_attributes & STATX_ATTR_MOUNT_ROOT != 0)
+    Ok(stx.stx_attributes.contains(StatxAttributes::MOUNT_ROOT))
+}
+
+/// Detaches the mount whose root `node` is (lazily: a busy mount goes when its last user
+/// does). It is named by descriptor, so the mount unmounted is the one that was checked, not
+/// whatever a path names by the time the call runs.
+pub fn unmount(node: &Node) -> Result<()> {
+    if !is_mount_root(node.fd.as_fd())? {
+        bail!(
+            "{} is not a mount point; not unmounting it",
+            show(&node.path)
+        );
+    }
+    rustix::mount::unmount(
+        proc_path(node.fd.as_fd()),
+        rustix::mount::UnmountFlags::DETACH,
+    )
+    .with_context(|| format!("cannot unmount {}", show(&node.path)))?;
+    step("unmount");
+    Ok(())
+}
+
+/// Reads a file root believes (the config, a runner file, a `/run` record): found through a
+/// [`Trust::RootOwned`] walk (from `start`, or the tree's root), a regular root-owned file, at
+/// most `limit` bytes. `None` when it does not exist. Nothing that fails the rule is opened
+/// for reading, so no error can quote what a user put there.
+pub fn read_trusted(
+    tree: &Tree,
+    start: Option<&Node>,
+    path: &Path,
+    limit: u64,
+) -> Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let walk = match start {
+        Some(dir) => tree.walk_from(dir, path, Trust::RootOwned)?,
+        None => tree.walk(path, Trust::RootOwned)?,
+    };
+    let node = match walk {
+        Walk::Found(n) => n,
+        Walk::Missing { .. } => return Ok(None),
+    };
+    if SFlag::from_bits_truncate(node.st.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFREG {
+        bail!("{} is not a regular file", show(&node.path));
+    }
+    let fd = openat(
+        nix::fcntl::AT_FDCWD,
+        &node.proc_path(),
+        OFlag::O_RDONLY | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .with_context(|| format!("cannot open {}", show(&node.path)))?;
+    // Room up front spares read_to_end its small probe read: one read, then end of file.
+    let mut text = Vec::with_capacity(4096);
+    std::fs::File::from(fd)
+        .take(limit)
+        .read_to_end(&mut text)
+        .with_context(|| format!("cannot read {}", show(&node.path)))?;
+    Ok(Some(text))
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use nix::errno::Errno;
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::mount::{mount, MsFlags};
 
 use crate::fsafe::{self, is_mount_root, Node, Trust, Walk};
 use crate::paths::{self, show};
@@ -67,14 +67,20 @@ pub fn write_record(links: &Node, name: &OsStr, rec: &Record) -> Result<()> {
     nix::unistd::symlinkat(&rec.target, &links.fd, &*tmp)
         .with_context(|| format!("cannot write record {}", show(&at)))?;
     fsafe::step("symlink a temporary record");
-    let done = nix::unistd::fchownat(
-        &links.fd,
-        &*tmp,
-        Some(nix::unistd::Uid::from_raw(rec.owner)),
-        None,
-        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-    )
-    .and_then(|_| nix::fcntl::renameat(&links.fd, &*tmp, &links.fd, name));
+    // The new link is opened once and chowned through that descriptor.
+    let done = links
+        .child(&tmp)
+        .map_err(anyhow::Error::from)
+        .and_then(|n| {
+            rustix::fs::chownat(
+                &n.fd,
+                "",
+                Some(rustix::fs::Uid::from_raw(rec.owner)),
+                None,
+                rustix::fs::AtFlags::EMPTY_PATH | rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+            )?;
+            Ok(nix::fcntl::renameat(&links.fd, &*tmp, &links.fd, name)?)
+        });
     if let Err(e) = done {
         let _ = nix::unistd::unlinkat(&links.fd, &*tmp, nix::unistd::UnlinkatFlags::NoRemoveDir);
         return Err(anyhow!(e)).with_context(|| format!("cannot write record {}", show(&at)));
@@ -113,18 +119,6 @@ pub fn bind(repo: &Node, target: &Node) -> Result<()> {
     })?;
     fsafe::step("bind-mount");
     Ok(())
-}
-
-/// Detaches the mount at `real` (lazily, so a busy mount goes when its last user does).
-pub fn unmount(real: &Path, shown: &Path) -> Result<()> {
-    match umount2(real, MntFlags::MNT_DETACH) {
-        Ok(()) => {
-            fsafe::step("unmount");
-            Ok(())
-        }
-        Err(Errno::EINVAL) | Err(Errno::ENOENT) => Ok(()),
-        Err(e) => Err(anyhow!(e)).with_context(|| format!("cannot unmount {}", show(shown))),
-    }
 }
 
 /// The name of the workspace entry a path passes through, if it lies under the workspace dir.
@@ -247,7 +241,7 @@ impl Ctx<'_> {
                     format!("repo {} is gone", show(&rec.target)),
                 );
                 if !self.dry_run {
-                    unmount(&self.tree.real_root.join(at.strip_prefix("/")?), &at)?;
+                    fsafe::unmount(&entry)?;
                 }
             }
             return Ok(EntryState::Placeholder);
@@ -264,7 +258,7 @@ impl Ctx<'_> {
             if self.dry_run {
                 return self.plan_mount(&at, &rec);
             }
-            unmount(&self.tree.real_root.join(at.strip_prefix("/")?), &at)?;
+            fsafe::unmount(&entry)?;
         }
         let entry = if mounted { ws.child(name)? } else { entry };
         if !entry.is_placeholder() {
@@ -287,7 +281,10 @@ impl Ctx<'_> {
     /// `<workspaceDir>/.links`, if it exists.
     pub fn links_dir(&self, ws: &Node) -> Result<Option<Node>> {
         match ws.child(OsStr::new(paths::LINKS)) {
-            Ok(n) if n.is_dir() => Ok(Some(n)),
+            Ok(n) if n.is_dir() => {
+                fsafe::check_trusted_place(&n)?;
+                Ok(Some(n))
+            }
             Ok(n) => bail!("{} is not a directory", show(&n.path)),
             Err(Errno::ENOENT) => Ok(None),
             Err(e) => Err(anyhow!(e))
@@ -413,6 +410,12 @@ impl Ctx<'_> {
             repos.push(repo);
         }
         if self.dry_run {
+            if let Ok(Walk::Found(ws)) = self.tree.walk(&ws_dir, Trust::Owners) {
+                let links = self.links_dir(&ws)?;
+                for c in changes {
+                    authorize(self.tree, &ws, links.as_ref(), c, owner)?;
+                }
+            }
             for (c, repo) in changes.iter().zip(&repos) {
                 let at = ws_dir.join(&c.name);
                 out.steps.push(match repo {
@@ -424,8 +427,16 @@ impl Ctx<'_> {
         }
         let ws = fsafe::ensure_root_dir(self.tree, &ws_dir)?;
         let _lock = fsafe::lock(&ws)?;
+        // Every change is authorized before the first one is made.
+        let links = self.links_dir(&ws)?;
+        for c in changes {
+            authorize(self.tree, &ws, links.as_ref(), c, owner)?;
+        }
         self.clean_workspace(&ws)?;
-        let links = fsafe::ensure_root_dir(self.tree, &ws_dir.join(paths::LINKS))?;
+        let links = match links {
+            Some(l) => l,
+            None => fsafe::ensure_root_dir(self.tree, &ws_dir.join(paths::LINKS))?,
+        };
         fsafe::remove_leftovers(&links)?;
         for (c, repo) in changes.iter().zip(repos) {
             let name = OsStr::new(&c.name);
@@ -439,7 +450,7 @@ impl Ctx<'_> {
             }
             match repo {
                 Some(repo) => {
-                    let entry = self.make_mountpoint(&ws, &links, name, &mut out)?;
+                    let entry = self.make_mountpoint(&ws, &links, name, owner, &mut out)?;
                     write_record(
                         &links,
                         name,
@@ -462,7 +473,7 @@ impl Ctx<'_> {
                     // touched (a directory of the user's stays where it is).
                     if let Ok(entry) = ws.child(name) {
                         if entry.is_dir() && is_mount_root(entry.fd.as_fd())? {
-                            unmount(&self.tree.real_root.join(at.strip_prefix("/")?), &at)?;
+                            fsafe::unmount(&entry)?;
                         }
                     }
                     remove_record(&links, name)?;
@@ -479,6 +490,7 @@ impl Ctx<'_> {
         ws: &Node,
         links: &Node,
         name: &OsStr,
+        caller: u32,
         out: &mut Relinked,
     ) -> Result<Node> {
         let at = ws.path.join(name);
@@ -514,8 +526,12 @@ impl Ctx<'_> {
                 show(&at)
             );
         }
-        // A user's real directory: moved aside atomically, a placeholder taking its place.
+        // A user's real directory: moved aside atomically, a placeholder taking its place,
+        // only for its owner (or root): see `authorize`, checked again here on this node.
         // `.displaced` first, so that failing to make it (a full disk) changes nothing.
+        if caller != 0 && entry.uid() != caller {
+            bail!("{}", not_yours(&at, "a directory", entry.uid(), ""));
+        }
         let displaced = fsafe::ensure_root_dir(self.tree, &ws.path.join(paths::DISPLACED))?;
         let old = fsafe::swap_in_placeholder(ws, name, self.spec)?;
         let to = move_aside(ws, &displaced, &old, name)?;
@@ -542,7 +558,7 @@ impl Ctx<'_> {
             return Ok(entry);
         }
         let at = ws.path.join(name);
-        unmount(&self.tree.real_root.join(at.strip_prefix("/")?), &at)?;
+        fsafe::unmount(&entry)?;
         let entry = ws.child(name)?;
         if !entry.is_placeholder() {
             bail!("{} is not a placeholder under its mount", show(&at));
@@ -552,6 +568,59 @@ impl Ctx<'_> {
 }
 
 use std::ffi::OsString;
+
+/// "alice (uid 1000)", or "uid 1000" when the user database does not know it.
+pub fn user_label(uid: u32) -> String {
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        Ok(Some(u)) => format!("{} (uid {uid})", u.name),
+        _ => format!("uid {uid}"),
+    }
+}
+
+/// "<at> is <what> of <owner><detail>; only they or root may change it".
+fn not_yours(at: &Path, what: &str, owner: u32, detail: &str) -> String {
+    format!(
+        "{} is {what} of {}{detail}; only they or root may change it",
+        show(at),
+        user_label(owner)
+    )
+}
+
+/// Owners decide: a caller other than root may change entry `c.name` only when it is not
+/// linked (a placeholder, nothing, a link whose repo is gone, a legacy symlink) or its record
+/// is theirs; and may have a directory in the way moved aside only when it is theirs.
+fn authorize(
+    tree: &crate::fsafe::Tree,
+    ws: &Node,
+    links: Option<&Node>,
+    c: &Change,
+    caller: u32,
+) -> Result<()> {
+    paths::check_name("workspace entry", &c.name)?;
+    if caller == 0 {
+        return Ok(());
+    }
+    let name = OsStr::new(&c.name);
+    let at = ws.path.join(name);
+    if let Some(rec) = read_record(links, name)? {
+        let live =
+            matches!(tree.walk(&rec.target, Trust::Owners), Ok(Walk::Found(n)) if n.is_dir());
+        if live && rec.owner != caller {
+            let to = format!(" to {}", show(&rec.target));
+            bail!("{}", not_yours(&at, "a link", rec.owner, &to));
+        }
+        return Ok(());
+    }
+    if c.target.is_none() {
+        return Ok(()); // nothing of ours there: unlinking leaves it as it is
+    }
+    match ws.child(name) {
+        Ok(e) if e.is_dir() && !e.is_placeholder() && e.uid() != caller => {
+            bail!("{}", not_yours(&at, "a directory", e.uid(), ""))
+        }
+        _ => Ok(()),
+    }
+}
 
 /// Moves `<ws>/<from>` into `displaced` as `<label>.<time>` (`.<n>` added while that is
 /// taken: never over an earlier one); returns where it went.
@@ -654,29 +723,84 @@ pub fn changes_for(
 
 /// After relinking: the sources of every known VM that pass through a changed entry are
 /// ensured at once (so `nixfiles/hosts/microvms/<host>` appears in the real repo). Other
-/// VMs' runtime records are left alone, or their staleness would be hidden.
+/// VMs' runtime records are left alone, or their staleness would be hidden. A VM that cannot
+/// be ensured (a runner that is not root's, a source that cannot be made) is skipped with a
+/// warning: one bad VM does not stop the link of another.
 pub fn ensure_affected(
     tree: &crate::fsafe::Tree,
     cfg: &crate::config::Config,
     changed: &[Change],
     dry_run: bool,
-) -> Result<Vec<String>> {
+) -> Result<Ensured> {
     let names: Vec<&OsStr> = changed.iter().map(|c| OsStr::new(&c.name)).collect();
-    let mut steps = Vec::new();
+    let mut out = Ensured::default();
     for vm in crate::runner::known_vms(tree, cfg) {
-        let shares: Vec<_> = crate::runner::shares(tree, cfg, &vm)?
+        let done = crate::runner::shares(tree, cfg, &vm).and_then(|shares| {
+            let shares: Vec<_> = shares
+                .into_iter()
+                .filter(|s| {
+                    entry_of(&cfg.workspace_dir, &s.path).is_some_and(|n| names.contains(&n))
+                })
+                .collect();
+            if shares.is_empty() {
+                return Ok(Vec::new());
+            }
+            Ok(crate::prepare::prepare_shares(tree, cfg, &vm, &shares, dry_run)?.actions)
+        });
+        match done {
+            Ok(actions) => out.steps.extend(
+                actions
+                    .iter()
+                    .map(|a| format!("{}{vm}: {a}", if dry_run { "would, for " } else { "for " })),
+            ),
+            Err(e) => {
+                let why = crate::logging::one_line(&e);
+                tracing::warn!(vm, "skipping VM {vm}: {why}");
+                out.skipped.push((vm, why));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Before relinking: every source [`ensure_affected`] will have to make afterwards, planned
+/// as if `changed` were done, so that a source that cannot be made fails the link before it
+/// changes anything. VMs whose shares cannot even be read (a runner that is not root's) are
+/// returned, to be skipped with a warning.
+pub fn check_affected(
+    tree: &crate::fsafe::Tree,
+    cfg: &crate::config::Config,
+    changed: &[Change],
+) -> Result<Vec<(String, String)>> {
+    let names: Vec<&OsStr> = changed.iter().map(|c| OsStr::new(&c.name)).collect();
+    let assume: Vec<(String, Option<PathBuf>)> = changed
+        .iter()
+        .map(|c| (c.name.clone(), c.target.clone()))
+        .collect();
+    let mut skipped = Vec::new();
+    for vm in crate::runner::known_vms(tree, cfg) {
+        let shares = match crate::runner::shares(tree, cfg, &vm) {
+            Ok(s) => s,
+            Err(e) => {
+                skipped.push((vm, crate::logging::one_line(&e)));
+                continue;
+            }
+        };
+        let shares: Vec<_> = shares
             .into_iter()
             .filter(|s| entry_of(&cfg.workspace_dir, &s.path).is_some_and(|n| names.contains(&n)))
             .collect();
-        if shares.is_empty() {
-            continue;
+        if !shares.is_empty() {
+            crate::prepare::plan_assuming(tree, cfg, &vm, &shares, &assume)?;
         }
-        let out = crate::prepare::prepare_shares(tree, cfg, &vm, &shares, dry_run)?;
-        steps.extend(
-            out.actions
-                .iter()
-                .map(|a| format!("{}{vm}: {a}", if dry_run { "would, for " } else { "for " })),
-        );
     }
-    Ok(steps)
+    Ok(skipped)
+}
+
+/// What [`ensure_affected`] did.
+#[derive(Debug, Default)]
+pub struct Ensured {
+    pub steps: Vec<String>,
+    /// VMs skipped, and why.
+    pub skipped: Vec<(String, String)>,
 }

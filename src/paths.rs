@@ -35,15 +35,26 @@ impl Root {
     }
 
     /// `--root` wins over `MICROVM_WORKSPACES_ROOT`; an empty value or `/` means no re-rooting.
+    ///
+    /// Refused for a caller who came through sudo: a tree of the caller's choosing would let
+    /// them pick every file root then reads and every directory root acts on. Only this
+    /// checks the name; [`crate::fsafe::Tree::open`] opens it once and everything after goes
+    /// through that descriptor.
     pub fn from_args(cli: Option<&Path>) -> Result<Root> {
-        let env = std::env::var_os(ROOT_ENV);
+        let env = std::env::var_os(ROOT_ENV).filter(|v| !v.is_empty());
         let given = match cli {
             Some(p) => Some(p.to_path_buf()),
-            None => env.filter(|v| !v.is_empty()).map(PathBuf::from),
+            None => env.map(PathBuf::from),
         };
         let Some(dir) = given else {
             return Ok(Root::host());
         };
+        if let Some(uid) = sudo_uid() {
+            bail!(
+                "--root and {ROOT_ENV} are refused through sudo (SUDO_UID={}): only root itself may re-root",
+                show_bytes(&uid)
+            );
+        }
         let dir = if dir.is_absolute() {
             dir
         } else {
@@ -54,9 +65,6 @@ impl Root {
         let dir = normalize(&dir);
         if dir == Path::new("/") {
             return Ok(Root::host());
-        }
-        if !dir.is_dir() {
-            bail!("root {} is not a directory", show(&dir));
         }
         Ok(Root { dir: Some(dir) })
     }
@@ -88,6 +96,11 @@ impl Root {
                 .map(|rest| Path::new("/").join(rest)),
         }
     }
+}
+
+/// `SUDO_UID` when it names someone other than root: the caller came through sudo.
+pub fn sudo_uid() -> Option<std::ffi::OsString> {
+    std::env::var_os("SUDO_UID").filter(|v| v != "0")
 }
 
 /// Lexical normalization: drops `.` and empty components and applies `..` to what precedes

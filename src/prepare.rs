@@ -380,6 +380,32 @@ pub fn prepare_vm(tree: &Tree, cfg: &Config, vm: &str, dry_run: bool) -> Result<
     prepare_shares(tree, cfg, vm, &shares, dry_run)
 }
 
+/// Plans the given shares of `vm` as if workspace entries were already linked as `assume`
+/// says (entry name, repo; `None`: a placeholder): microvm-link's check, before it changes
+/// anything, that every source it will have to ensure afterwards can be made.
+pub fn plan_assuming(
+    tree: &Tree,
+    cfg: &Config,
+    vm: &str,
+    shares: &[Share],
+    assume: &[(String, Option<PathBuf>)],
+) -> Result<Vec<Action>> {
+    let mut look = Ctx::new(tree, cfg, true)?;
+    look.vm = vm.to_string();
+    for (name, target) in assume {
+        let at = cfg.workspace_dir.join(name);
+        match target {
+            Some(t) => look.redirects.push((at, t.clone())),
+            None => look.plan_placeholder(&at),
+        }
+        look.ensured.push(name.into());
+    }
+    for s in shares {
+        look.ensure_share(s).with_context(|| share_label(vm, s))?;
+    }
+    Ok(look.actions)
+}
+
 /// Prepares the given shares of `vm` (a subset when microvm-link ensures what it changed).
 pub fn prepare_shares(
     tree: &Tree,

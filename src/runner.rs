@@ -5,15 +5,15 @@
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::io::Read;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use nix::fcntl::{openat, OFlag};
-use nix::sys::stat::Mode;
+use nix::fcntl::OFlag;
+use nix::sys::stat::{fstat, SFlag};
 
 use crate::config::{check_source, Config, Proto};
-use crate::fsafe::{Node, Tree, Trust, Walk};
+use crate::fsafe::{self, Node, Tree, Trust, Walk};
 use crate::paths::{self, show};
 
 /// One share of a VM, its source resolved to an absolute, normalized inside path.
@@ -28,12 +28,8 @@ pub struct Share {
     pub read_only: bool,
 }
 
-/// `<stateDir>/<vm>/current/share/microvm/virtiofs`.
-fn virtiofs_dir(cfg: &Config, vm: &str) -> PathBuf {
-    cfg.state_dir
-        .join(vm)
-        .join("current/share/microvm/virtiofs")
-}
+/// Where a runner records its virtiofs shares, below `current`.
+const VIRTIOFS: &str = "share/microvm/virtiofs";
 
 /// Does a runner exist for `vm`?
 pub fn has_runner(tree: &Tree, cfg: &Config, vm: &str) -> bool {
@@ -44,12 +40,9 @@ pub fn has_runner(tree: &Tree, cfg: &Config, vm: &str) -> bool {
 /// VMs that have a runner in the state dir or an entry in the config, sorted.
 pub fn known_vms(tree: &Tree, cfg: &Config) -> Vec<String> {
     let mut vms: Vec<String> = cfg.vms.keys().cloned().collect();
-    if let Ok(entries) = std::fs::read_dir(
-        tree.real_root
-            .join(cfg.state_dir.strip_prefix("/").unwrap_or(&cfg.state_dir)),
-    ) {
-        for e in entries.flatten() {
-            if let Some(name) = e.file_name().to_str() {
+    if let Ok(Walk::Found(dir)) = tree.walk(&cfg.state_dir, Trust::All) {
+        for name in fsafe::list_dir(&dir).unwrap_or_default() {
+            if let Some(name) = name.to_str() {
                 if paths::check_name("VM", name).is_ok() && has_runner(tree, cfg, name) {
                     vms.push(name.to_string());
                 }
@@ -61,48 +54,35 @@ pub fn known_vms(tree: &Tree, cfg: &Config) -> Vec<String> {
     vms
 }
 
-/// Reads one runner file inside the root: its text with one trailing newline removed.
-fn read_runner_file(tree: &Tree, path: &Path) -> Result<Vec<u8>> {
-    let node = match tree.walk(path, Trust::All)? {
-        Walk::Found(n) => n,
-        Walk::Missing { .. } => bail!("{} does not exist", show(path)),
-    };
-    let fd = openat(
-        nix::fcntl::AT_FDCWD,
-        &node.proc_path(),
-        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .with_context(|| format!("cannot open {}", show(path)))?;
-    read_text(fd, path)
-}
-
-/// Reads `<tag>/source` below the runner's virtiofs directory `dir` (at inside path `path`):
-/// one `openat2` when no symlink lies on the way (a runner as Nix builds it), else the careful
-/// walk from the root (which resolves symlinks inside the root). The walk per share was about
-/// 35 system calls.
-fn read_source(tree: &Tree, dir: &Node, tag: &OsStr, path: &Path) -> Result<Vec<u8>> {
+/// Reads `<tag>/source` below the runner's virtiofs directory `dir` (which was checked to be
+/// root's): one `openat2` when no symlink lies on the way (a runner as Nix builds it), else
+/// the careful walk. Either way only a regular, root-owned file is believed; `O_NONBLOCK` so
+/// that a FIFO cannot stall the open before that check.
+fn read_source(tree: &Tree, dir: &Node, tag: &OsStr) -> Result<Vec<u8>> {
     use nix::fcntl::{openat2, OpenHow, ResolveFlag};
+    let rel = Path::new(tag).join("source");
     let how = OpenHow::new()
-        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC)
+        .flags(OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
         .resolve(
             ResolveFlag::RESOLVE_BENEATH
                 | ResolveFlag::RESOLVE_NO_SYMLINKS
                 | ResolveFlag::RESOLVE_NO_MAGICLINKS,
         );
-    match openat2(&dir.fd, &Path::new(tag).join("source"), how) {
-        Ok(fd) => read_text(fd, path),
-        Err(_) => read_runner_file(tree, path),
-    }
-}
-
-fn read_text(fd: std::os::fd::OwnedFd, path: &Path) -> Result<Vec<u8>> {
-    // Room up front spares read_to_end its small probe read: one read, then end of file.
-    let mut text = Vec::with_capacity(4096);
-    std::fs::File::from(fd)
-        .take(64 * 1024)
-        .read_to_end(&mut text)
-        .with_context(|| format!("cannot read {}", show(path)))?;
+    let fast = openat2(&dir.fd, &rel, how)
+        .ok()
+        .filter(|fd| matches!(fstat(fd), Ok(st) if st.st_uid == 0 && st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFREG.bits()));
+    let mut text = match fast {
+        Some(fd) => {
+            let mut text = Vec::with_capacity(4096);
+            std::fs::File::from(fd)
+                .take(64 * 1024)
+                .read_to_end(&mut text)
+                .with_context(|| format!("cannot read {}", show(&dir.path.join(&rel))))?;
+            text
+        }
+        None => fsafe::read_trusted(tree, Some(dir), &rel, 64 * 1024)?
+            .with_context(|| format!("{} does not exist", show(&dir.path.join(&rel))))?,
+    };
     if text.last() == Some(&b'\n') {
         text.pop();
     }
@@ -111,45 +91,42 @@ fn read_text(fd: std::os::fd::OwnedFd, path: &Path) -> Result<Vec<u8>> {
 
 /// The virtiofs shares microvm.nix recorded in the VM's runner (none if it has no runner).
 pub fn runner_shares(tree: &Tree, cfg: &Config, vm: &str) -> Result<Vec<Share>> {
-    let dir = virtiofs_dir(cfg, vm);
-    let node = match tree.walk(&dir, Trust::All) {
+    // `<stateDir>/<vm>` and its `current` link belong to microvm.nix's user, so `current` may
+    // lead anywhere; what it leads to decides what root creates, so it must be root's (the
+    // Nix store's), and so must everything read below it.
+    let current = cfg.state_dir.join(vm).join("current");
+    let runner = match tree.walk(&current, Trust::All) {
         Ok(Walk::Found(n)) if n.is_dir() => n,
         _ => return Ok(Vec::new()),
     };
-    // The runner decides what root creates; whoever owns `<stateDir>/<vm>` can point
-    // `current` anywhere, so only a root-owned runner (the Nix store's) is believed.
-    if node.uid() != 0 {
-        bail!(
-            "runner {} is owned by uid {}, not root; refusing to take share sources from it",
-            show(&dir),
-            node.uid()
-        );
-    }
-    let fd = openat(
-        nix::fcntl::AT_FDCWD,
-        &node.proc_path(),
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .with_context(|| format!("cannot open {}", show(&dir)))?;
-    let mut tags: Vec<Vec<u8>> = nix::dir::Dir::from_fd(fd)
-        .with_context(|| format!("cannot read {}", show(&dir)))?
-        .iter()
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_bytes().to_vec())
-        .filter(|n| n != b"." && n != b"..")
+    let dir = current.join(VIRTIOFS);
+    let node = match tree.walk_from(&runner, Path::new(VIRTIOFS), Trust::RootOwned) {
+        Ok(Walk::Found(n)) if n.is_dir() => n,
+        Ok(_) => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!(
+                    "runner {} is not root's; refusing to take share sources from it",
+                    show(&dir)
+                )
+            })
+        }
+    };
+    let mut tags: Vec<Vec<u8>> = fsafe::list_dir(&node)?
+        .into_iter()
+        .map(|n| n.into_vec())
         .collect();
     tags.sort();
     let mut shares = Vec::new();
     for tag in tags {
         let file = dir.join(OsStr::from_bytes(&tag)).join("source");
+        let raw = read_source(tree, &node, OsStr::from_bytes(&tag))?;
         let tag = String::from_utf8(tag).map_err(|e| {
             anyhow!(
                 "runner tag {} is not valid UTF-8",
                 show(&dir.join(OsStr::from_bytes(e.as_bytes())))
             )
         })?;
-        let raw = read_source(tree, &node, OsStr::new(&tag), &file)?;
         let source = String::from_utf8(raw).map_err(|e| {
             anyhow!(
                 "{}: source {} is not valid UTF-8",

@@ -5,13 +5,15 @@
 //! other VMs' sources, leaves their records alone or their staleness would be hidden.
 
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::fsafe::{Tree, Trust, Walk};
+use nix::fcntl::{openat, renameat, OFlag};
+use nix::sys::stat::Mode;
+
+use crate::fsafe::{self, Tree, Trust, Walk};
 use crate::paths::{self, show, Root};
 use crate::prepare::{Kind, Prepared};
 
@@ -65,55 +67,70 @@ impl VmRecord {
     }
 }
 
-fn record_path(root: &Root, vm: &str) -> PathBuf {
-    root.real(&Path::new(paths::RUNTIME_DIR).join(format!("{vm}.json")))
+fn record_path(vm: &str) -> PathBuf {
+    Path::new(paths::RUNTIME_DIR).join(format!("{vm}.json"))
 }
 
-/// Writes the record atomically (temporary file in the same directory, then rename).
-pub fn write(root: &Root, rec: &VmRecord) -> Result<()> {
-    let dir = root.real(Path::new(paths::RUNTIME_DIR));
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", show(&dir)))?;
-    let path = record_path(root, &rec.vm);
-    let mut tmp = tempfile::NamedTempFile::new_in(&dir)
-        .with_context(|| format!("cannot write in {}", show(&dir)))?;
-    // One write: serde_json emits token by token, and the file is unbuffered (this was about
-    // 80 system calls per share).
+/// Writes the record atomically: a new file under a temporary name in the runtime dir (a
+/// trusted place), then renamed over the old record, all through the directory's descriptor.
+pub fn write(tree: &Tree, rec: &VmRecord) -> Result<()> {
+    let dir = fsafe::ensure_root_dir(tree, Path::new(paths::RUNTIME_DIR))?;
+    let path = record_path(&rec.vm);
+    fsafe::remove_dead_tmp_files(&dir);
+    let tmp = fsafe::tmp_name();
     // World-readable like the rest of /run: `microvm-link status` runs as a normal user too.
-    // (tempfile creates 0600.)
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o644))
-        .with_context(|| format!("cannot write in {}", show(&dir)))?;
+    let fd = openat(
+        &dir.fd,
+        &*tmp,
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o644),
+    )
+    .with_context(|| format!("cannot write in {}", show(&dir.path)))?;
     let mut text = serde_json::to_vec_pretty(rec)?;
     text.push(b'\n');
-    tmp.write_all(&text)?;
-    tmp.persist(&path)
-        .map_err(|e| e.error)
-        .with_context(|| format!("cannot write {}", show(&path)))?;
-    crate::fsafe::step("write the runtime record");
+    // One write: serde_json emits token by token (this was about 80 system calls per share).
+    let written = std::fs::File::from(fd)
+        .write_all(&text)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| {
+            Ok(renameat(
+                &dir.fd,
+                &*tmp,
+                &dir.fd,
+                Path::new(path.file_name().expect("a file name")),
+            )?)
+        });
+    if let Err(e) = written {
+        let _ = nix::unistd::unlinkat(&dir.fd, &*tmp, nix::unistd::UnlinkatFlags::NoRemoveDir);
+        return Err(e).with_context(|| format!("cannot write {}", show(&path)));
+    }
+    fsafe::step("write the runtime record");
     Ok(())
 }
 
-pub fn read(root: &Root, vm: &str) -> Result<Option<VmRecord>> {
-    let path = record_path(root, vm);
-    match std::fs::read(&path) {
-        Ok(t) => serde_json::from_slice(&t)
+/// The record of `vm`, if there is one; only a root-owned file is believed.
+pub fn read(tree: &Tree, vm: &str) -> Result<Option<VmRecord>> {
+    let path = record_path(vm);
+    match fsafe::read_trusted(tree, None, &path, 16 << 20)? {
+        Some(t) => serde_json::from_slice(&t)
             .map(Some)
             .with_context(|| format!("runtime record {}", show(&path))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", show(&path))),
+        None => Ok(None),
     }
 }
 
 /// VMs that have a runtime record.
-pub fn recorded_vms(root: &Root) -> Vec<String> {
-    let dir = root.real(Path::new(paths::RUNTIME_DIR));
-    let mut vms: Vec<String> = std::fs::read_dir(dir)
+pub fn recorded_vms(tree: &Tree) -> Vec<String> {
+    let dir = match tree.walk(Path::new(paths::RUNTIME_DIR), Trust::RootOwned) {
+        Ok(Walk::Found(n)) if n.is_dir() => n,
+        _ => return Vec::new(),
+    };
+    let mut vms: Vec<String> = fsafe::list_dir(&dir)
+        .unwrap_or_default()
         .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            e.file_name()
-                .to_str()?
+        .filter_map(|n| {
+            n.into_string()
+                .ok()?
                 .strip_suffix(".json")
                 .map(str::to_string)
         })
@@ -182,7 +199,7 @@ pub fn status_of(
     };
     let mut workspace = crate::link::view_entry(tree, &cfg.workspace_dir, vm)?;
     // One unreadable record must not take status (or a link's stale list) down with it.
-    let record = read(root, vm).unwrap_or_else(|e| {
+    let record = read(tree, vm).unwrap_or_else(|e| {
         tracing::warn!(vm, "ignoring it: {}", crate::logging::one_line(&e));
         None
     });

@@ -14,11 +14,13 @@ use microvm_workspaces::link::{derive_vm_name, repo_root};
 
 const WS: &str = "/var/lib/microvm-workspaces";
 
-/// Runs microvm-link in `cwd` (an inside path) as root on behalf of `uid` (SUDO_UID).
+/// Runs microvm-link in `cwd` (an inside path) as root on behalf of `uid` (`--user`).
 fn link(fx: &Fx, cwd: &str, uid: u32, args: &[&str]) -> Output {
     Command::new(LINK)
         .env("MICROVM_WORKSPACES_ROOT", fx.root())
-        .env("SUDO_UID", uid.to_string())
+        .env_remove("SUDO_UID")
+        .arg("--user")
+        .arg(uid.to_string())
         .env_remove("JOURNAL_STREAM")
         .current_dir(fx.p(cwd))
         .args(args)
@@ -456,7 +458,8 @@ fn two_links_racing_on_one_vm_end_consistent() {
         let spawn = |repo: &str| {
             Command::new(LINK)
                 .env("MICROVM_WORKSPACES_ROOT", fx.root())
-                .env("SUDO_UID", ALICE.to_string())
+                .env_remove("SUDO_UID")
+                .args(["--user", &ALICE.to_string()])
                 .current_dir(fx.p(repo))
                 .args(["vm1", "--no-restart"])
                 .output()
@@ -561,8 +564,8 @@ fn relink_checks_the_owner_of_the_very_directory_it_mounts() {
     let fx = vm1_fixture();
     fx.repo("/home/bob/secret", BOB);
     let root = Root::from_args(Some(fx.root())).unwrap();
-    let cfg = Config::load(&root).unwrap();
     let tree = Tree::open(&root).unwrap();
+    let cfg = Config::load(&tree).unwrap();
     let mut ctx = Ctx::new(&tree, &cfg, false).unwrap();
     let change = Change {
         name: "vm1".into(),

@@ -87,11 +87,13 @@ impl Rng {
 
 // ---- running the binaries ----
 
-/// microvm-link in `cwd` (inside path), as root on behalf of `uid` (SUDO_UID).
+/// microvm-link in `cwd` (inside path), as root on behalf of `uid` (`--user`).
 fn link_cmd(fx: &Fx, cwd: &str, uid: u32, args: &[&str]) -> Command {
     let mut c = Command::new(LINK);
     c.env("MICROVM_WORKSPACES_ROOT", fx.root())
-        .env("SUDO_UID", uid.to_string())
+        .env_remove("SUDO_UID")
+        .arg("--user")
+        .arg(uid.to_string())
         .env_remove("JOURNAL_STREAM")
         .env_remove("INVOCATION_ID")
         .env_remove(FAILPOINT_ENV)
@@ -1259,7 +1261,15 @@ fn a_users_symlink_to_etc_or_root_never_leads_link_or_prepare_there() {
             .output()
             .unwrap();
         assert_one_line_error(&out, &["unsafe path transition"]);
-        // And web's next start.
+        // And web's next start, with the link recorded anyway (link refuses before it
+        // changes anything, so the record is made by hand here).
+        fx.mkdir(&format!("{WS}/.links"), 0, 0o755);
+        user_symlink(
+            &fx,
+            "/home/alice/nixfiles",
+            &format!("{WS}/.links/nixfiles"),
+            ALICE,
+        );
         assert_one_line_error(&fx.prepare("web"), &["unsafe path transition"]);
         assert_eq!(
             etc,
@@ -1607,7 +1617,12 @@ fn a_spoofed_sudo_uid_is_never_trusted() {
         &fx,
         ALICE,
         true,
-        &[("SUDO_UID", "0"), ("PATH", &path)],
+        // (not re-rooted: a normal user may not re-root through sudo, and is told so first)
+        &[
+            ("SUDO_UID", "0"),
+            ("PATH", &path),
+            ("MICROVM_WORKSPACES_ROOT", ""),
+        ],
         &["vm1", "--repo", &bob_repo, "--no-restart"],
     );
     assert_one_line_error(&out, &["not as root", "real sudo"]);
@@ -1750,8 +1765,27 @@ fn forged_placeholders_are_never_taken_for_ours() {
             std::fs::read(entry.join("precious")).unwrap(),
             b"do not lose me"
         );
-        // microvm-link moves it aside (not deleted) and mounts on a real placeholder.
-        let out = ok(link_cmd(&fx, A, ALICE, &["vm1", "--no-restart"]));
+        // microvm-link moves it aside (not deleted) and mounts on a real placeholder, for the
+        // directory's owner only: root's look-alike is not alice's to move.
+        let mover = if forged == "root-0555" {
+            let before = fx.snapshot();
+            let out = link_cmd(&fx, A, ALICE, &["vm1", "--no-restart"])
+                .output()
+                .unwrap();
+            assert_one_line_error(
+                &out,
+                &["is a directory of root (uid 0)", "only they or root"],
+            );
+            assert_eq!(
+                before,
+                fx.snapshot(),
+                "{forged}: a refused link changed something"
+            );
+            0
+        } else {
+            ALICE
+        };
+        let out = ok(link_cmd(&fx, A, mover, &["vm1", "--no-restart"]));
         assert!(
             String::from_utf8_lossy(&out.stdout).contains("moved your directory"),
             "{forged}"

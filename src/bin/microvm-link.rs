@@ -38,8 +38,13 @@ struct Cli {
     #[command(flatten)]
     link: LinkArgs,
     /// Take every absolute path under DIR (also MICROVM_WORKSPACES_ROOT); restarts are skipped.
+    /// For root itself: refused through sudo.
     #[arg(long, value_name = "DIR", global = true)]
     root: Option<PathBuf>,
+    /// Act for this user (a name or uid), as if they had come through sudo. For root itself
+    /// (tests, image builders): refused through sudo.
+    #[arg(long, value_name = "UID|NAME", global = true)]
+    user: Option<String>,
     /// More log output (repeatable).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
@@ -122,11 +127,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             no_restart,
             json,
         }) => {
-            become_root()?;
+            become_root(&cli)?;
             unlink(&cli, vm, *no_restart, *json)
         }
         None => {
-            become_root()?;
+            become_root(&cli)?;
             link_here(&cli)
         }
     }
@@ -135,7 +140,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
 /// Re-executes through sudo unless already root (the NixOS module can allow a group to do so
 /// without a password). The re-rooting variable does not survive sudo's environment reset,
 /// so it is passed on as `--root`.
-fn become_root() -> Result<()> {
+fn become_root(cli: &Cli) -> Result<()> {
     if nix::unistd::Uid::effective().is_root() {
         return Ok(());
     }
@@ -150,12 +155,19 @@ fn become_root() -> Result<()> {
             nix::unistd::Uid::effective()
         );
     }
-    let exe = std::env::current_exe().context("cannot find microvm-link's own executable")?;
-    let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-    if let Some(r) = std::env::var_os(paths::ROOT_ENV).filter(|r| !r.is_empty()) {
-        args.insert(0, r);
-        args.insert(0, "--root".into());
+    // Re-rooting and acting for someone else are root's own: sudo would refuse them anyway
+    // (see `Root::from_args`, `invoking_user`), so say so before asking for a password.
+    if cli.root.is_some() || std::env::var_os(paths::ROOT_ENV).is_some_and(|r| !r.is_empty()) {
+        bail!(
+            "--root and {} need root itself; through sudo they are refused",
+            paths::ROOT_ENV
+        );
     }
+    if cli.user.is_some() {
+        bail!("--user needs root itself; through sudo it is refused");
+    }
+    let exe = std::env::current_exe().context("cannot find microvm-link's own executable")?;
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     let err = std::process::Command::new(sudo)
         .env(VIA_SUDO, "1")
         .arg("--")
@@ -165,18 +177,40 @@ fn become_root() -> Result<()> {
     bail!("microvm-link needs root and could not run {sudo}: {err}")
 }
 
-/// Who asked: as root through sudo, `SUDO_UID`; trusted only when the real uid is root too
-/// (a set-uid copy must not let the caller claim to be anyone).
-fn invoking_user() -> Result<u32> {
+/// Who asked. Through sudo (real uid root, `SUDO_UID` set and not 0), the sudo user, who may
+/// not pick another with `--user`. Root itself: root, or whoever `--user` names. `SUDO_UID` is
+/// believed only when the real uid is root too (a set-uid copy must not let the caller claim
+/// to be anyone).
+fn invoking_user(cli: &Cli) -> Result<u32> {
     let real = nix::unistd::getuid();
-    match std::env::var("SUDO_UID") {
-        Ok(v) if real.is_root() => v
-            .parse()
-            .with_context(|| format!("SUDO_UID {v:?} is not a number")),
+    let sudo = match std::env::var("SUDO_UID") {
+        Ok(v) if real.is_root() => Some(
+            v.parse::<u32>()
+                .with_context(|| format!("SUDO_UID {v:?} is not a number"))?,
+        ),
         Ok(_) => {
             bail!("SUDO_UID is set but the real user is uid {real}, not root; refusing to trust it")
         }
-        Err(_) => Ok(real.as_raw()),
+        Err(_) => None,
+    };
+    match (sudo, &cli.user) {
+        (Some(uid), Some(_)) if uid != 0 => {
+            bail!("--user is refused through sudo (SUDO_UID={uid}): only root itself may act for another user")
+        }
+        (Some(uid), None) => Ok(uid),
+        (_, Some(u)) if real.is_root() => parse_user(u),
+        (_, Some(_)) => bail!("--user needs root itself"),
+        (None, None) => Ok(real.as_raw()),
+    }
+}
+
+fn parse_user(u: &str) -> Result<u32> {
+    if let Ok(n) = u.parse::<u32>() {
+        return Ok(n);
+    }
+    match nix::unistd::User::from_name(u) {
+        Ok(Some(user)) => Ok(user.uid.as_raw()),
+        _ => bail!("--user {u:?}: no such user"),
     }
 }
 
@@ -184,19 +218,27 @@ struct Env {
     root: Root,
     cfg: Config,
     tree: Tree,
+    /// Who asked (see `invoking_user`).
+    user: u32,
 }
 
 fn env(cli: &Cli) -> Result<Env> {
+    let user = invoking_user(cli)?;
     let root = Root::from_args(cli.root.as_deref())?;
-    let cfg = Config::load(&root)?;
     let tree = Tree::open(&root)?;
-    Ok(Env { root, cfg, tree })
+    let cfg = Config::load(&tree)?;
+    Ok(Env {
+        root,
+        cfg,
+        tree,
+        user,
+    })
 }
 
 fn link_here(cli: &Cli) -> Result<ExitCode> {
     let a = &cli.link;
-    let user = invoking_user()?;
     let e = env(cli)?;
+    let user = e.user;
     let cwd = std::env::current_dir().context("cannot read the working directory")?;
     let real = match &a.repo {
         Some(r) => paths::normalize(&cwd.join(r)),
@@ -229,10 +271,18 @@ fn link_here(cli: &Cli) -> Result<ExitCode> {
 
     let t0 = Instant::now();
     let changes = link::changes_for(&e.tree, &e.cfg, &vm, &repo.path, user);
+    // Everything that can be checked is checked before anything changes.
+    link::check_affected(&e.tree, &e.cfg, &changes)?;
     let mut ctx = Ctx::new(&e.tree, &e.cfg, a.dry_run)?;
     ctx.vm = vm.clone();
     let relinked = ctx.relink(&changes, user)?;
-    let ensured = link::ensure_affected(&e.tree, &e.cfg, &changes, a.dry_run)?;
+    let link::Ensured {
+        steps: ensured,
+        skipped,
+    } = link::ensure_affected(&e.tree, &e.cfg, &changes, a.dry_run)?;
+    for (vm, why) in &skipped {
+        eprintln!("microvm-link: warning: skipped VM {vm}: {why}");
+    }
     let link_ms = t0.elapsed().as_secs_f64() * 1000.0;
 
     let restart = restart_step(cli, &e, &vm, a.no_restart || a.dry_run)?;
@@ -249,6 +299,7 @@ fn link_here(cli: &Cli) -> Result<ExitCode> {
             "vm": vm, "repo": show(&repo.path), "dryRun": a.dry_run,
             "changes": changes.iter().map(|c| serde_json::json!({"name": c.name, "target": c.target.as_deref().map(show)})).collect::<Vec<_>>(),
             "steps": relinked.steps, "displaced": relinked.displaced, "ensured": ensured,
+            "skipped": skipped.iter().map(|(vm, why)| serde_json::json!({"vm": vm, "why": why})).collect::<Vec<_>>(),
             "linkMs": link_ms, "restart": restart,
             "stale": stale.iter().map(|s| serde_json::json!({"vm": s.vm, "running": s.running, "tags": stale_tags(s)})).collect::<Vec<_>>(),
             "restartedStale": restarted_stale,
@@ -307,7 +358,7 @@ fn restart_step(cli: &Cli, e: &Env, vm: &str, skip: bool) -> Result<Option<Strin
 /// no longer resolve to what they did at their start.
 fn stale_others(e: &Env, vm: &str) -> Result<Vec<VmStatus>> {
     let mut out = Vec::new();
-    for other in state::recorded_vms(&e.root) {
+    for other in state::recorded_vms(&e.tree) {
         if other == vm {
             continue;
         }
@@ -363,7 +414,7 @@ fn unlink(cli: &Cli, vm: &str, no_restart: bool, json: bool) -> Result<ExitCode>
         });
     }
     let mut ctx = Ctx::new(&e.tree, &e.cfg, false)?;
-    let done = ctx.relink(&changes, 0)?;
+    let done = ctx.relink(&changes, e.user)?;
     let restart = restart_step(cli, &e, vm, no_restart)?;
     if json {
         println!(
@@ -393,7 +444,7 @@ fn status(cli: &Cli, vm: Option<&str>, json: bool) -> Result<ExitCode> {
         }
         None => {
             let mut v = runner::known_vms(&e.tree, &e.cfg);
-            v.extend(state::recorded_vms(&e.root));
+            v.extend(state::recorded_vms(&e.tree));
             v.sort();
             v.dedup();
             v

@@ -56,8 +56,8 @@ fn run(args: &Args, vm: &str) -> Result<()> {
     paths::check_name("VM", vm)?;
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     let root = paths::Root::from_args(args.root.as_deref())?;
-    let cfg = Config::load(&root)?;
     let tree = Tree::open(&root)?;
+    let cfg = Config::load(&tree)?;
     runner::check_known(&tree, &cfg, vm)?;
     let out = prepare::prepare_vm(&tree, &cfg, vm, args.dry_run)?;
     if args.dry_run {
@@ -69,7 +69,7 @@ fn run(args: &Args, vm: &str) -> Result<()> {
         }
         return Ok(());
     }
-    state::write(&root, &state::VmRecord::new(vm, &out.prepared))
+    state::write(&tree, &state::VmRecord::new(vm, &out.prepared))
         .with_context(|| format!("VM {vm}"))?;
     tracing::debug!(
         vm,

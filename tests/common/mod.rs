@@ -213,8 +213,11 @@ pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, String> {
             } else if m.is_dir() {
                 desc += &format!(" mark={}", is_marked(&p));
                 todo.push(p.clone());
-            } else {
+            } else if m.is_file() {
                 desc += &format!(" {:?}", std::fs::read(&p).unwrap_or_default());
+            } else {
+                // A FIFO or socket: its type, never opened (a FIFO would block).
+                desc += &format!(" {:?}", m.file_type());
             }
             out.insert(p.strip_prefix(dir).unwrap().to_path_buf(), desc);
         }
