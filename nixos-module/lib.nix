@@ -180,6 +180,14 @@ rec {
       )
     );
 
+  # The shell filter the VM test (test.nix) puts after `journalctl -o cat`
+  # to pick the guests' report lines out of a unit's journal: the last 20
+  # `MVW vm=... END` lines, and nothing, successfully, before the first one.
+  # The test driver runs commands under `set -euo pipefail`, where a bare
+  # grep that finds nothing fails the whole pipeline; here only grep's "no
+  # match" (exit 1) is forgiven, not its errors (exit 2).
+  guestReportFilter = "{ grep -a -o 'MVW vm=.* END' || [ $? -eq 1 ]; } | tail -n 20";
+
   # Problems the Rust parser would reject config.json for, found in the
   # collected VMs: names, share tags and sources. A list of messages.
   vmProblems =
