@@ -111,17 +111,12 @@ rec {
     readOnly = share.readOnly or false;
   };
 
-  # config.json's entry for one guest. An empty networking.hostName (left to
-  # DHCP) falls back to the VM name, which is what microvm.nix defaults it to.
-  vmEntry =
-    name: guest:
-    let
-      hostName = guest.networking.hostName or "";
-    in
-    {
-      hostName = if hostName == null || hostName == "" then name else hostName;
-      shares = map shareEntry (guest.microvm.shares or [ ]);
-    };
+  # config.json's entry for one guest: its shares. (No hostName: config.json
+  # may carry one, but nothing reads it, and collecting it only forced every
+  # guest's networking.hostName.)
+  vmEntry = _name: guest: {
+    shares = map shareEntry (guest.microvm.shares or [ ]);
+  };
 
   # `vms` of config.json from microvm.nix's `microvm.vms`: every declarative,
   # evaluatedConfig and flake VM, with all of its shares (virtiofs and 9p,

@@ -96,8 +96,8 @@ in
       web = fromFlake "web" (guest "web" [ (workspace "web") ]);
     };
 
-    # One of each, a VM without a guest configuration (left out), an empty
-    # hostName (falls back to the VM name) and a VM without shares.
+    # One of each, a VM without a guest configuration (left out) and a VM
+    # without shares; no hostName is collected, whatever the guest sets.
     collect-mixed = mw.collectVms {
       a = declarative (guest "" [ (workspace "a") ]);
       b = evaluated (guest "b-host" [ ]);
