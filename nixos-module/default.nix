@@ -40,6 +40,10 @@ let
     inherit vms;
   };
 
+  # Where microvm-link finds sudo: the setuid wrapper, which is the same
+  # for security.sudo and security.sudo-rs.
+  sudoWrapper = "${config.security.wrapperDir or "/run/wrappers/bin"}/sudo";
+
   sudoState =
     name:
     if options ? security.${name}.enable then
@@ -96,6 +100,7 @@ let
     (pkgs.microvm-workspaces or (pkgs.callPackage ./package.nix { })).override
       {
         systemd = config.systemd.package;
+        sudoPath = sudoWrapper;
       };
 in
 {
@@ -112,14 +117,18 @@ in
       defaultText = lib.literalMD ''
         `pkgs.microvm-workspaces` when this flake's overlay is applied, else the
         package built from this repository; in both cases with `systemctl` taken
-        from {option}`systemd.package`
+        from {option}`systemd.package` and sudo from
+        {file}`/run/wrappers/bin/sudo` ({option}`security.wrapperDir`)
       '';
       description = ''
         The microvm-workspaces package. Its `microvm-link` goes on the system
         path, its generator into {file}`/etc/systemd/system-generators`, and
         the path of its `microvm-workspaces-prepare` is compiled into that
         generator. The sudo rule of {option}`services.microvm-workspaces.linkGroup`
-        names this package's `microvm-link`.
+        names this package's `microvm-link`. A package of your own is used
+        as it is: build it with `sudoPath = "/run/wrappers/bin/sudo"` (its
+        default is `sudo` from `PATH`) if its `microvm-link` runs where
+        `PATH` may not hold the wrapper.
       '';
     };
 
