@@ -135,7 +135,9 @@ in
     workspaceDir = lib.mkOption {
       # A path literal (workspaceDir = /srv/ws) is taken as its string; it is
       # not copied to the store.
-      type = lib.types.coercedTo lib.types.path toString absolutePath;
+      type = lib.types.coercedTo lib.types.path toString absolutePath // {
+        description = "absolute path (a string, or a path literal taken as its string)";
+      };
       default = "/var/lib/microvm-workspaces";
       example = "/srv/microvm-workspaces";
       description = ''
