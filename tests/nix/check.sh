@@ -2,9 +2,14 @@
 # Nix checks that need no nixpkgs (DESIGN: these machines cannot fetch it):
 #   1. every .nix file of the repository parses (nix-instantiate --parse);
 #   2. the module's pure helpers (nixos-module/lib.nix) give, on the hand-made
-#      inputs of tests/nix/cases.nix, exactly the JSON of tests/nix/expected/;
-#      the cases under `failures` must fail with the expected message;
+#      inputs of tests/nix/cases.nix, exactly the JSON of tests/nix/expected/
+#      (config.json, the tmpfiles masks, the warnings' conditions); the cases
+#      under `failures` must fail with the expected message; the VM test's
+#      report filter tolerates a journal without reports (run with bash);
 #   3. the README section lists every option the module declares.
+# What needs nixpkgs' lib and microvm.nix (the module evaluated beside
+# microvm.nix's host module, the generated options table) is in
+# tests/nix/eval-with-nixpkgs-lib.sh, run by hand with checkouts of both.
 # Prints one line per check and ends with "nix: N passed, M failed"; exits
 # non-zero when anything failed. Needs only nix-instantiate (Debian's nix-bin,
 # Nix 2.8 or later).
