@@ -193,6 +193,18 @@ let
         };
       };
       config = {
+        # NixOS's own rule, which is in extraRules too
+        security.sudo.extraRules = [
+          {
+            groups = [ "wheel" ];
+            commands = [
+              {
+                command = "ALL";
+                options = [ "SETENV" ];
+              }
+            ];
+          }
+        ];
         users.users.root.group = "root";
         users.groups = lib.genAttrs [
           "root"
