@@ -106,10 +106,10 @@
                 mkGuest =
                   { hostName, shares }:
                   lib.nixosSystem {
-                    inherit system;
                     modules = [
                       microvm.nixosModules.microvm
                       {
+                        nixpkgs.hostPlatform = system;
                         networking.hostName = hostName;
                         microvm.hypervisor = "qemu";
                         microvm.shares = shares;
@@ -121,12 +121,12 @@
               evalHost =
                 fixture:
                 lib.nixosSystem {
-                  inherit system;
                   modules = [
                     microvm.nixosModules.host
                     self.nixosModules.default
                     fixture.module
                     {
+                      nixpkgs.hostPlatform = system;
                       boot.isContainer = true;
                       system.stateVersion = lib.trivial.release;
                     }

@@ -180,6 +180,10 @@ let
           extraRules = anyList;
         };
         # what the flake's module-eval check sets and reads
+        nixpkgs.hostPlatform = mkOption {
+          type = types.str;
+          default = "x86_64-linux";
+        };
         boot.isContainer = bool false;
         system.stateVersion = mkOption {
           type = types.str;
@@ -260,6 +264,7 @@ let
         { ... }:
         {
           options = {
+            nixpkgs.hostPlatform = mkOption { type = types.str; };
             networking.hostName = mkOption { type = types.str; };
             microvm.hypervisor = mkOption { type = types.str; };
             microvm.shares = mkOption { type = types.listOf (types.attrsOf types.anything); };
