@@ -242,11 +242,19 @@ in
         assertions = [
           {
             assertion = hasMicrovmHost;
-            message = ''
-              services.microvm-workspaces needs microvm.nix's host module, which
-              declares microvm.vms and microvm.stateDir: add
-              `inputs.microvm.nixosModules.host` to this host's imports.
-            '';
+            message =
+              if options ? microvm.vms then
+                ''
+                  services.microvm-workspaces needs a microvm.nix whose host module
+                  declares microvm.vms, microvm.stateDir and microvm.host.enable
+                  (November 2022 or later): update the microvm input.
+                ''
+              else
+                ''
+                  services.microvm-workspaces needs microvm.nix's host module, which
+                  declares microvm.vms and microvm.stateDir: add
+                  `inputs.microvm.nixosModules.host` to this host's imports.
+                '';
           }
         ]
         ++ map (message: {

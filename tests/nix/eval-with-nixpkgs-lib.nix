@@ -326,6 +326,29 @@ let
       ];
     };
 
+  # Our module beside a microvm.nix too old for it: microvm.vms, but no
+  # microvm.host.enable.
+  oldMicrovm = lib.evalModules {
+    specialArgs = {
+      inherit pkgs;
+    };
+    modules = [
+      stubs
+      ../../nixos-module
+      {
+        options.microvm.vms = mkOption {
+          type = types.attrsOf types.unspecified;
+          default = { };
+        };
+        options.microvm.stateDir = mkOption {
+          type = types.str;
+          default = "/var/lib/microvms";
+        };
+      }
+      { services.microvm-workspaces.enable = true; }
+    ];
+  };
+
   # Our module without microvm.nix's host module.
   noMicrovm = lib.evalModules {
     specialArgs = {
@@ -414,6 +437,14 @@ in
         && lib.hasInfix "needs nixpkgs 24.11 or later (this is 24.05)" (builtins.head got)
         && !(oldNixpkgs.config.environment.etc ? "microvm-workspaces/config.json")
       then
+        [ ]
+      else
+        [ "failed assertions: ${builtins.toJSON got}" ];
+    "microvm.nix without microvm.host.enable: the assertion that says to update it" =
+      let
+        got = failedAssertions oldMicrovm;
+      in
+      if lib.any (lib.hasInfix "update the microvm input") got then
         [ ]
       else
         [ "failed assertions: ${builtins.toJSON got}" ];
