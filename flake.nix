@@ -7,7 +7,8 @@
   inputs = {
     nixpkgs.url = "github:NixOS/nixpkgs/nixos-unstable";
     # Only the checks use microvm.nix; the module expects the host to import
-    # microvm.nix's host module itself.
+    # microvm.nix's host module itself. A consumer that also has a `microvm`
+    # input should make this one follow it (README, "On NixOS").
     microvm = {
       url = "github:microvm-nix/microvm.nix";
       inputs.nixpkgs.follows = "nixpkgs";
@@ -44,6 +45,9 @@
         microvm-workspaces = ./nixos-module;
         default = self.nixosModules.microvm-workspaces;
       };
+
+      # `nix fmt`: nixfmt (RFC 166 style) over the whole tree.
+      formatter = forAllSystems (_system: pkgs: pkgs.nixfmt-tree);
 
       devShells = forAllSystems (
         _system: pkgs: {
@@ -90,8 +94,78 @@
                 touch $out
               '';
 
+          # A NixOS host with microvm.nix's host module and ours, and real
+          # microvm.nix guests, evaluated (tests/nix/host.nix): assertions,
+          # the masked tmpfiles lines, the sudo rule and the module's warnings
+          # are checked while evaluating (so `nix flake check --no-build`
+          # catches them), config.json is built and compared, and both hosts'
+          # whole systems must evaluate. Needs no KVM.
+          module-eval =
+            let
+              fixtures = import ./tests/nix/host.nix {
+                mkGuest =
+                  { hostName, shares }:
+                  lib.nixosSystem {
+                    modules = [
+                      microvm.nixosModules.microvm
+                      {
+                        nixpkgs.hostPlatform = system;
+                        networking.hostName = hostName;
+                        microvm.hypervisor = "qemu";
+                        microvm.shares = shares;
+                        system.stateVersion = lib.trivial.release;
+                      }
+                    ];
+                  };
+              };
+              evalHost =
+                fixture:
+                lib.nixosSystem {
+                  modules = [
+                    microvm.nixosModules.host
+                    self.nixosModules.default
+                    fixture.module
+                    {
+                      nixpkgs.hostPlatform = system;
+                      boot.isContainer = true;
+                      system.stateVersion = lib.trivial.release;
+                    }
+                  ];
+                };
+              clean = evalHost fixtures.clean;
+              warned = evalHost fixtures.warned;
+              problems =
+                map (p: "clean host: ${p}") (fixtures.problems fixtures.clean clean.config)
+                ++ map (p: "warned host: ${p}") (fixtures.problems fixtures.warned warned.config);
+            in
+            if problems != [ ] then
+              throw "microvm-workspaces module-eval:\n${lib.concatStringsSep "\n" problems}"
+            else
+              builtins.seq clean.config.system.build.toplevel.drvPath (
+                builtins.seq warned.config.system.build.toplevel.drvPath (
+                  pkgs.runCommand "microvm-workspaces-module-eval"
+                    {
+                      nativeBuildInputs = [ pkgs.jq ];
+                      actual = clean.config.environment.etc."microvm-workspaces/config.json".source;
+                      expected = builtins.toJSON fixtures.clean.configJson;
+                      passAsFile = [ "expected" ];
+                    }
+                    ''
+                      jq -S . "$actual" >actual.json
+                      jq -S . "$expectedPath" >expected.json
+                      diff -u expected.json actual.json
+                      touch $out
+                    ''
+                )
+              );
+
           # Two qemu microVMs on a NixOS host with microvm.nix and this module.
+          # Needs KVM (the `kvm` and `nixos-test` system features).
           vm-test = pkgs.testers.runNixOSTest (import ./nixos-module/test.nix { inherit self microvm; });
+
+          # The VM test's driver: the host and guest systems and the Python
+          # test script (type-checked and linted), built without KVM.
+          vm-test-driver = self.checks.${system}.vm-test.driver;
         }
       );
     };

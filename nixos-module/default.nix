@@ -2,6 +2,8 @@
 #
 # Needs microvm.nix's host module (microvm.nixosModules.host) in the same
 # configuration: it reads `microvm.stateDir` and the guests of `microvm.vms`.
+# Needs nixpkgs 24.11 or later (see `minNixpkgs`): both are asserted with a
+# message that says what to do.
 {
   config,
   lib,
@@ -17,7 +19,45 @@ let
 
   json = pkgs.formats.json { };
 
-  hasMicrovmHost = options ? microvm.vms;
+  hasMicrovmHost = options ? microvm.vms && options ? microvm.stateDir && options ? microvm.host.enable;
+
+  # The oldest nixpkgs release this module and package are made for: the
+  # package needs rustc >= 1.80 (Cargo.toml's rust-version; nixpkgs 24.11
+  # ships 1.82, 24.05 ships 1.77), the module `systemd.tmpfiles.settings`
+  # (23.11) and lib.getExe' (23.11). With an older one the configuration
+  # fails on an assertion saying so, instead of on an unknown option.
+  minNixpkgs = "24.11";
+  nixpkgsOk = lib.versionAtLeast lib.trivial.release minNixpkgs;
+
+  # microvm.nix's host module writes tmpfiles lines for share sources under
+  # this key; the module masks the ones it manages there (a warning names
+  # any it finds elsewhere).
+  microvmTmpfilesKey = "10-microvm";
+  ownTmpfilesKey = "10-microvm-workspaces";
+
+  masks = mw.tmpfilesMasks {
+    inherit (cfg) workspaceDir;
+    inherit vms;
+  };
+
+  # Where microvm-link finds sudo: the setuid wrapper, which is the same
+  # for security.sudo and security.sudo-rs.
+  sudoWrapper = "${config.security.wrapperDir or "/run/wrappers/bin"}/sudo";
+
+  sudoState =
+    name:
+    if options ? security.${name}.enable then
+      {
+        enable = config.security.${name}.enable;
+        execWheelOnly = config.security.${name}.execWheelOnly or false;
+      }
+    else
+      null;
+
+  members = mw.groupMembers {
+    users = config.users.users;
+    groups = config.users.groups;
+  };
 
   vms = if hasMicrovmHost then mw.collectVms config.microvm.vms else { };
 
@@ -60,6 +100,7 @@ let
     (pkgs.microvm-workspaces or (pkgs.callPackage ./package.nix { })).override
       {
         systemd = config.systemd.package;
+        sudoPath = sudoWrapper;
       };
 in
 {
@@ -76,19 +117,27 @@ in
       defaultText = lib.literalMD ''
         `pkgs.microvm-workspaces` when this flake's overlay is applied, else the
         package built from this repository; in both cases with `systemctl` taken
-        from {option}`systemd.package`
+        from {option}`systemd.package` and sudo from
+        {file}`/run/wrappers/bin/sudo` ({option}`security.wrapperDir`)
       '';
       description = ''
         The microvm-workspaces package. Its `microvm-link` goes on the system
         path, its generator into {file}`/etc/systemd/system-generators`, and
         the path of its `microvm-workspaces-prepare` is compiled into that
         generator. The sudo rule of {option}`services.microvm-workspaces.linkGroup`
-        names this package's `microvm-link`.
+        names this package's `microvm-link`. A package of your own is used
+        as it is: build it with `sudoPath = "/run/wrappers/bin/sudo"` (its
+        default is `sudo` from `PATH`) if its `microvm-link` runs where
+        `PATH` may not hold the wrapper.
       '';
     };
 
     workspaceDir = lib.mkOption {
-      type = absolutePath;
+      # A path literal (workspaceDir = /srv/ws) is taken as its string; it is
+      # not copied to the store.
+      type = lib.types.coercedTo lib.types.path toString absolutePath // {
+        description = "absolute path (a string, or a path literal taken as its string)";
+      };
       default = "/var/lib/microvm-workspaces";
       example = "/srv/microvm-workspaces";
       description = ''
@@ -164,21 +213,48 @@ in
         {option}`security.sudo-rs.extraRules` where that module exists). The
         group is created if nothing else defines it. `null` adds no rule:
         `microvm-link` then asks sudo as usual.
+
+        The rule lets members run nothing but this one program as root, with
+        any arguments; `microvm-link` itself refuses `--root` and
+        `MICROVM_WORKSPACES_ROOT` under sudo, links only repositories the
+        invoking user owns, and relinks or unlinks only workspaces that are
+        unlinked or linked by that user. With
+        {option}`security.sudo.execWheelOnly` only members of `wheel` can run
+        sudo at all, so members outside `wheel` cannot use the rule; a
+        warning says so, as it does when neither sudo nor sudo-rs is enabled.
       '';
     };
   };
 
   config = lib.mkIf cfg.enable (
+    if !nixpkgsOk then
+      {
+        assertions = [
+          {
+            assertion = false;
+            message = "services.microvm-workspaces needs nixpkgs ${minNixpkgs} or later (this is ${lib.trivial.release}): its package needs rustc 1.80 or later and the module systemd.tmpfiles.settings. Update the nixpkgs input of this host.";
+          }
+        ];
+      }
+    else
     lib.mkMerge [
       {
         assertions = [
           {
             assertion = hasMicrovmHost;
-            message = ''
-              services.microvm-workspaces needs microvm.nix's host module, which
-              declares microvm.vms and microvm.stateDir: add
-              `inputs.microvm.nixosModules.host` to this host's imports.
-            '';
+            message =
+              if options ? microvm.vms then
+                ''
+                  services.microvm-workspaces needs a microvm.nix whose host module
+                  declares microvm.vms, microvm.stateDir and microvm.host.enable
+                  (November 2022 or later): update the microvm input.
+                ''
+              else
+                ''
+                  services.microvm-workspaces needs microvm.nix's host module, which
+                  declares microvm.vms and microvm.stateDir: add
+                  `inputs.microvm.nixosModules.host` to this host's imports.
+                '';
           }
         ]
         ++ map (message: {
@@ -193,6 +269,26 @@ in
           }
         );
 
+        warnings = mw.moduleWarnings {
+          inherit (cfg) linkGroup companions workspaceDir;
+          sudo = sudoState "sudo";
+          sudoRs = sudoState "sudo-rs";
+          linkGroupMembers = if cfg.linkGroup == null then [ ] else members cfg.linkGroup;
+          wheelMembers = members "wheel";
+          vmNames = if hasMicrovmHost then builtins.attrNames config.microvm.vms else [ ];
+          placeholder = {
+            inherit (cfg.placeholder) user group;
+          };
+          userNames = builtins.attrNames config.users.users;
+          groupNames = builtins.attrNames config.users.groups;
+          stateDir = if hasMicrovmHost then config.microvm.stateDir else "/var/lib/microvms";
+          unmasked = mw.unmaskedTmpfiles {
+            settings = config.systemd.tmpfiles.settings;
+            inherit masks;
+            ownKey = ownTmpfilesKey;
+          };
+        };
+
         environment.etc."microvm-workspaces/config.json".source =
           json.generate "microvm-workspaces-config.json" settings;
 
@@ -203,7 +299,7 @@ in
         # systemd.generator-packages option is gone).
         systemd.packages = [ cfg.package ];
 
-        systemd.tmpfiles.settings."10-microvm-workspaces".${cfg.workspaceDir}.d = {
+        systemd.tmpfiles.settings.${ownTmpfilesKey}.${cfg.workspaceDir}.d = {
           user = "root";
           group = "root";
           mode = "0755";
@@ -218,12 +314,11 @@ in
         security.sudo-rs.extraRules = lib.mkIf (cfg.linkGroup != null) sudoRules;
       })
 
+      # With a microvm.nix older than its share lines (2026-06) this only
+      # adds an empty 10-microvm.conf.
       (lib.optionalAttrs hasMicrovmHost {
-        systemd.tmpfiles.settings."10-microvm" = lib.mkIf config.microvm.host.enable (
-          lib.genAttrs (mw.tmpfilesMasks {
-            inherit (cfg) workspaceDir;
-            inherit vms;
-          }) (_: lib.mkForce { })
+        systemd.tmpfiles.settings.${microvmTmpfilesKey} = lib.mkIf config.microvm.host.enable (
+          lib.genAttrs masks (_: lib.mkForce { })
         );
       })
     ]

@@ -111,17 +111,12 @@ rec {
     readOnly = share.readOnly or false;
   };
 
-  # config.json's entry for one guest. An empty networking.hostName (left to
-  # DHCP) falls back to the VM name, which is what microvm.nix defaults it to.
-  vmEntry =
-    name: guest:
-    let
-      hostName = guest.networking.hostName or "";
-    in
-    {
-      hostName = if hostName == null || hostName == "" then name else hostName;
-      shares = map shareEntry (guest.microvm.shares or [ ]);
-    };
+  # config.json's entry for one guest: its shares. (No hostName: config.json
+  # may carry one, but nothing reads it, and collecting it only forced every
+  # guest's networking.hostName.)
+  vmEntry = _name: guest: {
+    shares = map shareEntry (guest.microvm.shares or [ ]);
+  };
 
   # `vms` of config.json from microvm.nix's `microvm.vms`: every declarative,
   # evaluatedConfig and flake VM, with all of its shares (virtiofs and 9p,
@@ -179,6 +174,160 @@ rec {
         }) masked
       )
     );
+
+  # The shell filter the VM test (test.nix) puts after `journalctl -o cat`
+  # to pick the guests' report lines out of a unit's journal: the last 20
+  # `MVW vm=... END` lines, and nothing, successfully, before the first one.
+  # The test driver runs commands under `set -euo pipefail`, where a bare
+  # grep that finds nothing fails the whole pipeline; here only grep's "no
+  # match" (exit 1) is forgiven, not its errors (exit 2).
+  guestReportFilter = "{ grep -a -o 'MVW vm=.* END' || [ $? -eq 1 ]; } | tail -n 20";
+
+  # Names of the users in group `group`: its `members` in users.groups and
+  # every user in users.users whose `group` or `extraGroups` name it. Sorted,
+  # without duplicates.
+  groupMembers =
+    {
+      users,
+      groups,
+    }:
+    group:
+    let
+      viaUsers = filter (
+        u: (users.${u}.group or null) == group || builtins.elem group (users.${u}.extraGroups or [ ])
+      ) (attrNames users);
+      viaGroup = (groups.${group} or { }).members or [ ];
+    in
+    attrNames (
+      listToAttrs (
+        map (u: {
+          name = u;
+          value = true;
+        }) (viaUsers ++ viaGroup)
+      )
+    );
+
+  # Entries of the merged `systemd.tmpfiles.settings` that write lines for a
+  # path in `masks` (the share sources microvm-workspaces creates at VM start,
+  # see tmpfilesMasks) under any key other than `ownKey`: lines the module's
+  # masking missed, e.g. because microvm.nix renamed its key. A list of
+  # { key; path; }, sorted by key, then path.
+  unmaskedTmpfiles =
+    {
+      settings,
+      masks,
+      ownKey,
+    }:
+    concatMap (
+      key:
+      map (path: { inherit key path; }) (
+        filter (path: (settings.${key}.${path} or { }) != { }) masks
+      )
+    ) (filter (key: key != ownKey) (attrNames settings));
+
+  # The module's warnings: configurations that evaluate and build but do not
+  # do what they say. A list of messages; the module passes it to `warnings`.
+  #   linkGroup        null or the group of the sudo rule
+  #   sudo, sudoRs     null (no such module) or { enable; execWheelOnly; }
+  #   linkGroupMembers, wheelMembers   user names (groupMembers)
+  #   vmNames          the names in microvm.vms
+  #   userNames, groupNames            the names in users.users, users.groups
+  #   unmasked         unmaskedTmpfiles
+  moduleWarnings =
+    {
+      linkGroup,
+      sudo,
+      sudoRs,
+      linkGroupMembers,
+      wheelMembers,
+      companions,
+      vmNames,
+      placeholder,
+      userNames,
+      groupNames,
+      workspaceDir,
+      stateDir,
+      unmasked,
+    }:
+    let
+      opt = "services.microvm-workspaces";
+      enabled = x: x != null && (x.enable or false);
+      wheelOnly = filter (x: enabled x.value && (x.value.execWheelOnly or false)) [
+        {
+          name = "security.sudo";
+          value = sudo;
+        }
+        {
+          name = "security.sudo-rs";
+          value = sudoRs;
+        }
+      ];
+      outsideWheel = filter (u: !builtins.elem u wheelMembers) linkGroupMembers;
+      # prepare resolves "root" and numeric ids without the user database
+      needsEntry = name: name != "root" && match "[0-9]+" name == null;
+      ws = toString workspaceDir;
+      state = toString stateDir;
+    in
+    (
+      if linkGroup != null && !enabled sudo && !enabled sudoRs then
+        [
+          "${opt}.linkGroup = ${quote linkGroup} adds a sudo rule, but neither security.sudo.enable nor security.sudo-rs.enable is set, so no member can run microvm-link (a normal user's microvm-link re-executes itself through sudo). Enable one of them, or set linkGroup = null and run microvm-link as root."
+        ]
+      else
+        [ ]
+    )
+    ++ (
+      if linkGroup != null && linkGroup != "wheel" && (outsideWheel != [ ] || linkGroupMembers == [ ]) then
+        map (
+          x:
+          "${x.name}.execWheelOnly is set: only members of wheel can execute sudo at all, so "
+          + (
+            if outsideWheel != [ ] then
+              "these members of ${opt}.linkGroup (${quote linkGroup}) cannot run microvm-link: ${builtins.concatStringsSep ", " outsideWheel}."
+            else
+              "members of ${opt}.linkGroup (${quote linkGroup}) who are not in wheel cannot run microvm-link."
+          )
+          + " Add them to wheel, use linkGroup = \"wheel\", or set ${x.name}.execWheelOnly = false."
+        ) wheelOnly
+      else
+        [ ]
+    )
+    ++ map (
+      owner:
+      "${opt}.companions.${showAttr owner}: there is no VM ${quote owner} in microvm.vms, so these companions follow a link only if an imperatively created VM of that name is linked; check the name."
+    ) (filter (owner: !builtins.elem owner vmNames) (attrNames companions))
+    ++ (
+      if needsEntry placeholder.user && !builtins.elem placeholder.user userNames then
+        [
+          "${opt}.placeholder.user = ${quote placeholder.user} is not in users.users: microvm-workspaces-prepare fails (\"no such user\") at every VM start that needs a placeholder, unless the user exists by other means."
+        ]
+      else
+        [ ]
+    )
+    ++ (
+      if needsEntry placeholder.group && !builtins.elem placeholder.group groupNames then
+        [
+          "${opt}.placeholder.group = ${quote placeholder.group} is not in users.groups: microvm-workspaces-prepare fails (\"no such group\") at every VM start that needs a placeholder, unless the group exists by other means."
+        ]
+      else
+        [ ]
+    )
+    ++ (
+      if ws == state then
+        [
+          "${opt}.workspaceDir is microvm.stateDir (${quote ws}): workspaces (<workspaceDir>/<vm>) and the VMs' state directories (<stateDir>/<vm>) would be the same directories. Choose another workspaceDir."
+        ]
+      else if isUnder ws state || isUnder state ws then
+        [
+          "${opt}.workspaceDir (${quote ws}) and microvm.stateDir (${quote state}) lie inside one another: entries of one would be taken for entries of the other. Keep them apart."
+        ]
+      else
+        [ ]
+    )
+    ++ map (
+      u:
+      "systemd.tmpfiles.settings.${quote u.key} creates ${quote u.path}, a share source that microvm-workspaces creates when its VM starts; the module masks such lines only under \"10-microvm\" (microvm.nix's key), so it will be made at boot as a plain directory that prepare then leaves alone. If microvm.nix renamed its key, please report it to microvm-workspaces; meanwhile set systemd.tmpfiles.settings.${quote u.key}.${quote u.path} = lib.mkForce { }."
+    ) unmasked;
 
   # Problems the Rust parser would reject config.json for, found in the
   # collected VMs: names, share tags and sources. A list of messages.

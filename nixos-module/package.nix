@@ -4,20 +4,30 @@
   rustPlatform,
   installShellFiles,
   systemd,
-  # Where microvm-link finds sudo when it re-executes itself as a normal user:
-  # the setuid wrapper on NixOS.
-  sudoPath ? "/run/wrappers/bin/sudo",
+  # How microvm-link runs sudo when it re-executes itself as a normal user: a
+  # command looked up in PATH, or an absolute path. The NixOS module passes
+  # the setuid wrapper (/run/wrappers/bin/sudo); the default suits `nix run`
+  # and hosts where sudo lives elsewhere.
+  sudoPath ? "sudo",
 }:
 
 let
   cargoToml = lib.importTOML ../Cargo.toml;
+
+  # Cargo.toml's rust-version; nixpkgs 24.11 is the first release whose
+  # rustc (1.82) meets it.
+  rustc = rustPlatform.rust.rustc or null;
+  rustcOk =
+    rustc == null || lib.versionAtLeast rustc.version cargoToml.package.rust-version;
 in
+assert lib.assertMsg rustcOk "microvm-workspaces needs rustc ${cargoToml.package.rust-version} or later (nixpkgs 24.11 or later); this nixpkgs has rustc ${rustc.version}. Update nixpkgs.";
 rustPlatform.buildRustPackage {
   pname = "microvm-workspaces";
   inherit (cargoToml.package) version;
 
-  # Only what cargo needs: the units/*.in templates are compiled in with
-  # include_str!, and tests/ holds integration tests cargo knows about.
+  # Only what cargo needs to build: the units/*.in templates are compiled in
+  # with include_str!. tests/ stays out, so editing a test does not rebuild
+  # the package; cargo finds no integration tests then, and needs none.
   src = lib.fileset.toSource {
     root = ../.;
     fileset = lib.fileset.unions [
@@ -25,7 +35,6 @@ rustPlatform.buildRustPackage {
       ../Cargo.lock
       ../src
       ../units
-      (lib.fileset.maybeMissing ../tests)
     ];
   };
 
@@ -40,11 +49,16 @@ rustPlatform.buildRustPackage {
     MICROVM_WORKSPACES_SUDO = sudoPath;
   };
 
-  # The test suite makes bind mounts, mount namespaces and trusted.* extended
-  # attributes, which need root and are not available in the build sandbox.
-  # It runs in the repository's CI; the NixOS VM test in the flake's checks
-  # exercises the installed package.
-  doCheck = false;
+  passthru = {
+    inherit sudoPath;
+  };
+
+  # Only the library's unit tests (pure: path normalization, unit name
+  # escaping, ...). The integration tests make bind mounts, mount namespaces
+  # and trusted.* extended attributes, which need root and are not available
+  # in the build sandbox; they run in the repository's CI, and the NixOS VM
+  # test in the flake's checks exercises the installed package.
+  cargoTestFlags = [ "--lib" ];
 
   # cargo installs every binary into bin/; only microvm-link belongs there.
   postInstall = ''

@@ -27,6 +27,8 @@
 let
   ws = "/var/lib/microvm-workspaces";
 
+  mw = import ./lib.nix;
+
   guest =
     { hostName, shares }:
     { lib, pkgs, ... }:
@@ -179,11 +181,16 @@ in
     REPORT = re.compile(r"MVW vm=(\S+) boot=(\S+) seq=(\d+) (.*?) END")
 
 
+    # Picks report lines out of the journal and succeeds when there is none
+    # yet (the driver runs commands under `set -euo pipefail`).
+    REPORT_FILTER = ${builtins.toJSON mw.guestReportFilter}
+
+
     def reports(vm):
-        """The last well-formed report lines of vm's guest, oldest first."""
+        """The last well-formed report lines of vm's guest, oldest first;
+        [] before the guest's first report."""
         out = host.succeed(
-            f"journalctl --no-pager -o cat -u microvm@{vm}.service"
-            " | grep -a -o 'MVW vm=.* END' | tail -n 20"
+            f"journalctl --no-pager -o cat -u microvm@{vm}.service | " + REPORT_FILTER
         )
         found = []
         for m in REPORT.finditer(out):
@@ -235,6 +242,14 @@ in
         return v
 
 
+    def seen(r, mp):
+        """What report r shows of mp, or an empty view while it is not
+        mounted (yet): for wait predicates, which must not raise, since an
+        exception in a retry() check fails the test at once instead of
+        retrying."""
+        return r["views"].get(mp) or {"files": [], "write": "unmounted"}
+
+
     def status_json(user="alice"):
         out = host.succeed(f"su - {user} -c 'microvm-link status --json'")
         return {v["vm"]: v for v in json.loads(out)["vms"]}
@@ -267,7 +282,7 @@ in
         assert cfg["placeholder"] == {"user": "root", "group": "root", "mode": "0555"}, cfg
         assert cfg["companions"] == {"nixfiles": {"nix-secrets": "../nix-secrets"}}, cfg
         assert sorted(cfg["vms"]) == ["nixfiles", "vm1"], cfg
-        assert cfg["vms"]["vm1"]["hostName"] == "vm1", cfg
+        assert sorted(cfg["vms"]["vm1"]) == ["shares"], cfg
         assert cfg["vms"]["vm1"]["shares"][0] == {
             "tag": "workspace",
             "proto": "virtiofs",
@@ -292,7 +307,11 @@ in
 
     with subtest("a VM starts with its workspace missing"):
         host.succeed("systemctl start microvm@vm1.service")
-    r = wait_report("vm1", "the guest sees read-only placeholders", lambda r: True)
+    r = wait_report(
+        "vm1",
+        "the guest sees read-only placeholders",
+        lambda r: all(mp in r["views"] and r["views"][mp] is not None for mp in ["/workspace", "/nixfiles", "/hostcfg"]),
+    )
     for mp in ["/workspace", "/nixfiles", "/hostcfg"]:
         assert view(r, mp)["write"] == "denied", r
     assert "README-vm1" not in view(r, "/workspace")["files"], r
@@ -316,7 +335,7 @@ in
     r = wait_report(
         "vm1",
         "the restarted guest sees the repo and can write to it",
-        lambda r: "README-vm1" in view(r, "/workspace")["files"] and view(r, "/workspace")["write"] == "ok",
+        lambda r: "README-vm1" in seen(r, "/workspace")["files"] and seen(r, "/workspace")["write"] == "ok",
         other_than_boot=boot,
     )
     host.succeed("test \"$(stat -c %U /home/alice/vm1/.guest-wrote-vm1)\" = alice")
@@ -336,9 +355,9 @@ in
     r = wait_report(
         "nixfiles",
         "the guest sees the repo read-only, its host dir writable and the companion",
-        lambda r: "flake.nix" in view(r, "/nixfiles")["files"]
-        and "secret.txt" in view(r, "/secrets")["files"]
-        and view(r, "/hostcfg")["write"] == "ok",
+        lambda r: "flake.nix" in seen(r, "/nixfiles")["files"]
+        and "secret.txt" in seen(r, "/secrets")["files"]
+        and seen(r, "/hostcfg")["write"] == "ok",
     )
     assert view(r, "/nixfiles")["write"] == "denied", r
     assert view(r, "/secrets")["write"] == "denied", r
@@ -366,7 +385,7 @@ in
     r = wait_report(
         "vm1",
         "the restarted guest sees the new content and can write to it",
-        lambda r: "flake.nix" in view(r, "/nixfiles")["files"] and view(r, "/hostcfg")["write"] == "ok",
+        lambda r: "flake.nix" in seen(r, "/nixfiles")["files"] and seen(r, "/hostcfg")["write"] == "ok",
         other_than_boot=boot,
     )
     assert "README-vm1" in view(r, "/workspace")["files"], r

@@ -96,8 +96,8 @@ in
       web = fromFlake "web" (guest "web" [ (workspace "web") ]);
     };
 
-    # One of each, a VM without a guest configuration (left out), an empty
-    # hostName (falls back to the VM name) and a VM without shares.
+    # One of each, a VM without a guest configuration (left out) and a VM
+    # without shares; no hostName is collected, whatever the guest sets.
     collect-mixed = mw.collectVms {
       a = declarative (guest "" [ (workspace "a") ]);
       b = evaluated (guest "b-host" [ ]);
@@ -278,6 +278,239 @@ in
         "vm1"
       ];
     };
+    group-members =
+      let
+        members = mw.groupMembers {
+          users = {
+            alice = {
+              group = "users";
+              extraGroups = [
+                "wheel"
+                "microvm-link"
+              ];
+            };
+            bob.group = "microvm-link";
+            carol.extraGroups = [ ];
+            root = { };
+          };
+          groups = {
+            microvm-link.members = [
+              "dave"
+              "alice"
+            ];
+            wheel = { };
+          };
+        };
+      in
+      map members [
+        "microvm-link"
+        "wheel"
+        "nogroup"
+      ];
+
+    unmasked-tmpfiles = mw.unmaskedTmpfiles {
+      settings = {
+        # masked by the module (mkForce { }), microvm.nix's own state dir kept
+        "10-microvm" = {
+          "${ws}/vm1" = { };
+          "/var/lib/microvms".d.mode = "0775";
+        };
+        # a renamed key, as a newer microvm.nix might write it
+        "20-microvm-shares" = {
+          "${ws}/vm1".d.mode = ":0775";
+          "rel/dir".d.mode = ":0775";
+          "/srv/other".d.mode = ":0775";
+        };
+        # the module's own line for the workspace dir itself
+        "10-microvm-workspaces".${ws}.d.mode = "0755";
+      };
+      masks = [
+        ws
+        "${ws}/vm1"
+        "rel/dir"
+      ];
+      ownKey = "10-microvm-workspaces";
+    };
+
+    # Each scenario changes one thing of `base`; the value is the first word
+    # of each warning (the option it is about), in order.
+    warnings =
+      let
+        base = {
+          linkGroup = "microvm-link";
+          sudo = {
+            enable = true;
+            execWheelOnly = false;
+          };
+          sudoRs = null;
+          linkGroupMembers = [ "alice" ];
+          wheelMembers = [ "alice" ];
+          companions.nixfiles.nix-secrets = "../nix-secrets";
+          vmNames = [
+            "nixfiles"
+            "vm1"
+          ];
+          placeholder = {
+            user = "root";
+            group = "root";
+          };
+          userNames = [
+            "alice"
+            "root"
+          ];
+          groupNames = [
+            "root"
+            "wheel"
+          ];
+          workspaceDir = ws;
+          stateDir = "/var/lib/microvms";
+          unmasked = [ ];
+        };
+        firstWords = args: map (m: builtins.head (builtins.match "([^ ]*) .*" m)) (mw.moduleWarnings (base // args));
+        wheelOnly = {
+          enable = true;
+          execWheelOnly = true;
+        };
+      in
+      builtins.mapAttrs (_: firstWords) {
+        clean = { };
+        no-sudo.sudo.enable = false;
+        no-sudo-module = {
+          sudo = null;
+        };
+        sudo-rs-only = {
+          sudo.enable = false;
+          sudoRs = {
+            enable = true;
+            execWheelOnly = false;
+          };
+        };
+        no-link-group = {
+          linkGroup = null;
+          sudo.enable = false;
+        };
+        wheel-only = {
+          sudo = wheelOnly;
+          linkGroupMembers = [
+            "alice"
+            "bob"
+            "carol"
+          ];
+        };
+        wheel-only-all-in-wheel = {
+          sudo = wheelOnly;
+        };
+        wheel-only-no-members = {
+          sudo = wheelOnly;
+          linkGroupMembers = [ ];
+        };
+        wheel-only-group-is-wheel = {
+          sudo = wheelOnly;
+          linkGroup = "wheel";
+          linkGroupMembers = [ "bob" ];
+        };
+        sudo-rs-wheel-only = {
+          sudo.enable = false;
+          sudoRs = wheelOnly;
+          linkGroupMembers = [ "bob" ];
+          wheelMembers = [ ];
+        };
+        companion-owner-unknown = {
+          companions.ghost.x = "../x";
+        };
+        placeholder-unknown = {
+          placeholder = {
+            user = "microvm";
+            group = "kvm";
+          };
+        };
+        placeholder-numeric = {
+          placeholder = {
+            user = "1000";
+            group = "100";
+          };
+        };
+        placeholder-known = {
+          placeholder = {
+            user = "alice";
+            group = "wheel";
+          };
+        };
+        workspace-is-state-dir = {
+          workspaceDir = "/var/lib/microvms";
+        };
+        workspace-in-state-dir = {
+          workspaceDir = "/var/lib/microvms/ws";
+        };
+        state-dir-lookalike = {
+          workspaceDir = "/var/lib/microvms-ws";
+        };
+        unmasked-line = {
+          unmasked = [
+            {
+              key = "20-x";
+              path = "${ws}/vm1";
+            }
+          ];
+        };
+      };
+
+    # What the warnings name: the members outside wheel, the key and path
+    # of an unmasked line (true when the message contains the text).
+    warning-details =
+      let
+        contains = text: m: builtins.match ".*${text}.*" m != null;
+        one =
+          args:
+          builtins.head (
+            mw.moduleWarnings (
+              {
+                linkGroup = "microvm-link";
+                sudo = {
+                  enable = true;
+                  execWheelOnly = false;
+                };
+                sudoRs = null;
+                linkGroupMembers = [ ];
+                wheelMembers = [ ];
+                companions = { };
+                vmNames = [ ];
+                placeholder = {
+                  user = "root";
+                  group = "root";
+                };
+                userNames = [ ];
+                groupNames = [ ];
+                workspaceDir = ws;
+                stateDir = "/var/lib/microvms";
+                unmasked = [ ];
+              }
+              // args
+            )
+          );
+      in
+      [
+        (contains "cannot run microvm-link: bob, carol[.]" (one {
+          sudo = {
+            enable = true;
+            execWheelOnly = true;
+          };
+          linkGroupMembers = [
+            "alice"
+            "bob"
+            "carol"
+          ];
+          wheelMembers = [ "alice" ];
+        }))
+        (contains "settings[.]\"20-x\"[.]\"/var/lib/microvm-workspaces/vm1\" = lib[.]mkForce" (one {
+          unmasked = [
+            {
+              key = "20-x";
+              path = "${ws}/vm1";
+            }
+          ];
+        }))
+      ];
   };
 
   failures = {

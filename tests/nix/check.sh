@@ -2,9 +2,14 @@
 # Nix checks that need no nixpkgs (DESIGN: these machines cannot fetch it):
 #   1. every .nix file of the repository parses (nix-instantiate --parse);
 #   2. the module's pure helpers (nixos-module/lib.nix) give, on the hand-made
-#      inputs of tests/nix/cases.nix, exactly the JSON of tests/nix/expected/;
-#      the cases under `failures` must fail with the expected message;
+#      inputs of tests/nix/cases.nix, exactly the JSON of tests/nix/expected/
+#      (config.json, the tmpfiles masks, the warnings' conditions); the cases
+#      under `failures` must fail with the expected message; the VM test's
+#      report filter tolerates a journal without reports (run with bash);
 #   3. the README section lists every option the module declares.
+# What needs nixpkgs' lib and microvm.nix (the module evaluated beside
+# microvm.nix's host module, the generated options table) is in
+# tests/nix/eval-with-nixpkgs-lib.sh, run by hand with checkouts of both.
 # Prints one line per check and ends with "nix: N passed, M failed"; exits
 # non-zero when anything failed. Needs only nix-instantiate (Debian's nix-bin,
 # Nix 2.8 or later).
@@ -141,6 +146,50 @@ for name in "${failure_cases[@]}"; do
         pass "fails $name"
     fi
 done
+
+# 2c. The VM test's report filter (lib.nix guestReportFilter), run the way
+# the NixOS test driver runs commands: bash with `set -euo pipefail`. It must
+# succeed with no output before the guest's first report, pick the last 20
+# report lines out of console noise, and still fail when grep itself fails.
+filter=$(eval_json -E "(import $root/nixos-module/lib.nix).guestReportFilter")
+filter=${filter#\"}
+filter=${filter%\"}
+case $filter in
+*\\*) fail "report filter" "has a JSON escape this script does not decode: $filter" ;;
+esac
+run_filter() { # input text; prints output, returns the pipeline's status
+    printf '%s' "$1" | bash -c "set -euo pipefail; cat | $filter"
+}
+if out=$(run_filter "") && [ -z "$out" ]; then
+    pass "report filter: empty journal"
+else
+    fail "report filter: empty journal" "status $?, output: $out (filter: $filter)"
+fi
+noise=$'[    1.2] virtio_blk virtio1: [vda] 2097152 512-byte logical blocks\nMVW vm=vm1 boot=ab seq=1 /w=[a]:ok\n-- No entries --\n'
+if out=$(run_filter "$noise") && [ -z "$out" ]; then
+    pass "report filter: console noise and a cut-off report only"
+else
+    fail "report filter: console noise and a cut-off report only" "status $?, output: $out"
+fi
+many=
+for i in $(seq 1 25); do
+    many+="[   $i.0] kernel: noise"$'\n'"<<<MVW vm=vm1 boot=ab seq=$i /w=[a,b]:ok END"$'\n'
+done
+want=
+for i in $(seq 6 25); do want+="MVW vm=vm1 boot=ab seq=$i /w=[a,b]:ok END"$'\n'; done
+if out=$(run_filter "$many") && [ "$out"$'\n' = "$want" ]; then
+    pass "report filter: the last 20 reports"
+else
+    fail "report filter: the last 20 reports" "status $?, output: $out"
+fi
+mkdir -p "$tmp/badgrep"
+printf '#!/bin/sh\necho "grep: broken" >&2\nexit 2\n' >"$tmp/badgrep/grep"
+chmod +x "$tmp/badgrep/grep"
+if PATH=$tmp/badgrep:$PATH run_filter "$many" >/dev/null 2>&1; then
+    fail "report filter: a failing grep still fails" "status 0 with a grep that exits 2"
+else
+    pass "report filter: a failing grep still fails"
+fi
 
 # 3. The options the module declares are exactly these, and the README
 # section (docs/nixos.md, or README.md once merged) names each of them.
