@@ -1,4 +1,4 @@
-//! `config.json`: the optional file the NixOS module writes (DESIGN.md section 3).
+//! `config.json`: the optional file the NixOS module writes (docs/design.md#config).
 //!
 //! Parsing is strict: an unknown key is an error naming it, since a typo in a generated file
 //! is a bug to surface rather than a setting to ignore.
@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use crate::fsafe::{self, Tree};
+use crate::chase::{self, Tree};
 use crate::paths::{self, check_name, show};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -124,11 +124,11 @@ fn parse_mode(s: &str) -> Option<u32> {
 impl Config {
     /// Reads the config file in `tree`; defaults when it does not exist. Only a root-owned
     /// file reached through root-owned directories and links is read (see
-    /// [`fsafe::read_trusted`]), so its errors may quote it: they are for the admin.
+    /// [`chase::read_trusted`]), so its errors may quote it: they are for the admin.
     pub fn load(tree: &Tree) -> Result<Config> {
         let path = Path::new(paths::CONFIG_FILE);
         let what = || format!("config {}", show(path));
-        match fsafe::read_trusted(tree, None, path, 16 << 20).with_context(what)? {
+        match chase::read_trusted(tree, None, path, 16 << 20).with_context(what)? {
             Some(text) => Config::parse(&text).with_context(what),
             None => Ok(Config::default()),
         }

@@ -1,25 +1,40 @@
 //! microvm-workspaces: make the share sources of microvm.nix VMs exist at every start, and
-//! link a repo into a VM's workspace.
+//! link a repo into a VM's workspace. The design is in docs/design.md; the binaries are thin.
 //!
-//! The binaries are thin; everything lives here (DESIGN.md section 2):
-//! * [`paths`]: default locations and `MICROVM_WORKSPACES_ROOT` re-rooting;
+//! Modules, each one job, imports flowing down this list only (checked by tests/layout.rs):
+//! * [`paths`]: default locations, names, `MICROVM_WORKSPACES_ROOT` re-rooting;
 //! * [`config`]: the optional `config.json`;
+//! * [`failpoint`]: crash-test failpoints (a cargo feature; empty in release builds);
+//! * [`chase`]: resolving paths as root without being tricked (descriptors, owner rules);
+//! * [`placeholder`]: the directories standing in for missing sources, known by their mark;
+//! * [`dirs`]: trusted places, the lock, leftovers, directories made with a user's credentials;
+//! * [`action`]: the steps a run takes, as logged;
+//! * [`entry`]: a workspace entry (placeholder + record + mount): reconcile and relink;
 //! * [`runner`]: a VM's shares, from microvm.nix's runner and the config;
-//! * [`fsafe`]: resolving and creating paths as root without being tricked;
-//! * [`prepare`]: making every source of a VM exist;
-//! * [`link`]: link records and bind mounts;
-//! * [`state`]: the `/run` record of what each VM saw at its start, and staleness;
+//! * [`prepare`]: making every source of one VM exist (plan, then apply);
+//! * [`record`]: the `/run` record of what each share resolved to at the VM's start;
 //! * [`units`]: unit names and the generator's drop-ins;
 //! * [`systemd`]: talking to systemd (mount namespace, systemctl);
-//! * [`logging`]: journal or stderr.
+//! * [`status`]: each VM's shares at start vs now, staleness, the table;
+//! * [`flow`]: microvm-link's link and unlink, with typed outcomes;
+//! * [`cli`]: microvm-link's command line;
+//! * [`logging`]: journal or stderr (used by every layer).
+#![forbid(unsafe_code)]
 
+pub mod action;
+pub mod chase;
+pub mod cli;
 pub mod config;
-pub mod fsafe;
-pub mod link;
+pub mod dirs;
+pub mod entry;
+pub mod failpoint;
+pub mod flow;
 pub mod logging;
 pub mod paths;
+pub mod placeholder;
 pub mod prepare;
+pub mod record;
 pub mod runner;
-pub mod state;
+pub mod status;
 pub mod systemd;
 pub mod units;

@@ -1,5 +1,6 @@
-//! Logging: the journal with structured fields (VM, TAG, PATH, ACTION) when systemd runs us
-//! (`JOURNAL_STREAM` set), stderr otherwise. `-v` or `RUST_LOG` raise the verbosity.
+//! Logging: the journal with structured fields (VM, TAG, PATH, ACTION) when our stderr is
+//! connected to it (`JOURNAL_STREAM` names stderr's device and inode, as systemd.exec(5) says
+//! to check: libsystemd does), stderr otherwise. `-v` or `RUST_LOG` raise the verbosity.
 
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::EnvFilter;
@@ -8,7 +9,7 @@ use tracing_subscriber::EnvFilter;
 /// The journal gets every step (info); a terminal only warnings unless `-v`, so a failure
 /// stays the one line it is meant to be.
 pub fn init(verbose: u8) {
-    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    let journal = libsystemd::logging::connected_to_journal();
     let default = match (journal, verbose) {
         (false, 0) => "warn",
         (true, 0) | (_, 1) => "info",

@@ -22,6 +22,17 @@ pub const DISPLACED: &str = ".displaced";
 pub const LOCK: &str = ".lock";
 /// Prefix of every temporary name this project creates; leftovers are removed under the lock.
 pub const TMP_PREFIX: &str = ".mvw-tmp-";
+/// Inside the workspace dir: the live roots (docs/design.md#live-links).
+pub const LIVE: &str = ".live";
+
+/// A name no other process will pick, with the prefix that marks leftovers and the pid of
+/// the process that made it (so a leftover's writer can be known to be gone).
+pub fn tmp_name() -> std::ffi::OsString {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{TMP_PREFIX}{}-{n}", std::process::id()).into()
+}
 
 /// The directory every absolute path is taken under (`/` when not re-rooted).
 #[derive(Clone, Debug)]
@@ -145,6 +156,14 @@ pub fn show_bytes(s: &OsStr) -> String {
         }
     }
     out
+}
+
+/// Serializes an optional path as [`show`] prints it (JSON strings must be UTF-8).
+pub fn serialize_shown<S: serde::Serializer>(p: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
+    match p {
+        Some(p) => s.serialize_some(&show(p)),
+        None => s.serialize_none(),
+    }
 }
 
 /// VM and entry names are single path components we create under our directories.

@@ -1,4 +1,4 @@
-//! Prepare: make every share source of a VM exist (DESIGN.md section 4).
+//! Prepare: make every share source of one VM exist (docs/design.md#prepare).
 //!
 //! A run has two passes. The first only looks (it is also `--dry-run`): it resolves every
 //! source, plans what it would create or mount, and finds every reason to fail, so a failing
@@ -12,10 +12,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::action::{Act, Action, Steps};
+use crate::chase::{Node, Tree, Trust, Walk};
 use crate::config::Config;
-use crate::fsafe::{self, Node, PlaceholderSpec, Tree, Trust, Walk};
-use crate::link::entry_of;
+use crate::dirs;
+use crate::entry::{entry_of, Workspace};
 use crate::paths::show;
+use crate::placeholder::{self, PlaceholderSpec};
 use crate::runner::{self, Share};
 
 /// What a source was at this start.
@@ -40,50 +43,21 @@ pub struct Prepared {
     pub kind: Kind,
 }
 
-/// One step taken (or, in a dry run, planned).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Action {
-    pub action: &'static str,
-    pub path: PathBuf,
-    pub detail: String,
-}
-
-impl std::fmt::Display for Action {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let verb = match self.action {
-            "create-placeholder" => "create placeholder",
-            "mkdir" => "create directory",
-            "mkdir-as-owner" => "create directory as its owner:",
-            "mount" => "bind-mount on",
-            "unmount" => "unmount",
-            "migrate" => "migrate",
-            other => other,
-        };
-        write!(f, "{verb} {}", show(&self.path))?;
-        if !self.detail.is_empty() {
-            write!(f, " ({})", self.detail)?;
-        }
-        Ok(())
-    }
-}
-
 /// What one run works with and what it did.
-pub struct Ctx<'a> {
-    pub tree: &'a Tree,
-    pub cfg: &'a Config,
-    pub spec: PlaceholderSpec,
-    pub dry_run: bool,
-    pub actions: Vec<Action>,
+struct Ctx<'a> {
+    tree: &'a Tree,
+    cfg: &'a Config,
+    spec: PlaceholderSpec,
+    /// The workspace dir; `None` only in a dry run where it does not exist yet.
+    ws: Option<Workspace<'a>>,
+    steps: Steps,
     /// Dry run only: workspace entries that would be mounted, and the repo they would show.
-    pub redirects: Vec<(PathBuf, PathBuf)>,
+    redirects: Vec<(PathBuf, PathBuf)>,
     /// Dry run only: directories planned so far, and how their children would be created.
     planned: BTreeMap<PathBuf, Creator>,
     /// Workspace entries already made to agree with their records in this pass (every share
     /// below one entry would otherwise check it again).
     ensured: Vec<OsString>,
-    /// Labels for log lines (the VM and tag being worked on).
-    pub vm: String,
-    pub tag: String,
 }
 
 /// How to create what is missing below an existing directory.
@@ -98,50 +72,51 @@ enum Creator {
 }
 
 impl<'a> Ctx<'a> {
-    pub fn new(tree: &'a Tree, cfg: &'a Config, dry_run: bool) -> Result<Ctx<'a>> {
+    fn new(tree: &'a Tree, cfg: &'a Config, vm: &str, dry_run: bool) -> Result<Ctx<'a>> {
+        let ws = if dry_run {
+            Workspace::find(tree, cfg)?
+        } else {
+            Some(Workspace::ensure(tree, cfg)?)
+        };
         Ok(Ctx {
             tree,
             cfg,
-            spec: placeholder_spec(cfg)?,
-            dry_run,
-            actions: Vec::new(),
+            spec: PlaceholderSpec::from_config(cfg)?,
+            ws,
+            steps: Steps::new(vm, dry_run),
             redirects: Vec::new(),
             planned: BTreeMap::new(),
             ensured: Vec::new(),
-            vm: String::new(),
-            tag: String::new(),
         })
     }
 
+    fn dry_run(&self) -> bool {
+        self.steps.dry_run
+    }
+
     /// Dry run: note that `path` would be replaced by (or created as) a placeholder.
-    pub fn plan_placeholder(&mut self, path: &Path) {
+    fn plan_placeholder(&mut self, path: &Path) {
         self.planned
             .insert(path.to_path_buf(), Creator::Placeholders);
     }
 
-    /// Records (and logs) a step; in a dry run the caller then skips doing it.
-    pub fn act(&mut self, action: &'static str, path: &Path, detail: String) {
-        if !self.dry_run {
-            tracing::info!(vm = %self.vm, tag = %self.tag, path = %show(path), action, "{action} {} {detail}", show(path));
+    /// Makes workspace entry `name` agree with its record, once per run; in a dry run,
+    /// remembers what it would make of it.
+    fn reconcile(&mut self, name: &OsStr) -> Result<()> {
+        if self.ensured.iter().any(|n| n == name) {
+            return Ok(());
         }
-        self.actions.push(Action {
-            action,
-            path: path.to_path_buf(),
-            detail,
-        });
-    }
-
-    /// The workspace dir; `None` only in a dry run where it does not exist yet.
-    pub fn workspace(&mut self) -> Result<Option<Node>> {
-        let dir = self.cfg.workspace_dir.clone();
-        if self.dry_run {
-            return match self.tree.walk(&dir, Trust::Owners)? {
-                Walk::Found(n) if n.is_dir() => Ok(Some(n)),
-                Walk::Found(n) => bail!("{} is not a directory", show(&n.path)),
-                Walk::Missing { .. } => Ok(None),
-            };
+        self.ensured.push(name.to_os_string());
+        let Some(ws) = &self.ws else { return Ok(()) };
+        let r = ws.reconcile(name, &mut self.steps)?;
+        let at = self.cfg.workspace_dir.join(name);
+        if r.would_create {
+            self.plan_placeholder(&at);
         }
-        fsafe::ensure_root_dir(self.tree, &dir).map(Some)
+        if let Some(repo) = r.would_mount {
+            self.redirects.push((at, repo));
+        }
+        Ok(())
     }
 
     /// Where a path leads once planned mounts are taken into account (dry run only).
@@ -156,16 +131,13 @@ impl<'a> Ctx<'a> {
 
     /// Makes one share's source exist; returns what it resolved to (`None`: dry run, and it
     /// would be created).
-    pub fn ensure_share(&mut self, share: &Share) -> Result<Option<Prepared>> {
-        self.tag = share.tag.clone();
+    fn ensure_share(&mut self, share: &Share) -> Result<Option<Prepared>> {
+        self.steps.tag = share.tag.clone();
         if let Some(name) = entry_of(&self.cfg.workspace_dir, &share.path) {
-            if !self.ensured.iter().any(|n| n == name) {
-                self.ensure_entry(name)?;
-                self.ensured.push(name.to_os_string());
-            }
+            self.reconcile(name)?;
         }
         let path = self.redirected(&share.path);
-        if self.dry_run {
+        if self.dry_run() {
             // Below something this dry run already plans to create (or to replace by a
             // placeholder), the rest is planned without looking at the disk.
             if let Some((base, creator)) = self.planned_ancestor(&path) {
@@ -183,7 +155,7 @@ impl<'a> Ctx<'a> {
             Some(n) => Walk::Found(n),
             None => {
                 let walk = self.tree.walk(&path, Trust::Owners)?;
-                if !self.dry_run && matches!(&walk, Walk::Found(n) if n.is_dir()) {
+                if !self.dry_run() && matches!(&walk, Walk::Found(n) if n.is_dir()) {
                     self.warn_if_symlink(&path);
                 }
                 walk
@@ -240,9 +212,9 @@ impl<'a> Ctx<'a> {
         };
         if let Ok(n) = dir.child(name) {
             if n.st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFLNK {
-                tracing::warn!(vm = %self.vm, tag = %self.tag, path = %show(path), action = "symlinked-source",
+                tracing::warn!(vm = %self.steps.vm, tag = %self.steps.tag, path = %show(path), action = "symlinked-source",
                     "share {:?} source {} is a symbolic link, which virtiofsd 1.14 and later refuse; point the share at its target or link it with microvm-link",
-                    self.tag, show(path));
+                    self.steps.tag, show(path));
             }
         }
     }
@@ -286,41 +258,42 @@ impl<'a> Ctx<'a> {
                 Creator::Placeholders | Creator::Root
                     if leaf || entry || matches!(creator, Creator::Placeholders) =>
                 {
-                    self.act("create-placeholder", &path, mode_text(spec));
-                    if let Some(d) = dir.as_ref().filter(|_| !self.dry_run) {
+                    self.steps
+                        .act(Act::CreatePlaceholder, &path, spec.describe());
+                    if let Some(d) = dir.as_ref().filter(|_| !self.dry_run()) {
                         // A placeholder is built under a temporary name in `d`; a run killed
                         // doing so left one behind here, where only this step ever looks (the
                         // leaf is still missing). We hold the lock: such names are leftovers.
-                        fsafe::remove_leftovers(d)?;
-                        dir = Some(fsafe::create_placeholder(d, name, spec)?);
+                        dirs::remove_leftovers(d)?;
+                        dir = Some(placeholder::create(d, name, spec)?);
                     }
                     Creator::Placeholders
                 }
                 Creator::Root | Creator::Placeholders => {
-                    self.act("mkdir", &path, "root, 0755".into());
-                    if let Some(d) = dir.as_ref().filter(|_| !self.dry_run) {
-                        dir = Some(fsafe::mkdir_as(d, name, 0, 0)?);
+                    self.steps.act(Act::Mkdir, &path, "root, 0755".into());
+                    if let Some(d) = dir.as_ref().filter(|_| !self.dry_run()) {
+                        dir = Some(dirs::mkdir_as(d, name, 0, 0)?);
                     }
                     Creator::Root
                 }
                 Creator::User(uid, gid) => {
-                    self.act(
-                        "mkdir-as-owner",
+                    self.steps.act(
+                        Act::MkdirAsOwner,
                         &path,
                         format!("uid {uid}, gid {gid}, 0755"),
                     );
-                    if let Some(d) = dir.as_ref().filter(|_| !self.dry_run) {
-                        dir = Some(fsafe::mkdir_as(d, name, uid, gid)?);
+                    if let Some(d) = dir.as_ref().filter(|_| !self.dry_run()) {
+                        dir = Some(dirs::mkdir_as(d, name, uid, gid)?);
                     }
                     creator
                 }
             };
-            if self.dry_run {
+            if self.dry_run() {
                 self.planned.insert(path.clone(), children);
             }
             creator = children;
         }
-        let Some(dir) = dir.filter(|_| !self.dry_run) else {
+        let Some(dir) = dir.filter(|_| !self.dry_run()) else {
             return Ok(None);
         };
         let kind = match creator {
@@ -329,42 +302,6 @@ impl<'a> Ctx<'a> {
         };
         Ok(Some((dir, kind)))
     }
-}
-
-fn mode_text(spec: PlaceholderSpec) -> String {
-    format!("uid {}, gid {}, {:04o}", spec.uid, spec.gid, spec.mode)
-}
-
-/// Resolves the configured placeholder owner to numbers (names through the host's user db).
-pub fn placeholder_spec(cfg: &Config) -> Result<PlaceholderSpec> {
-    let p = &cfg.placeholder;
-    // `root` (the default) is 0 without asking NSS, as systemd resolves it: every start would
-    // otherwise pay for user and group database lookups (an nscd round trip on NixOS).
-    let uid = match p.user.parse::<u32>() {
-        Ok(n) => n,
-        Err(_) if p.user == "root" => 0,
-        Err(_) => nix::unistd::User::from_name(&p.user)
-            .ok()
-            .flatten()
-            .with_context(|| format!("placeholder.user {:?}: no such user", p.user))?
-            .uid
-            .as_raw(),
-    };
-    let gid = match p.group.parse::<u32>() {
-        Ok(n) => n,
-        Err(_) if p.group == "root" => 0,
-        Err(_) => nix::unistd::Group::from_name(&p.group)
-            .ok()
-            .flatten()
-            .with_context(|| format!("placeholder.group {:?}: no such group", p.group))?
-            .gid
-            .as_raw(),
-    };
-    Ok(PlaceholderSpec {
-        uid,
-        gid,
-        mode: p.mode_bits(),
-    })
 }
 
 /// The result of preparing one VM.
@@ -390,8 +327,7 @@ pub fn plan_assuming(
     shares: &[Share],
     assume: &[(String, Option<PathBuf>)],
 ) -> Result<Vec<Action>> {
-    let mut look = Ctx::new(tree, cfg, true)?;
-    look.vm = vm.to_string();
+    let mut look = Ctx::new(tree, cfg, vm, true)?;
     for (name, target) in assume {
         let at = cfg.workspace_dir.join(name);
         match target {
@@ -403,10 +339,13 @@ pub fn plan_assuming(
     for s in shares {
         look.ensure_share(s).with_context(|| share_label(vm, s))?;
     }
-    Ok(look.actions)
+    Ok(look.steps.actions)
 }
 
 /// Prepares the given shares of `vm` (a subset when microvm-link ensures what it changed).
+/// First a look that changes nothing and finds every reason to fail; in the common case,
+/// where every source exists, it is also the last. Otherwise the plan is carried out holding
+/// the workspace lock, parents before children.
 pub fn prepare_shares(
     tree: &Tree,
     cfg: &Config,
@@ -414,27 +353,20 @@ pub fn prepare_shares(
     shares: &[Share],
     dry_run: bool,
 ) -> Result<Outcome> {
-    let mut look = Ctx::new(tree, cfg, true)?;
-    look.vm = vm.to_string();
+    let mut look = Ctx::new(tree, cfg, vm, true)?;
     let mut found = Vec::new();
     for s in shares {
         let r = look.ensure_share(s).with_context(|| share_label(vm, s))?;
         found.push(r);
     }
-    if dry_run || look.actions.is_empty() {
+    if dry_run || look.steps.actions.is_empty() {
         return Ok(Outcome {
             prepared: found.into_iter().flatten().collect(),
-            actions: look.actions,
+            actions: look.steps.actions,
         });
     }
-    let mut act = Ctx::new(tree, cfg, false)?;
-    act.vm = vm.to_string();
-    let ws = act.workspace()?.expect("not a dry run");
-    let _lock = fsafe::lock(&ws)?;
-    act.clean_workspace(&ws)?;
-    if let Some(links) = act.links_dir(&ws)? {
-        fsafe::remove_leftovers(&links)?;
-    }
+    let mut act = Ctx::new(tree, cfg, vm, false)?;
+    let _lock = act.ws.as_ref().expect("not a dry run").lock()?;
     let mut prepared = Vec::new();
     for s in shares {
         let r = act.ensure_share(s).with_context(|| share_label(vm, s))?;
@@ -442,7 +374,7 @@ pub fn prepare_shares(
     }
     Ok(Outcome {
         prepared,
-        actions: act.actions,
+        actions: act.steps.actions,
     })
 }
 

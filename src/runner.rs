@@ -1,4 +1,4 @@
-//! Where a VM's share sources come from (DESIGN.md section 3): microvm.nix's runner, for every
+//! Where a VM's share sources come from (docs/design.md#share-sources): microvm.nix's runner, for every
 //! VM declarative or imperative, and the config file, which alone knows 9p shares. The union is
 //! taken by tag; the runner wins, since it is what will run.
 
@@ -12,8 +12,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use nix::fcntl::OFlag;
 use nix::sys::stat::{fstat, SFlag};
 
+use crate::chase::{self, Node, Tree, Trust, Walk};
 use crate::config::{check_source, Config, Proto};
-use crate::fsafe::{self, Node, Tree, Trust, Walk};
 use crate::paths::{self, show};
 
 /// One share of a VM, its source resolved to an absolute, normalized inside path.
@@ -41,7 +41,7 @@ pub fn has_runner(tree: &Tree, cfg: &Config, vm: &str) -> bool {
 pub fn known_vms(tree: &Tree, cfg: &Config) -> Vec<String> {
     let mut vms: Vec<String> = cfg.vms.keys().cloned().collect();
     if let Ok(Walk::Found(dir)) = tree.walk(&cfg.state_dir, Trust::All) {
-        for name in fsafe::list_dir(&dir).unwrap_or_default() {
+        for name in chase::list_dir(&dir).unwrap_or_default() {
             if let Some(name) = name.to_str() {
                 if paths::check_name("VM", name).is_ok() && has_runner(tree, cfg, name) {
                     vms.push(name.to_string());
@@ -80,7 +80,7 @@ fn read_source(tree: &Tree, dir: &Node, tag: &OsStr) -> Result<Vec<u8>> {
                 .with_context(|| format!("cannot read {}", show(&dir.path.join(&rel))))?;
             text
         }
-        None => fsafe::read_trusted(tree, Some(dir), &rel, 64 * 1024)?
+        None => chase::read_trusted(tree, Some(dir), &rel, 64 * 1024)?
             .with_context(|| format!("{} does not exist", show(&dir.path.join(&rel))))?,
     };
     if text.last() == Some(&b'\n') {
@@ -112,7 +112,7 @@ pub fn runner_shares(tree: &Tree, cfg: &Config, vm: &str) -> Result<Vec<Share>> 
             })
         }
     };
-    let mut tags: Vec<Vec<u8>> = fsafe::list_dir(&node)?
+    let mut tags: Vec<Vec<u8>> = chase::list_dir(&node)?
         .into_iter()
         .map(|n| n.into_vec())
         .collect();

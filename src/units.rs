@@ -160,7 +160,7 @@ pub fn generate(root: &Root, env: &GenEnv, out: &Path, prepare: &Path) -> Result
             "microvm-workspaces=0 on the kernel command line",
         ));
     }
-    let config = crate::fsafe::Tree::open(root).and_then(|t| Config::load(&t));
+    let config = crate::chase::Tree::open(root).and_then(|t| Config::load(&t));
     if matches!(&config, Ok(c) if !c.enable) {
         return Ok(Generated::Disabled("\"enable\": false in the config"));
     }

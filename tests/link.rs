@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use common::*;
-use microvm_workspaces::link::{derive_vm_name, repo_root};
+use microvm_workspaces::flow::{derive_vm_name, repo_root};
 
 const WS: &str = "/var/lib/microvm-workspaces";
 
@@ -559,19 +559,22 @@ fn relink_checks_the_owner_of_the_very_directory_it_mounts() {
     // microvm-link checks the repo's owner first; a user can swap the path before relink looks
     // again. relink must refuse on its own look, which is what it mounts (by descriptor).
     use microvm_workspaces::{
-        config::Config, fsafe::Tree, link::Change, paths::Root, prepare::Ctx,
+        chase::Tree,
+        config::Config,
+        entry::{Change, Workspace},
+        paths::Root,
     };
     let fx = vm1_fixture();
     fx.repo("/home/bob/secret", BOB);
     let root = Root::from_args(Some(fx.root())).unwrap();
     let tree = Tree::open(&root).unwrap();
     let cfg = Config::load(&tree).unwrap();
-    let mut ctx = Ctx::new(&tree, &cfg, false).unwrap();
+    let ws = Workspace::ensure(&tree, &cfg).unwrap();
     let change = Change {
         name: "vm1".into(),
         target: Some("/home/bob/secret".into()),
     };
-    let err = format!("{:#}", ctx.relink(&[change], ALICE).unwrap_err());
+    let err = format!("{:#}", ws.relink(&[change], ALICE).unwrap_err());
     assert!(
         err.contains("owned by uid 4343, not by the linking user (uid 4242)"),
         "{err}"
@@ -669,4 +672,52 @@ fn status_as_a_normal_user_still_recognizes_placeholders() {
     assert_ok(&out);
     let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(vm_status(&st, "vm1")["workspace"]["state"], "placeholder");
+}
+
+#[test]
+fn the_exit_status_comes_from_the_restart_outcome_not_from_a_sentence() {
+    // A VM named `ci-failed`: the old exit status looked for "failed" in the restart line
+    // ("not restarting ci-failed: re-rooted at ...") and exited 1 after a success.
+    in_mount_ns!(the_exit_status_comes_from_the_restart_outcome_not_from_a_sentence);
+    let fx = Fx::new();
+    fx.runner(
+        "ci-failed",
+        &[("ws", b"/var/lib/microvm-workspaces/ci-failed")],
+    );
+    repo_with_marker(&fx, "/home/alice/ci-failed", ALICE);
+    let out = link(&fx, "/home/alice/ci-failed", ALICE, &[]);
+    assert_ok(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("not restarting ci-failed: re-rooted"),
+        "{text}"
+    );
+    let json = link(&fx, "/home/alice/ci-failed", ALICE, &["--json"]);
+    assert_ok(&json);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["restart"]["result"], "skipped", "{v}");
+}
+
+#[test]
+fn unlink_reports_the_running_vms_it_leaves_stale() {
+    in_mount_ns!(unlink_reports_the_running_vms_it_leaves_stale);
+    let fx = vm1_fixture();
+    repo_with_marker(&fx, "/home/alice/vm1", ALICE);
+    link_ok(&fx, "/home/alice/vm1", ALICE, &["--no-restart"]);
+    fx.prepare_ok("vm2"); // vm2 starts on alice's repo
+    let out = link_ok(&fx, "/", ALICE, &["unlink", "vm1", "--no-restart"]);
+    assert!(out.contains("unlinked"), "{out}");
+    assert!(
+        out.contains("stale: vm2 still sees the old directory for vm1ro"),
+        "{out}"
+    );
+    let out = link(
+        &fx,
+        "/",
+        ALICE,
+        &["unlink", "vm1", "--no-restart", "--json"],
+    );
+    assert_ok(&out);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["stale"][0]["vm"], "vm2", "{v}");
 }

@@ -1,4 +1,4 @@
-//! Prepare against a temporary root, as root: one test per rule of DESIGN.md section 4.
+//! Prepare against a temporary root, as root: one test per rule of docs/design.md#prepare-rules.
 //! Tests that mount run in a private mount namespace (see `common::isolated`).
 
 mod common;

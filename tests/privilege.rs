@@ -207,7 +207,8 @@ fn attack_2_a_swappable_root_and_a_fifo_config_get_nowhere() {
 #[test]
 fn attack_3_unmount_detaches_the_checked_mount_only() {
     in_mount_ns!(attack_3_unmount_detaches_the_checked_mount_only);
-    use microvm_workspaces::fsafe::{self, Tree, Trust, Walk};
+    use microvm_workspaces::chase::{Tree, Trust, Walk};
+    use microvm_workspaces::entry;
     use microvm_workspaces::paths::Root;
     let fx = vm1();
     let out = via_sudo(
@@ -246,7 +247,7 @@ fn attack_3_unmount_detaches_the_checked_mount_only() {
     let theirs = fx.mkdir("/srv/p/entry", 0, 0o755);
     tmpfs(&theirs);
     std::fs::write(theirs.join("theirs"), b"").unwrap();
-    fsafe::unmount(&node).unwrap();
+    entry::unmount(&node).unwrap();
     assert!(
         is_mountpoint(&theirs),
         "the mount the path names now was detached"
@@ -260,7 +261,7 @@ fn attack_3_unmount_detaches_the_checked_mount_only() {
     let Walk::Found(plain) = tree.walk(Path::new("/home/alice"), Trust::Owners).unwrap() else {
         panic!()
     };
-    assert!(fsafe::unmount(&plain).is_err());
+    assert!(entry::unmount(&plain).is_err());
 }
 
 /// Attack 4: anyone allowed to run microvm-link could unlink another user's link or relink

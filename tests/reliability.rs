@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use microvm_workspaces::fsafe::FAILPOINT_ENV;
+use microvm_workspaces::failpoint::FAILPOINT_ENV;
 
 const WS: &str = "/var/lib/microvm-workspaces";
 
@@ -1068,8 +1068,8 @@ fn generate_stays_in_its_directory(
 #[test]
 fn hostile_runner_sources_never_panic_and_fail_in_one_clean_line() {
     use hostile::*;
+    use microvm_workspaces::chase::Tree;
     use microvm_workspaces::config::Config;
-    use microvm_workspaces::fsafe::Tree;
     use microvm_workspaces::paths::{self, Root};
     use microvm_workspaces::{prepare, runner};
     use proptest::prelude::*;
@@ -1144,7 +1144,7 @@ fn hostile_runner_sources_never_panic_and_fail_in_one_clean_line() {
 #[test]
 fn hostile_names_never_panic_and_derive_only_safe_names() {
     use hostile::*;
-    use microvm_workspaces::link::derive_vm_name;
+    use microvm_workspaces::flow::derive_vm_name;
     use microvm_workspaces::paths::check_name;
     use microvm_workspaces::units;
     use proptest::prelude::*;

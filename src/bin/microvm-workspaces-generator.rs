@@ -1,5 +1,6 @@
 //! systemd generator: drop-ins so that every start of microvm@VM and microvm-virtiofsd@VM
 //! first runs microvm-workspaces-prepare. Reads the config; writes only into its output dir.
+#![forbid(unsafe_code)]
 
 use std::io::Write;
 use std::path::PathBuf;

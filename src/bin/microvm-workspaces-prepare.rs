@@ -1,4 +1,5 @@
-//! ExecStartPre helper: make every share source of one VM exist (DESIGN.md section 4).
+//! ExecStartPre helper: make every share source of one VM exist (docs/design.md#prepare).
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Parser;
 use microvm_workspaces::{
-    config::Config, fsafe::Tree, logging, paths, prepare, runner, state, systemd, units,
+    chase::Tree, config::Config, logging, paths, prepare, record, runner, systemd, units,
 };
 
 /// Make every share source of a microvm.nix VM exist before it starts.
@@ -69,7 +70,7 @@ fn run(args: &Args, vm: &str) -> Result<()> {
         }
         return Ok(());
     }
-    state::write(&tree, &state::VmRecord::new(vm, &out.prepared))
+    record::write(&tree, &record::VmRecord::new(vm, &out.prepared))
         .with_context(|| format!("VM {vm}"))?;
     tracing::debug!(
         vm,

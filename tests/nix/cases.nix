@@ -135,7 +135,7 @@ in
       }
     ];
 
-    # The example config of DESIGN.md section 3, built the way the module does.
+    # The example config of docs/design.md#config, built the way the module does.
     mk-config = mw.mkConfig {
       stateDir = "/var/lib/microvms";
       workspaceDir = ws;

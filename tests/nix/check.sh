@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Nix checks that need no nixpkgs (DESIGN: these machines cannot fetch it):
+# Nix checks that need no nixpkgs (docs/design.md#testing: these machines cannot fetch it):
 #   1. every .nix file of the repository parses (nix-instantiate --parse);
 #   2. the module's pure helpers (nixos-module/lib.nix) give, on the hand-made
 #      inputs of tests/nix/cases.nix, exactly the JSON of tests/nix/expected/

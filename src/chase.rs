@@ -1,33 +1,28 @@
-//! File-system safety: resolving and creating paths as root without being tricked.
+//! Safe path resolution as root: `chase`, in the spirit of systemd's `chase()`.
 //!
-//! Everything here works on file descriptors, one path component at a time, starting from a
-//! descriptor of the root directory, so that:
+//! Everything works on file descriptors, one path component at a time, starting from a
+//! descriptor of the root directory (opened once, [`Tree::open`]), so that:
 //! * a re-rooted tree (`MICROVM_WORKSPACES_ROOT`) resolves absolute symlink targets inside the
 //!   root, as `systemd-tmpfiles --root` does;
 //! * the owner check (systemd's "unsafe path transition" rule) and the later use see the same
 //!   objects: a user swapping a directory for a symlink after the check gains nothing;
-//! * directories inside a user's tree are created with that user's credentials (`setfsuid`),
-//!   never created or chowned as root.
+//! * files root believes (config, runner, `/run` records) are read only through what root
+//!   owns ([`Trust::RootOwned`], [`read_trusted`]).
+//!
+//! See docs/design.md#path-safety.
 
 use std::collections::VecDeque;
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{anyhow, bail, Context, Result};
 use nix::errno::Errno;
-use nix::fcntl::{openat, openat2, renameat2, OFlag, OpenHow, RenameFlags, ResolveFlag};
-use nix::sys::stat::{fstat, mkdirat, FileStat, Mode, SFlag};
-use nix::unistd::{Gid, Uid};
+use nix::fcntl::{openat, openat2, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::{fstat, FileStat, Mode, SFlag};
 
 use crate::paths::{self, show, Root};
-
-/// Extended attribute marking a placeholder. The `trusted.` namespace needs CAP_SYS_ADMIN, so
-/// an unprivileged user cannot forge it on a directory of their own.
-pub const MARK_NAME: &str = "trusted.microvm-workspaces";
-pub const MARK_VALUE: &[u8] = b"placeholder";
 
 /// More symlinks than this on one path is a loop (the kernel's own limit).
 const MAX_LINKS: u32 = 40;
@@ -58,7 +53,19 @@ impl Node {
         proc_path(self.fd.as_fd())
     }
 
-    fn open_at(dir: BorrowedFd, name: &OsStr, path: PathBuf) -> nix::Result<Node> {
+    /// Another descriptor of the same object.
+    pub fn try_clone(&self) -> Result<Node> {
+        Ok(Node {
+            fd: self
+                .fd
+                .try_clone()
+                .context("cannot duplicate a descriptor")?,
+            st: self.st,
+            path: self.path.clone(),
+        })
+    }
+
+    pub(crate) fn open_at(dir: BorrowedFd, name: &OsStr, path: PathBuf) -> nix::Result<Node> {
         let fd = openat(
             dir,
             name,
@@ -73,19 +80,13 @@ impl Node {
     pub fn child(&self, name: &OsStr) -> nix::Result<Node> {
         Node::open_at(self.fd.as_fd(), name, self.path.join(name))
     }
-
-    /// Is this directory one of our placeholders? The mark is the proof: only CAP_SYS_ADMIN
-    /// sets `trusted.*`. (Not the owner: the config may give placeholders to any user.)
-    pub fn is_placeholder(&self) -> bool {
-        self.is_dir() && has_mark(self.fd.as_fd())
-    }
 }
 
 pub fn is_dir(st: &FileStat) -> bool {
     SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFDIR
 }
 
-fn is_symlink(st: &FileStat) -> bool {
+pub fn is_symlink(st: &FileStat) -> bool {
     SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFLNK
 }
 
@@ -108,6 +109,26 @@ pub enum Trust {
     /// NixOS's `/etc/static -> /nix/store` chain passes (root-owned links, sticky 1775 store).
     RootOwned,
 }
+
+/// A walk met a dangling symbolic link: nothing is ever created through one.
+#[derive(Debug)]
+pub struct Dangling {
+    pub path: PathBuf,
+    pub missing: PathBuf,
+}
+
+impl std::fmt::Display for Dangling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} leads through a dangling symbolic link (missing: {})",
+            show(&self.path),
+            show(&self.missing)
+        )
+    }
+}
+
+impl std::error::Error for Dangling {}
 
 /// Where a walk ended.
 #[derive(Debug)]
@@ -266,11 +287,11 @@ impl Tree {
                 Ok(n) => n,
                 Err(Errno::ENOENT) => {
                     if from_link {
-                        bail!(
-                            "{} leads through a dangling symbolic link (missing: {})",
-                            show(path),
-                            show(&top.path.join(&name))
-                        );
+                        return Err(Dangling {
+                            path: path.clone(),
+                            missing: top.path.join(&name),
+                        }
+                        .into());
                     }
                     let dir = stack.pop().expect("the root never leaves the stack");
                     let mut rest = vec![name];
@@ -388,337 +409,6 @@ fn check_transition(trust: Trust, from: &Node, to: &Node) -> Result<()> {
     Ok(())
 }
 
-// ---- crash-safety failpoint ----
-
-/// Crash-safety tests set `MICROVM_WORKSPACES_FAILPOINT=N` to make the process kill itself
-/// (SIGKILL, like a power cut or the OOM killer) right after its Nth change to the file system
-/// or the mount table, so every point between two steps can be hit deterministically.
-pub const FAILPOINT_ENV: &str = "MICROVM_WORKSPACES_FAILPOINT";
-
-/// Marks one completed change (`what` names it). Unset (always, outside the tests) this is
-/// one environment lookup.
-pub fn step(what: &str) {
-    static DONE: AtomicU32 = AtomicU32::new(0);
-    let n = DONE.fetch_add(1, Ordering::Relaxed) + 1;
-    let Some(at) = std::env::var_os(FAILPOINT_ENV) else {
-        return;
-    };
-    if at.to_str().and_then(|s| s.parse::<u32>().ok()) == Some(n) {
-        eprintln!("failpoint: killed after step {n} ({what})");
-        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
-    }
-}
-
-// ---- extended attribute marker ----
-
-fn has_mark(fd: BorrowedFd) -> bool {
-    // An O_PATH descriptor cannot be asked for xattrs directly; its /proc path can.
-    let mut buf = [0u8; 32];
-    matches!(rustix::fs::getxattr(proc_path(fd), MARK_NAME, &mut buf[..]), Ok(n) if &buf[..n] == MARK_VALUE)
-}
-
-fn set_mark(fd: BorrowedFd) -> Result<()> {
-    rustix::fs::fsetxattr(fd, MARK_NAME, MARK_VALUE, rustix::fs::XattrFlags::empty()).map_err(|e| {
-        anyhow!("cannot set the {MARK_NAME} attribute ({e}); the file system must support trusted extended attributes")
-    })
-}
-
-// ---- creating ----
-
-/// Owner and mode of placeholders, resolved to numbers.
-#[derive(Clone, Copy, Debug)]
-pub struct PlaceholderSpec {
-    pub uid: u32,
-    pub gid: u32,
-    pub mode: u32,
-}
-
-static TMP_COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A name no other process will pick, with the prefix that marks leftovers.
-pub fn tmp_name() -> OsString {
-    let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{}{}-{}", paths::TMP_PREFIX, std::process::id(), n).into()
-}
-
-/// Creates `name` in `dir` as a finished placeholder: it is made under a temporary name,
-/// marked, owned and chmod-ed there, then renamed into place, so nobody ever sees a half-made
-/// one. If `name` appeared meanwhile, that one is returned untouched.
-pub fn create_placeholder(dir: &Node, name: &OsStr, spec: PlaceholderSpec) -> Result<Node> {
-    let tmp = tmp_placeholder(dir, spec)?;
-    match renameat2(&dir.fd, &*tmp, &dir.fd, name, RenameFlags::RENAME_NOREPLACE) {
-        Ok(()) => step("rename the placeholder into place"),
-        Err(Errno::EEXIST) => {
-            let _ = nix::unistd::unlinkat(&dir.fd, &*tmp, nix::unistd::UnlinkatFlags::RemoveDir);
-        }
-        Err(e) => {
-            let _ = nix::unistd::unlinkat(&dir.fd, &*tmp, nix::unistd::UnlinkatFlags::RemoveDir);
-            return Err(anyhow!(e))
-                .with_context(|| format!("cannot create {}", show(&dir.path.join(name))));
-        }
-    }
-    let node = dir
-        .child(name)
-        .with_context(|| format!("cannot open {}", show(&dir.path.join(name))))?;
-    // If another process won the race, it must have made a placeholder too.
-    if !node.is_placeholder() {
-        bail!(
-            "{} appeared meanwhile and is not a placeholder",
-            show(&node.path)
-        );
-    }
-    Ok(node)
-}
-
-/// Puts a fresh placeholder where `name` is, atomically (`RENAME_EXCHANGE`), so the path
-/// never disappears; the old object is returned under its new temporary name in `dir`.
-pub fn swap_in_placeholder(dir: &Node, name: &OsStr, spec: PlaceholderSpec) -> Result<OsString> {
-    let tmp = tmp_placeholder(dir, spec)?;
-    if let Err(e) = renameat2(&dir.fd, &*tmp, &dir.fd, name, RenameFlags::RENAME_EXCHANGE) {
-        let _ = nix::unistd::unlinkat(&dir.fd, &*tmp, nix::unistd::UnlinkatFlags::RemoveDir);
-        return Err(anyhow!(e)).with_context(|| {
-            format!(
-                "cannot put a placeholder in place of {}",
-                show(&dir.path.join(name))
-            )
-        });
-    }
-    step("exchange a placeholder with the old entry");
-    Ok(tmp)
-}
-
-fn tmp_placeholder(dir: &Node, spec: PlaceholderSpec) -> Result<OsString> {
-    let tmp = tmp_name();
-    let at = || dir.path.join(&tmp);
-    mkdirat(&dir.fd, &*tmp, Mode::from_bits_truncate(0o700))
-        .with_context(|| format!("cannot create {}", show(&at())))?;
-    step("mkdir a temporary placeholder");
-    let made = (|| -> Result<()> {
-        let fd = openat(
-            &dir.fd,
-            &*tmp,
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )?;
-        set_mark(fd.as_fd())?;
-        step("mark the placeholder");
-        nix::unistd::fchown(
-            &fd,
-            Some(Uid::from_raw(spec.uid)),
-            Some(Gid::from_raw(spec.gid)),
-        )?;
-        step("chown the placeholder");
-        nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(spec.mode))?;
-        step("chmod the placeholder");
-        Ok(())
-    })();
-    if let Err(e) = made {
-        let _ = nix::unistd::unlinkat(&dir.fd, &*tmp, nix::unistd::UnlinkatFlags::RemoveDir);
-        return Err(e).with_context(|| format!("cannot make placeholder {}", show(&at())));
-    }
-    Ok(tmp)
-}
-
-/// Creates directory `name` in `dir` (mode 0755) with the file-system credentials of
-/// `uid:gid`; an existing directory there is fine (another process won the race).
-pub fn mkdir_as(dir: &Node, name: &OsStr, uid: u32, gid: u32) -> Result<Node> {
-    let at = dir.path.join(name);
-    let made = with_fs_creds(uid, gid, || {
-        mkdirat(&dir.fd, name, Mode::from_bits_truncate(0o755))
-    });
-    match made {
-        Ok(()) => step("mkdir"),
-        Err(Errno::EEXIST) => {}
-        Err(e) => {
-            return Err(anyhow!(e))
-                .with_context(|| format!("cannot create {} as uid {uid}", show(&at)))
-        }
-    }
-    let node = dir
-        .child(name)
-        .with_context(|| format!("cannot open {}", show(&at)))?;
-    if !node.is_dir() {
-        bail!("{} exists but is not a directory", show(&at));
-    }
-    // What appeared meanwhile (EEXIST) must be what we would have made: in a world-writable
-    // parent another user could have put their own directory there, and root would then go
-    // on creating inside it as root.
-    if node.uid() != uid {
-        bail!(
-            "{} appeared meanwhile, owned by uid {} instead of {uid}",
-            show(&at),
-            node.uid()
-        );
-    }
-    Ok(node)
-}
-
-/// Runs `f` with the thread's file-system uid and gid switched (Linux `setfsuid`); the
-/// effective ids, and so every other permission, stay root's.
-fn with_fs_creds<T>(uid: u32, gid: u32, f: impl FnOnce() -> T) -> T {
-    if uid == 0 {
-        return f();
-    }
-    let old_gid = nix::unistd::setfsgid(Gid::from_raw(gid));
-    let old_uid = nix::unistd::setfsuid(Uid::from_raw(uid));
-    let out = f();
-    nix::unistd::setfsuid(old_uid);
-    nix::unistd::setfsgid(old_gid);
-    out
-}
-
-/// Creates (if needed) and opens a root-owned 0755 directory at an inside path whose parent
-/// exists, for our own bookkeeping directories.
-///
-/// These are trusted places (the workspace dir, `.links`, `.displaced`, the runtime dir): one
-/// found there already must be root's and not writable by group or others, or a user could
-/// plant or swap what root then acts on.
-pub fn ensure_root_dir(tree: &Tree, path: &Path) -> Result<Node> {
-    match tree.walk(path, Trust::Owners)? {
-        Walk::Found(n) if n.is_dir() => {
-            check_trusted_place(&n)?;
-            Ok(n)
-        }
-        Walk::Found(n) => bail!("{} exists but is not a directory", show(&n.path)),
-        Walk::Missing { mut dir, rest } => {
-            for name in rest {
-                if dir.uid() != 0 {
-                    bail!(
-                        "{} is owned by uid {}; refusing to create {} in it as root",
-                        show(&dir.path),
-                        dir.uid(),
-                        paths::show_bytes(&name)
-                    );
-                }
-                dir = mkdir_as(&dir, &name, 0, 0)?;
-            }
-            Ok(dir)
-        }
-    }
-}
-
-/// A trusted place is root's and nobody else may write to it (a directory or the lock file).
-pub fn check_trusted_place(n: &Node) -> Result<()> {
-    if n.uid() != 0 || n.st.st_mode & 0o022 != 0 {
-        bail!(
-            "{} must be owned by root and not writable by group or others (it is uid {}, mode {:04o}); refusing to use it",
-            show(&n.path),
-            n.uid(),
-            n.st.st_mode & 0o7777
-        );
-    }
-    Ok(())
-}
-
-/// An exclusive lock on `<dir>/.lock`, held until the descriptor is dropped.
-pub fn lock(dir: &Node) -> Result<OwnedFd> {
-    let at = || dir.path.join(paths::LOCK);
-    let fd = openat(
-        &dir.fd,
-        paths::LOCK,
-        OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::from_bits_truncate(0o600),
-    )
-    .with_context(|| format!("cannot open lock {}", show(&at())))?;
-    step("open the lock file");
-    let st = fstat(&fd).with_context(|| format!("cannot stat lock {}", show(&at())))?;
-    check_trusted_place(&Node {
-        fd: fd.try_clone()?,
-        st,
-        path: at(),
-    })?;
-    loop {
-        match rustix::fs::flock(&fd, rustix::fs::FlockOperation::LockExclusive) {
-            Ok(()) => return Ok(fd),
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => {
-                return Err(anyhow!(e)).with_context(|| format!("cannot lock {}", show(&at())))
-            }
-        }
-    }
-}
-
-/// Removes leftovers of interrupted runs (temporary names) from `dir`; call with the lock held.
-/// Only what is provably ours goes: symlinks (temporary records, and legacy links whose
-/// target was recorded before they were swapped out) and empty directories that are our
-/// placeholders, marked or still half-made (root, 0700, before the mark). Any other directory
-/// under a temporary name holds user data (a user's directory whose move aside a killed run
-/// interrupted): it is returned, for the caller to move into `.displaced/`, never deleted.
-pub fn remove_leftovers(dir: &Node) -> Result<Vec<OsString>> {
-    let fd = openat(
-        &dir.fd,
-        ".",
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )?;
-    let mut d = nix::dir::Dir::from_fd(fd)?;
-    let prefix = paths::TMP_PREFIX.as_bytes();
-    let names: Vec<CString> = d
-        .iter()
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_owned())
-        .filter(|n| n.to_bytes().starts_with(prefix))
-        .collect();
-    let mut strays = Vec::new();
-    for name in names {
-        let name = OsStr::from_bytes(name.to_bytes());
-        let Ok(node) = dir.child(name) else {
-            continue;
-        };
-        let flag = if node.is_dir() {
-            let half_made = node.st.st_uid == 0 && node.st.st_mode & 0o7777 == 0o700;
-            if !has_mark(node.fd.as_fd()) && !half_made {
-                strays.push(name.to_os_string());
-                continue;
-            }
-            nix::unistd::UnlinkatFlags::RemoveDir
-        } else if is_symlink(&node.st) {
-            nix::unistd::UnlinkatFlags::NoRemoveDir
-        } else {
-            continue;
-        };
-        match nix::unistd::unlinkat(&dir.fd, name, flag) {
-            Ok(()) => {
-                step("remove a leftover");
-                tracing::info!(path = %show(&dir.path.join(name)), "removed leftover")
-            }
-            Err(Errno::ENOTEMPTY) => strays.push(name.to_os_string()),
-            Err(e) => {
-                tracing::warn!(path = %show(&dir.path.join(name)), "cannot remove leftover: {e}")
-            }
-        }
-    }
-    Ok(strays)
-}
-
-/// Removes regular files under a temporary name whose writer is gone (the name carries its
-/// pid: see [`tmp_name`]), in a trusted place written without the workspace lock (the
-/// runtime dir), where a live writer's file must be left alone.
-pub fn remove_dead_tmp_files(dir: &Node) {
-    for name in list_dir(dir).unwrap_or_default() {
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(paths::TMP_PREFIX))
-            .and_then(|n| n.split('-').next())
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
-            if let Ok(n) = dir.child(&name) {
-                if SFlag::from_bits_truncate(n.st.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFREG
-                {
-                    let _ = nix::unistd::unlinkat(
-                        &dir.fd,
-                        &*name,
-                        nix::unistd::UnlinkatFlags::NoRemoveDir,
-                    );
-                }
-            }
-        }
-    }
-}
-
 /// The names in directory `dir` (without `.` and `..`).
 pub fn list_dir(dir: &Node) -> Result<Vec<OsString>> {
     let fd = openat(
@@ -752,25 +442,6 @@ pub fn is_mount_root(fd: BorrowedFd) -> Result<bool> {
         bail!("this kernel does not report mount roots (statx, Linux 5.8 or later needed)");
     }
     Ok(stx.stx_attributes.contains(StatxAttributes::MOUNT_ROOT))
-}
-
-/// Detaches the mount whose root `node` is (lazily: a busy mount goes when its last user
-/// does). It is named by descriptor, so the mount unmounted is the one that was checked, not
-/// whatever a path names by the time the call runs.
-pub fn unmount(node: &Node) -> Result<()> {
-    if !is_mount_root(node.fd.as_fd())? {
-        bail!(
-            "{} is not a mount point; not unmounting it",
-            show(&node.path)
-        );
-    }
-    rustix::mount::unmount(
-        proc_path(node.fd.as_fd()),
-        rustix::mount::UnmountFlags::DETACH,
-    )
-    .with_context(|| format!("cannot unmount {}", show(&node.path)))?;
-    step("unmount");
-    Ok(())
 }
 
 /// Reads a file root believes (the config, a runner file, a `/run` record): found through a

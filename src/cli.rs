@@ -1,0 +1,83 @@
+//! microvm-link's command line (the binary parses it; completions are generated from it).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+const EXAMPLES: &str = "Examples:
+  cd ~/src/vm1 && microvm-link          link ~/src/vm1 into VM vm1, restart it
+  microvm-link web --repo ~/src/site    link another directory into VM web
+  microvm-link --no-restart --dry-run   show what would change, change nothing
+  microvm-link status                   which VMs see what, and which are stale
+  microvm-link unlink vm1               back to the read-only placeholder";
+
+#[derive(Parser)]
+#[command(name = "microvm-link", version, subcommand_precedence_over_arg = true, after_help = EXAMPLES)]
+/// Link the repo you are in into a microvm.nix VM's workspace and restart the VM.
+///
+/// Runs as root: invoked as a normal user it re-executes itself through sudo.
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Option<Cmd>,
+    #[command(flatten)]
+    pub link: LinkArgs,
+    /// Take every absolute path under DIR (also MICROVM_WORKSPACES_ROOT); restarts are skipped.
+    /// For root itself: refused through sudo.
+    #[arg(long, value_name = "DIR", global = true)]
+    pub root: Option<PathBuf>,
+    /// Act for this user (a name or uid), as if they had come through sudo. For root itself
+    /// (tests, image builders): refused through sudo.
+    #[arg(long, value_name = "UID|NAME", global = true)]
+    pub user: Option<String>,
+    /// More log output (repeatable).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+}
+
+#[derive(Args)]
+pub struct LinkArgs {
+    /// The VM; default: the repo directory's name, cleaned to [A-Za-z0-9._-].
+    pub vm: Option<String>,
+    /// The repo to link; default: the nearest ancestor of the working directory holding .git.
+    #[arg(long, value_name = "PATH")]
+    pub repo: Option<PathBuf>,
+    /// Do not restart the VM.
+    #[arg(long)]
+    pub no_restart: bool,
+    /// Also restart other running VMs left seeing a stale directory.
+    #[arg(long)]
+    pub restart_stale: bool,
+    /// Print what would change; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Show every VM: running, workspace link, each share at start vs now, STALE.
+    #[command(
+        after_help = "Examples:\n  microvm-link status\n  microvm-link status vm1 --json | jq '.vms[0].stale'"
+    )]
+    Status {
+        vm: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove VM's link (record and mount): its placeholder serves again; then restart it.
+    #[command(after_help = "Example:\n  microvm-link unlink vm1 --no-restart")]
+    Unlink {
+        vm: String,
+        #[arg(long)]
+        no_restart: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  microvm-link completions bash > /etc/bash_completion.d/microvm-link\n  microvm-link completions fish > ~/.config/fish/completions/microvm-link.fish"
+    )]
+    Completions { shell: clap_complete::Shell },
+}

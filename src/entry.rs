@@ -1,0 +1,770 @@
+//! The workspace entry `<workspaceDir>/<name>`: a placeholder, a *record* and a mount
+//! (docs/design.md#entry-model).
+//!
+//! The record `<workspaceDir>/.links/<name>` is a symlink to the repo, owned by the user who
+//! linked it (so `ls -l` says who), and survives reboots. The entry itself is always a real
+//! directory, a placeholder, with the recorded repo bind-mounted on it while linked:
+//! virtiofsd 1.14 refuses a source whose last component is a symlink, so the record is never
+//! what a VM is given. Two operations keep entry and record in step, under the workspace lock:
+//! [`Workspace::reconcile`] at every VM start, [`Workspace::relink`] for microvm-link.
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::errno::Errno;
+use nix::mount::{mount, MsFlags};
+
+use crate::action::{Act, Steps};
+use crate::chase::{is_mount_root, is_symlink, proc_path, Node, Tree, Trust, Walk};
+use crate::config::Config;
+use crate::dirs;
+use crate::failpoint::step;
+use crate::paths::{self, show, tmp_name};
+use crate::placeholder::{self, PlaceholderSpec};
+
+/// A link record: where it points and who made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub target: PathBuf,
+    pub owner: u32,
+}
+
+/// What a workspace entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Nothing there.
+    Missing,
+    /// A placeholder, not linked.
+    Placeholder,
+    /// The recorded repo is mounted there.
+    Linked,
+    /// A record whose repo is gone: the placeholder serves.
+    Dangling,
+    /// A directory that is not ours (a user's directory, or a mount without a record).
+    Directory,
+    /// A symlink from the shell era, not yet migrated.
+    Legacy,
+    /// Something else (a file, a socket).
+    NotADirectory,
+    /// In `status`: the VM shares nothing through an entry of its own.
+    None,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Missing => "missing",
+            State::Placeholder => "placeholder",
+            State::Linked => "linked",
+            State::Dangling => "dangling",
+            State::Directory => "directory",
+            State::Legacy => "legacy-symlink",
+            State::NotADirectory => "not-a-directory",
+            State::None => "none",
+        }
+    }
+}
+
+impl serde::Serialize for State {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// How an entry looks to `status` (read-only).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct EntryView {
+    pub state: State,
+    /// The recorded (or legacy) target, if any.
+    pub target: Option<String>,
+}
+
+/// One workspace entry to point at a repo directory (inside path), or to turn back into a
+/// placeholder (`None`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Change {
+    pub name: String,
+    #[serde(serialize_with = "paths::serialize_shown")]
+    pub target: Option<PathBuf>,
+}
+
+/// What a relink did (or would do).
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Relinked {
+    pub steps: Vec<String>,
+    /// User directories moved aside into `.displaced/`: (from, to).
+    pub displaced: Vec<(String, String)>,
+}
+
+/// What [`Workspace::reconcile`] found, and in a dry run what it would change.
+#[derive(Debug)]
+pub struct Reconciled {
+    pub state: State,
+    /// Dry run: a placeholder would be made (or put in place of a legacy symlink).
+    pub would_create: bool,
+    /// Dry run: the recorded repo would be mounted on the entry.
+    pub would_mount: Option<PathBuf>,
+}
+
+impl Reconciled {
+    fn is(state: State) -> Reconciled {
+        Reconciled {
+            state,
+            would_create: false,
+            would_mount: None,
+        }
+    }
+}
+
+/// The name of the workspace entry a path passes through, if it lies under the workspace dir.
+pub fn entry_of<'p>(workspace_dir: &Path, path: &'p Path) -> Option<&'p OsStr> {
+    let name = path.strip_prefix(workspace_dir).ok()?.components().next()?;
+    match name {
+        std::path::Component::Normal(n) if !n.as_encoded_bytes().starts_with(b".") => Some(n),
+        _ => None,
+    }
+}
+
+/// The workspace dir, a trusted place (root's, nobody else may write to it).
+pub struct Workspace<'t> {
+    tree: &'t Tree,
+    pub node: Node,
+    spec: PlaceholderSpec,
+}
+
+impl<'t> Workspace<'t> {
+    /// The workspace dir, created (root, 0755) when missing.
+    pub fn ensure(tree: &'t Tree, cfg: &Config) -> Result<Workspace<'t>> {
+        Ok(Workspace {
+            tree,
+            node: dirs::ensure_root_dir(tree, &cfg.workspace_dir)?,
+            spec: PlaceholderSpec::from_config(cfg)?,
+        })
+    }
+
+    /// The workspace dir if it exists (dry runs and `status` create nothing).
+    pub fn find(tree: &'t Tree, cfg: &Config) -> Result<Option<Workspace<'t>>> {
+        let node = match tree.walk(&cfg.workspace_dir, Trust::Owners)? {
+            Walk::Found(n) if n.is_dir() => n,
+            Walk::Found(n) => bail!("{} is not a directory", show(&n.path)),
+            Walk::Missing { .. } => return Ok(None),
+        };
+        dirs::check_trusted_place(&node)?;
+        Ok(Some(Workspace {
+            tree,
+            node,
+            spec: PlaceholderSpec::from_config(cfg)?,
+        }))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.node.path
+    }
+
+    /// `<workspaceDir>/.links`, if it exists.
+    pub fn links(&self) -> Result<Option<Node>> {
+        match self.node.child(OsStr::new(paths::LINKS)) {
+            Ok(n) if n.is_dir() => {
+                dirs::check_trusted_place(&n)?;
+                Ok(Some(n))
+            }
+            Ok(n) => bail!("{} is not a directory", show(&n.path)),
+            Err(Errno::ENOENT) => Ok(None),
+            Err(e) => Err(anyhow!(e))
+                .with_context(|| format!("cannot open {}", show(&self.path().join(paths::LINKS)))),
+        }
+    }
+
+    fn ensure_links(&self) -> Result<Node> {
+        dirs::ensure_root_dir(self.tree, &self.path().join(paths::LINKS))
+    }
+
+    /// Takes the workspace lock and clears what killed runs left (temporary names). A
+    /// directory under a temporary name that is not ours is a user's directory caught between
+    /// being swapped out and moved aside: it finishes its way into `.displaced/`.
+    pub fn lock(&self) -> Result<OwnedFd> {
+        let lock = dirs::lock(&self.node)?;
+        for stray in dirs::remove_leftovers(&self.node)? {
+            let at = self.path().join(&stray);
+            let to = self.move_aside(&stray, OsStr::new("recovered"))?;
+            tracing::warn!(path = %show(&at), "moved the directory {} left by an interrupted run aside to {}", show(&at), show(&to));
+        }
+        if let Some(links) = self.links()? {
+            dirs::remove_leftovers(&links)?;
+        }
+        Ok(lock)
+    }
+
+    /// The entry `name`, if there is anything there.
+    fn child(&self, name: &OsStr) -> Result<Option<Node>> {
+        match self.node.child(name) {
+            Ok(n) => Ok(Some(n)),
+            Err(Errno::ENOENT) => Ok(None),
+            Err(e) => Err(anyhow!(e))
+                .with_context(|| format!("cannot open {}", show(&self.path().join(name)))),
+        }
+    }
+
+    /// The recorded repo, if the record's target is a directory now (`None`: dangling).
+    fn repo_of(&self, rec: &Record, at: &Path) -> Result<Option<Node>> {
+        match self.tree.walk(&rec.target, Trust::Owners) {
+            Ok(Walk::Found(n)) if n.is_dir() => Ok(Some(n)),
+            Ok(_) => Ok(None),
+            Err(e) if e.downcast_ref::<crate::chase::Dangling>().is_some() => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("link {}", show(at))),
+        }
+    }
+
+    /// Makes entry `name` agree with its record (at every VM start, holding the lock): a
+    /// legacy symlink becomes a record and a placeholder, a placeholder is the mountpoint, the
+    /// recorded repo is mounted, a repo that is gone is unmounted. With `steps.dry_run` it
+    /// only plans, and says what would change.
+    pub fn reconcile(&self, name: &OsStr, steps: &mut Steps) -> Result<Reconciled> {
+        let links = self.links()?;
+        let mut record = read_record(links.as_ref(), name)?;
+        let at = self.path().join(name);
+        let mut entry = self.child(name)?;
+        let mut would_create = false;
+
+        if let Some(e) = entry.as_ref().filter(|e| !e.is_dir()) {
+            if !is_symlink(&e.st) {
+                bail!("{} exists but is not a directory", show(&at));
+            }
+            // The shell-era layout: a symlink right in the workspace dir.
+            let rec = legacy_record(e, self.path())?;
+            steps.act(
+                Act::Migrate,
+                &at,
+                format!(
+                    "legacy symlink to {} becomes a record and a placeholder",
+                    show(&rec.target)
+                ),
+            );
+            if steps.dry_run {
+                entry = None;
+                would_create = true;
+            } else {
+                let links = match links.as_ref() {
+                    Some(l) => l.try_clone()?,
+                    None => self.ensure_links()?,
+                };
+                write_record(&links, name, &rec)?;
+                self.replace_symlink(name)?;
+                entry = self.child(name)?;
+            }
+            record = Some(rec);
+        }
+
+        let Some(rec) = record else {
+            return Ok(Reconciled {
+                would_create,
+                ..Reconciled::is(match entry {
+                    None => State::Missing,
+                    Some(e) if e.is_placeholder() => State::Placeholder,
+                    Some(_) => State::Directory,
+                })
+            });
+        };
+
+        // A record: first the repo (so any refusal comes before any change), then the entry,
+        // which must be a placeholder to mount on.
+        let repo = self.repo_of(&rec, &at)?;
+        if let Some(repo) = &repo {
+            if rec.owner != 0 && repo.uid() != rec.owner {
+                bail!(
+                    "repo {} of link {} is owned by uid {}, but the link was made by uid {}; refusing to mount it",
+                    show(&repo.path), show(&at), repo.uid(), rec.owner
+                );
+            }
+        }
+        let entry = match entry {
+            Some(e) => e,
+            None => {
+                steps.act(
+                    Act::CreatePlaceholder,
+                    &at,
+                    "mountpoint for the link".into(),
+                );
+                if steps.dry_run {
+                    return Ok(Reconciled {
+                        state: if repo.is_some() {
+                            State::Linked
+                        } else {
+                            State::Dangling
+                        },
+                        would_create: true,
+                        would_mount: repo.map(|r| r.path),
+                    });
+                }
+                placeholder::create(&self.node, name, self.spec)?
+            }
+        };
+        let mounted = is_mount_root(entry.fd.as_fd())?;
+        let Some(repo) = repo else {
+            tracing::warn!(path = %show(&at), target = %show(&rec.target), action = "repo-gone",
+                "the repo of link {} is gone; the placeholder serves", show(&at));
+            if mounted {
+                steps.act(
+                    Act::Unmount,
+                    &at,
+                    format!("repo {} is gone", show(&rec.target)),
+                );
+                if !steps.dry_run {
+                    unmount(&entry)?;
+                }
+            }
+            return Ok(Reconciled {
+                would_create,
+                ..Reconciled::is(State::Dangling)
+            });
+        };
+        if mounted && entry.id() == repo.id() && entry.st.st_nlink > 0 {
+            return Ok(Reconciled::is(State::Linked));
+        }
+        let would_mount = Reconciled {
+            would_create,
+            would_mount: Some(repo.path.clone()),
+            ..Reconciled::is(State::Linked)
+        };
+        if mounted {
+            steps.act(
+                Act::Unmount,
+                &at,
+                "it shows something other than the recorded repo".into(),
+            );
+            if steps.dry_run {
+                return Ok(would_mount);
+            }
+            unmount(&entry)?;
+        }
+        let entry = if mounted {
+            self.node.child(name)?
+        } else {
+            entry
+        };
+        if !entry.is_placeholder() {
+            tracing::warn!(path = %show(&at), "{} is a directory of its own, not a placeholder; not mounting the link over it (microvm-link moves it aside)", show(&at));
+            return Ok(Reconciled::is(State::Directory));
+        }
+        steps.act(Act::Mount, &at, format!("repo {}", show(&repo.path)));
+        if steps.dry_run {
+            return Ok(would_mount);
+        }
+        bind(&repo, &entry)?;
+        Ok(Reconciled::is(State::Linked))
+    }
+
+    /// Applies `changes` for `caller` (0: root) under the workspace lock: every change
+    /// authorized first, then records written atomically and mounts replaced.
+    /// `<workspaceDir>/<name>` exists at every instant: it is the placeholder, with or without
+    /// a repo mounted on it. A user's real directory in the way is moved aside, never deleted.
+    pub fn relink(&self, changes: &[Change], caller: u32) -> Result<Relinked> {
+        let mut out = Relinked::default();
+        let repos = self.check_targets(changes, caller)?;
+        let _lock = self.lock()?;
+        let links = self.links()?;
+        for c in changes {
+            self.authorize(links.as_ref(), c, caller)?;
+        }
+        let links = match links {
+            Some(l) => l,
+            None => self.ensure_links()?,
+        };
+        for (c, repo) in changes.iter().zip(repos) {
+            let name = OsStr::new(&c.name);
+            let at = self.path().join(name);
+            let Some(repo) = repo else {
+                if read_record(Some(&links), name)?.is_none() {
+                    // Nothing of ours to undo: whatever is there (a placeholder, nothing, a
+                    // user's own directory, a legacy symlink prepare will migrate) stays.
+                    out.steps
+                        .push(format!("{} is not linked; left as it is", show(&at)));
+                    continue;
+                }
+                // Mount first, then the record: a crash in between leaves a record without a
+                // mount, which the next start re-mounts. The mount is ours (the record is);
+                // nothing else is touched.
+                if let Some(entry) = self.child(name)? {
+                    if entry.is_dir() && is_mount_root(entry.fd.as_fd())? {
+                        unmount(&entry)?;
+                    }
+                }
+                remove_record(&links, name)?;
+                out.steps.push(format!("unlinked {}", show(&at)));
+                continue;
+            };
+            let entry = self.make_mountpoint(&links, name, caller, &mut out)?;
+            write_record(
+                &links,
+                name,
+                &Record {
+                    target: repo.path.clone(),
+                    owner: caller,
+                },
+            )?;
+            let entry = self.unmount_entry(name, entry)?;
+            bind(&repo, &entry)?;
+            out.steps
+                .push(format!("linked {} -> {}", show(&at), show(&repo.path)));
+        }
+        Ok(out)
+    }
+
+    /// What [`Workspace::relink`] would do, changing nothing.
+    pub fn plan_relink(&self, changes: &[Change], caller: u32) -> Result<Relinked> {
+        let repos = self.check_targets(changes, caller)?;
+        let links = self.links()?;
+        let mut out = Relinked::default();
+        for (c, repo) in changes.iter().zip(&repos) {
+            self.authorize(links.as_ref(), c, caller)?;
+            let at = self.path().join(&c.name);
+            out.steps.push(match repo {
+                Some(r) => format!("would link {} -> {}", show(&at), show(&r.path)),
+                None => format!("would make {} a placeholder", show(&at)),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every target resolved and owner-checked before anything changes. The node checked here
+    /// is the one mounted (by descriptor): the owner check must be on it, not on an earlier
+    /// look at the same path, which a user can swap in between.
+    fn check_targets(&self, changes: &[Change], caller: u32) -> Result<Vec<Option<Node>>> {
+        let mut repos = Vec::new();
+        for c in changes {
+            paths::check_name("workspace entry", &c.name)?;
+            repos.push(match &c.target {
+                None => None,
+                Some(t) => match self.tree.walk(t, Trust::Owners)? {
+                    Walk::Found(n) if n.is_dir() && caller != 0 && n.uid() != caller => bail!(
+                        "{} is owned by uid {}, not by the linking user (uid {caller})",
+                        show(&n.path),
+                        n.uid()
+                    ),
+                    Walk::Found(n) if n.is_dir() => Some(n),
+                    _ => bail!("{} is not a directory", show(t)),
+                },
+            });
+        }
+        Ok(repos)
+    }
+
+    /// Owners decide: a caller other than root may change entry `c.name` only when it is not
+    /// linked (a placeholder, nothing, a link whose repo is gone, a legacy symlink) or its
+    /// record is theirs; and may have a directory in the way moved aside only when it is theirs.
+    fn authorize(&self, links: Option<&Node>, c: &Change, caller: u32) -> Result<()> {
+        if caller == 0 {
+            return Ok(());
+        }
+        let name = OsStr::new(&c.name);
+        let at = self.path().join(name);
+        if let Some(rec) = read_record(links, name)? {
+            if self.repo_of(&rec, &at)?.is_some() && rec.owner != caller {
+                let to = format!(" to {}", show(&rec.target));
+                bail!("{}", not_yours(&at, "a link", rec.owner, &to));
+            }
+            return Ok(());
+        }
+        if c.target.is_none() {
+            return Ok(()); // nothing of ours there: unlinking leaves it as it is
+        }
+        match self.child(name)? {
+            Some(e) if e.is_dir() && !e.is_placeholder() && e.uid() != caller => {
+                bail!("{}", not_yours(&at, "a directory", e.uid(), ""))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Makes entry `name` a placeholder that may carry our mount, whatever it was.
+    fn make_mountpoint(
+        &self,
+        links: &Node,
+        name: &OsStr,
+        caller: u32,
+        out: &mut Relinked,
+    ) -> Result<Node> {
+        let at = self.path().join(name);
+        let Some(entry) = self.child(name)? else {
+            return placeholder::create(&self.node, name, self.spec);
+        };
+        if is_symlink(&entry.st) {
+            self.replace_symlink(name)?;
+            out.steps
+                .push(format!("replaced the legacy symlink {}", show(&at)));
+            return Ok(self.node.child(name)?);
+        }
+        if !entry.is_dir() {
+            bail!(
+                "{} exists but is not a directory; move it away first",
+                show(&at)
+            );
+        }
+        if entry.is_placeholder() {
+            return Ok(entry);
+        }
+        if is_mount_root(entry.fd.as_fd())? {
+            if read_record(Some(links), name)?.is_some() {
+                return Ok(entry); // our mount: the placeholder is beneath it
+            }
+            bail!(
+                "{} is a mount point not made by microvm-link; unmount it first",
+                show(&at)
+            );
+        }
+        // A user's real directory: moved aside atomically, a placeholder taking its place,
+        // only for its owner or root (`authorize`; checked again here, on this node).
+        if caller != 0 && entry.uid() != caller {
+            bail!("{}", not_yours(&at, "a directory", entry.uid(), ""));
+        }
+        // `.displaced` first, so that failing to make it (a full disk) changes nothing.
+        dirs::ensure_root_dir(self.tree, &self.path().join(paths::DISPLACED))?;
+        let old = placeholder::swap_in(&self.node, name, self.spec)?;
+        let to = self.move_aside(&old, name)?;
+        tracing::warn!(path = %show(&at), "moved the directory {} aside to {}", show(&at), show(&to));
+        out.displaced.push((show(&at), show(&to)));
+        Ok(self.node.child(name)?)
+    }
+
+    /// Puts a placeholder where the symlink `name` is (atomically), and removes the symlink.
+    fn replace_symlink(&self, name: &OsStr) -> Result<()> {
+        let old = placeholder::swap_in(&self.node, name, self.spec)?;
+        nix::unistd::unlinkat(
+            &self.node.fd,
+            &*old,
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        )
+        .with_context(|| {
+            format!(
+                "cannot remove the old symlink {}",
+                show(&self.path().join(&old))
+            )
+        })?;
+        step("remove the legacy symlink");
+        Ok(())
+    }
+
+    /// Detaches whatever is mounted on the entry; returns the placeholder beneath.
+    fn unmount_entry(&self, name: &OsStr, entry: Node) -> Result<Node> {
+        if !is_mount_root(entry.fd.as_fd())? {
+            return Ok(entry);
+        }
+        unmount(&entry)?;
+        let entry = self.node.child(name)?;
+        if !entry.is_placeholder() {
+            bail!(
+                "{} is not a placeholder under its mount",
+                show(&self.path().join(name))
+            );
+        }
+        Ok(entry)
+    }
+
+    /// Moves `<ws>/<from>` into `.displaced` as `<label>.<time>` (`.<n>` added while that is
+    /// taken: never over an earlier one); returns where it went.
+    fn move_aside(&self, from: &OsStr, label: &OsStr) -> Result<PathBuf> {
+        let displaced = dirs::ensure_root_dir(self.tree, &self.path().join(paths::DISPLACED))?;
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut keep;
+        let mut n = 0;
+        loop {
+            keep = OsString::from(label);
+            keep.push(format!(".{stamp}"));
+            if n > 0 {
+                keep.push(format!(".{n}"));
+            }
+            match nix::fcntl::renameat2(
+                &self.node.fd,
+                from,
+                &displaced.fd,
+                &*keep,
+                nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+            ) {
+                Err(Errno::EEXIST) if n < 100 => n += 1,
+                r => break r,
+            }
+        }
+        .with_context(|| {
+            format!(
+                "cannot move {} into {}",
+                show(&self.path().join(from)),
+                show(&displaced.path)
+            )
+        })?;
+        step("move the user's directory aside");
+        Ok(displaced.path.join(&keep))
+    }
+
+    /// What `status` says of entry `name`.
+    pub fn view(&self, name: &str) -> Result<EntryView> {
+        let links = self.links().ok().flatten();
+        let rec = read_record(links.as_ref(), OsStr::new(name))?;
+        let target = rec.as_ref().map(|r| show(&r.target));
+        let Ok(entry) = self.node.child(OsStr::new(name)) else {
+            return Ok(EntryView {
+                state: State::Missing,
+                target,
+            });
+        };
+        if !entry.is_dir() {
+            let t = nix::fcntl::readlinkat(&entry.fd, "")
+                .ok()
+                .map(|t| show(Path::new(&t)));
+            let state = if t.is_some() {
+                State::Legacy
+            } else {
+                State::NotADirectory
+            };
+            return Ok(EntryView { state, target: t });
+        }
+        let repo = rec
+            .as_ref()
+            .and_then(|r| match self.tree.walk(&r.target, Trust::Owners) {
+                Ok(Walk::Found(n)) if n.is_dir() => Some(n),
+                _ => None,
+            });
+        let state = match (&rec, repo) {
+            (Some(_), Some(repo)) if repo.id() == entry.id() => State::Linked,
+            (Some(_), None) => State::Dangling,
+            _ if entry.is_placeholder() => State::Placeholder,
+            // Only root can read `trusted.*`; for a normal user running status, a directory
+            // nobody may write to stands in for the mark (display only, never acted upon).
+            _ if !nix::unistd::Uid::effective().is_root() && entry.st.st_mode & 0o222 == 0 => {
+                State::Placeholder
+            }
+            _ => State::Directory,
+        };
+        Ok(EntryView { state, target })
+    }
+}
+
+/// The record a legacy symlink in the workspace dir stands for (its owner made it).
+fn legacy_record(link: &Node, ws: &Path) -> Result<Record> {
+    let target = PathBuf::from(nix::fcntl::readlinkat(&link.fd, "")?);
+    Ok(Record {
+        target: paths::normalize(&ws.join(target)),
+        owner: link.uid(),
+    })
+}
+
+/// "alice (uid 1000)", or "uid 1000" when the user database does not know it.
+pub fn user_label(uid: u32) -> String {
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        Ok(Some(u)) => format!("{} (uid {uid})", u.name),
+        _ => format!("uid {uid}"),
+    }
+}
+
+/// "<at> is <what> of <owner><detail>; only they or root may change it".
+fn not_yours(at: &Path, what: &str, owner: u32, detail: &str) -> String {
+    format!(
+        "{} is {what} of {}{detail}; only they or root may change it",
+        show(at),
+        user_label(owner)
+    )
+}
+
+/// Reads `.links/<name>`; `None` when there is no record. `.links` is a trusted place, so
+/// whatever is there was made by root (on a user's behalf: the owner says whose).
+pub fn read_record(links: Option<&Node>, name: &OsStr) -> Result<Option<Record>> {
+    let Some(links) = links else { return Ok(None) };
+    let node = match links.child(name) {
+        Ok(n) => n,
+        Err(Errno::ENOENT) => return Ok(None),
+        Err(e) => {
+            return Err(anyhow!(e))
+                .with_context(|| format!("cannot open record {}", show(&links.path.join(name))))
+        }
+    };
+    let target = nix::fcntl::readlinkat(&node.fd, "")
+        .with_context(|| format!("record {} is not a symbolic link", show(&node.path)))?;
+    Ok(Some(Record {
+        target: PathBuf::from(target),
+        owner: node.st.st_uid,
+    }))
+}
+
+/// Writes `.links/<name>` atomically: a symlink under a temporary name, chowned to `owner`
+/// through its own descriptor, then renamed over the old record.
+pub fn write_record(links: &Node, name: &OsStr, rec: &Record) -> Result<()> {
+    let tmp = tmp_name();
+    let at = links.path.join(name);
+    nix::unistd::symlinkat(&rec.target, &links.fd, &*tmp)
+        .with_context(|| format!("cannot write record {}", show(&at)))?;
+    step("symlink a temporary record");
+    let done = links
+        .child(&tmp)
+        .map_err(anyhow::Error::from)
+        .and_then(|n| {
+            rustix::fs::chownat(
+                &n.fd,
+                "",
+                Some(rustix::fs::Uid::from_raw(rec.owner)),
+                None,
+                rustix::fs::AtFlags::EMPTY_PATH | rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+            )?;
+            Ok(nix::fcntl::renameat(&links.fd, &*tmp, &links.fd, name)?)
+        });
+    if let Err(e) = done {
+        let _ = nix::unistd::unlinkat(&links.fd, &*tmp, nix::unistd::UnlinkatFlags::NoRemoveDir);
+        return Err(e).with_context(|| format!("cannot write record {}", show(&at)));
+    }
+    step("rename the record into place");
+    Ok(())
+}
+
+pub fn remove_record(links: &Node, name: &OsStr) -> Result<()> {
+    match nix::unistd::unlinkat(&links.fd, name, nix::unistd::UnlinkatFlags::NoRemoveDir) {
+        Ok(()) => {
+            step("remove a record");
+            Ok(())
+        }
+        Err(Errno::ENOENT) => Ok(()),
+        Err(e) => Err(anyhow!(e))
+            .with_context(|| format!("cannot remove record {}", show(&links.path.join(name)))),
+    }
+}
+
+/// Bind-mounts `repo` onto `target`, both named by descriptor so no path can be swapped.
+pub fn bind(repo: &Node, target: &Node) -> Result<()> {
+    mount(
+        Some(&repo.proc_path()),
+        &target.proc_path(),
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .with_context(|| {
+        format!(
+            "cannot bind-mount {} on {}",
+            show(&repo.path),
+            show(&target.path)
+        )
+    })?;
+    step("bind-mount");
+    Ok(())
+}
+
+/// Detaches the mount whose root `node` is (lazily: a busy mount goes when its last user
+/// does). It is named by descriptor, so the mount unmounted is the one that was checked, not
+/// whatever a path names by the time the call runs.
+pub fn unmount(node: &Node) -> Result<()> {
+    if !is_mount_root(node.fd.as_fd())? {
+        bail!(
+            "{} is not a mount point; not unmounting it",
+            show(&node.path)
+        );
+    }
+    rustix::mount::unmount(
+        proc_path(node.fd.as_fd()),
+        rustix::mount::UnmountFlags::DETACH,
+    )
+    .with_context(|| format!("cannot unmount {}", show(&node.path)))?;
+    step("unmount");
+    Ok(())
+}

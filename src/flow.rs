@@ -1,0 +1,538 @@
+//! microvm-link's flow (docs/design.md#microvm-link): who asks, which entries change, the
+//! relink, the sources of every VM through the changed entries, the restart, and the other
+//! running VMs left stale. [`link`] and [`unlink`] share it and return a typed [`Outcome`].
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::chase::{Node, Tree, Trust, Walk};
+use crate::config::Config;
+use crate::entry::{entry_of, Change, Relinked, Workspace};
+use crate::paths::{self, show, Root};
+use crate::status::{self, VmStatus};
+use crate::{logging, prepare, record, runner, systemd, units};
+
+/// How long a restart may take before we stop waiting (microvm.nix's default start timeout).
+pub const RESTART_TIMEOUT: Duration = Duration::from_secs(150);
+
+/// Who asked. Through sudo (real uid root, `SUDO_UID` set and not 0): the sudo user, who may
+/// not name another with `--user`. Root itself: root, or whoever `--user` names. `SUDO_UID`
+/// is believed only when the real uid is root too (a set-uid copy must not let the caller
+/// claim to be anyone).
+pub fn invoking_user(user_flag: Option<&str>) -> Result<u32> {
+    let real = nix::unistd::getuid();
+    let sudo = match std::env::var("SUDO_UID") {
+        Ok(v) if real.is_root() => Some(
+            v.parse::<u32>()
+                .with_context(|| format!("SUDO_UID {v:?} is not a number"))?,
+        ),
+        Ok(_) => {
+            bail!("SUDO_UID is set but the real user is uid {real}, not root; refusing to trust it")
+        }
+        Err(_) => None,
+    };
+    match (sudo, user_flag) {
+        (Some(uid), Some(_)) if uid != 0 => {
+            bail!("--user is refused through sudo (SUDO_UID={uid}): only root itself may act for another user")
+        }
+        (Some(uid), None) => Ok(uid),
+        (_, Some(u)) if real.is_root() => match u.parse::<u32>() {
+            Ok(n) => Ok(n),
+            Err(_) => match nix::unistd::User::from_name(u) {
+                Ok(Some(user)) => Ok(user.uid.as_raw()),
+                _ => bail!("--user {u:?}: no such user"),
+            },
+        },
+        (_, Some(_)) => bail!("--user needs root itself"),
+        (None, None) => Ok(real.as_raw()),
+    }
+}
+
+/// Re-executes through sudo unless already root (the NixOS module can allow a group to do so
+/// without a password). Re-rooting and acting for someone else are root's own: through sudo
+/// they would be refused (`paths::Root::from_args`, [`invoking_user`]), so say so first.
+pub fn become_root(root_flag: bool, user_flag: bool) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    if nix::unistd::Uid::effective().is_root() {
+        return Ok(());
+    }
+    let sudo = option_env!("MICROVM_WORKSPACES_SUDO").unwrap_or("sudo");
+    if root_flag || std::env::var_os(paths::ROOT_ENV).is_some_and(|r| !r.is_empty()) {
+        bail!(
+            "--root and {} need root itself; through sudo they are refused",
+            paths::ROOT_ENV
+        );
+    }
+    if user_flag {
+        bail!("--user needs root itself; through sudo it is refused");
+    }
+    // Set on the re-execution below. The real sudo drops it (env_reset) and makes us root;
+    // seeing it while still not root means `sudo` ran us unprivileged: going round again
+    // would loop for ever.
+    const VIA_SUDO: &str = "MICROVM_LINK_VIA_SUDO";
+    if std::env::var_os(VIA_SUDO).is_some() {
+        bail!(
+            "{sudo} ran microvm-link again as uid {}, not as root; check that {sudo} is the real sudo and allows you to run microvm-link",
+            nix::unistd::Uid::effective()
+        );
+    }
+    let exe = std::env::current_exe().context("cannot find microvm-link's own executable")?;
+    let err = std::process::Command::new(sudo)
+        .env(VIA_SUDO, "1")
+        .arg("--")
+        .arg(&exe)
+        .args(std::env::args_os().skip(1))
+        .exec();
+    bail!("microvm-link needs root and could not run {sudo}: {err}")
+}
+
+/// A VM left out, and why.
+pub type Skipped = (String, String);
+
+/// Everything one run of microvm-link works with.
+pub struct Env {
+    pub root: Root,
+    pub tree: Tree,
+    pub cfg: Config,
+    /// Who asked (see [`invoking_user`]).
+    pub user: u32,
+}
+
+impl Env {
+    pub fn open(root: Option<&Path>, user_flag: Option<&str>) -> Result<Env> {
+        let user = invoking_user(user_flag)?;
+        let root = Root::from_args(root)?;
+        let tree = Tree::open(&root)?;
+        let cfg = Config::load(&tree)?;
+        Ok(Env {
+            root,
+            tree,
+            cfg,
+            user,
+        })
+    }
+
+    /// A VM name that is valid and known (a runner or a config entry).
+    pub fn known_vm(&self, vm: &str) -> Result<()> {
+        paths::check_name("VM", vm)?;
+        runner::check_known(&self.tree, &self.cfg, vm)
+    }
+
+    /// The repo at `repo` (a real path; default: the repo around the working directory),
+    /// checked to be a directory the invoking user owns. The node returned is the one that
+    /// gets mounted.
+    pub fn repo(&self, repo: Option<&Path>) -> Result<Node> {
+        let cwd = std::env::current_dir().context("cannot read the working directory")?;
+        let real = match repo {
+            Some(r) => paths::normalize(&cwd.join(r)),
+            None => repo_root(&cwd),
+        };
+        let inside = self.root.inside(&real).with_context(|| {
+            format!(
+                "repo {} is outside the root {}",
+                show(&real),
+                show(self.root.dir())
+            )
+        })?;
+        let node = match self.tree.walk(&inside, Trust::Owners)? {
+            Walk::Found(n) if n.is_dir() => n,
+            _ => bail!("repo {} is not a directory", show(&inside)),
+        };
+        if self.user != 0 && node.uid() != self.user {
+            bail!(
+                "repo {} is owned by uid {}, not by you (uid {}); you may only link your own repos",
+                show(&node.path),
+                node.uid(),
+                self.user
+            );
+        }
+        Ok(node)
+    }
+}
+
+/// The repo root for a working directory: the nearest ancestor holding `.git` (a directory,
+/// or a file as in worktrees and submodules), else the directory itself.
+pub fn repo_root(start: &Path) -> PathBuf {
+    start
+        .ancestors()
+        .find(|d| d.join(".git").symlink_metadata().is_ok())
+        .unwrap_or(start)
+        .to_path_buf()
+}
+
+/// The VM name for a repo: its directory name with every run of characters outside
+/// `[A-Za-z0-9._-]` replaced by `-`, and leading and trailing `-` trimmed.
+pub fn derive_vm_name(repo: &Path) -> Result<String> {
+    let base = repo
+        .file_name()
+        .with_context(|| format!("cannot derive a VM name from {}; name the VM", show(repo)))?;
+    let mut name = String::new();
+    for ch in String::from_utf8_lossy(base.as_encoded_bytes()).chars() {
+        if ch.is_ascii_alphanumeric() || "._-".contains(ch) {
+            name.push(ch);
+        } else if !name.ends_with('-') {
+            name.push('-');
+        }
+    }
+    let name = name.trim_matches('-').to_string();
+    paths::check_name("derived VM", &name).with_context(|| {
+        format!(
+            "from the repo directory {}; name the VM explicitly",
+            show(repo)
+        )
+    })?;
+    Ok(name)
+}
+
+/// What the caller asked for besides the change itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    pub dry_run: bool,
+    pub no_restart: bool,
+    pub restart_stale: bool,
+    /// Show restart progress on the terminal.
+    pub progress: bool,
+}
+
+/// A restart of `microvm@<vm>` and how it ended.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "result", rename_all = "kebab-case")]
+pub enum Restart {
+    /// Not asked for (`--no-restart`, `--dry-run`).
+    NotAsked,
+    /// Not possible here (re-rooted: there is no systemd of that tree to ask).
+    Skipped {
+        why: String,
+    },
+    Active {
+        unit: String,
+        secs: f64,
+    },
+    Failed {
+        unit: String,
+        secs: f64,
+        state: String,
+    },
+}
+
+impl Restart {
+    pub fn failed(&self) -> bool {
+        matches!(self, Restart::Failed { .. })
+    }
+
+    /// One line for people; `None` when nothing was asked.
+    pub fn line(&self, vm: &str) -> Option<String> {
+        match self {
+            Restart::NotAsked => None,
+            Restart::Skipped { why } => Some(format!("not restarting {vm}: {why}")),
+            Restart::Active { unit, secs } => {
+                Some(format!("restarted {unit}: active after {secs:.1} s"))
+            }
+            Restart::Failed { unit, secs, state } => Some(format!(
+                "restarted {unit}: failed after {secs:.1} s ({state}); see journalctl -u {unit}"
+            )),
+        }
+    }
+}
+
+/// What a link or unlink did.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Outcome {
+    pub vm: String,
+    pub repo: Option<String>,
+    pub dry_run: bool,
+    pub changes: Vec<Change>,
+    #[serde(flatten)]
+    pub relinked: Relinked,
+    pub ensured: Vec<String>,
+    /// VMs whose sources could not be ensured (a runner that is not root's), and why.
+    pub skipped: Vec<(String, String)>,
+    pub link_ms: f64,
+    pub restart: Restart,
+    #[serde(serialize_with = "stale_json")]
+    pub stale: Vec<VmStatus>,
+    pub restarted_stale: Vec<(String, Restart)>,
+}
+
+fn stale_json<S: serde::Serializer>(stale: &[VmStatus], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    let mut seq = s.serialize_seq(Some(stale.len()))?;
+    for v in stale {
+        seq.serialize_element(
+            &serde_json::json!({"vm": v.vm, "running": v.running, "tags": stale_tags(v)}),
+        )?;
+    }
+    seq.end()
+}
+
+fn stale_tags(s: &VmStatus) -> Vec<String> {
+    s.shares
+        .iter()
+        .filter(|x| x.stale)
+        .map(|x| x.tag.clone())
+        .collect()
+}
+
+impl Outcome {
+    /// Success unless a restart this run asked for failed.
+    pub fn success(&self) -> bool {
+        !self.restart.failed() && !self.restarted_stale.iter().any(|(_, r)| r.failed())
+    }
+
+    /// The report for people, one line per fact.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .relinked
+            .steps
+            .iter()
+            .chain(&self.ensured)
+            .cloned()
+            .collect();
+        for (from, to) in &self.relinked.displaced {
+            out.push(format!(
+                "moved your directory {from} aside to {to} (nothing was deleted)"
+            ));
+        }
+        out.extend(self.restart.line(&self.vm));
+        for s in &self.stale {
+            let tags = stale_tags(s).join(", ");
+            match self.restarted_stale.iter().find(|(v, _)| *v == s.vm) {
+                Some((_, r)) => out.push(format!(
+                    "{} was stale ({tags}): {}",
+                    s.vm,
+                    r.line(&s.vm).unwrap_or_default()
+                )),
+                None => out.push(format!(
+                    "stale: {} still sees the old directory for {tags}; restart it (systemctl restart {}) or use --restart-stale",
+                    s.vm,
+                    units::unit_name("microvm@", &s.vm)
+                )),
+            }
+        }
+        out
+    }
+}
+
+/// The changes linking `vm` to `repo` implies: the VM's own entry, and each companion
+/// (linked when the repo has that relative path as a directory owned by `user`, else turned
+/// back into a placeholder).
+pub fn link_changes(env: &Env, vm: &str, repo: &Path) -> Vec<Change> {
+    let mut out = vec![Change {
+        name: vm.to_string(),
+        target: Some(repo.to_path_buf()),
+    }];
+    for (name, rel) in env.cfg.companions.get(vm).into_iter().flatten() {
+        let target = paths::normalize(&repo.join(rel));
+        let usable = match env.tree.walk(&target, Trust::Owners) {
+            Ok(Walk::Found(n)) => n.is_dir() && (env.user == 0 || n.uid() == env.user),
+            _ => false,
+        };
+        out.push(Change {
+            name: name.clone(),
+            target: usable.then_some(target),
+        });
+    }
+    out
+}
+
+/// The changes unlinking `vm` implies: its entry and its companions, back to placeholders.
+pub fn unlink_changes(env: &Env, vm: &str) -> Vec<Change> {
+    std::iter::once(vm.to_string())
+        .chain(
+            env.cfg
+                .companions
+                .get(vm)
+                .into_iter()
+                .flatten()
+                .map(|(n, _)| n.clone()),
+        )
+        .map(|name| Change { name, target: None })
+        .collect()
+}
+
+/// Links `vm` (default: named after the repo) to `repo` (default: the repo around the
+/// working directory; see [`Env::repo`]).
+pub fn link(env: &Env, vm: Option<&str>, repo: Option<&Path>, opts: Options) -> Result<Outcome> {
+    let repo = env.repo(repo)?;
+    let vm = match vm {
+        Some(v) => v.to_string(),
+        None => derive_vm_name(&repo.path)?,
+    };
+    env.known_vm(&vm)?;
+    let changes = link_changes(env, &vm, &repo.path);
+    run(env, &vm, Some(show(&repo.path)), changes, opts)
+}
+
+/// Unlinks `vm`: its placeholder (and its companions') serve again.
+pub fn unlink(env: &Env, vm: &str, opts: Options) -> Result<Outcome> {
+    env.known_vm(vm)?;
+    let changes = unlink_changes(env, vm);
+    run(env, vm, None, changes, opts)
+}
+
+fn run(
+    env: &Env,
+    vm: &str,
+    repo: Option<String>,
+    changes: Vec<Change>,
+    opts: Options,
+) -> Result<Outcome> {
+    let t0 = Instant::now();
+    // Everything that can be checked is checked before anything changes.
+    check_affected(env, &changes)?;
+    let relinked = if opts.dry_run {
+        match Workspace::find(&env.tree, &env.cfg)? {
+            Some(ws) => ws.plan_relink(&changes, env.user)?,
+            None => Relinked {
+                steps: changes
+                    .iter()
+                    .map(|c| match &c.target {
+                        Some(t) => format!(
+                            "would link {} -> {}",
+                            show(&env.cfg.workspace_dir.join(&c.name)),
+                            show(t)
+                        ),
+                        None => format!("{} does not exist", show(&env.cfg.workspace_dir)),
+                    })
+                    .collect(),
+                displaced: Vec::new(),
+            },
+        }
+    } else {
+        Workspace::ensure(&env.tree, &env.cfg)?.relink(&changes, env.user)?
+    };
+    let (ensured, skipped) = ensure_affected(env, &changes, opts.dry_run);
+    let link_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    let restart = restart_vm(env, vm, opts.no_restart || opts.dry_run, opts.progress);
+    let stale = stale_others(env, vm);
+    let mut restarted_stale = Vec::new();
+    if opts.restart_stale && !opts.dry_run {
+        for s in &stale {
+            restarted_stale.push((s.vm.clone(), restart_vm(env, &s.vm, false, opts.progress)));
+        }
+    }
+    Ok(Outcome {
+        vm: vm.to_string(),
+        repo,
+        dry_run: opts.dry_run,
+        changes,
+        relinked,
+        ensured,
+        skipped,
+        link_ms,
+        restart,
+        stale,
+        restarted_stale,
+    })
+}
+
+/// Shares of every known VM that pass through a changed entry; VMs whose shares cannot be
+/// read (a runner that is not root's) come back apart, to be skipped with a warning.
+fn affected(env: &Env, changed: &[Change]) -> (Vec<(String, Vec<runner::Share>)>, Vec<Skipped>) {
+    let names: Vec<&OsStr> = changed.iter().map(|c| OsStr::new(&c.name)).collect();
+    let mut vms = Vec::new();
+    let mut skipped = Vec::new();
+    for vm in runner::known_vms(&env.tree, &env.cfg) {
+        match runner::shares(&env.tree, &env.cfg, &vm) {
+            Ok(shares) => {
+                let shares: Vec<_> = shares
+                    .into_iter()
+                    .filter(|s| {
+                        entry_of(&env.cfg.workspace_dir, &s.path)
+                            .is_some_and(|n| names.contains(&n))
+                    })
+                    .collect();
+                if !shares.is_empty() {
+                    vms.push((vm, shares));
+                }
+            }
+            Err(e) => {
+                let why = logging::one_line(&e);
+                tracing::warn!(vm, "skipping VM {vm}: {why}");
+                skipped.push((vm, why));
+            }
+        }
+    }
+    (vms, skipped)
+}
+
+/// Before relinking: every source [`ensure_affected`] will have to make afterwards, planned
+/// as if `changed` were done, so that one that cannot be made fails the link before it
+/// changes anything.
+fn check_affected(env: &Env, changed: &[Change]) -> Result<()> {
+    let assume: Vec<(String, Option<PathBuf>)> = changed
+        .iter()
+        .map(|c| (c.name.clone(), c.target.clone()))
+        .collect();
+    for (vm, shares) in affected(env, changed).0 {
+        prepare::plan_assuming(&env.tree, &env.cfg, &vm, &shares, &assume)?;
+    }
+    Ok(())
+}
+
+/// After relinking: the sources of every known VM that pass through a changed entry are
+/// ensured at once (so `nixfiles/hosts/microvms/<host>` appears in the real repo). Other
+/// VMs' runtime records are left alone, or their staleness would be hidden. A VM that cannot
+/// be ensured is skipped with a warning: one bad VM does not stop the link of another.
+fn ensure_affected(
+    env: &Env,
+    changed: &[Change],
+    dry_run: bool,
+) -> (Vec<String>, Vec<(String, String)>) {
+    let (vms, mut skipped) = affected(env, changed);
+    let mut steps = Vec::new();
+    for (vm, shares) in vms {
+        match prepare::prepare_shares(&env.tree, &env.cfg, &vm, &shares, dry_run) {
+            Ok(out) => steps.extend(
+                out.actions
+                    .iter()
+                    .map(|a| format!("{}{vm}: {a}", if dry_run { "would, for " } else { "for " })),
+            ),
+            Err(e) => {
+                let why = logging::one_line(&e);
+                tracing::warn!(vm, "skipping VM {vm}: {why}");
+                skipped.push((vm, why));
+            }
+        }
+    }
+    (steps, skipped)
+}
+
+/// Restarts `microvm@<vm>` and waits until it is active or failed.
+fn restart_vm(env: &Env, vm: &str, skip: bool, progress: bool) -> Restart {
+    if skip {
+        return Restart::NotAsked;
+    }
+    if env.root.is_rerooted() {
+        return Restart::Skipped {
+            why: format!("re-rooted at {}", show(env.root.dir())),
+        };
+    }
+    let unit = units::unit_name("microvm@", vm);
+    let t0 = Instant::now();
+    // A restart that cannot be waited for is a result to report, not a reason to skip the
+    // rest (the stale list, the JSON).
+    let state = systemd::restart_and_wait(&unit, RESTART_TIMEOUT, progress)
+        .unwrap_or_else(|e| logging::one_line(&e));
+    let secs = t0.elapsed().as_secs_f64();
+    if state == "active" {
+        Restart::Active { unit, secs }
+    } else {
+        Restart::Failed { unit, secs, state }
+    }
+}
+
+/// Other VMs, running (or, when systemd cannot be asked, recorded), whose recorded sources
+/// no longer resolve to what they did at their start.
+fn stale_others(env: &Env, vm: &str) -> Vec<VmStatus> {
+    record::recorded_vms(&env.tree)
+        .into_iter()
+        .filter(|other| other != vm)
+        .filter_map(|other| status::status_of(&env.tree, &env.cfg, &env.root, &other).ok())
+        .filter(|s| s.stale && s.running != Some(false))
+        .collect()
+}

@@ -1,0 +1,262 @@
+//! `microvm-link status`: for every VM, what each share showed at its start (the runtime
+//! record) and shows now, and which are stale (docs/design.md#staleness).
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::chase::{Tree, Trust, Walk};
+use crate::config::Config;
+use crate::entry::{EntryView, State, Workspace};
+use crate::paths::Root;
+use crate::prepare::Kind;
+use crate::record::{self, ShareRecord};
+
+/// A share's identity now: `None` if its source does not resolve to a directory.
+pub fn current_id(tree: &Tree, path: &Path) -> Option<(u64, u64)> {
+    match tree.walk(path, Trust::All) {
+        Ok(Walk::Found(n)) if n.is_dir() => Some(n.id()),
+        _ => None,
+    }
+}
+
+/// Is this share stale: does its source no longer resolve to what it did at the VM's start?
+pub fn is_stale(tree: &Tree, s: &ShareRecord) -> bool {
+    current_id(tree, Path::new(&s.path)) != Some((s.device, s.inode))
+}
+
+/// The status of `vm` (checked to be known), or of every VM.
+pub fn collect(
+    tree: &Tree,
+    cfg: &Config,
+    root: &Root,
+    vm: Option<&str>,
+) -> anyhow::Result<Vec<VmStatus>> {
+    let vms = match vm {
+        Some(v) => {
+            crate::paths::check_name("VM", v)?;
+            crate::runner::check_known(tree, cfg, v)?;
+            vec![v.to_string()]
+        }
+        None => all_vms(tree, cfg),
+    };
+    vms.iter().map(|v| status_of(tree, cfg, root, v)).collect()
+}
+
+/// Every VM `status` shows: known ones (a runner or a config entry) and those with a record.
+pub fn all_vms(tree: &Tree, cfg: &Config) -> Vec<String> {
+    let mut v = crate::runner::known_vms(tree, cfg);
+    v.extend(record::recorded_vms(tree));
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// One share in `microvm-link status`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShareStatus {
+    pub tag: String,
+    pub source: String,
+    pub path: String,
+    /// What it was at the VM's last start (from the runtime record), if recorded.
+    pub kind: Option<Kind>,
+    pub at_start: Option<Ident>,
+    pub now: Option<Ident>,
+    /// Recorded at start and resolving to something else now.
+    pub stale: bool,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct Ident {
+    pub device: u64,
+    pub inode: u64,
+}
+
+/// One VM in `microvm-link status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct VmStatus {
+    pub vm: String,
+    /// `microvm@<vm>` active; `null` when systemd cannot be asked (re-rooted, no systemd).
+    pub running: Option<bool>,
+    pub workspace: EntryView,
+    pub shares: Vec<ShareStatus>,
+    pub stale: bool,
+}
+
+/// The status of `vm`: its workspace entry, and each share at start vs now.
+pub fn status_of(tree: &Tree, cfg: &Config, root: &Root, vm: &str) -> anyhow::Result<VmStatus> {
+    let running = if root.is_rerooted() {
+        None
+    } else {
+        crate::systemd::is_active(&crate::units::unit_name("microvm@", vm))
+    };
+    let mut workspace = match Workspace::find(tree, cfg)? {
+        Some(ws) => ws.view(vm)?,
+        None => EntryView {
+            state: State::Missing,
+            target: None,
+        },
+    };
+    // One unreadable record must not take status (or a link's stale list) down with it.
+    let record = record::read(tree, vm).unwrap_or_else(|e| {
+        tracing::warn!(vm, "ignoring it: {}", crate::logging::one_line(&e));
+        None
+    });
+    let mut shares: Vec<ShareStatus> = Vec::new();
+    let current = crate::runner::shares(tree, cfg, vm).unwrap_or_else(|e| {
+        tracing::warn!(
+            vm,
+            "not showing its shares: {}",
+            crate::logging::one_line(&e)
+        );
+        Vec::new()
+    });
+    let recorded = record
+        .as_ref()
+        .map(|r| r.shares.clone())
+        .unwrap_or_default();
+    for s in &current {
+        let path = s.path.to_string_lossy().into_owned();
+        let rec = recorded.iter().find(|r| r.tag == s.tag);
+        shares.push(share_status(
+            tree,
+            s.tag.clone(),
+            s.source.clone(),
+            path,
+            rec,
+        ));
+    }
+    // Tags recorded at start but gone from the runner since (a rebuilt VM not restarted).
+    for r in recorded
+        .iter()
+        .filter(|r| !current.iter().any(|s| s.tag == r.tag))
+    {
+        shares.push(share_status(
+            tree,
+            r.tag.clone(),
+            r.source.clone(),
+            r.path.clone(),
+            Some(r),
+        ));
+    }
+    // A VM that shares nothing through `<workspaceDir>/<vm>` (it mounts another VM's, say)
+    // has no workspace of its own: "none", not "missing", which would read as a fault.
+    let own = cfg.workspace_dir.join(vm);
+    if workspace.state == State::Missing
+        && workspace.target.is_none()
+        && !current.iter().any(|s| s.path.starts_with(&own))
+    {
+        workspace.state = State::None;
+    }
+    let stale = shares.iter().any(|s| s.stale);
+    Ok(VmStatus {
+        vm: vm.to_string(),
+        running,
+        workspace,
+        shares,
+        stale,
+    })
+}
+
+fn share_status(
+    tree: &Tree,
+    tag: String,
+    source: String,
+    path: String,
+    rec: Option<&ShareRecord>,
+) -> ShareStatus {
+    let now = current_id(tree, Path::new(&path)).map(|(device, inode)| Ident { device, inode });
+    let at_start = rec.map(|r| Ident {
+        device: r.device,
+        inode: r.inode,
+    });
+    ShareStatus {
+        tag,
+        source,
+        path,
+        kind: rec.map(|r| r.kind),
+        stale: at_start.is_some() && at_start != now,
+        at_start,
+        now,
+    }
+}
+
+/// The status table for people: one row per share, the VM's columns on its first row.
+pub fn table(rows: &[VmStatus]) -> String {
+    let id = |i: &Option<Ident>| i.map_or("-".to_string(), |i| format!("{}:{}", i.device, i.inode));
+    let mut table = vec![[
+        "VM",
+        "RUNNING",
+        "WORKSPACE",
+        "SHARE",
+        "SOURCE",
+        "AT START",
+        "NOW",
+        "",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for r in rows {
+        let running = match r.running {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "?",
+        };
+        let state = r.workspace.state;
+        let ws = match (&r.workspace.target, state) {
+            (Some(t), State::Dangling) => format!("dangling (was {t})"),
+            (Some(t), State::Linked | State::Legacy) => format!("{} -> {t}", state.as_str()),
+            (_, s) => s.as_str().to_string(),
+        };
+        if r.shares.is_empty() {
+            table.push(vec![
+                r.vm.clone(),
+                running.into(),
+                ws.clone(),
+                "-".into(),
+                "".into(),
+                "".into(),
+                "".into(),
+                "".into(),
+            ]);
+        }
+        for (i, s) in r.shares.iter().enumerate() {
+            let first = i == 0;
+            table.push(vec![
+                if first { r.vm.clone() } else { String::new() },
+                if first { running.into() } else { String::new() },
+                if first { ws.clone() } else { String::new() },
+                s.tag.clone(),
+                s.source.clone(),
+                id(&s.at_start),
+                id(&s.now),
+                if s.stale {
+                    "STALE".into()
+                } else {
+                    String::new()
+                },
+            ]);
+        }
+    }
+    let widths: Vec<usize> = (0..8)
+        .map(|c| {
+            table
+                .iter()
+                .map(|r| r[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in table {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
