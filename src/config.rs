@@ -44,10 +44,16 @@ pub struct Placeholder {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VmConfig {
+    /// Accepted for older generated files; nothing reads it.
     #[serde(default)]
     pub host_name: Option<String>,
     #[serde(default)]
     pub shares: Vec<ShareConfig>,
+    /// The VM's SSH destination (an ssh destination or alias, optionally with a port:
+    /// `host`, `user@host`, `ssh://user@host:2222`), for waiting on SSH and `microvm-link
+    /// shell`. Never starts with `-` and has no control characters: it is given to ssh.
+    #[serde(default)]
+    pub ssh: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -58,6 +64,9 @@ pub struct ShareConfig {
     pub source: String,
     #[serde(default)]
     pub read_only: bool,
+    /// Where the guest mounts the share (for `microvm-link shell`'s working directory).
+    #[serde(default)]
+    pub mount_point: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -157,6 +166,9 @@ impl Config {
         }
         for (vm, v) in &self.vms {
             check_name("vms: VM", vm)?;
+            if let Some(dest) = &v.ssh {
+                check_ssh_destination(dest).with_context(|| format!("vms.{vm}.ssh"))?;
+            }
             for s in &v.shares {
                 if s.tag.is_empty() || s.tag.contains('/') || s.tag.chars().any(char::is_control) {
                     bail!("vms.{vm}: share tag {:?} is not a valid tag", s.tag);
@@ -178,6 +190,21 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// An SSH destination as given to ssh: never an option (`-...`), no control characters or
+/// spaces, not empty.
+pub fn check_ssh_destination(dest: &str) -> Result<()> {
+    if dest.is_empty() {
+        bail!("the SSH destination is empty");
+    }
+    if dest.starts_with('-') {
+        bail!("SSH destination {dest:?} starts with '-' (it would be taken for an ssh option)");
+    }
+    if dest.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        bail!("SSH destination {dest:?} contains a space or a control character");
+    }
+    Ok(())
 }
 
 /// A share source as written by the user: one line, no NUL.
