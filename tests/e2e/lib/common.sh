@@ -10,8 +10,8 @@ E2E_CACHE=${E2E_CACHE:-${MVW_CACHE:-/var/cache/microvm-workspaces-ci}}
 E2E_VIRTIOFSD_VERSION=1.14.0
 E2E_VIRTIOFSD=${E2E_VIRTIOFSD:-${VIRTIOFSD:-$E2E_CACHE/virtiofsd-$E2E_VIRTIOFSD_VERSION/bin/virtiofsd}}
 E2E_TARGET=${E2E_TARGET:-$E2E_CACHE/e2e-target}
-E2E_MIRROR=${E2E_MIRROR:-http://deb.debian.org/debian}
-E2E_SUITE=bookworm
+# the Debian mirror and suite of the rootfs come from this machine's apt
+# sources: lib/aptsource.sh
 
 e2e_now() { date +%s.%N; }
 e2e_since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
