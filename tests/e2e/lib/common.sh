@@ -55,3 +55,20 @@ file_is_static() {
     out=$(LC_ALL=C ldd "$1" 2>&1)
     [[ $out == *"not a dynamic executable"* ]]
 }
+
+# e2e_poll TIMEOUT WHAT CMD...: run CMD every 0.2 s until it succeeds, for at
+# most TIMEOUT seconds of wall time (not a count of tries: every try of an
+# nsenter'd systemctl costs time too). On timeout print, on stdout,
+# "timed out after TIMEOUT s waiting for WHAT" and return 1, so a caller's
+# `|| fail "$(...)"` or the log names what never happened.
+e2e_poll() {
+    local timeout=$1 what=$2 deadline; shift 2
+    deadline=$(( $(date +%s%N) + timeout * 1000000000 ))
+    while :; do
+        "$@" && return 0
+        [ "$(date +%s%N)" -lt "$deadline" ] || break
+        sleep 0.2
+    done
+    echo "timed out after ${timeout}s waiting for $what"
+    return 1
+}
