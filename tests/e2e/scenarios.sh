@@ -14,10 +14,10 @@ e2e_unit_state() { e2e_ct systemctl show -P ActiveState "$1"; }
 
 e2e_state_in() { case " $2 " in *" $(e2e_unit_state "$1") "*) return 0 ;; esac; return 1; }
 
-# wait until UNIT's ActiveState is one of the given states (timeout 60 s)
+# wait until UNIT's ActiveState is one of the given states (timeout 120 s)
 e2e_wait_state() {
     local unit=$1 want=$2
-    e2e_poll 60 "unit $unit to be one of: $want" e2e_state_in "$unit" "$want" && return 0
+    e2e_poll 120 "unit $unit to be one of: $want" e2e_state_in "$unit" "$want" && return 0
     echo "unit $unit is '$(e2e_unit_state "$unit")'"
     return 1
 }
@@ -90,7 +90,7 @@ s_unpatched_start_fails() {
     step "Restart=always keeps retrying virtiofsd (RestartSec=5s)"
     # poll instead of sleeping RestartSec plus a margin: the first restart
     # comes 5 s after the failure, later on a busy machine
-    out=$(e2e_poll 30 "NRestarts >= 1 of microvm-virtiofsd@vm1 (RestartSec=5s)" \
+    out=$(e2e_poll 60 "NRestarts >= 1 of microvm-virtiofsd@vm1 (RestartSec=5s)" \
         e2e_nrestarts_at_least microvm-virtiofsd@vm1.service 1) ||
         fail "microvm-virtiofsd@vm1 was not restarted by Restart=always: $out (NRestarts=$(e2e_nrestarts microvm-virtiofsd@vm1.service))"
     echo "NRestarts=$(e2e_nrestarts microvm-virtiofsd@vm1.service)"
@@ -424,7 +424,7 @@ s_resilience() {
     [ -n "$pids" ] || fail "no virtiofsd process of vm1 found"
     echo "killing virtiofsd pids (container view): $pids"
     e2e_ct kill -KILL $pids
-    e2e_poll 30 "NRestarts > $n0 of microvm-virtiofsd@vm1 after SIGKILL" \
+    e2e_poll 60 "NRestarts > $n0 of microvm-virtiofsd@vm1 after SIGKILL" \
         e2e_nrestarts_at_least microvm-virtiofsd@vm1.service $(( ${n0:-0} + 1 ))
     n1=$(e2e_nrestarts microvm-virtiofsd@vm1.service)
     echo "NRestarts $n0 -> $n1"

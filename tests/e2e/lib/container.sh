@@ -55,7 +55,7 @@ e2e_ct_boot() {
     [ -n "$leader" ] || { cat "$E2E_RUN/nspawn.$boots.log" >&2; e2e_die "systemd-nspawn did not start a container within 15 s"; }
     echo "$leader" > "$E2E_RUN/ct.leader"
     # until systemd answers and has finished booting
-    deadline=$(( $(date +%s) + 60 ))
+    deadline=$(( $(date +%s) + 180 ))
     while [ "$(date +%s)" -lt "$deadline" ]; do
         state=$(e2e_ct systemctl is-system-running 2>/dev/null) || true
         case $state in running|degraded) break ;; esac
@@ -64,7 +64,7 @@ e2e_ct_boot() {
     case $state in
         running) ;;
         degraded) e2e_log "container booted degraded: $(e2e_ct systemctl --failed --plain --no-legend | tr '\n' ' ')" ;;
-        *) e2e_die "container did not finish booting within 60 s (state: ${state:-no answer})" ;;
+        *) e2e_die "container did not finish booting within 180 s (state: ${state:-no answer})" ;;
     esac
 }
 
