@@ -37,7 +37,9 @@ e2e_ct_boot() {
     boots=$(( $(cat "$E2E_RUN/ct.boots" 2>/dev/null || echo 0) + 1 ))
     echo "$boots" > "$E2E_RUN/ct.boots"
     e2e_pid_alive "$(e2e_ct_pid)" && e2e_die "container already running"
-    systemd-nspawn -q -D "$E2E_ROOT" --register=no --keep-unit -b \
+    # --private-network: a loopback of its own, so the guests' forwarded SSH
+    # ports (fixture.sh) cannot collide with another run's or the host's
+    systemd-nspawn -q -D "$E2E_ROOT" --register=no --keep-unit -b --private-network \
         --machine="mvw-e2e-$$" --console=pipe \
         < /dev/null > "$E2E_RUN/nspawn.$boots.log" 2>&1 &
     pid=$!
