@@ -506,3 +506,57 @@ s_restart_failure() {
     e2e_jq -e 'has("stale")' < "$E2E_RUN/link.out" >/dev/null || fail "the JSON lost its stale list"
     echo "microvm-link reported the failed restart after $secs s: $(e2e_jq -r .restart < "$E2E_RUN/link.out")"
 }
+
+# ---------- the SSH guest (groundwork for issue 12) -----------------------
+
+# median of the numbers on stdin
+e2e_median() { sort -n | awk '{ v[NR] = $1 } END { if (NR == 0) exit 1; if (NR % 2) print v[(NR + 1) / 2]; else printf "%.1f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+# vmssh's guest runs dropbear behind qemu user networking: from inside the
+# container alice logs in with her key (explicitly and through the ssh_config
+# alias), sees her guest home and the VM's share; another key is refused.
+# Boots E2E_SSH_BOOTS (3) times to time `systemctl start` to the SSH banner.
+s_ssh_guest() {
+    local port n=${E2E_SSH_BOOTS:-3} i b t0 out banner secs up starts=() ups=() other=/root/.ssh/e2e-other-key
+    port=$(e2e_ssh_port vmssh) || fail "$port"
+    e2e_ct mkdir -p "$E2E_WS/vmssh"
+    e2e_write_file "$E2E_WS/vmssh/MARKER" "marker of vmssh"
+    for i in $(seq 1 "$n"); do
+        step "boot $i of $n: systemctl start microvm@vmssh, then poll 127.0.0.1:$port for an SSH banner"
+        b=$(e2e_boot_count vmssh)
+        t0=$(e2e_now)
+        out=$(e2e_ct systemctl start microvm@vmssh.service 2>&1) || fail "systemctl start microvm@vmssh failed: $out"
+        banner=$(e2e_ssh_wait vmssh 120) ||
+            fail "$banner (boot $i; guest says: $(e2e_last_boot vmssh | grep -E 'ssh|insmod' | tr '\n' ' '))"
+        secs=$(e2e_since "$t0")
+        [ "$(e2e_boot_count vmssh)" -gt "$b" ] || fail "an SSH banner came before guest vmssh booted again (boot $i)"
+        up=$(e2e_last_boot vmssh | sed -n 's/^MVW ssh started port=22 uptime=//p')
+        echo "boot $i: start to banner ${secs}s ($banner); guest uptime when dropbear started: ${up:-?}s"
+        starts+=("$secs"); ups+=("${up:-0}")
+        if [ "$i" = 1 ]; then
+            step "alice: ssh -p $port -i $E2E_SSH_KEY $E2E_SSH_USER@127.0.0.1 pwd"
+            out=$(e2e_ct_as alice ssh -o BatchMode=yes -p "$port" -i "$E2E_SSH_KEY" "$E2E_SSH_USER@127.0.0.1" pwd 2>&1) ||
+                fail "ssh -p $port -i $E2E_SSH_KEY $E2E_SSH_USER@127.0.0.1 pwd failed: $out"
+            echo "$out"
+            [ "$out" = "$E2E_SSH_HOME" ] || fail "ssh ... pwd printed '$out', expected '$E2E_SSH_HOME'"
+            step "through the ssh_config alias: the session sees the VM's share"
+            out=$(e2e_ssh vmssh cat /mnt/workspace/MARKER 2>&1) || fail "ssh vmssh cat /mnt/workspace/MARKER failed: $out"
+            [ "$out" = "marker of vmssh" ] || fail "ssh vmssh cat /mnt/workspace/MARKER printed '$out', expected 'marker of vmssh'"
+            out=$(e2e_ssh vmssh id -u 2>&1)
+            [ "$out" = 1000 ] || fail "ssh vmssh id -u printed '$out', expected 1000"
+            step "a key the guest does not know is refused"
+            e2e_ct sh -c "mkdir -p -m 0700 /root/.ssh && rm -f $other $other.pub && ssh-keygen -q -t ed25519 -N '' -f $other" ||
+                fail "could not make a second key"
+            if out=$(e2e_ct ssh -F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes -o UserKnownHostsFile=/etc/ssh/ssh_known_hosts \
+                    -p "$port" -i "$other" "$E2E_SSH_USER@127.0.0.1" true 2>&1); then
+                fail "the guest accepted a key that is not in alice's authorized_keys"
+            fi
+            grep -q 'Permission denied' <<<"$out" || fail "ssh with an unknown key failed, but not with 'Permission denied': $out"
+            echo "unknown key: $out"
+        fi
+        out=$(e2e_ct systemctl stop microvm@vmssh.service 2>&1) || fail "systemctl stop microvm@vmssh failed: $out"
+    done
+    e2e_timing ssh-start-to-banner-median "$(printf '%s\n' "${starts[@]}" | e2e_median)"
+    e2e_timing ssh-guest-uptime-at-dropbear-median "$(printf '%s\n' "${ups[@]}" | e2e_median)"
+    echo "start to banner, each boot: ${starts[*]}"
+}
