@@ -518,6 +518,7 @@ e2e_median() { sort -n | awk '{ v[NR] = $1 } END { if (NR == 0) exit 1; if (NR %
 # Boots E2E_SSH_BOOTS (3) times to time `systemctl start` to the SSH banner.
 s_ssh_guest() {
     local port n=${E2E_SSH_BOOTS:-3} i b t0 out banner secs up starts=() ups=() other=/root/.ssh/e2e-other-key
+    [[ $n =~ ^[1-9][0-9]*$ ]] || fail "E2E_SSH_BOOTS must be a positive number of boots, not '$n'"
     port=$(e2e_ssh_port vmssh) || fail "$port"
     e2e_ct mkdir -p "$E2E_WS/vmssh"
     e2e_write_file "$E2E_WS/vmssh/MARKER" "marker of vmssh"

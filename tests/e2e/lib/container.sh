@@ -29,7 +29,7 @@ e2e_ct_create() {
     # a plain copy (reflink where the filesystem can): the project's
     # placeholders live on a real filesystem, not on overlayfs
     cp -a --reflink=auto "$base" "$E2E_ROOT"
-    rm -f "$E2E_ROOT/.e2e-complete"
+    rm -f "$E2E_ROOT/.e2e-complete" "$E2E_ROOT/.e2e-source"
 }
 
 e2e_ct_boot() {
