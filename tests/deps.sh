@@ -38,6 +38,7 @@ declare -A want=(
   [xz-utils]=/usr/bin/xz
   [zstd]=/usr/bin/zstd
   [gcc]=/usr/bin/cc
+  [dropbear-bin]=/usr/sbin/dropbear
 )
 missing=()
 for pkg in "${!want[@]}"; do
@@ -53,10 +54,17 @@ for pkg in "${!want[@]}"; do
 done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "deps.sh: installing ${missing[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # another job may hold the dpkg lock (parallel worktrees on one machine): wait for it
+  apt-get -o DPkg::Lock::Timeout=600 update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+if [ ! -x "$VIRTIOFSD" ]; then
+  # one build at a time: a second deps.sh (another worktree's) waits for the first's result
+  mkdir -p "$CACHE"
+  exec {lockfd}>"$CACHE/.virtiofsd.lock"
+  flock "$lockfd"
+fi
 if [ ! -x "$VIRTIOFSD" ]; then
   echo "deps.sh: building virtiofsd $VIRTIOFSD_VERSION (about 3 minutes, once)"
   tmp=$(mktemp -d "$CACHE.virtiofsd.XXXXXX" 2>/dev/null || { mkdir -p "$(dirname "$CACHE")"; mktemp -d "$CACHE.virtiofsd.XXXXXX"; })

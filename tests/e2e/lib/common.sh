@@ -10,8 +10,8 @@ E2E_CACHE=${E2E_CACHE:-${MVW_CACHE:-/var/cache/microvm-workspaces-ci}}
 E2E_VIRTIOFSD_VERSION=1.14.0
 E2E_VIRTIOFSD=${E2E_VIRTIOFSD:-${VIRTIOFSD:-$E2E_CACHE/virtiofsd-$E2E_VIRTIOFSD_VERSION/bin/virtiofsd}}
 E2E_TARGET=${E2E_TARGET:-$E2E_CACHE/e2e-target}
-E2E_MIRROR=${E2E_MIRROR:-http://deb.debian.org/debian}
-E2E_SUITE=bookworm
+# the Debian mirror and suite of the rootfs come from this machine's apt
+# sources: lib/aptsource.sh
 
 e2e_now() { date +%s.%N; }
 e2e_since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
@@ -54,4 +54,21 @@ file_is_static() {
     local out
     out=$(LC_ALL=C ldd "$1" 2>&1)
     [[ $out == *"not a dynamic executable"* ]]
+}
+
+# e2e_poll TIMEOUT WHAT CMD...: run CMD every 0.2 s until it succeeds, for at
+# most TIMEOUT seconds of wall time (not a count of tries: every try of an
+# nsenter'd systemctl costs time too). On timeout print, on stdout,
+# "timed out after TIMEOUT s waiting for WHAT" and return 1, so a caller's
+# `|| fail "$(...)"` or the log names what never happened.
+e2e_poll() {
+    local timeout=$1 what=$2 deadline; shift 2
+    deadline=$(( $(date +%s%N) + timeout * 1000000000 ))
+    while :; do
+        "$@" && return 0
+        [ "$(date +%s%N)" -lt "$deadline" ] || break
+        sleep 0.2
+    done
+    echo "timed out after ${timeout}s waiting for $what"
+    return 1
 }

@@ -20,6 +20,8 @@ e2e_pid_alive() {
     [ -n "$1" ] && st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) && [ "$st" != Z ]
 }
 
+e2e_pid_gone() { ! e2e_pid_alive "$1"; }
+
 e2e_ct_create() {
     local base=$1
     [ -n "$E2E_RUN" ] || E2E_RUN=$(mktemp -d /var/tmp/mvw-e2e.XXXXXX)
@@ -27,32 +29,36 @@ e2e_ct_create() {
     # a plain copy (reflink where the filesystem can): the project's
     # placeholders live on a real filesystem, not on overlayfs
     cp -a --reflink=auto "$base" "$E2E_ROOT"
-    rm -f "$E2E_ROOT/.e2e-complete"
+    rm -f "$E2E_ROOT/.e2e-complete" "$E2E_ROOT/.e2e-source"
 }
 
 e2e_ct_boot() {
-    local i state pid leader boots
+    local state pid leader boots deadline
     boots=$(( $(cat "$E2E_RUN/ct.boots" 2>/dev/null || echo 0) + 1 ))
     echo "$boots" > "$E2E_RUN/ct.boots"
     e2e_pid_alive "$(e2e_ct_pid)" && e2e_die "container already running"
-    systemd-nspawn -q -D "$E2E_ROOT" --register=no --keep-unit -b \
+    # --private-network: a loopback of its own, so the guests' forwarded SSH
+    # ports (fixture.sh) cannot collide with another run's or the host's
+    systemd-nspawn -q -D "$E2E_ROOT" --register=no --keep-unit -b --private-network \
         --machine="mvw-e2e-$$" --console=pipe \
         < /dev/null > "$E2E_RUN/nspawn.$boots.log" 2>&1 &
     pid=$!
     echo "$pid" > "$E2E_RUN/ct.pid"
     rm -f "$E2E_RUN/ct.leader"
     leader=
-    for i in $(seq 1 100); do
+    deadline=$(( $(date +%s) + 15 ))
+    while [ "$(date +%s)" -lt "$deadline" ]; do
         leader=$(pgrep -P "$pid" | head -n 1) || true
         [ -n "$leader" ] && [ "$(readlink "/proc/$leader/exe" 2>/dev/null)" != "$(readlink -f "$(command -v systemd-nspawn)")" ] && break
         leader=
         e2e_pid_alive "$pid" || break
         sleep 0.1
     done
-    [ -n "$leader" ] || { cat "$E2E_RUN/nspawn.$boots.log" >&2; e2e_die "systemd-nspawn did not start a container"; }
+    [ -n "$leader" ] || { cat "$E2E_RUN/nspawn.$boots.log" >&2; e2e_die "systemd-nspawn did not start a container within 15 s"; }
     echo "$leader" > "$E2E_RUN/ct.leader"
     # until systemd answers and has finished booting
-    for i in $(seq 1 150); do
+    deadline=$(( $(date +%s) + 180 ))
+    while [ "$(date +%s)" -lt "$deadline" ]; do
         state=$(e2e_ct systemctl is-system-running 2>/dev/null) || true
         case $state in running|degraded) break ;; esac
         sleep 0.2
@@ -60,7 +66,7 @@ e2e_ct_boot() {
     case $state in
         running) ;;
         degraded) e2e_log "container booted degraded: $(e2e_ct systemctl --failed --plain --no-legend | tr '\n' ' ')" ;;
-        *) e2e_die "container did not finish booting (state: ${state:-no answer})" ;;
+        *) e2e_die "container did not finish booting within 180 s (state: ${state:-no answer})" ;;
     esac
 }
 
@@ -75,7 +81,7 @@ e2e_ct_as() {
 }
 
 e2e_ct_poweroff() {
-    local i pid leader
+    local pid leader
     pid=$(e2e_ct_pid)
     leader=$(e2e_ct_leader)
     rm -f "$E2E_RUN/ct.pid" "$E2E_RUN/ct.leader"
@@ -83,18 +89,15 @@ e2e_ct_poweroff() {
     if e2e_pid_alive "$pid"; then
         # SIGTERM to nspawn = orderly halt of the container (its units stop)
         kill -TERM "$pid" 2>/dev/null
-        for i in $(seq 1 200); do
-            e2e_pid_alive "$pid" || break
-            sleep 0.1
-        done
+        e2e_poll 20 "the container to halt" e2e_pid_gone "$pid" > /dev/null
         if e2e_pid_alive "$pid"; then
             e2e_log "container did not halt within 20 s; killing it"
             # SIGKILL to the container's PID 1 ends its whole PID namespace;
             # killing only nspawn would leave the container running
             [ -n "$leader" ] && kill -KILL "$leader" 2>/dev/null
-            for i in $(seq 1 50); do e2e_pid_alive "$pid" || break; sleep 0.1; done
+            e2e_poll 5 "the killed container to go" e2e_pid_gone "$pid" > /dev/null
             kill -KILL "$pid" 2>/dev/null
-            for i in $(seq 1 50); do e2e_pid_alive "$pid" || break; sleep 0.1; done
+            e2e_poll 5 "systemd-nspawn to go" e2e_pid_gone "$pid" > /dev/null
             rmdir "/run/systemd/nspawn/propagate/mvw-e2e-$$" 2>/dev/null
         fi
     fi

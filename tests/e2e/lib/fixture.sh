@@ -15,7 +15,26 @@ declare -gA E2E_VMS=(
     [vm2]="nixfiles=$E2E_WS/vm1=ro"
     [nixfiles]="nixfiles=$E2E_WS/nixfiles nix-secrets=$E2E_WS/nix-secrets host=$E2E_WS/nixfiles/hosts/microvms/nixfiles"
     [vm3]="nixfiles=$E2E_WS/nixfiles=ro nix-secrets=$E2E_WS/nix-secrets=ro host=$E2E_WS/nixfiles/hosts/microvms/vm3"
+    [vmssh]="workspace=$E2E_WS/vmssh"
 )
+
+# VMs whose guest runs an SSH server (dropbear, lib/guest-init): vm -> the TCP
+# port on the container's 127.0.0.1 that qemu user networking forwards to
+# the guest's port 22 (`-netdev user,hostfwd=tcp:127.0.0.1:PORT-:22` +
+# virtio-net). A VM not listed has no NIC at all, exactly as before. The
+# container has a network namespace of its own (container.sh), so these
+# ports never meet another run's or the host's.
+# In the container: alice's key $E2E_SSH_KEY (made per run, authorized in
+# the guest through the runner's kernel command line), the guests' host key
+# in /etc/ssh/ssh_known_hosts as [127.0.0.1]:PORT, and an ssh_config alias
+# per VM in /etc/ssh/ssh_config.d/mvw-e2e.conf (`ssh vmssh CMD` as alice or
+# root logs in as alice, BatchMode, StrictHostKeyChecking yes).
+declare -gA E2E_SSH_PORTS=(
+    [vmssh]=2201
+)
+E2E_SSH_USER=alice
+E2E_SSH_KEY=/home/alice/.ssh/id_ed25519
+E2E_SSH_HOME=/home/alice      # the guest user's home: `pwd` of a login there
 
 e2e_fake_hash() { printf '%s' "$1" | sha256sum | tr -d -c 'a-z0-9' | cut -c1-32; }
 
@@ -36,6 +55,7 @@ e2e_fixture() {
     mkdir -p "$root$E2E_STATE" "$root$E2E_WS"
     chroot "$root" chown microvm:kvm "$E2E_STATE"
     chmod 0775 "$root$E2E_STATE"
+    e2e_fixture_ssh "$root" "$guest"
     for vm in "${!E2E_VMS[@]}"; do
         e2e_runner "$root" "$vm" "$gh" ${E2E_VMS[$vm]}
     done
@@ -48,11 +68,40 @@ e2e_fixture() {
     chmod 0440 "$root/etc/sudoers.d/microvm-link"
 }
 
+# e2e_fixture_ssh ROOT GUESTDIR: alice's key pair, known_hosts and the
+# ssh_config aliases of the VMs in E2E_SSH_PORTS
+e2e_fixture_ssh() {
+    local root=$1 guest=$2 vm port
+    [ ${#E2E_SSH_PORTS[@]} -gt 0 ] || return 0
+    [ -x "$root/usr/bin/ssh" ] || e2e_die "the rootfs has no ssh client (openssh-client)"
+    install -d -m 0700 "$root$(dirname "$E2E_SSH_KEY")"
+    chroot "$root" chown "$E2E_SSH_USER:" "$(dirname "$E2E_SSH_KEY")"
+    rm -f "$root$E2E_SSH_KEY" "$root$E2E_SSH_KEY.pub"
+    chroot --userspec="$E2E_SSH_USER:$E2E_SSH_USER" "$root" \
+        ssh-keygen -q -t ed25519 -N '' -C "$E2E_SSH_USER@e2e" -f "$E2E_SSH_KEY" ||
+        e2e_die "ssh-keygen for $E2E_SSH_USER failed in the rootfs"
+    : > "$root/etc/ssh/ssh_known_hosts"
+    printf '# microvm-workspaces e2e: the SSH guests (tests/e2e/lib/fixture.sh)\n' > "$root/etc/ssh/ssh_config.d/mvw-e2e.conf"
+    for vm in $(printf '%s\n' "${!E2E_SSH_PORTS[@]}" | sort); do
+        port=${E2E_SSH_PORTS[$vm]}
+        printf '[127.0.0.1]:%s %s\n' "$port" "$(cat "$guest/ssh_host_ed25519_key.pub")" >> "$root/etc/ssh/ssh_known_hosts"
+        printf 'Host %s\n    HostName 127.0.0.1\n    Port %s\n    User %s\n    IdentityFile %s\n    IdentitiesOnly yes\n    BatchMode yes\n    StrictHostKeyChecking yes\n    ConnectTimeout 10\n' \
+            "$vm" "$port" "$E2E_SSH_USER" "$E2E_SSH_KEY" >> "$root/etc/ssh/ssh_config.d/mvw-e2e.conf"
+    done
+}
+
 # e2e_runner ROOT VM GUESTSTOREPATH tag=source[=ro]...
 e2e_runner() {
     local root=$1 vm=$2 gh=$3; shift 3
     local store=/nix/store/$(e2e_fake_hash "runner-$vm-$*")-microvm-qemu-$vm
-    local d=$root$store spec tag src ro tags="" sock i=0 fsargs="" vfs=""
+    local d=$root$store spec tag src ro tags="" sock i=0 fsargs="" vfs="" netargs="" sshargs=""
+    if [ -n "${E2E_SSH_PORTS[$vm]:-}" ]; then
+        # romfile= : no PXE option ROM (ipxe-qemu is not installed; -kernel boots).
+        # virtio-rng (as microvm.nix's qemu runner has): dropbear needs the
+        # kernel's randomness, which otherwise takes ~4 s to come under TCG
+        netargs=" -netdev user,id=n0,hostfwd=tcp:127.0.0.1:${E2E_SSH_PORTS[$vm]}-:22 -device virtio-net-pci,netdev=n0,romfile= -device virtio-rng-pci"
+        sshargs=" mvw.ssh_key=$(awk '{ print $2 }' "$root$E2E_SSH_KEY.pub")"
+    fi
     mkdir -p "$d/bin" "$d/share/microvm/virtiofs"
     echo qemu > "$d/share/microvm/hypervisor"
     for spec in "$@"; do
@@ -76,9 +125,9 @@ exec qemu-system-x86_64 -name $vm -accel tcg -m ${E2E_GUEST_MEM}M \\
   -object memory-backend-memfd,id=mem,size=${E2E_GUEST_MEM}M,share=on -numa node,memdev=mem \\
   -nodefaults -no-user-config -display none -no-reboot \\
   -kernel $gh/bzImage -initrd $gh/initrd.gz \\
-  -append "console=ttyS0 quiet panic=-1 mvw.vm=$vm mvw.tags=$tags" \\
+  -append "console=ttyS0 quiet panic=-1 mvw.vm=$vm mvw.tags=$tags$sshargs" \\
   -chardev file,id=ser0,path=$E2E_STATE/$vm/console.log,append=on -serial chardev:ser0 \\
- $fsargs
+ $fsargs$netargs
 RUN
 
     cat > "$d/bin/microvm-shutdown" <<'RUN'

@@ -37,13 +37,10 @@ e2e_tick() { e2e_last_boot "$1" | grep '^MVW tick=' | tail -n 1 | sed 's/^MVW ti
 
 # e2e_guest_now VM: wait until the guest has completed a full re-probe that
 # started after this call (two ticks), so its latest values are current.
+e2e_tick_at_least() { local t; t=$(e2e_tick "$1"); [ "${t:-0}" -ge "$2" ]; }
 e2e_guest_now() {
-    local vm=$1 t0 tick i
+    local vm=$1 tick
     tick=$(e2e_tick "$vm"); tick=${tick:-0}
-    for i in $(seq 1 100); do
-        t0=$(e2e_tick "$vm")
-        [ "${t0:-0}" -ge $((tick + 2)) ] && return 0
-        sleep 0.2
-    done
-    return 1
+    # ticks come every 2 s of guest time, slower on a loaded host
+    e2e_poll 40 "two more heartbeats (MVW tick=$((tick + 2))) from guest $vm" e2e_tick_at_least "$vm" $((tick + 2))
 }
