@@ -199,7 +199,7 @@ impl Tree {
                 return Ok(Walk::Found(node));
             }
         }
-        self.walk_below(self.root_node()?, true, path, trust)
+        self.walk_below(self.root_node()?, true, false, path, trust)
     }
 
     /// Resolves `rel` below the directory `start` (found earlier) as [`Tree::walk`] does; `..`
@@ -216,13 +216,20 @@ impl Tree {
         if trust == Trust::RootOwned {
             check_root_owned(&start)?;
         }
-        self.walk_below(start, false, &start_rel(rel)?, trust)
+        self.walk_below(start, false, false, &start_rel(rel)?, trust)
+    }
+
+    /// Resolves `rel` strictly inside the directory `start`: a `..` above it or an absolute
+    /// symlink is an error (a path in a repo that must stay in the repo).
+    pub fn walk_within(&self, start: &Node, rel: &Path, trust: Trust) -> Result<Walk> {
+        self.walk_below(start.try_clone()?, false, true, &start_rel(rel)?, trust)
     }
 
     fn walk_below(
         &self,
         base: Node,
         base_is_root: bool,
+        confined: bool,
         path: &Path,
         trust: Trust,
     ) -> Result<Walk> {
@@ -235,6 +242,7 @@ impl Tree {
             .collect();
         let path = &base.path.join(path.strip_prefix("/").unwrap_or(path));
         let mut base_is_root = base_is_root;
+        let base_path = base.path.clone();
         let mut stack = vec![base];
         let mut links = 0;
         // The symlink just followed: as in systemd's chase(), the step after a symlink is
@@ -244,6 +252,9 @@ impl Tree {
         while let Some((name, from_link)) = todo.pop_front() {
             let top = stack.last().expect("the root never leaves the stack");
             if name == ".." {
+                if stack.len() == 1 && confined {
+                    bail!("{} leads out of {}", show(path), show(&stack[0].path));
+                }
                 if stack.len() == 1 && !base_is_root {
                     // Above where `walk_from` started: the real parent, never above the root.
                     let here = &stack[0];
@@ -315,6 +326,10 @@ impl Tree {
                 check_transition(trust, judge.as_ref().unwrap_or(top), &node)
                     .with_context(context)?;
                 if target.is_absolute() {
+                    if confined {
+                        return Err(anyhow!("{} leads out of {}", show(path), show(&base_path)))
+                            .with_context(context);
+                    }
                     check_transition(trust, &node, &self.root).with_context(context)?;
                     stack = vec![self.root_node()?];
                     base_is_root = true;

@@ -17,12 +17,56 @@ use nix::errno::Errno;
 use nix::mount::{mount, MsFlags};
 
 use crate::action::{Act, Steps};
-use crate::chase::{is_mount_root, is_symlink, proc_path, Node, Tree, Trust, Walk};
+use crate::chase::{self, is_mount_root, is_symlink, proc_path, Node, Tree, Trust, Walk};
 use crate::config::Config;
 use crate::dirs;
 use crate::failpoint::step;
 use crate::paths::{self, show, tmp_name};
 use crate::placeholder::{self, PlaceholderSpec};
+
+/// Inside a live root: the directory that shows the entry (docs/design.md#live-links).
+pub const LIVE_CURRENT: &str = "current";
+
+/// `current` while unlinked: root's, read-only, whatever the configured placeholder owner.
+const LIVE_SPEC: PlaceholderSpec = PlaceholderSpec {
+    uid: 0,
+    gid: 0,
+    mode: 0o555,
+};
+
+/// The live root a share source names: `<workspaceDir>/.live/<name>[/<path>]` gives the
+/// entry name and the path below it. `Err` for a live source that is not valid (an entry
+/// name that is not one, or `current` in the path, which would be ambiguous).
+pub fn live_of(workspace_dir: &Path, source: &Path) -> Option<Result<(OsString, PathBuf)>> {
+    let rest = source.strip_prefix(workspace_dir.join(paths::LIVE)).ok()?;
+    let mut parts = rest.components();
+    let name = match parts.next() {
+        Some(std::path::Component::Normal(n)) => n.to_os_string(),
+        _ => {
+            return Some(Err(anyhow!(
+                "{} names no workspace entry below {}",
+                show(source),
+                paths::LIVE
+            )))
+        }
+    };
+    let rel: PathBuf = parts.as_path().to_path_buf();
+    let check = || -> Result<()> {
+        let n = name.to_str().with_context(|| {
+            format!("live source {}: the entry name is not UTF-8", show(source))
+        })?;
+        paths::check_name("live entry", n)
+            .with_context(|| format!("live source {}", show(source)))?;
+        if rel.components().any(|c| c.as_os_str() == LIVE_CURRENT) {
+            bail!(
+                "live source {} has a component named {LIVE_CURRENT}, which would be ambiguous",
+                show(source)
+            );
+        }
+        Ok(())
+    };
+    Some(check().map(|()| (name, rel)))
+}
 
 /// A link record: where it points and who made it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,6 +171,14 @@ pub fn entry_of<'p>(workspace_dir: &Path, path: &'p Path) -> Option<&'p OsStr> {
     }
 }
 
+/// The entry a share source goes through: `<workspaceDir>/<name>/...` (pinned) or the live
+/// root `<workspaceDir>/.live/<name>/...`.
+pub fn entry_name_of(workspace_dir: &Path, path: &Path) -> Option<OsString> {
+    entry_of(workspace_dir, path)
+        .map(OsStr::to_os_string)
+        .or_else(|| live_of(workspace_dir, path)?.ok().map(|(n, _)| n))
+}
+
 /// The workspace dir, a trusted place (root's, nobody else may write to it).
 pub struct Workspace<'t> {
     tree: &'t Tree,
@@ -222,6 +274,18 @@ impl<'t> Workspace<'t> {
     /// recorded repo is mounted, a repo that is gone is unmounted. With `steps.dry_run` it
     /// only plans, and says what would change.
     pub fn reconcile(&self, name: &OsStr, steps: &mut Steps) -> Result<Reconciled> {
+        let (done, repo) = self.reconcile_entry(name, steps)?;
+        self.sync_live(name, repo.as_ref(), steps)?;
+        Ok(done)
+    }
+
+    /// [`Workspace::reconcile`] for the entry itself; also returns the repo it shows (or, in
+    /// a dry run, would show).
+    fn reconcile_entry(
+        &self,
+        name: &OsStr,
+        steps: &mut Steps,
+    ) -> Result<(Reconciled, Option<Node>)> {
         let links = self.links()?;
         let mut record = read_record(links.as_ref(), name)?;
         let at = self.path().join(name);
@@ -258,14 +322,16 @@ impl<'t> Workspace<'t> {
         }
 
         let Some(rec) = record else {
-            return Ok(Reconciled {
+            let state = match entry {
+                None => State::Missing,
+                Some(e) if e.is_placeholder() => State::Placeholder,
+                Some(_) => State::Directory,
+            };
+            let done = Reconciled {
                 would_create,
-                ..Reconciled::is(match entry {
-                    None => State::Missing,
-                    Some(e) if e.is_placeholder() => State::Placeholder,
-                    Some(_) => State::Directory,
-                })
-            });
+                ..Reconciled::is(state)
+            };
+            return Ok((done, None));
         };
 
         // A record: first the repo (so any refusal comes before any change), then the entry,
@@ -288,15 +354,16 @@ impl<'t> Workspace<'t> {
                     "mountpoint for the link".into(),
                 );
                 if steps.dry_run {
-                    return Ok(Reconciled {
-                        state: if repo.is_some() {
-                            State::Linked
-                        } else {
-                            State::Dangling
-                        },
+                    let state = match repo {
+                        Some(_) => State::Linked,
+                        None => State::Dangling,
+                    };
+                    let done = Reconciled {
+                        state,
                         would_create: true,
-                        would_mount: repo.map(|r| r.path),
-                    });
+                        would_mount: repo.as_ref().map(|r| r.path.clone()),
+                    };
+                    return Ok((done, repo));
                 }
                 placeholder::create(&self.node, name, self.spec)?
             }
@@ -315,13 +382,14 @@ impl<'t> Workspace<'t> {
                     unmount(&entry)?;
                 }
             }
-            return Ok(Reconciled {
+            let done = Reconciled {
                 would_create,
                 ..Reconciled::is(State::Dangling)
-            });
+            };
+            return Ok((done, None));
         };
         if mounted && entry.id() == repo.id() && entry.st.st_nlink > 0 {
-            return Ok(Reconciled::is(State::Linked));
+            return Ok((Reconciled::is(State::Linked), Some(repo)));
         }
         let would_mount = Reconciled {
             would_create,
@@ -335,7 +403,7 @@ impl<'t> Workspace<'t> {
                 "it shows something other than the recorded repo".into(),
             );
             if steps.dry_run {
-                return Ok(would_mount);
+                return Ok((would_mount, Some(repo)));
             }
             unmount(&entry)?;
         }
@@ -346,14 +414,14 @@ impl<'t> Workspace<'t> {
         };
         if !entry.is_placeholder() {
             tracing::warn!(path = %show(&at), "{} is a directory of its own, not a placeholder; not mounting the link over it (microvm-link moves it aside)", show(&at));
-            return Ok(Reconciled::is(State::Directory));
+            return Ok((Reconciled::is(State::Directory), None));
         }
         steps.act(Act::Mount, &at, format!("repo {}", show(&repo.path)));
         if steps.dry_run {
-            return Ok(would_mount);
+            return Ok((would_mount, Some(repo)));
         }
         bind(&repo, &entry)?;
-        Ok(Reconciled::is(State::Linked))
+        Ok((Reconciled::is(State::Linked), Some(repo)))
     }
 
     /// Applies `changes` for `caller` (0: root) under the workspace lock: every change
@@ -392,6 +460,7 @@ impl<'t> Workspace<'t> {
                     }
                 }
                 remove_record(&links, name)?;
+                self.sync_live(name, None, &mut Steps::new("", false))?;
                 out.steps.push(format!("unlinked {}", show(&at)));
                 continue;
             };
@@ -406,6 +475,7 @@ impl<'t> Workspace<'t> {
             )?;
             let entry = self.unmount_entry(name, entry)?;
             bind(&repo, &entry)?;
+            self.sync_live(name, Some(&repo), &mut Steps::new("", false))?;
             out.steps
                 .push(format!("linked {} -> {}", show(&at), show(&repo.path)));
         }
@@ -598,6 +668,208 @@ impl<'t> Workspace<'t> {
         })?;
         step("move the user's directory aside");
         Ok(displaced.path.join(&keep))
+    }
+
+    // ---- live roots (docs/design.md#live-links) ----
+
+    /// `<workspaceDir>/.live/<name>`, if it exists (a trusted place, like `.live`).
+    fn live_dir(&self, name: &OsStr) -> Result<Option<Node>> {
+        let live = match self.node.child(OsStr::new(paths::LIVE)) {
+            Ok(n) if n.is_dir() => n,
+            Ok(n) => bail!("{} is not a directory", show(&n.path)),
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(e) => return Err(anyhow!(e)).context("cannot open the live roots"),
+        };
+        dirs::check_trusted_place(&live)?;
+        match live.child(name) {
+            Ok(n) if n.is_dir() => Ok(Some(n)),
+            Ok(n) => bail!("{} is not a directory", show(&n.path)),
+            Err(Errno::ENOENT) => Ok(None),
+            Err(e) => Err(anyhow!(e))
+                .with_context(|| format!("cannot open {}", show(&live.path.join(name)))),
+        }
+    }
+
+    /// Every live root of entry `name` (a directory under `.live/<name>` holding `current`),
+    /// with its path below the entry.
+    fn live_roots(&self, name: &OsStr) -> Result<Vec<(Node, PathBuf)>> {
+        let Some(top) = self.live_dir(name)? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        let mut todo = vec![(top, PathBuf::new())];
+        while let Some((dir, rel)) = todo.pop() {
+            for child in chase::list_dir(&dir)? {
+                if child == LIVE_CURRENT {
+                    continue;
+                }
+                if let Ok(n) = dir.child(&child) {
+                    if n.is_dir() && !child.as_encoded_bytes().starts_with(b".") {
+                        todo.push((n, rel.join(&child)));
+                    }
+                }
+            }
+            if dir.child(OsStr::new(LIVE_CURRENT)).is_ok() {
+                out.push((dir, rel));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Makes every live root of `name` show what the entry shows: `repo` (from its record)
+    /// or the placeholder.
+    fn sync_live(&self, name: &OsStr, repo: Option<&Node>, steps: &mut Steps) -> Result<()> {
+        for (root, rel) in self.live_roots(name)? {
+            self.sync_live_root(&root, &rel, repo, steps)?;
+        }
+        Ok(())
+    }
+
+    /// Creates the live root `<workspaceDir>/.live/<name>/<rel>` with its `current` (or, in a
+    /// dry run, plans it) and puts it in step with entry `name`.
+    ///
+    /// `assume`: plan as if the entry were linked to this repo (`Some(None)`: unlinked)
+    /// rather than as its record says (microvm-link's check before it relinks).
+    pub fn ensure_live_root(
+        &self,
+        name: &OsStr,
+        rel: &Path,
+        assume: Option<Option<&Node>>,
+        steps: &mut Steps,
+    ) -> Result<()> {
+        let at = self.path().join(paths::LIVE).join(name).join(rel);
+        let root = match self.tree.walk(&at, Trust::Owners)? {
+            Walk::Found(n) if n.is_dir() => {
+                dirs::check_trusted_place(&n)?;
+                n
+            }
+            Walk::Found(n) => bail!("{} exists but is not a directory", show(&n.path)),
+            Walk::Missing { .. } => {
+                steps.act(Act::Mkdir, &at, "live root, root, 0755".into());
+                if steps.dry_run {
+                    steps.act(
+                        Act::CreatePlaceholder,
+                        &at.join(LIVE_CURRENT),
+                        "live view".into(),
+                    );
+                    // What it would show must be reachable too.
+                    let repo = match assume {
+                        Some(repo) => repo.map(Node::try_clone).transpose()?,
+                        None => self.linked_repo(name)?,
+                    };
+                    if let Some(repo) = repo {
+                        self.repo_path(&repo, rel, steps)?;
+                    }
+                    return Ok(());
+                }
+                dirs::ensure_root_dir(self.tree, &self.path().join(paths::LIVE))?;
+                dirs::ensure_root_dir(self.tree, &at)?
+            }
+        };
+        match assume {
+            Some(repo) => self.sync_live_root(&root, rel, repo, steps),
+            None => {
+                let repo = self.linked_repo(name)?;
+                self.sync_live_root(&root, rel, repo.as_ref(), steps)
+            }
+        }
+    }
+
+    /// The repo entry `name` is linked to (its record, the repo a directory now).
+    fn linked_repo(&self, name: &OsStr) -> Result<Option<Node>> {
+        match read_record(self.links()?.as_ref(), name)? {
+            Some(rec) => self.repo_of(&rec, &self.path().join(name)),
+            None => Ok(None),
+        }
+    }
+
+    /// One live root: `current` exists (a root 0555 placeholder) and has `<repo>/<rel>`
+    /// mounted on it while linked, nothing while not. A `<repo>/<rel>` that is missing is
+    /// created as the repo's owner; it must stay inside the repo.
+    fn sync_live_root(
+        &self,
+        root: &Node,
+        rel: &Path,
+        repo: Option<&Node>,
+        steps: &mut Steps,
+    ) -> Result<()> {
+        let at = root.path.join(LIVE_CURRENT);
+        let current = match root.child(OsStr::new(LIVE_CURRENT)) {
+            Ok(n) if n.is_dir() => n,
+            Ok(_) => bail!(
+                "{} is not a directory (made by hand?); move it away",
+                show(&at)
+            ),
+            Err(Errno::ENOENT) => {
+                steps.act(Act::CreatePlaceholder, &at, "live view".into());
+                if steps.dry_run {
+                    return Ok(());
+                }
+                placeholder::create(root, OsStr::new(LIVE_CURRENT), LIVE_SPEC)?
+            }
+            Err(e) => return Err(anyhow!(e)).with_context(|| format!("cannot open {}", show(&at))),
+        };
+        let mounted = is_mount_root(current.fd.as_fd())?;
+        if !mounted && !current.is_placeholder() {
+            bail!(
+                "{} is a directory that is not ours; move it away",
+                show(&at)
+            );
+        }
+        let want = match repo {
+            Some(repo) => self.repo_path(repo, rel, steps)?,
+            None => None,
+        };
+        if let (true, Some(t)) = (mounted, &want) {
+            if current.id() == t.id() && current.st.st_nlink > 0 {
+                return Ok(());
+            }
+        }
+        if mounted {
+            steps.act(Act::Unmount, &at, "live view of an earlier link".into());
+            if !steps.dry_run {
+                unmount(&current)?;
+            }
+        }
+        if let Some(t) = want {
+            steps.act(Act::Mount, &at, format!("live view of {}", show(&t.path)));
+            if !steps.dry_run {
+                let current = root.child(OsStr::new(LIVE_CURRENT))?;
+                if !current.is_placeholder() {
+                    bail!("{} is not a placeholder under its mount", show(&at));
+                }
+                bind(&t, &current)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `<repo>/<rel>`, created as the owner of the deepest existing directory when missing
+    /// (`None` in a dry run that would create it); never outside the repo.
+    fn repo_path(&self, repo: &Node, rel: &Path, steps: &mut Steps) -> Result<Option<Node>> {
+        match self.tree.walk_within(repo, rel, Trust::Owners)? {
+            Walk::Found(n) if n.is_dir() => Ok(Some(n)),
+            Walk::Found(n) => bail!("{} exists but is not a directory", show(&n.path)),
+            Walk::Missing { mut dir, rest } => {
+                let (uid, gid) = (dir.uid(), dir.st.st_gid);
+                for name in rest {
+                    let at = dir.path.join(&name);
+                    if name == ".." {
+                        bail!("{} goes up through a missing directory", show(&at));
+                    }
+                    steps.act(
+                        Act::MkdirAsOwner,
+                        &at,
+                        format!("uid {uid}, gid {gid}, 0755"),
+                    );
+                    if steps.dry_run {
+                        return Ok(None);
+                    }
+                    dir = dirs::mkdir_as(&dir, &name, uid, gid)?;
+                }
+                Ok(Some(dir))
+            }
+        }
     }
 
     /// What `status` says of entry `name`.

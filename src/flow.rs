@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::chase::{Node, Tree, Trust, Walk};
 use crate::config::Config;
-use crate::entry::{entry_of, Change, Relinked, Workspace};
+use crate::entry::{entry_name_of, live_of, Change, Relinked, Workspace};
 use crate::paths::{self, show, Root};
 use crate::status::{self, VmStatus};
 use crate::{logging, prepare, record, runner, systemd, units};
@@ -207,6 +207,10 @@ pub enum Restart {
     Skipped {
         why: String,
     },
+    /// Not needed: the VM runs and sees the change through live shares.
+    NotNeeded {
+        why: String,
+    },
     Active {
         unit: String,
         secs: f64,
@@ -228,6 +232,7 @@ impl Restart {
         match self {
             Restart::NotAsked => None,
             Restart::Skipped { why } => Some(format!("not restarting {vm}: {why}")),
+            Restart::NotNeeded { why } => Some(format!("{vm} sees it now: {why}; not restarted")),
             Restart::Active { unit, secs } => {
                 Some(format!("restarted {unit}: active after {secs:.1} s"))
             }
@@ -256,6 +261,8 @@ pub struct Outcome {
     #[serde(serialize_with = "stale_json")]
     pub stale: Vec<VmStatus>,
     pub restarted_stale: Vec<(String, Restart)>,
+    /// Running VMs that see the change now through live shares: (VM, tags).
+    pub live: Vec<(String, Vec<String>)>,
 }
 
 fn stale_json<S: serde::Serializer>(stale: &[VmStatus], s: S) -> Result<S::Ok, S::Error> {
@@ -298,6 +305,12 @@ impl Outcome {
             ));
         }
         out.extend(self.restart.line(&self.vm));
+        for (vm, tags) in self.live.iter().filter(|(v, _)| *v != self.vm) {
+            out.push(format!(
+                "{vm} sees it now through its live shares ({}); no restart needed",
+                tags.join(", ")
+            ));
+        }
         for s in &self.stale {
             let tags = stale_tags(s).join(", ");
             match self.restarted_stale.iter().find(|(v, _)| *v == s.vm) {
@@ -407,7 +420,19 @@ fn run(
     };
     let (ensured, skipped) = ensure_affected(env, &changes, opts.dry_run);
     let link_ms = t0.elapsed().as_secs_f64() * 1000.0;
-    let restart = restart_vm(env, vm, opts.no_restart || opts.dry_run, opts.progress);
+    let live = live_views(env, &changes);
+    let restart = match live.iter().find(|(v, _)| v == vm) {
+        // Every share of the VM through the changed entries is live, and it runs: it sees
+        // the change already.
+        Some((_, tags))
+            if !opts.dry_run && !opts.no_restart && pinned_through(env, vm, &changes) == 0 =>
+        {
+            Restart::NotNeeded {
+                why: format!("live shares {}", tags.join(", ")),
+            }
+        }
+        _ => restart_vm(env, vm, opts.no_restart || opts.dry_run, opts.progress),
+    };
     let stale = stale_others(env, vm);
     let mut restarted_stale = Vec::new();
     if opts.restart_stale && !opts.dry_run {
@@ -427,7 +452,39 @@ fn run(
         restart,
         stale,
         restarted_stale,
+        live,
     })
+}
+
+/// Running VMs with live shares through the changed entries, and those shares' tags.
+fn live_views(env: &Env, changed: &[Change]) -> Vec<(String, Vec<String>)> {
+    affected(env, changed)
+        .0
+        .into_iter()
+        .filter(|(vm, _)| {
+            !env.root.is_rerooted()
+                && systemd::is_active(&units::unit_name("microvm@", vm)) == Some(true)
+        })
+        .filter_map(|(vm, shares)| {
+            let tags: Vec<String> = shares
+                .iter()
+                .filter(|s| live_of(&env.cfg.workspace_dir, &s.path).is_some())
+                .map(|s| s.tag.clone())
+                .collect();
+            (!tags.is_empty()).then_some((vm, tags))
+        })
+        .collect()
+}
+
+/// How many of `vm`'s shares through the changed entries are pinned (not live).
+fn pinned_through(env: &Env, vm: &str, changed: &[Change]) -> usize {
+    affected(env, changed)
+        .0
+        .into_iter()
+        .filter(|(v, _)| v == vm)
+        .flat_map(|(_, shares)| shares)
+        .filter(|s| live_of(&env.cfg.workspace_dir, &s.path).is_none())
+        .count()
 }
 
 /// Shares of every known VM that pass through a changed entry; VMs whose shares cannot be
@@ -442,8 +499,8 @@ fn affected(env: &Env, changed: &[Change]) -> (Vec<(String, Vec<runner::Share>)>
                 let shares: Vec<_> = shares
                     .into_iter()
                     .filter(|s| {
-                        entry_of(&env.cfg.workspace_dir, &s.path)
-                            .is_some_and(|n| names.contains(&n))
+                        entry_name_of(&env.cfg.workspace_dir, &s.path)
+                            .is_some_and(|n| names.contains(&n.as_os_str()))
                     })
                     .collect();
                 if !shares.is_empty() {

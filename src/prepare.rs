@@ -16,7 +16,7 @@ use crate::action::{Act, Action, Steps};
 use crate::chase::{Node, Tree, Trust, Walk};
 use crate::config::Config;
 use crate::dirs;
-use crate::entry::{entry_of, Workspace};
+use crate::entry::{entry_of, live_of, Workspace};
 use crate::paths::show;
 use crate::placeholder::{self, PlaceholderSpec};
 use crate::runner::{self, Share};
@@ -31,6 +31,8 @@ pub enum Kind {
     Placeholder,
     /// Created just now, with the owner's credentials, inside a user's tree.
     CreatedInRepo,
+    /// A live root: it follows every link change of its entry (docs/design.md#live-links).
+    Live,
 }
 
 /// One share after preparing: where its source resolved.
@@ -58,6 +60,9 @@ struct Ctx<'a> {
     /// Workspace entries already made to agree with their records in this pass (every share
     /// below one entry would otherwise check it again).
     ensured: Vec<OsString>,
+    /// Plan only: entries taken as linked to these repos (`None`: unlinked) whatever their
+    /// records say (see [`plan_assuming`]).
+    assumed: BTreeMap<OsString, Option<Node>>,
 }
 
 /// How to create what is missing below an existing directory.
@@ -87,6 +92,7 @@ impl<'a> Ctx<'a> {
             redirects: Vec::new(),
             planned: BTreeMap::new(),
             ensured: Vec::new(),
+            assumed: BTreeMap::new(),
         })
     }
 
@@ -133,7 +139,21 @@ impl<'a> Ctx<'a> {
     /// would be created).
     fn ensure_share(&mut self, share: &Share) -> Result<Option<Prepared>> {
         self.steps.tag = share.tag.clone();
-        if let Some(name) = entry_of(&self.cfg.workspace_dir, &share.path) {
+        let live = live_of(&self.cfg.workspace_dir, &share.path).transpose()?;
+        if let Some((name, rel)) = &live {
+            self.reconcile(name)?;
+            let before = self.steps.actions.len();
+            let assume = self.assumed.get(name).map(Option::as_ref);
+            match &self.ws {
+                Some(ws) => ws.ensure_live_root(name, rel, assume, &mut self.steps)?,
+                None => self
+                    .steps
+                    .act(Act::Mkdir, &share.path, "live root, root, 0755".into()),
+            }
+            if self.dry_run() && self.steps.actions.len() > before {
+                return Ok(None); // planned: the second pass makes it
+            }
+        } else if let Some(name) = entry_of(&self.cfg.workspace_dir, &share.path) {
             self.reconcile(name)?;
         }
         let path = self.redirected(&share.path);
@@ -186,7 +206,9 @@ impl<'a> Ctx<'a> {
             }
         };
         let kind = created.unwrap_or_else(|| {
-            if node.is_placeholder() {
+            if live.is_some() {
+                Kind::Live
+            } else if node.is_placeholder() {
                 Kind::Placeholder
             } else {
                 Kind::Existing
@@ -330,11 +352,21 @@ pub fn plan_assuming(
     let mut look = Ctx::new(tree, cfg, vm, true)?;
     for (name, target) in assume {
         let at = cfg.workspace_dir.join(name);
-        match target {
-            Some(t) => look.redirects.push((at, t.clone())),
-            None => look.plan_placeholder(&at),
-        }
+        let repo = match target {
+            Some(t) => {
+                look.redirects.push((at, t.clone()));
+                match tree.walk(t, Trust::Owners)? {
+                    Walk::Found(n) if n.is_dir() => Some(n),
+                    _ => bail!("{} is not a directory", show(t)),
+                }
+            }
+            None => {
+                look.plan_placeholder(&at);
+                None
+            }
+        };
         look.ensured.push(name.into());
+        look.assumed.insert(name.into(), repo);
     }
     for s in shares {
         look.ensure_share(s).with_context(|| share_label(vm, s))?;

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::chase::{Tree, Trust, Walk};
 use crate::config::Config;
-use crate::entry::{EntryView, State, Workspace};
+use crate::entry::{live_of, EntryView, State, Workspace};
 use crate::paths::Root;
 use crate::prepare::Kind;
 use crate::record::{self, ShareRecord};
@@ -63,7 +63,9 @@ pub struct ShareStatus {
     pub kind: Option<Kind>,
     pub at_start: Option<Ident>,
     pub now: Option<Ident>,
-    /// Recorded at start and resolving to something else now.
+    /// A live root: it follows every link change, so it is never stale.
+    pub live: bool,
+    /// Recorded at start, pinned, and resolving to something else now.
     pub stale: bool,
 }
 
@@ -121,6 +123,7 @@ pub fn status_of(tree: &Tree, cfg: &Config, root: &Root, vm: &str) -> anyhow::Re
         let rec = recorded.iter().find(|r| r.tag == s.tag);
         shares.push(share_status(
             tree,
+            cfg,
             s.tag.clone(),
             s.source.clone(),
             path,
@@ -134,6 +137,7 @@ pub fn status_of(tree: &Tree, cfg: &Config, root: &Root, vm: &str) -> anyhow::Re
     {
         shares.push(share_status(
             tree,
+            cfg,
             r.tag.clone(),
             r.source.clone(),
             r.path.clone(),
@@ -161,6 +165,7 @@ pub fn status_of(tree: &Tree, cfg: &Config, root: &Root, vm: &str) -> anyhow::Re
 
 fn share_status(
     tree: &Tree,
+    cfg: &Config,
     tag: String,
     source: String,
     path: String,
@@ -171,12 +176,14 @@ fn share_status(
         device: r.device,
         inode: r.inode,
     });
+    let live = live_of(&cfg.workspace_dir, Path::new(&path)).is_some();
     ShareStatus {
         tag,
         source,
         path,
         kind: rec.map(|r| r.kind),
-        stale: at_start.is_some() && at_start != now,
+        live,
+        stale: !live && at_start.is_some() && at_start != now,
         at_start,
         now,
     }
@@ -231,10 +238,10 @@ pub fn table(rows: &[VmStatus]) -> String {
                 s.source.clone(),
                 id(&s.at_start),
                 id(&s.now),
-                if s.stale {
-                    "STALE".into()
-                } else {
-                    String::new()
+                match (s.stale, s.live) {
+                    (true, _) => "STALE".into(),
+                    (false, true) => "live".into(),
+                    _ => String::new(),
                 },
             ]);
         }
