@@ -330,6 +330,11 @@ fn check_crashed_run(fx: &Fx, s: &Scenario, ctx: &str) {
     assert_all_owned_by(&fx.p("/home/alice/a/vm1"), ALICE, &ctx);
 }
 
+/// How many runs the crash test must actually have killed, at failpoints and at random.
+const KILLS: usize = 200;
+/// Random-delay runs at least.
+const RUNS: usize = 160;
+
 #[test]
 fn crash_at_every_step_and_at_random_moments_leaves_a_consistent_state() {
     in_mount_ns!(crash_at_every_step_and_at_random_moments_leaves_a_consistent_state);
@@ -345,7 +350,16 @@ fn crash_at_every_step_and_at_random_moments_leaves_a_consistent_state() {
             let out = (s.cmd)(&fx).env(api::FAILPOINT_ENV, n.to_string()).output();
             let ctx = format!("{}: killed after step {n}", s.name);
             let finished = match out.status.signal() {
-                Some(9) => false,
+                Some(9) => {
+                    // Killed by its own failpoint, after the step asked for, not by anything
+                    // else: only such a kill counts.
+                    let err = stderr(&out);
+                    assert!(
+                        err.contains(&format!("failpoint: killed after step {n} (")),
+                        "{ctx}: SIGKILL without the failpoint: {err}"
+                    );
+                    false
+                }
                 _ => {
                     assert_ok(&out);
                     took.push(t0.elapsed());
@@ -368,10 +382,14 @@ fn crash_at_every_step_and_at_random_moments_leaves_a_consistent_state() {
         }
     }
     let stepwise = kills;
-    // 2. SIGKILL after a random delay within a normal run's duration.
+    // 2. SIGKILL after a random delay within a normal run's duration: at least RUNS runs, and
+    // more (up to three times as many) while fewer than KILLS runs in all were really killed
+    // (a loaded machine lets more runs finish before their kill).
     let mut random_kills = 0;
-    let runs = 160;
-    for i in 0..runs {
+    let mut runs = 0;
+    while runs < RUNS || (stepwise + random_kills < KILLS && runs < 3 * RUNS) {
+        let i = runs;
+        runs += 1;
         let s = &scenarios[i % scenarios.len()];
         let mut rng = Rng::new(i as u64);
         let span = took[i % scenarios.len()].as_micros() as u64;
@@ -396,5 +414,15 @@ fn crash_at_every_step_and_at_random_moments_leaves_a_consistent_state() {
         "crash safety: {stepwise} kills at failpoints over {} scenarios, {runs} random-delay runs of which {random_kills} were killed mid-run",
         scenarios.len()
     );
-    assert!(stepwise + runs >= 200);
+    // What was checked must have happened: runs really died mid-way, counted from each
+    // child's exit signal (a run that finished before its kill tests no crash).
+    assert!(
+        random_kills > 0,
+        "none of {runs} random-delay runs was killed before it finished"
+    );
+    assert!(
+        stepwise + random_kills >= KILLS,
+        "only {} runs were killed, want {KILLS}",
+        stepwise + random_kills
+    );
 }
