@@ -43,17 +43,36 @@ pub fn check<S: Strategy>(
     }
 }
 
-/// An error as the binaries print it: one line, and no control character at all (a
-/// carriage return or an escape sequence would garble a terminal or the journal too).
+/// An error as the binaries print it (`one_line`) is the whole chain of causes, each
+/// non-empty, joined by ": ", every control character escaped and nothing else changed (a
+/// carriage return or an escape sequence would garble a terminal or the journal). Checked
+/// against [`printed`], an escaping done here independently: a line that dropped a cause,
+/// kept a raw control character or mangled the text fails.
 pub fn one_clean_line(e: &anyhow::Error) -> Result<(), TestCaseError> {
-    let line = api::one_line(e);
-    prop_assert!(!line.is_empty());
+    let causes: Vec<String> = e.chain().map(ToString::to_string).collect();
     prop_assert!(
-        !line.chars().any(char::is_control),
-        "control character in {:?}",
-        line
+        causes.iter().all(|c| !c.trim().is_empty()),
+        "an empty cause in {:?}",
+        causes
     );
+    prop_assert_eq!(api::one_line(e), printed(&causes));
     Ok(())
+}
+
+/// The causes of an error as one terminal-safe line: joined by ": ", control characters as
+/// Rust writes them in a string literal (`\n`, `\r`, `\t`, `\u{1b}`).
+pub fn printed(causes: &[String]) -> String {
+    let mut out = String::new();
+    for ch in causes.join(": ").chars() {
+        match ch {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Bytes that like to break parsers and paths.
@@ -271,6 +290,49 @@ fn hostile_config_bytes_never_panic_and_fail_in_one_clean_line() {
     );
     assert!(ok.load(Ordering::Relaxed) > 0 && bad.load(Ordering::Relaxed) > 0);
 
+    // Through the prepare binary: what it prints is exactly its name, the file, and the
+    // parse error's chain as one clean line (the binary's own printing path, not only the
+    // escaper), or nothing at all when the config is accepted.
+    let fx = Fx::new();
+    fx.runner("vm1", &[("t", b"/srv/t")]);
+    let refused = AtomicUsize::new(0);
+    check(
+        "mutated valid JSON, prepare binary",
+        150,
+        9,
+        mutated_json(),
+        |b| {
+            fx.write("/etc/microvm-workspaces/config.json", &b);
+            let out = fx.run(PREPARE, &["--dry-run", "vm1"]);
+            let err = stderr(&out);
+            match Config::parse(&b) {
+                // Accepted: vm1 is prepared (in plan), or a later step fails, in one clean line.
+                Ok(_) => match out.status.code() {
+                    Some(0) => prop_assert_eq!(err, ""),
+                    Some(1) => {
+                        prop_assert!(err.starts_with("microvm-workspaces-prepare: "), "{:?}", err);
+                        prop_assert_eq!(err.matches('\n').count(), 1, "{:?}", err);
+                        prop_assert!(!err.trim_end().chars().any(char::is_control), "{:?}", err);
+                    }
+                    other => prop_assert!(false, "exit {:?}: {:?}", other, err),
+                },
+                Err(e) => {
+                    refused.fetch_add(1, Ordering::Relaxed);
+                    let causes: Vec<String> = e.chain().map(ToString::to_string).collect();
+                    prop_assert_eq!(out.status.code(), Some(1));
+                    prop_assert_eq!(
+                    err,
+                    format!(
+                        "microvm-workspaces-prepare: config /etc/microvm-workspaces/config.json: {}\n",
+                        printed(&causes)
+                    )
+                );
+                }
+            }
+            Ok(())
+        },
+    );
+    assert!(refused.load(Ordering::Relaxed) > 0);
     eprintln!(
         "hostile config: {} cases",
         CASES.load(Ordering::Relaxed) - n0
