@@ -468,17 +468,6 @@ fn hostile_names_never_panic_and_derive_only_safe_names() {
         }
     });
     assert!(derived.load(Ordering::Relaxed) > 0);
-    check("check_name", 1000, 7, nasty_bytes(), |b| {
-        let s = String::from_utf8_lossy(&b);
-        match check_name("VM", &s) {
-            Ok(()) => {
-                prop_assert!(!s.is_empty() && !s.starts_with('.') && !s.contains('/'));
-                prop_assert!(!s.chars().any(char::is_control) && s.len() <= 200);
-                Ok(())
-            }
-            Err(e) => one_clean_line(&e),
-        }
-    });
     // A unit instance (%i), unescaped the way prepare does it: never a path out of its dir.
     check("unit instance names", 500, 8, nasty_bytes(), |b| {
         let inst = String::from_utf8_lossy(&b);
@@ -493,6 +482,98 @@ fn hostile_names_never_panic_and_derive_only_safe_names() {
         "hostile names: {} cases",
         CASES.load(Ordering::Relaxed) - n0
     );
+}
+
+/// What `check_name` must mean for names that become paths (`<workspaceDir>/<name>`,
+/// `/run/microvm-workspaces/<name>.json`), judged by the path library and the file system
+/// rather than by restating its rules: an accepted name is one visible path component that
+/// names a new entry right inside the directory it is joined to; ordinary VM names pass.
+#[test]
+fn check_name_accepts_exactly_the_names_that_stay_one_visible_component() {
+    let n0 = CASES.load(Ordering::Relaxed);
+    let long_ok = "a".repeat(200);
+    let long_utf8_ok = "é".repeat(100); // 200 bytes
+    for name in [
+        "vm1",
+        "nixfiles",
+        "nix-secrets",
+        "my_vm.2",
+        "a..b",
+        "trailing.",
+        "ümlaut",
+        "with space",
+        long_ok.as_str(),
+        long_utf8_ok.as_str(),
+    ] {
+        assert!(check_name("VM", name).is_ok(), "{name:?} refused");
+    }
+    let too_long = "a".repeat(201);
+    let too_long_utf8 = format!("{}a", "é".repeat(100)); // 201 bytes, 101 characters
+    for name in [
+        "",
+        ".",
+        "..",
+        ".hidden",
+        "..hidden",
+        "a/b",
+        "/",
+        "vm1/",
+        "/vm1",
+        "../etc",
+        "a\nb",
+        "a\rb",
+        "a\tb",
+        "a\u{1b}[2Jb",
+        "a\0b",
+        "a\u{85}b",
+        too_long.as_str(),
+        too_long_utf8.as_str(),
+    ] {
+        let e = check_name("VM", name).expect_err(name);
+        let line = api::one_line(&e);
+        assert!(line.starts_with("VM name "), "{name:?}: {line}");
+    }
+
+    // Oracles: std's path parser, and the file system itself.
+    let dir = tempfile::tempdir().unwrap();
+    let accepted = AtomicUsize::new(0);
+    check("check_name", 1000, 7, nasty_bytes(), |b| {
+        let s = String::from_utf8_lossy(&b).into_owned();
+        let Ok(()) = check_name("VM", &s) else {
+            return Ok(());
+        };
+        accepted.fetch_add(1, Ordering::Relaxed);
+        let parts: Vec<_> = Path::new(&s).components().collect();
+        prop_assert_eq!(
+            parts,
+            vec![std::path::Component::Normal(OsStr::new(&s))],
+            "not one path component"
+        );
+        prop_assert!(!s.starts_with('.'), "hidden: {:?}", s);
+        prop_assert!(!s.chars().any(char::is_control), "control: {:?}", s);
+        let made = dir.path().join(&s);
+        std::fs::create_dir(&made).map_err(|e| TestCaseError::fail(format!("{s:?}: {e}")))?;
+        let listed: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        std::fs::remove_dir(&made).unwrap();
+        prop_assert_eq!(listed, vec![OsStr::new(&s).to_os_string()]);
+        Ok(())
+    });
+    assert!(accepted.load(Ordering::Relaxed) > 0);
+    // Names as people write them for hosts and VMs always pass.
+    check(
+        "ordinary names",
+        300,
+        10,
+        "[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}",
+        |s| {
+            prop_assert!(check_name("VM", &s).is_ok(), "{:?} refused", s);
+            Ok(())
+        },
+    );
+    eprintln!("check_name: {} cases", CASES.load(Ordering::Relaxed) - n0);
 }
 
 /// The runner is read with one `openat2` per source when no symlink is on the way; a runner
