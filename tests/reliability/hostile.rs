@@ -295,6 +295,27 @@ fn hostile_config_bytes_never_panic_and_fail_in_one_clean_line() {
     // escaper), or nothing at all when the config is accepted.
     let fx = Fx::new();
     fx.runner("vm1", &[("t", b"/srv/t")]);
+    // First the inputs that reach the terminal raw unless escaped: serde quotes an unknown
+    // key verbatim, and JSON escapes make any control character of it.
+    for b in [
+        &br#"{"col\u001b[2Jour": 1}"#[..],
+        br#"{"a\r\nb": 1}"#,
+        br#"{"placeholder": {"mode": "0555"}, "x\u0085y": 1}"#,
+    ] {
+        let e = Config::parse(b).expect_err("an unknown key");
+        let causes: Vec<String> = e.chain().map(ToString::to_string).collect();
+        assert!(causes.concat().chars().any(char::is_control), "{causes:?}");
+        fx.write("/etc/microvm-workspaces/config.json", b);
+        let out = fx.run(PREPARE, &["--dry-run", "vm1"]);
+        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(
+            stderr(&out),
+            format!(
+                "microvm-workspaces-prepare: config /etc/microvm-workspaces/config.json: {}\n",
+                printed(&causes)
+            )
+        );
+    }
     let refused = AtomicUsize::new(0);
     check(
         "mutated valid JSON, prepare binary",
