@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::GENERATOR;
+use common::{text_tree, Run, GENERATOR};
 
 fn cases() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/generator");
@@ -34,29 +34,6 @@ fn cases() -> Vec<PathBuf> {
 
 fn case(name: &str) -> PathBuf {
     cases().into_iter().find(|c| c.ends_with(name)).unwrap()
-}
-
-/// Relative path -> content of every file under `dir` (empty map if `dir` does not exist).
-fn tree(dir: &Path) -> BTreeMap<PathBuf, String> {
-    let mut out = BTreeMap::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                todo.push(p);
-            } else {
-                out.insert(
-                    p.strip_prefix(dir).unwrap().to_path_buf(),
-                    std::fs::read_to_string(&p).unwrap(),
-                );
-            }
-        }
-    }
-    out
 }
 
 /// The prepare path the generator must write: fixed at build time, else its sibling.
@@ -81,20 +58,21 @@ fn run_case(case: &Path, out: &Path) -> std::process::Output {
     let nargs: usize = std::fs::read_to_string(case.join("args"))
         .map(|s| s.trim().parse().unwrap())
         .unwrap_or(1);
-    let mut cmd = Command::new(GENERATOR);
-    cmd.env_clear().env("MICROVM_WORKSPACES_ROOT", &root);
+    let mut cmd = Run::new(GENERATOR)
+        .env_clear()
+        .env("MICROVM_WORKSPACES_ROOT", &root);
     // Without an override the generator reads ROOT/proc/cmdline, not the host's.
     if let Ok(env) = std::fs::read_to_string(case.join("env")) {
         for line in env.lines().filter(|l| !l.is_empty()) {
             let (k, v) = line.split_once('=').unwrap();
-            cmd.env(k, v);
+            cmd = cmd.env(k, v);
         }
     }
     let dirs = [out.join("normal"), out.join("early"), out.join("late")];
     for d in &dirs {
         std::fs::create_dir_all(d).unwrap();
     }
-    cmd.args(dirs.iter().take(nargs)).output().unwrap()
+    cmd.args(dirs.iter().take(nargs)).output()
 }
 
 #[test]
@@ -116,12 +94,13 @@ fn golden_files() {
             ));
             continue;
         }
-        let expected: BTreeMap<PathBuf, String> = tree(&case.join("expected"))
+        let expected: BTreeMap<PathBuf, String> = text_tree(&case.join("expected"))
             .into_iter()
             .map(|(p, t)| (p, t.replace("@PREPARE@", &prepare)))
             .collect();
-        let got = tree(&out.path().join("normal"));
-        let others = tree(&out.path().join("early")).len() + tree(&out.path().join("late")).len();
+        let got = text_tree(&out.path().join("normal"));
+        let others =
+            text_tree(&out.path().join("early")).len() + text_tree(&out.path().join("late")).len();
         if got != expected || others != 0 {
             let diff = Command::new("diff")
                 .arg("-r")
@@ -146,14 +125,14 @@ fn generated_output_is_deterministic_and_excl() {
     let case = case("02-config-with-vms");
     let out = tempfile::tempdir().unwrap();
     assert!(run_case(&case, out.path()).status.success());
-    let first = tree(&out.path().join("normal"));
+    let first = text_tree(&out.path().join("normal"));
     let again = run_case(&case, out.path());
     assert!(
         !again.status.success(),
         "a second run over existing output must fail"
     );
     assert!(String::from_utf8_lossy(&again.stderr).contains("File exists"));
-    assert_eq!(first, tree(&out.path().join("normal")));
+    assert_eq!(first, text_tree(&out.path().join("normal")));
 }
 
 const STUB_MICROVM: &str = "[Unit]
@@ -253,7 +232,7 @@ fn systemd_analyze_verify_accepts_every_generated_file() {
     for case in cases() {
         let out = tempfile::tempdir().unwrap();
         run_case(&case, out.path());
-        let generated = tree(&out.path().join("normal"));
+        let generated = text_tree(&out.path().join("normal"));
         if generated.is_empty() {
             continue;
         }

@@ -5,34 +5,13 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use common::api::{derive_vm_name, repo_root};
 use common::*;
-use microvm_workspaces::flow::{derive_vm_name, repo_root};
 
 const WS: &str = "/var/lib/microvm-workspaces";
-
-/// Runs microvm-link in `cwd` (an inside path) as root on behalf of `uid` (`--user`).
-fn link(fx: &Fx, cwd: &str, uid: u32, args: &[&str]) -> Output {
-    Command::new(LINK)
-        .env("MICROVM_WORKSPACES_ROOT", fx.root())
-        .env_remove("SUDO_UID")
-        .arg("--user")
-        .arg(uid.to_string())
-        .env_remove("JOURNAL_STREAM")
-        .current_dir(fx.p(cwd))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn link_ok(fx: &Fx, cwd: &str, uid: u32, args: &[&str]) -> String {
-    let out = link(fx, cwd, uid, args);
-    assert_ok(&out);
-    String::from_utf8(out.stdout).unwrap()
-}
 
 fn status_json(fx: &Fx) -> serde_json::Value {
     let out = fx.run(LINK, &["status", "--json"]);
@@ -122,7 +101,11 @@ fn linking_from_inside_a_repo_derives_the_vm_and_mounts_it() {
     let fx = vm1_fixture();
     repo_with_marker(&fx, "/home/alice/vm1", ALICE);
     fx.mkdir("/home/alice/vm1/src/deep", ALICE, 0o755);
-    let out = link_ok(&fx, "/home/alice/vm1/src/deep", ALICE, &["--no-restart"]);
+    let out = Run::link(&fx)
+        .user(ALICE)
+        .cwd("/home/alice/vm1/src/deep")
+        .args(["--no-restart"])
+        .ok_stdout();
     assert!(
         out.contains("linked /var/lib/microvm-workspaces/vm1 -> /home/alice/vm1"),
         "{out}"
@@ -148,7 +131,11 @@ fn linking_from_inside_a_repo_derives_the_vm_and_mounts_it() {
 fn an_unknown_vm_is_an_error_listing_the_known_ones() {
     let fx = vm1_fixture();
     repo_with_marker(&fx, "/home/alice/webapp", ALICE);
-    let out = link(&fx, "/home/alice/webapp", ALICE, &["--no-restart"]);
+    let out = Run::link(&fx)
+        .user(ALICE)
+        .cwd("/home/alice/webapp")
+        .args(["--no-restart"])
+        .output();
     assert_one_line_error(&out, &["unknown VM \"webapp\"", "known VMs: vm1, vm2, vm3"]);
     assert!(
         !fx.p(WS).exists(),
@@ -161,11 +148,19 @@ fn a_repo_owned_by_another_user_is_refused() {
     let fx = vm1_fixture();
     repo_with_marker(&fx, "/home/bob/vm1", BOB);
     let before = fx.snapshot();
-    let out = link(&fx, "/home/bob/vm1", ALICE, &["--no-restart"]);
+    let out = Run::link(&fx)
+        .user(ALICE)
+        .cwd("/home/bob/vm1")
+        .args(["--no-restart"])
+        .output();
     assert_one_line_error(&out, &["owned by uid 4343", "not by you (uid 4242)"]);
     assert_eq!(before, fx.snapshot());
     // Root may link anything.
-    let out = link(&fx, "/home/bob/vm1", 0, &["--no-restart", "--dry-run"]);
+    let out = Run::link(&fx)
+        .user(0)
+        .cwd("/home/bob/vm1")
+        .args(["--no-restart", "--dry-run"])
+        .output();
     assert_ok(&out);
 }
 
@@ -194,19 +189,31 @@ fn relinking_never_makes_the_path_vanish_and_record_and_mount_agree() {
         })
     };
     for round in 0..10 {
-        link_ok(&fx, "/home/alice/a", ALICE, &["vm1", "--no-restart"]);
+        Run::link(&fx)
+            .user(ALICE)
+            .cwd("/home/alice/a")
+            .args(["vm1", "--no-restart"])
+            .ok_stdout();
         assert_eq!(
             agree(&fx, "vm1"),
             (Some("/home/alice/a".into()), true),
             "round {round}"
         );
-        link_ok(&fx, "/home/alice/b", ALICE, &["vm1", "--no-restart"]);
+        Run::link(&fx)
+            .user(ALICE)
+            .cwd("/home/alice/b")
+            .args(["vm1", "--no-restart"])
+            .ok_stdout();
         assert_eq!(
             agree(&fx, "vm1"),
             (Some("/home/alice/b".into()), true),
             "round {round}"
         );
-        link_ok(&fx, "/", ALICE, &["unlink", "vm1", "--no-restart"]);
+        Run::link(&fx)
+            .user(ALICE)
+            .cwd("/")
+            .args(["unlink", "vm1", "--no-restart"])
+            .ok_stdout();
         assert_eq!(
             agree(&fx, "vm1"),
             (None, true),
@@ -232,7 +239,11 @@ fn a_users_directory_in_the_way_is_moved_aside_not_deleted() {
     fx.mkdir(WS, 0, 0o755);
     fx.mkdir(&format!("{WS}/vm1"), ALICE, 0o755);
     fx.write(&format!("{WS}/vm1/precious"), b"do not lose me");
-    let out = link_ok(&fx, "/home/alice/vm1", ALICE, &["--no-restart"]);
+    let out = Run::link(&fx)
+        .user(ALICE)
+        .cwd("/home/alice/vm1")
+        .args(["--no-restart"])
+        .ok_stdout();
     assert!(out.contains("moved your directory /var/lib/microvm-workspaces/vm1 aside to /var/lib/microvm-workspaces/.displaced/vm1."), "{out}");
     let kept: Vec<_> = std::fs::read_dir(fx.p(&format!("{WS}/.displaced")))
         .unwrap()
@@ -260,7 +271,11 @@ fn companions_are_linked_when_present_and_placeholders_when_not() {
     );
     repo_with_marker(&fx, "/home/alice/nixfiles", ALICE);
     repo_with_marker(&fx, "/home/alice/nix-secrets", ALICE);
-    let out = link_ok(&fx, "/home/alice/nixfiles", ALICE, &["--no-restart"]);
+    let out = Run::link(&fx)
+        .user(ALICE)
+        .cwd("/home/alice/nixfiles")
+        .args(["--no-restart"])
+        .ok_stdout();
     assert!(
         out.contains("linked /var/lib/microvm-workspaces/nix-secrets -> /home/alice/nix-secrets"),
         "{out}"
@@ -271,7 +286,11 @@ fn companions_are_linked_when_present_and_placeholders_when_not() {
     );
     // A second checkout without the sibling: the companion becomes a placeholder again.
     repo_with_marker(&fx, "/home/alice/other/nixfiles", ALICE);
-    let out = link_ok(&fx, "/home/alice/other/nixfiles", ALICE, &["--no-restart"]);
+    let out = Run::link(&fx)
+        .user(ALICE)
+        .cwd("/home/alice/other/nixfiles")
+        .args(["--no-restart"])
+        .ok_stdout();
     assert!(
         out.contains("unlinked /var/lib/microvm-workspaces/nix-secrets"),
         "{out}"
@@ -281,7 +300,11 @@ fn companions_are_linked_when_present_and_placeholders_when_not() {
     // A sibling owned by someone else is not linked for alice.
     repo_with_marker(&fx, "/home/alice/third/nixfiles", ALICE);
     repo_with_marker(&fx, "/home/alice/third/nix-secrets", BOB);
-    link_ok(&fx, "/home/alice/third/nixfiles", ALICE, &["--no-restart"]);
+    Run::link(&fx)
+        .user(ALICE)
+        .cwd("/home/alice/third/nixfiles")
+        .args(["--no-restart"])
+        .ok_stdout();
     assert_eq!(agree(&fx, "nix-secrets"), (None, true));
 }
 
@@ -309,7 +332,11 @@ fn nested_sources_of_every_vm_appear_in_the_real_repo_owned_by_its_owner() {
     );
     fx.prepare_ok("web"); // placeholders for now
     repo_with_marker(&fx, "/home/alice/nixfiles", ALICE);
-    link_ok(&fx, "/home/alice/nixfiles", ALICE, &["--no-restart"]);
+    Run::link(&fx)
+        .user(ALICE)
+        .cwd("/home/alice/nixfiles")
+        .args(["--no-restart"])
+        .ok_stdout();
     for host in ["web", "db"] {
         let p = fx.p(&format!("/home/alice/nixfiles/hosts/microvms/{host}"));
         assert_eq!(meta(&p), (ALICE, ALICE, 0o755), "{host}");
@@ -340,7 +367,11 @@ fn status_marks_exactly_the_vm_and_tag_that_went_stale() {
         "{st}"
     );
     repo_with_marker(&fx, "/home/alice/vm1", ALICE);
-    let out = link_ok(&fx, "/home/alice/vm1", ALICE, &["--no-restart", "--json"]);
+    let out = Run::link(&fx)
+        .user(ALICE)
+        .cwd("/home/alice/vm1")
+        .args(["--no-restart", "--json"])
+        .ok_stdout();
     let res: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(res["stale"][0]["vm"], "vm2", "{res}");
     assert_eq!(res["stale"][0]["tags"], serde_json::json!(["vm1ro"]));
@@ -408,7 +439,11 @@ fn status_shows_a_dangling_link_with_its_remembered_target() {
     in_mount_ns!(status_shows_a_dangling_link_with_its_remembered_target);
     let fx = vm1_fixture();
     repo_with_marker(&fx, "/home/alice/vm1", ALICE);
-    link_ok(&fx, "/home/alice/vm1", ALICE, &["--no-restart"]);
+    Run::link(&fx)
+        .user(ALICE)
+        .cwd("/home/alice/vm1")
+        .args(["--no-restart"])
+        .ok_stdout();
     std::fs::remove_dir_all(fx.p("/home/alice/vm1")).unwrap();
     fx.prepare_ok("vm1");
     let st = status_json(&fx);
@@ -435,7 +470,11 @@ fn dry_run_changes_nothing() {
     fx.mkdir(WS, 0, 0o755);
     fx.mkdir(&format!("{WS}/vm1"), ALICE, 0o755); // would be displaced
     let before = fx.snapshot();
-    let out = link_ok(&fx, "/home/alice/vm1", ALICE, &["--dry-run"]);
+    let out = Run::link(&fx)
+        .user(ALICE)
+        .cwd("/home/alice/vm1")
+        .args(["--dry-run"])
+        .ok_stdout();
     assert_eq!(before, fx.snapshot(), "dry run changed the tree");
     assert!(
         out.contains("would link /var/lib/microvm-workspaces/vm1 -> /home/alice/vm1"),
@@ -456,17 +495,15 @@ fn two_links_racing_on_one_vm_end_consistent() {
     repo_with_marker(&fx, "/home/alice/b", ALICE);
     for round in 0..15 {
         let spawn = |repo: &str| {
-            Command::new(LINK)
-                .env("MICROVM_WORKSPACES_ROOT", fx.root())
-                .env_remove("SUDO_UID")
-                .args(["--user", &ALICE.to_string()])
-                .current_dir(fx.p(repo))
+            Run::link(&fx)
+                .user(ALICE)
+                .cwd(repo)
                 .args(["vm1", "--no-restart"])
                 .output()
         };
         let (a, b) = std::thread::scope(|s| {
-            let a = s.spawn(|| spawn("/home/alice/a").unwrap());
-            let b = s.spawn(|| spawn("/home/alice/b").unwrap());
+            let a = s.spawn(|| spawn("/home/alice/a"));
+            let b = s.spawn(|| spawn("/home/alice/b"));
             (a.join().unwrap(), b.join().unwrap())
         });
         assert_ok(&a);
@@ -475,12 +512,7 @@ fn two_links_racing_on_one_vm_end_consistent() {
         assert!(shows, "round {round}: record {rec:?} and mount disagree");
         assert!(rec.is_some());
         // Exactly one mount on the entry: relinks replace, never stack.
-        let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        let entry = fx.p(&format!("{WS}/vm1"));
-        let n = mi
-            .lines()
-            .filter(|l| l.split(' ').nth(4) == entry.to_str())
-            .count();
+        let n = mount_count(&fx.p(&format!("{WS}/vm1")));
         assert_eq!(n, 1, "round {round}: {n} mounts stacked on the entry");
     }
 }
@@ -499,7 +531,11 @@ fn a_host_migrating_from_the_shell_layout_keeps_its_links() {
         "legacy-symlink"
     );
     // Linking another VM leaves it alone; the next start of vm1 migrates it.
-    link_ok(&fx, "/home/alice/vm3", ALICE, &["--no-restart"]);
+    Run::link(&fx)
+        .user(ALICE)
+        .cwd("/home/alice/vm3")
+        .args(["--no-restart"])
+        .ok_stdout();
     assert!(std::fs::symlink_metadata(fx.p(&format!("{WS}/vm1")))
         .unwrap()
         .file_type()
@@ -516,7 +552,11 @@ fn a_host_migrating_from_the_shell_layout_keeps_its_links() {
     // And relinking an unmigrated one from its repo works too.
     fx.symlink("/home/alice/old-vm1", &format!("{WS}/vm2"));
     repo_with_marker(&fx, "/home/alice/vm2", ALICE);
-    let out = link_ok(&fx, "/home/alice/vm2", ALICE, &["--no-restart"]);
+    let out = Run::link(&fx)
+        .user(ALICE)
+        .cwd("/home/alice/vm2")
+        .args(["--no-restart"])
+        .ok_stdout();
     assert!(out.contains("replaced the legacy symlink"), "{out}");
     assert_eq!(agree(&fx, "vm2"), (Some("/home/alice/vm2".into()), true));
 }
@@ -529,7 +569,7 @@ fn help_has_examples_and_completions_are_generated() {
         &["unlink", "--help"],
         &["completions", "--help"],
     ] {
-        let out = Command::new(LINK).args(args).output().unwrap();
+        let out = Run::new(LINK).args(args).output();
         assert_ok(&out);
         assert!(
             String::from_utf8_lossy(&out.stdout).contains("Example"),
@@ -541,10 +581,7 @@ fn help_has_examples_and_completions_are_generated() {
         ("zsh", "#compdef microvm-link"),
         ("fish", "complete -c microvm-link"),
     ] {
-        let out = Command::new(LINK)
-            .args(["completions", shell])
-            .output()
-            .unwrap();
+        let out = Run::new(LINK).args(["completions", shell]).output();
         assert_ok(&out);
         let text = String::from_utf8(out.stdout).unwrap();
         assert!(
@@ -558,12 +595,7 @@ fn help_has_examples_and_completions_are_generated() {
 fn relink_checks_the_owner_of_the_very_directory_it_mounts() {
     // microvm-link checks the repo's owner first; a user can swap the path before relink looks
     // again. relink must refuse on its own look, which is what it mounts (by descriptor).
-    use microvm_workspaces::{
-        chase::Tree,
-        config::Config,
-        entry::{Change, Workspace},
-        paths::Root,
-    };
+    use common::api::{Change, Config, Root, Tree, Workspace};
     let fx = vm1_fixture();
     fx.repo("/home/bob/secret", BOB);
     let root = Root::from_args(Some(fx.root())).unwrap();
@@ -593,7 +625,11 @@ fn placeholders_owned_by_a_configured_user_are_still_placeholders() {
     fx.prepare_ok("vm1");
     assert_eq!(meta(&fx.p(&format!("{WS}/vm1"))), (65534, 65534, 0o555));
     repo_with_marker(&fx, "/home/alice/vm1", ALICE);
-    let out = link_ok(&fx, "/home/alice/vm1", ALICE, &["--no-restart"]);
+    let out = Run::link(&fx)
+        .user(ALICE)
+        .cwd("/home/alice/vm1")
+        .args(["--no-restart"])
+        .ok_stdout();
     assert!(
         !out.contains("moved your directory"),
         "a placeholder was displaced: {out}"
@@ -610,7 +646,11 @@ fn unlinking_what_is_not_linked_touches_nothing() {
     fx.mkdir(&format!("{WS}/vm1"), ALICE, 0o755);
     fx.write(&format!("{WS}/vm1/notes.txt"), b"mine");
     let before = fx.snapshot();
-    let out = link_ok(&fx, "/", ALICE, &["unlink", "vm1", "--no-restart"]);
+    let out = Run::link(&fx)
+        .user(ALICE)
+        .cwd("/")
+        .args(["unlink", "vm1", "--no-restart"])
+        .ok_stdout();
     assert!(out.contains("is not linked; left as it is"), "{out}");
     let mut after = fx.snapshot();
     after.retain(|p, _| !p.ends_with(".lock") && !p.ends_with(".links"));
@@ -662,16 +702,21 @@ fn status_as_a_normal_user_still_recognizes_placeholders() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    let out = Command::new("setpriv")
-        .args(["--reuid=4242", "--regid=4242", "--clear-groups", "--"])
-        .arg(LINK)
+    let out = Run::link(&fx)
+        .drop_to(ALICE)
         .args(["status", "--json"])
-        .env("MICROVM_WORKSPACES_ROOT", fx.root())
-        .output()
-        .unwrap();
+        .output();
     assert_ok(&out);
     let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(vm_status(&st, "vm1")["workspace"]["state"], "placeholder");
+}
+
+fn link(fx: &Fx, cwd: &str, uid: u32, args: &[&str]) -> std::process::Output {
+    Run::link(fx).user(uid).cwd(cwd).args(args).output()
+}
+
+fn link_ok(fx: &Fx, cwd: &str, uid: u32, args: &[&str]) -> String {
+    Run::link(fx).user(uid).cwd(cwd).args(args).ok_stdout()
 }
 
 #[test]

@@ -7,7 +7,7 @@ mod common;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::*;
 
@@ -15,15 +15,7 @@ const WS: &str = "/var/lib/microvm-workspaces";
 const LIVE: &str = "/var/lib/microvm-workspaces/.live";
 
 fn link(fx: &Fx, cwd: &str, uid: u32, args: &[&str]) -> Output {
-    Command::new(LINK)
-        .env("MICROVM_WORKSPACES_ROOT", fx.root())
-        .env_remove("SUDO_UID")
-        .env_remove("JOURNAL_STREAM")
-        .args(["--user", &uid.to_string()])
-        .args(args)
-        .current_dir(fx.p(cwd))
-        .output()
-        .unwrap()
+    Run::link(fx).user(uid).cwd(cwd).args(args).output()
 }
 
 /// testvm: a read-only live share of all of nixfiles and a writable one of its own host

@@ -4,7 +4,7 @@
 mod common;
 
 use std::os::unix::fs::MetadataExt;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use common::*;
 
@@ -483,9 +483,8 @@ fn eight_prepares_of_vms_sharing_sources_run_in_parallel_without_failing() {
         }
         let children: Vec<_> = (0..8)
             .map(|i| {
-                Command::new(PREPARE)
-                    .env("MICROVM_WORKSPACES_ROOT", fx.root())
-                    .arg(format!("vm{i}"))
+                Run::prepare(&fx, &format!("vm{i}"))
+                    .command()
                     .stdout(Stdio::null())
                     .stderr(Stdio::piped())
                     .spawn()
@@ -509,12 +508,8 @@ fn eight_prepares_of_vms_sharing_sources_run_in_parallel_without_failing() {
             assert!(is_marked(&fx.p(&format!("{WS}/{p}"))), "{p}");
         }
         // No temporary names left behind.
-        let leftovers: Vec<_> = std::fs::read_dir(fx.p(WS))
-            .unwrap()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with(".mvw-tmp-"))
-            .collect();
-        assert!(leftovers.is_empty(), "{leftovers:?}");
+        let left = leftovers(&fx.p(WS));
+        assert!(left.is_empty(), "{left:?}");
     }
 }
 

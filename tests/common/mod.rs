@@ -1,13 +1,17 @@
-//! Shared test fixtures: a temporary root laid out like a microvm.nix host, and a way to run a
-//! test inside a private mount namespace so its bind mounts die with it.
+//! Shared test fixtures: a temporary root laid out like a microvm.nix host, one way to run the
+//! binaries ([`Run`]), one tree walker ([`walk`]) under every check that looks at a whole tree,
+//! and a way to run a test inside a private mount namespace so its bind mounts die with it.
 #![allow(dead_code)]
 
+pub mod api;
+
 use std::collections::BTreeMap;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 pub const PREPARE: &str = env!("CARGO_BIN_EXE_microvm-workspaces-prepare");
 pub const LINK: &str = env!("CARGO_BIN_EXE_microvm-link");
@@ -26,33 +30,49 @@ pub fn require_root() {
 
 /// Runs the calling test again in a private mount namespace (`unshare -m`) and reports
 /// whether the caller *is* that isolated run. The outer run asserts the inner one passed.
-pub fn isolated(name: &str) -> bool {
+///
+/// `module` is the caller's `module_path!()` and `name` its function name: the test harness
+/// names a test by its path inside the test crate (`crash::name` in a test binary with
+/// modules, `name` in one without), and the re-run selects exactly that one.
+pub fn isolated(module: &str, name: &str) -> bool {
     require_root();
-    if std::env::var("MVW_TEST_NS").as_deref() == Ok(name) {
+    let full = test_name(module, name);
+    if std::env::var("MVW_TEST_NS").as_deref() == Ok(full.as_str()) {
         return true;
     }
     let exe = std::env::current_exe().expect("test executable");
     let out = Command::new("unshare")
         .args(["--mount", "--propagation", "private", "--"])
         .arg(exe)
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env("MVW_TEST_NS", name)
+        .args([full.as_str(), "--exact", "--nocapture", "--test-threads=1"])
+        .env("MVW_TEST_NS", &full)
         .output()
         .expect("unshare (util-linux) must be installed");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && stdout.contains("1 passed"),
-        "{name} in a private mount namespace failed:\n{stdout}\n{}",
+        "{full} in a private mount namespace failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // What the isolated run reported (counts of kills, cases, attacks), for `--nocapture`.
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
     false
+}
+
+/// The harness's name of test `name` in module `module` (a `module_path!()`, whose first
+/// segment is the test crate and not part of the name).
+pub fn test_name(module: &str, name: &str) -> String {
+    match module.split_once("::") {
+        Some((_crate, path)) => format!("{path}::{name}"),
+        None => name.to_string(),
+    }
 }
 
 /// `if !in_mount_ns!(name) { return }` as one line at the top of a test that mounts.
 #[macro_export]
 macro_rules! in_mount_ns {
     ($name:ident) => {
-        if !common::isolated(stringify!($name)) {
+        if !$crate::common::isolated(module_path!(), stringify!($name)) {
             return;
         }
     };
@@ -144,19 +164,13 @@ impl Fx {
         self.write("/etc/microvm-workspaces/config.json", json.as_bytes());
     }
 
+    /// `bin` re-rooted here with `args`, run to completion.
     pub fn run(&self, bin: &str, args: &[&str]) -> Output {
-        Command::new(bin)
-            .env("MICROVM_WORKSPACES_ROOT", self.root())
-            .env_remove("JOURNAL_STREAM")
-            .env_remove("INVOCATION_ID")
-            .env_remove("SUDO_UID")
-            .args(args)
-            .output()
-            .expect("run binary")
+        Run::new(bin).root(self).args(args).output()
     }
 
     pub fn prepare(&self, vm: &str) -> Output {
-        self.run(PREPARE, &[vm])
+        Run::prepare(self, vm).output()
     }
 
     /// Prepare must succeed; returns its stdout.
@@ -195,34 +209,92 @@ pub fn assert_one_line_error(out: &Output, needles: &[&str]) {
     }
 }
 
+/// Every entry below `dir` (not `dir` itself) with its `lstat` metadata, parents before
+/// children. Symlinks are reported, never followed; directories that cannot be read are
+/// skipped. Every check that looks at a whole tree goes through here.
+pub fn walk(dir: &Path) -> impl Iterator<Item = (PathBuf, std::fs::Metadata)> {
+    let mut todo = vec![dir.to_path_buf()];
+    let mut current: Option<std::fs::ReadDir> = None;
+    std::iter::from_fn(move || loop {
+        let Some(rd) = current.as_mut() else {
+            current = std::fs::read_dir(todo.pop()?).ok();
+            continue;
+        };
+        match rd.next() {
+            None => current = None,
+            Some(Err(_)) => {}
+            Some(Ok(e)) => {
+                let p = e.path();
+                let m = std::fs::symlink_metadata(&p)
+                    .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                if m.is_dir() {
+                    todo.push(p.clone());
+                }
+                return Some((p, m));
+            }
+        }
+    })
+}
+
 /// Owner, group, mode, type, link target, placeholder mark and content of every file under
 /// `dir`: two equal snapshots mean nothing observable changed.
 pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, String> {
-    let mut out = BTreeMap::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            let m = std::fs::symlink_metadata(&p).unwrap();
+    walk(dir)
+        .map(|(p, m)| {
             let mut desc = format!("{:o} {}:{}", m.mode(), m.uid(), m.gid());
             if m.file_type().is_symlink() {
                 desc += &format!(" -> {}", std::fs::read_link(&p).unwrap().display());
             } else if m.is_dir() {
                 desc += &format!(" mark={}", is_marked(&p));
-                todo.push(p.clone());
             } else if m.is_file() {
                 desc += &format!(" {:?}", std::fs::read(&p).unwrap_or_default());
             } else {
                 // A FIFO or socket: its type, never opened (a FIFO would block).
                 desc += &format!(" {:?}", m.file_type());
             }
-            out.insert(p.strip_prefix(dir).unwrap().to_path_buf(), desc);
-        }
+            (p.strip_prefix(dir).unwrap().to_path_buf(), desc)
+        })
+        .collect()
+}
+
+/// Names starting `.mvw-tmp-` anywhere below `root` (the temporary names of the library's
+/// atomic steps; none may outlive a run).
+pub fn leftovers(root: &Path) -> Vec<PathBuf> {
+    walk(root)
+        .map(|(p, _)| p)
+        .filter(|p| p.file_name().unwrap().as_bytes().starts_with(b".mvw-tmp-"))
+        .collect()
+}
+
+/// Regular files named `name` below `dir`, with their content.
+pub fn files_named(dir: &Path, name: &str) -> Vec<(PathBuf, Vec<u8>)> {
+    walk(dir)
+        .filter(|(p, m)| m.is_file() && p.file_name() == Some(OsStr::new(name)))
+        .map(|(p, _)| {
+            let text = std::fs::read(&p).unwrap();
+            (p, text)
+        })
+        .collect()
+}
+
+/// Relative path -> content of every non-directory below `dir` (empty if `dir` does not
+/// exist): a tree of generated text files, compared whole.
+pub fn text_tree(dir: &Path) -> BTreeMap<PathBuf, String> {
+    walk(dir)
+        .filter(|(_, m)| !m.is_dir())
+        .map(|(p, _)| {
+            let text = std::fs::read_to_string(&p).unwrap();
+            (p.strip_prefix(dir).unwrap().to_path_buf(), text)
+        })
+        .collect()
+}
+
+/// Every directory below `dir` is owned by `uid` (in a user's tree everything is made as its
+/// owner, never as root).
+pub fn assert_all_owned_by(dir: &Path, uid: u32, ctx: &str) {
+    for (p, m) in walk(dir).filter(|(_, m)| m.is_dir()) {
+        assert_eq!(m.uid(), uid, "{ctx}: {} owned by {}", p.display(), m.uid());
     }
-    out
 }
 
 pub fn is_marked(p: &Path) -> bool {
@@ -264,6 +336,14 @@ pub fn is_mountpoint(p: &Path) -> bool {
     mount_count(p) > 0
 }
 
+/// Every mount point at or below `root`, one entry per mount (stacked mounts repeat).
+pub fn mounts_under(root: &Path) -> Vec<PathBuf> {
+    mount_points()
+        .into_iter()
+        .filter(|p| p.starts_with(root))
+        .collect()
+}
+
 fn unescape_mountinfo(s: &str) -> Vec<u8> {
     let b = s.as_bytes();
     let mut out = Vec::new();
@@ -286,4 +366,256 @@ fn unescape_mountinfo(s: &str) -> Vec<u8> {
 
 pub fn os(b: &[u8]) -> &OsStr {
     OsStr::from_bytes(b)
+}
+
+/// A fixture whose mounts (bind-mounted repos, test file systems) are detached when it goes,
+/// so hundreds of them can live one after another in one mount namespace.
+pub struct Rig(pub Fx);
+
+impl std::ops::Deref for Rig {
+    type Target = Fx;
+    fn deref(&self) -> &Fx {
+        &self.0
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        for _ in 0..10 {
+            let mut m = mounts_under(self.0.root());
+            if m.is_empty() {
+                break;
+            }
+            m.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+            for p in m {
+                let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+    }
+}
+
+pub fn rig() -> Rig {
+    Rig(Fx::new())
+}
+
+/// Variables that change how the binaries behave and that a test never means to inherit:
+/// [`Run`] removes them unless the test sets them on purpose.
+const CLEARED: &[&str] = &[
+    "MICROVM_WORKSPACES_ROOT",
+    "SUDO_UID",
+    "JOURNAL_STREAM",
+    "INVOCATION_ID",
+    api::FAILPOINT_ENV,
+];
+
+/// The one way tests run a binary: `Run::link(&fx).user(ALICE).cwd("/home/alice/r")
+/// .args(["vm1", "--no-restart"]).ok()`. The environment is the test's minus [`CLEARED`],
+/// plus what the test sets; re-rooted at a fixture, `cwd` takes an inside path.
+#[derive(Clone, Debug)]
+pub struct Run {
+    bin: PathBuf,
+    /// `setpriv` options, when the binary runs under other credentials.
+    setpriv: Vec<String>,
+    args: Vec<OsString>,
+    env: Vec<(OsString, Option<OsString>)>,
+    env_clear: bool,
+    root: Option<PathBuf>,
+    cwd: Option<PathBuf>,
+    stdin_null: bool,
+}
+
+impl Run {
+    /// `bin`, not re-rooted.
+    pub fn new(bin: impl AsRef<Path>) -> Run {
+        Run {
+            bin: bin.as_ref().to_path_buf(),
+            setpriv: Vec::new(),
+            args: Vec::new(),
+            env: Vec::new(),
+            env_clear: false,
+            root: None,
+            cwd: None,
+            stdin_null: false,
+        }
+    }
+
+    /// microvm-link re-rooted at `fx`.
+    pub fn link(fx: &Fx) -> Run {
+        Run::new(LINK).root(fx)
+    }
+
+    /// prepare of `vm`, re-rooted at `fx`.
+    pub fn prepare(fx: &Fx, vm: &str) -> Run {
+        Run::new(PREPARE).root(fx).arg(vm)
+    }
+
+    /// Re-rooted at `fx` (`MICROVM_WORKSPACES_ROOT`); later `cwd`s are inside paths.
+    pub fn root(mut self, fx: &Fx) -> Run {
+        self.root = Some(fx.root().to_path_buf());
+        self.env("MICROVM_WORKSPACES_ROOT", fx.root())
+    }
+
+    /// As root on behalf of `uid` (`--user`).
+    pub fn user(self, uid: u32) -> Run {
+        self.arg("--user").arg(uid.to_string())
+    }
+
+    /// The working directory: an inside path when re-rooted, else a real one.
+    pub fn cwd(mut self, p: impl AsRef<Path>) -> Run {
+        let p = p.as_ref();
+        self.cwd = Some(match &self.root {
+            Some(root) => root.join(p.strip_prefix("/").unwrap_or(p)),
+            None => p.to_path_buf(),
+        });
+        self
+    }
+
+    /// The working directory as a real path, re-rooted or not.
+    pub fn cwd_real(mut self, p: impl AsRef<Path>) -> Run {
+        self.cwd = Some(p.as_ref().to_path_buf());
+        self
+    }
+
+    pub fn arg(mut self, a: impl AsRef<OsStr>) -> Run {
+        self.args.push(a.as_ref().to_os_string());
+        self
+    }
+
+    pub fn args<I: IntoIterator>(mut self, args: I) -> Run
+    where
+        I::Item: AsRef<OsStr>,
+    {
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_os_string()));
+        self
+    }
+
+    pub fn env(mut self, k: impl AsRef<OsStr>, v: impl AsRef<OsStr>) -> Run {
+        self.env
+            .push((k.as_ref().to_os_string(), Some(v.as_ref().to_os_string())));
+        self
+    }
+
+    pub fn envs(self, env: &[(&str, &str)]) -> Run {
+        env.iter().fold(self, |r, (k, v)| r.env(k, v))
+    }
+
+    /// Start from an empty environment (then only what `env` sets).
+    pub fn env_clear(mut self) -> Run {
+        self.env_clear = true;
+        self
+    }
+
+    /// With real uid `uid`, effective uid still root (`setpriv --ruid`).
+    pub fn real_uid(mut self, uid: u32) -> Run {
+        self.setpriv = vec![format!("--ruid={uid}")];
+        self
+    }
+
+    /// As `uid` through and through: real and effective uid and gid, no groups.
+    pub fn drop_to(mut self, uid: u32) -> Run {
+        self.setpriv = vec![
+            format!("--reuid={uid}"),
+            format!("--regid={uid}"),
+            "--clear-groups".into(),
+        ];
+        self
+    }
+
+    /// Standard input from /dev/null (a binary that reads it would otherwise wait).
+    pub fn stdin_null(mut self) -> Run {
+        self.stdin_null = true;
+        self
+    }
+
+    /// The command line, for messages.
+    pub fn describe(&self) -> String {
+        format!("{:?}", self.args)
+    }
+
+    pub fn command(&self) -> Command {
+        let mut c = if self.setpriv.is_empty() {
+            Command::new(&self.bin)
+        } else {
+            let mut c = Command::new("setpriv");
+            c.args(&self.setpriv).arg("--").arg(&self.bin);
+            c
+        };
+        c.args(&self.args);
+        if self.env_clear {
+            c.env_clear();
+        }
+        for k in CLEARED {
+            c.env_remove(k);
+        }
+        for (k, v) in &self.env {
+            match v {
+                Some(v) => c.env(k, v),
+                None => c.env_remove(k),
+            };
+        }
+        if let Some(d) = &self.cwd {
+            c.current_dir(d);
+        }
+        if self.stdin_null {
+            c.stdin(Stdio::null());
+        }
+        c
+    }
+
+    pub fn output(&self) -> Output {
+        self.command()
+            .output()
+            .unwrap_or_else(|e| panic!("{}: {e}", self.bin.display()))
+    }
+
+    /// Runs it; it must succeed.
+    pub fn ok(&self) -> Output {
+        let out = self.output();
+        assert_ok(&out);
+        out
+    }
+
+    /// Runs it; it must succeed; its stdout.
+    pub fn ok_stdout(&self) -> String {
+        String::from_utf8(self.ok().stdout).unwrap()
+    }
+
+    /// Starts it with stdout and stderr discarded.
+    pub fn spawn_quiet(&self) -> Child {
+        self.command()
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Runs it, killing it if it is still running after `limit` (a run blocked on a FIFO is a
+    /// failure of the test, not a hung suite).
+    pub fn output_within(&self, limit: Duration) -> Output {
+        let mut child = self
+            .command()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let t0 = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if t0.elapsed() > limit {
+                let _ = child.kill();
+                let out = child.wait_with_output().unwrap();
+                panic!(
+                    "{} still running after {limit:?} (blocked?); stderr: {}",
+                    self.bin.display(),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.wait_with_output().unwrap()
+    }
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }

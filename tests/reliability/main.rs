@@ -1,0 +1,131 @@
+//! Reliability and security suite (issue 6): tries to break prepare and microvm-link. One test
+//! binary, one module per theme:
+//!
+//! * `crash`: runs killed at every step (a failpoint per change) and after random delays;
+//! * `race`: prepares and links racing on VMs that share sources;
+//! * `hostile`: bounded property tests of the parsers and name derivation;
+//! * `privilege`: attacks by an unprivileged user, and on the sudo boundary (issue 9);
+//! * `full_disk`: a full or read-only file system under the workspace dir.
+//!
+//! Every test runs as root against a temporary root; those that mount run in a private mount
+//! namespace (`in_mount_ns!`, which re-runs `module::test` by its full name). Nothing here
+//! asserts on timing. Counts (kills, races, cases, attacks) are printed with `--nocapture`.
+//! What the modules share (the workspace dir, the two-checkout fixture, what must hold after
+//! any run) is here.
+
+#[macro_use]
+#[path = "../common/mod.rs"]
+mod common;
+
+mod crash;
+mod full_disk;
+mod hostile;
+mod privilege;
+mod race;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+const WS: &str = "/var/lib/microvm-workspaces";
+
+// ---- what must hold ----
+
+fn record(fx: &Fx, name: &str) -> Option<PathBuf> {
+    std::fs::read_link(fx.p(&format!("{WS}/.links/{name}"))).ok()
+}
+
+/// Record and mount agree: with a record, the recorded repo is mounted on the entry exactly
+/// once (or, if the repo is gone, nothing is and the placeholder serves); without one,
+/// nothing is mounted there.
+fn assert_agree(fx: &Fx, name: &str, ctx: &str) {
+    let entry = fx.p(&format!("{WS}/{name}"));
+    let m = std::fs::symlink_metadata(&entry)
+        .unwrap_or_else(|e| panic!("{ctx}: {name}: the entry is gone: {e}"));
+    assert!(m.is_dir(), "{ctx}: {name} is not a directory");
+    let n = mount_count(&entry);
+    match record(fx, name) {
+        Some(t) => match std::fs::metadata(fx.p(t.to_str().unwrap())) {
+            Ok(repo) => {
+                assert_eq!(n, 1, "{ctx}: {name}: {n} mounts for record {t:?}");
+                let shown = std::fs::metadata(&entry).unwrap();
+                assert_eq!(
+                    (shown.dev(), shown.ino()),
+                    (repo.dev(), repo.ino()),
+                    "{ctx}: {name} does not show its recorded repo {t:?}"
+                );
+            }
+            Err(_) => assert!(n == 0 && is_marked(&entry), "{ctx}: {name}: repo gone"),
+        },
+        None => assert_eq!(n, 0, "{ctx}: {name}: mounted without a record"),
+    }
+}
+
+// ---- two checkouts of vm1 ----
+
+const A: &str = "/home/alice/a/vm1";
+const A_SIDE: &str = "/home/alice/a/side";
+const B: &str = "/home/alice/b/vm1";
+
+/// vm1 (its entry and a companion `side`, taken from `../side` of its repo) and vm2, whose
+/// source lies inside vm1's entry; two checkouts of vm1, only the first with a `side`.
+fn link_base() -> Rig {
+    let fx = rig();
+    fx.config(r#"{"companions": {"vm1": {"side": "../side"}}}"#);
+    fx.runner(
+        "vm1",
+        &[
+            ("ws", b"/var/lib/microvm-workspaces/vm1"),
+            ("side", b"/var/lib/microvm-workspaces/side"),
+        ],
+    );
+    fx.runner(
+        "vm2",
+        &[("host", b"/var/lib/microvm-workspaces/vm1/hosts/vm2")],
+    );
+    for r in [A, A_SIDE, B] {
+        fx.repo(r, ALICE);
+        fx.write(&format!("{r}/marker"), r.as_bytes());
+    }
+    fx.mkdir(&format!("{A}/.git"), ALICE, 0o755);
+    fx.mkdir(&format!("{B}/.git"), ALICE, 0o755);
+    fx
+}
+
+fn linked_to(repo: &str) -> Rig {
+    let fx = link_base();
+    Run::link(&fx)
+        .user(ALICE)
+        .cwd(repo)
+        .args(["vm1", "--no-restart"])
+        .ok();
+    fx
+}
+
+fn lchown(p: &Path, uid: u32) {
+    std::os::unix::fs::lchown(p, Some(uid), Some(uid)).unwrap();
+}
+
+fn precious_once(fx: &Fx, ctx: &str) -> PathBuf {
+    let found = files_named(&fx.p(WS), "precious");
+    assert_eq!(found.len(), 1, "{ctx}: the user's file: {found:?}");
+    assert_eq!(found[0].1, b"do not lose me", "{ctx}");
+    let deep = files_named(&fx.p(WS), "deeper");
+    assert_eq!(deep.len(), 1, "{ctx}: the user's nested file: {deep:?}");
+    found[0].0.clone()
+}
+
+fn displaced_and_kept(fx: &Fx, ctx: &str) {
+    let at = precious_once(fx, ctx);
+    assert!(
+        at.starts_with(fx.p(&format!("{WS}/.displaced"))),
+        "{ctx}: the user's directory is at {}, not in .displaced",
+        at.display()
+    );
+}
+
+fn user_symlink(fx: &Fx, target: &str, inside: &str, uid: u32) {
+    fx.symlink(target, inside);
+    lchown(&fx.p(inside), uid);
+}
