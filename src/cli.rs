@@ -29,6 +29,9 @@ pub struct Cli {
     /// (tests, image builders): refused through sudo.
     #[arg(long, value_name = "UID|NAME", global = true)]
     pub user: Option<String>,
+    /// How long to wait for a VM's SSH banner after its start, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 120, global = true)]
+    pub ssh_timeout: u64,
     /// More log output (repeatable).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
@@ -53,6 +56,15 @@ pub struct LinkArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// The VM's SSH destination (default: the config's vms.<vm>.ssh), waited for after a start.
+    #[arg(long, value_name = "DEST")]
+    pub ssh: Option<String>,
+    /// Do not wait for SSH after starting the VM.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Link only if the repo is not linked already, (re)start only if it is not running.
+    #[arg(long)]
+    pub if_needed: bool,
 }
 
 #[derive(Subcommand)]
@@ -74,6 +86,21 @@ pub enum Cmd {
         no_restart: bool,
         #[arg(long)]
         json: bool,
+    },
+    /// Link (if needed), start (if needed), wait for SSH, then ssh into the VM as you, in the
+    /// guest directory that matches your working directory; or run COMMAND there.
+    #[command(
+        after_help = "Examples:\n  cd ~/src/vm1/sub && microvm-link shell\n  microvm-link shell -- make test\n  microvm-link shell web --ssh web.local -- uptime\n\nThe exit status is the remote command's (ssh's own 255 on a connection failure)."
+    )]
+    Shell {
+        /// The VM; default: the repo directory's name.
+        vm: Option<String>,
+        /// The VM's SSH destination (default: the config's vms.<vm>.ssh).
+        #[arg(long, value_name = "DEST")]
+        ssh: Option<String>,
+        /// The command to run (after --); default: a login shell.
+        #[arg(last = true, value_name = "COMMAND")]
+        command: Vec<String>,
     },
     /// Print a shell completion script.
     #[command(

@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::entry::{entry_name_of, live_of, Change, Relinked, Workspace};
 use crate::paths::{self, show, Root};
 use crate::status::{self, VmStatus};
-use crate::{logging, prepare, record, runner, systemd, units};
+use crate::{logging, prepare, record, runner, ssh, systemd, units};
 
 /// How long a restart may take before we stop waiting (microvm.nix's default start timeout).
 pub const RESTART_TIMEOUT: Duration = Duration::from_secs(150);
@@ -188,13 +188,107 @@ pub fn derive_vm_name(repo: &Path) -> Result<String> {
 }
 
 /// What the caller asked for besides the change itself.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone)]
 pub struct Options {
     pub dry_run: bool,
     pub no_restart: bool,
     pub restart_stale: bool,
     /// Show restart progress on the terminal.
     pub progress: bool,
+    /// After a (re)start, do not wait for the VM's SSH destination to answer.
+    pub no_wait: bool,
+    /// Link and (re)start only what is not so already (`microvm-link shell`).
+    pub if_needed: bool,
+    /// The SSH destination to wait for, instead of the config's.
+    pub ssh: Option<String>,
+    /// How long to wait for its banner.
+    pub ssh_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            dry_run: false,
+            no_restart: false,
+            restart_stale: false,
+            progress: false,
+            no_wait: false,
+            if_needed: false,
+            ssh: None,
+            ssh_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Waiting for the VM's SSH destination after its (re)start.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "result", rename_all = "kebab-case")]
+pub enum SshWait {
+    /// Not waited for: no (re)start to wait after, or `--no-wait`.
+    NotAsked,
+    /// The VM has no destination.
+    NoDestination,
+    Ready {
+        target: ssh::Target,
+        secs: f64,
+    },
+    Failed {
+        destination: String,
+        why: String,
+    },
+}
+
+impl SshWait {
+    pub fn line(&self, vm: &str) -> Option<String> {
+        match self {
+            SshWait::NotAsked => None,
+            SshWait::NoDestination => Some(format!(
+                "not waiting for SSH: {vm} has no destination; set vms.{vm}.ssh (NixOS: services.microvm-workspaces.ssh) or pass --ssh DEST"
+            )),
+            SshWait::Ready { target, secs } => Some(format!(
+                "ssh {} ({}:{}) answered after {secs:.1} s",
+                target.destination, target.host, target.port
+            )),
+            SshWait::Failed { destination, why } => {
+                Some(format!("ssh {destination}: {why}"))
+            }
+        }
+    }
+}
+
+/// The SSH destination of `vm`: `--ssh`, else the config's.
+pub fn ssh_destination(env: &Env, vm: &str, given: Option<&str>) -> Option<String> {
+    given
+        .map(str::to_string)
+        .or_else(|| env.cfg.vms.get(vm).and_then(|v| v.ssh.clone()))
+}
+
+/// Waits for `vm`'s SSH banner, resolving the destination as the invoking user's ssh does.
+pub fn wait_for_ssh(env: &Env, vm: &str, opts: &Options) -> SshWait {
+    let given = opts.ssh.as_deref();
+    let Some(dest) = ssh_destination(env, vm, given) else {
+        return SshWait::NoDestination;
+    };
+    let failed = |e: anyhow::Error| SshWait::Failed {
+        destination: dest.clone(),
+        why: logging::one_line(&e),
+    };
+    let target = match ssh::resolve(&dest, ssh::as_user(env.user)) {
+        Ok(t) => t,
+        Err(e) => return failed(e),
+    };
+    if target.proxied {
+        return failed(anyhow::anyhow!(
+            "it is reached through a proxy, whose banner cannot be probed; use --no-wait"
+        ));
+    }
+    match ssh::wait_for_banner(&target, opts.ssh_timeout, opts.progress) {
+        Ok(d) => SshWait::Ready {
+            target,
+            secs: d.as_secs_f64(),
+        },
+        Err(e) => failed(e),
+    }
 }
 
 /// A restart of `microvm@<vm>` and how it ended.
@@ -263,6 +357,7 @@ pub struct Outcome {
     pub restarted_stale: Vec<(String, Restart)>,
     /// Running VMs that see the change now through live shares: (VM, tags).
     pub live: Vec<(String, Vec<String>)>,
+    pub ssh: SshWait,
 }
 
 fn stale_json<S: serde::Serializer>(stale: &[VmStatus], s: S) -> Result<S::Ok, S::Error> {
@@ -287,7 +382,9 @@ fn stale_tags(s: &VmStatus) -> Vec<String> {
 impl Outcome {
     /// Success unless a restart this run asked for failed.
     pub fn success(&self) -> bool {
-        !self.restart.failed() && !self.restarted_stale.iter().any(|(_, r)| r.failed())
+        !self.restart.failed()
+            && !self.restarted_stale.iter().any(|(_, r)| r.failed())
+            && !matches!(self.ssh, SshWait::Failed { .. })
     }
 
     /// The report for people, one line per fact.
@@ -305,6 +402,7 @@ impl Outcome {
             ));
         }
         out.extend(self.restart.line(&self.vm));
+        out.extend(self.ssh.line(&self.vm));
         for (vm, tags) in self.live.iter().filter(|(v, _)| *v != self.vm) {
             out.push(format!(
                 "{vm} sees it now through its live shares ({}); no restart needed",
@@ -376,8 +474,23 @@ pub fn link(env: &Env, vm: Option<&str>, repo: Option<&Path>, opts: Options) -> 
         None => derive_vm_name(&repo.path)?,
     };
     env.known_vm(&vm)?;
-    let changes = link_changes(env, &vm, &repo.path);
+    if let Some(d) = &opts.ssh {
+        crate::config::check_ssh_destination(d).context("--ssh")?;
+    }
+    let mut changes = link_changes(env, &vm, &repo.path);
+    if opts.if_needed && linked_to(env, &vm, &repo)? {
+        changes.clear();
+    }
     run(env, &vm, Some(show(&repo.path)), changes, opts)
+}
+
+/// Is entry `vm` linked to `repo` now?
+fn linked_to(env: &Env, vm: &str, repo: &Node) -> Result<bool> {
+    let Some(ws) = Workspace::find(&env.tree, &env.cfg)? else {
+        return Ok(false);
+    };
+    let view = ws.view(vm)?;
+    Ok(view.state == crate::entry::State::Linked && view.target == Some(show(&repo.path)))
 }
 
 /// Unlinks `vm`: its placeholder (and its companions') serve again.
@@ -431,7 +544,15 @@ fn run(
                 why: format!("live shares {}", tags.join(", ")),
             }
         }
+        // Nothing changed (`--if-needed`, already linked): start it only if it is not running.
+        _ if changes.is_empty() && is_running(env, vm) => Restart::NotNeeded {
+            why: "already linked and running".into(),
+        },
         _ => restart_vm(env, vm, opts.no_restart || opts.dry_run, opts.progress),
+    };
+    let ssh = match restart {
+        Restart::Active { .. } if !opts.no_wait => wait_for_ssh(env, vm, &opts),
+        _ => SshWait::NotAsked,
     };
     let stale = stale_others(env, vm);
     let mut restarted_stale = Vec::new();
@@ -453,7 +574,12 @@ fn run(
         stale,
         restarted_stale,
         live,
+        ssh,
     })
+}
+
+fn is_running(env: &Env, vm: &str) -> bool {
+    !env.root.is_rerooted() && systemd::is_active(&units::unit_name("microvm@", vm)) == Some(true)
 }
 
 /// Running VMs with live shares through the changed entries, and those shares' tags.
@@ -461,10 +587,7 @@ fn live_views(env: &Env, changed: &[Change]) -> Vec<(String, Vec<String>)> {
     affected(env, changed)
         .0
         .into_iter()
-        .filter(|(vm, _)| {
-            !env.root.is_rerooted()
-                && systemd::is_active(&units::unit_name("microvm@", vm)) == Some(true)
-        })
+        .filter(|(vm, _)| is_running(env, vm))
         .filter_map(|(vm, shares)| {
             let tags: Vec<String> = shares
                 .iter()

@@ -16,7 +16,9 @@
 //! * [`units`]: unit names and the generator's drop-ins;
 //! * [`systemd`]: talking to systemd (mount namespace, systemctl);
 //! * [`status`]: each VM's shares at start vs now, staleness, the table;
+//! * [`ssh`]: where an SSH destination goes, waiting for its banner, the remote command;
 //! * [`flow`]: microvm-link's link and unlink, with typed outcomes;
+//! * [`shell`]: `microvm-link shell`, from a repo to a shell in its VM;
 //! * [`cli`]: microvm-link's command line;
 //! * [`logging`]: journal or stderr (used by every layer).
 #![forbid(unsafe_code)]
@@ -35,6 +37,8 @@ pub mod placeholder;
 pub mod prepare;
 pub mod record;
 pub mod runner;
+pub mod shell;
+pub mod ssh;
 pub mod status;
 pub mod systemd;
 pub mod units;

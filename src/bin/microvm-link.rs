@@ -9,7 +9,7 @@ use anyhow::Result;
 use clap::{CommandFactory, Parser};
 use microvm_workspaces::cli::{Cli, Cmd};
 use microvm_workspaces::flow::{self, Env, Options};
-use microvm_workspaces::{logging, status};
+use microvm_workspaces::{logging, shell, status};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -26,6 +26,7 @@ fn main() -> ExitCode {
 fn run(cli: &Cli) -> Result<ExitCode> {
     let a = &cli.link;
     let progress = std::io::stderr().is_terminal();
+    let ssh_timeout = std::time::Duration::from_secs(cli.ssh_timeout);
     let env = |privileged: bool| -> Result<Env> {
         if privileged {
             flow::become_root(cli.root.is_some(), cli.user.is_some())?;
@@ -47,6 +48,24 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             }
             return Ok(ExitCode::SUCCESS);
         }
+        Some(Cmd::Shell { vm, ssh, command }) => {
+            let plan = shell::plan(&env(false)?, vm.as_deref(), ssh.as_deref())?;
+            if nix::unistd::Uid::effective().is_root() {
+                let opts = Options {
+                    if_needed: true,
+                    no_wait: true,
+                    progress,
+                    ..Options::default()
+                };
+                let out = flow::link(&env(true)?, Some(&plan.vm), None, opts)?;
+                out.lines().iter().for_each(|l| eprintln!("{l}"));
+                anyhow::ensure!(out.success(), "linking and starting {} failed", plan.vm);
+            } else {
+                shell::link_through_sudo(&plan.vm, ssh.as_deref())?;
+            }
+            shell::wait(&plan, ssh_timeout, progress)?;
+            return Err(shell::exec(&plan, command));
+        }
         Some(Cmd::Unlink {
             vm,
             no_restart,
@@ -55,6 +74,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             let opts = Options {
                 no_restart: *no_restart,
                 progress: progress && !json,
+                ssh_timeout,
                 ..Options::default()
             };
             (flow::unlink(&env(true)?, vm, opts)?, *json)
@@ -65,6 +85,10 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                 no_restart: a.no_restart,
                 restart_stale: a.restart_stale,
                 progress: progress && !a.json,
+                no_wait: a.no_wait,
+                if_needed: a.if_needed,
+                ssh: a.ssh.clone(),
+                ssh_timeout,
             };
             let out = flow::link(&env(true)?, a.vm.as_deref(), a.repo.as_deref(), opts)?;
             (out, a.json)

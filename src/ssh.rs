@@ -1,0 +1,233 @@
+//! Reaching a VM over SSH (docs/design.md#ssh): where a destination really goes (as the
+//! invoking user's ssh resolves it), waiting until it answers with an SSH banner, and the
+//! remote command that starts a shell in the guest directory matching the working one.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::unix::process::CommandExt;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::config::check_ssh_destination;
+
+/// Where a destination leads, as `ssh -G` says.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Target {
+    pub destination: String,
+    pub host: String,
+    pub port: u16,
+    /// Reached through a ProxyCommand or ProxyJump: the banner cannot be probed directly.
+    pub proxied: bool,
+}
+
+/// A user to run ssh as: uid, primary gid.
+pub type As = (u32, u32);
+
+/// The user to run ssh as, for root acting for `uid` (their primary group from the user
+/// database); `None` for root itself or when running as that user already.
+pub fn as_user(uid: u32) -> Option<As> {
+    if uid == 0 || nix::unistd::Uid::effective().as_raw() == uid {
+        return None;
+    }
+    let gid = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map_or(uid, |u| u.gid.as_raw());
+    Some((uid, gid))
+}
+
+/// An `ssh` command run as `user` (root acting for someone runs ssh as them, never as root:
+/// their `~/.ssh/config`, keys and known hosts apply). std drops the supplementary groups.
+pub fn command(user: Option<As>) -> std::process::Command {
+    let mut c = std::process::Command::new(ssh_program());
+    if let Some((uid, gid)) = user {
+        c.uid(uid).gid(gid);
+        if let Ok(Some(u)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+            c.env("HOME", &u.dir)
+                .env("USER", &u.name)
+                .env("LOGNAME", &u.name);
+        }
+    }
+    c
+}
+
+fn ssh_program() -> &'static str {
+    option_env!("MICROVM_WORKSPACES_SSH").unwrap_or("ssh")
+}
+
+/// Resolves `destination` with `ssh -G` as `user`: host, port, and whether a proxy is used.
+pub fn resolve(destination: &str, user: Option<As>) -> Result<Target> {
+    check_ssh_destination(destination)?;
+    let out = command(user)
+        .args(["-G", "--", destination])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {} -G", ssh_program()))?;
+    if !out.status.success() {
+        bail!(
+            "ssh -G {destination} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    parse_g(destination, &String::from_utf8_lossy(&out.stdout))
+}
+
+/// The `hostname`, `port`, `proxycommand` and `proxyjump` lines of `ssh -G` output.
+pub fn parse_g(destination: &str, text: &str) -> Result<Target> {
+    let (mut host, mut port, mut proxied) = (None, 22u16, false);
+    for line in text.lines() {
+        let (key, value) = line.split_once(' ').unwrap_or((line, ""));
+        match key {
+            "hostname" => host = Some(value.to_string()),
+            "port" => {
+                port = value
+                    .parse()
+                    .with_context(|| format!("ssh -G {destination}: port {value:?}"))?
+            }
+            "proxycommand" | "proxyjump" if value != "none" => proxied = true,
+            _ => {}
+        }
+    }
+    let host = host.with_context(|| format!("ssh -G {destination} printed no hostname"))?;
+    Ok(Target {
+        destination: destination.to_string(),
+        host,
+        port,
+        proxied,
+    })
+}
+
+/// Waits until `t` answers with an SSH banner (`SSH-`), at most `timeout`; returns how long
+/// it took. Progress on stderr when `progress`.
+pub fn wait_for_banner(t: &Target, timeout: Duration, progress: bool) -> Result<Duration> {
+    let start = Instant::now();
+    loop {
+        let last = match probe(t, Duration::from_secs(2)) {
+            Ok(()) => {
+                if progress {
+                    eprintln!();
+                }
+                return Ok(start.elapsed());
+            }
+            Err(e) => format!("{e:#}"),
+        };
+        if start.elapsed() > timeout {
+            if progress {
+                eprintln!();
+            }
+            bail!(
+                "{} ({}:{}) gave no SSH banner within {} s (last: {last})",
+                t.destination,
+                t.host,
+                t.port,
+                timeout.as_secs()
+            );
+        }
+        if progress {
+            eprint!(
+                "\r  waiting for ssh {} ({}:{}), {:.0} s   ",
+                t.destination,
+                t.host,
+                t.port,
+                start.elapsed().as_secs_f64()
+            );
+            let _ = std::io::stderr().flush();
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// One attempt: connect and read the first bytes. (A hypervisor's port forward accepts
+/// before the guest listens, so a connection alone proves nothing.)
+fn probe(t: &Target, limit: Duration) -> Result<()> {
+    let addr = (t.host.as_str(), t.port)
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve {}", t.host))?
+        .next()
+        .with_context(|| format!("{} has no address", t.host))?;
+    let mut s = TcpStream::connect_timeout(&addr, limit).context("connect")?;
+    s.set_read_timeout(Some(limit))?;
+    let mut buf = [0u8; 4];
+    s.read_exact(&mut buf).context("no banner yet")?;
+    if &buf != b"SSH-" {
+        bail!("{addr} answered, but not with an SSH banner");
+    }
+    Ok(())
+}
+
+/// `word` quoted for a POSIX shell: safe whatever it holds.
+pub fn shell_quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', r"'\''"))
+}
+
+/// The remote command: into `dir` (if known), then `command` (each word quoted) or a login
+/// shell.
+pub fn remote_command(dir: Option<&str>, command: &[String]) -> String {
+    let cd = dir.map(|d| format!("cd {} && ", shell_quote(d)));
+    let run = if command.is_empty() {
+        "exec \"${SHELL:-/bin/sh}\" -l".to_string()
+    } else {
+        let words: Vec<String> = command.iter().map(|w| shell_quote(w)).collect();
+        format!("exec {}", words.join(" "))
+    };
+    format!("{}{run}", cd.unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ssh_g_output_gives_host_port_and_proxy() {
+        let t = parse_g(
+            "vm1",
+            "user alice\nhostname 127.0.0.1\nport 2201\nproxycommand none\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (t.host.as_str(), t.port, t.proxied),
+            ("127.0.0.1", 2201, false)
+        );
+        let t = parse_g("vm1", "hostname h\nproxyjump bastion\n").unwrap();
+        assert_eq!((t.port, t.proxied), (22, true));
+        assert!(parse_g("vm1", "port 22\n").is_err());
+        assert!(parse_g("vm1", "hostname h\nport many\n").is_err());
+    }
+
+    #[test]
+    fn remote_commands_quote_every_word() {
+        assert_eq!(
+            remote_command(
+                Some("/work/it's"),
+                &["echo".into(), "a b".into(), "$HOME".into()]
+            ),
+            r#"cd '/work/it'\''s' && exec 'echo' 'a b' '$HOME'"#
+        );
+        assert_eq!(remote_command(None, &[]), r#"exec "${SHELL:-/bin/sh}" -l"#);
+        // What the quoting means to a real shell.
+        let out = std::process::Command::new("sh")
+            .args([
+                "-c",
+                &remote_command(
+                    Some("/"),
+                    &[
+                        "printf".into(),
+                        "%s|".into(),
+                        "a 'b' $X".into(),
+                        "pwd".into(),
+                    ],
+                ),
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "a 'b' $X|pwd|");
+    }
+
+    #[test]
+    fn a_destination_that_could_be_an_option_is_refused_before_ssh_runs() {
+        for bad in ["-oProxyCommand=touch /tmp/x", "host\nx", "a b", ""] {
+            assert!(resolve(bad, None).is_err(), "{bad:?}");
+        }
+    }
+}
