@@ -84,32 +84,6 @@ pub fn guest_workspace(cfg: &Config, vm: &str) -> Option<String> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_guest_workspace_is_the_own_shares_mount_point_or_its_live_view() {
-        let cfg = Config::parse(
-            br#"{"vms": {
-                "a": {"shares": [
-                    {"tag": "o", "proto": "virtiofs", "source": "/srv/other", "mountPoint": "/o"},
-                    {"tag": "w", "proto": "virtiofs", "source": "/var/lib/microvm-workspaces/a", "mountPoint": "/work"}]},
-                "b": {"shares": [{"tag": "l", "proto": "virtiofs",
-                    "source": "/var/lib/microvm-workspaces/.live/b", "mountPoint": "/run/microvm-workspaces/l"}]},
-                "c": {"shares": [{"tag": "w", "proto": "virtiofs", "source": "/var/lib/microvm-workspaces/c"}]}}}"#,
-        )
-        .unwrap();
-        assert_eq!(guest_workspace(&cfg, "a").as_deref(), Some("/work"));
-        assert_eq!(
-            guest_workspace(&cfg, "b").as_deref(),
-            Some("/run/microvm-workspaces/l/current")
-        );
-        assert_eq!(guest_workspace(&cfg, "c"), None);
-        assert_eq!(guest_workspace(&cfg, "nope"), None);
-    }
-}
-
 /// The privileged part for a user who is not root: `sudo microvm-link VM --if-needed
 /// --no-wait`, in this working directory; its output is theirs to see.
 pub fn link_through_sudo(vm: &str, given: Option<&str>) -> Result<()> {
@@ -160,4 +134,30 @@ pub fn exec(plan: &Plan, command: &[String]) -> anyhow::Error {
         .arg(ssh::remote_command(plan.dir.as_deref(), command))
         .exec();
     anyhow::anyhow!("cannot run ssh: {err}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_guest_workspace_is_the_own_shares_mount_point_or_its_live_view() {
+        let cfg = Config::parse(
+            br#"{"vms": {
+                "a": {"shares": [
+                    {"tag": "o", "proto": "virtiofs", "source": "/srv/other", "mountPoint": "/o"},
+                    {"tag": "w", "proto": "virtiofs", "source": "/var/lib/microvm-workspaces/a", "mountPoint": "/work"}]},
+                "b": {"shares": [{"tag": "l", "proto": "virtiofs",
+                    "source": "/var/lib/microvm-workspaces/.live/b", "mountPoint": "/run/microvm-workspaces/l"}]},
+                "c": {"shares": [{"tag": "w", "proto": "virtiofs", "source": "/var/lib/microvm-workspaces/c"}]}}}"#,
+        )
+        .unwrap();
+        assert_eq!(guest_workspace(&cfg, "a").as_deref(), Some("/work"));
+        assert_eq!(
+            guest_workspace(&cfg, "b").as_deref(),
+            Some("/run/microvm-workspaces/l/current")
+        );
+        assert_eq!(guest_workspace(&cfg, "c"), None);
+        assert_eq!(guest_workspace(&cfg, "nope"), None);
+    }
 }
