@@ -29,7 +29,7 @@ pub struct Cli {
     /// (tests, image builders): refused through sudo.
     #[arg(long, value_name = "UID|NAME", global = true)]
     pub user: Option<String>,
-    /// More log output (repeatable).
+    /// More log output (repeatable); `status` adds device:inode to the table.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
 }
@@ -57,12 +57,20 @@ pub struct LinkArgs {
 
 #[derive(Subcommand)]
 pub enum Cmd {
-    /// Show every VM: running, workspace link, each share at start vs now, STALE.
+    /// Show every VM: running, workspace link, what each share showed at start and shows
+    /// now, STALE and why.
+    ///
+    /// A share shows `placeholder`, `repo PATH` (a linked repo), `directory` or `missing`.
+    /// It is STALE when it resolves to another directory than at the VM's start: the VM
+    /// still sees the old one until it restarts. Runs as you; needs no root.
     #[command(
-        after_help = "Examples:\n  microvm-link status\n  microvm-link status vm1 --json | jq '.vms[0].stale'"
+        after_help = "Examples:\n  microvm-link status\n  microvm-link status vm1 -v          add device:inode at start and now\n  microvm-link status vm1 --json | jq '.vms[0].stale'"
     )]
     Status {
+        /// Only this VM (default: every VM known or with a runtime record).
         vm: Option<String>,
+        /// Print JSON: {"vms": [...]}, each share with its words (showedAtStart, showsNow,
+        /// staleBecause) and device:inode (atStart, now).
         #[arg(long)]
         json: bool,
     },

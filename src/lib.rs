@@ -12,6 +12,7 @@
 //! * [`entry`]: a workspace entry (placeholder + record + mount): reconcile and relink;
 //! * [`runner`]: a VM's shares, from microvm.nix's runner and the config;
 //! * [`prepare`]: making every source of one VM exist (plan, then apply);
+//! * [`shows`]: what a share source shows, in words (placeholder, whose repo, directory);
 //! * [`record`]: the `/run` record of what each share resolved to at the VM's start;
 //! * [`units`]: unit names and the generator's drop-ins;
 //! * [`systemd`]: talking to systemd (mount namespace, systemctl);
@@ -35,6 +36,7 @@ pub mod placeholder;
 pub mod prepare;
 pub mod record;
 pub mod runner;
+pub mod shows;
 pub mod status;
 pub mod systemd;
 pub mod units;

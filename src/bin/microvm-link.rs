@@ -43,7 +43,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             let rows = status::collect(&env.tree, &env.cfg, &env.root, vm.as_deref())?;
             match json {
                 true => println!("{:#}", serde_json::json!({ "vms": rows })),
-                false => print!("{}", status::table(&rows)),
+                false => print!("{}", status::table(&rows, cli.verbose > 0)),
             }
             return Ok(ExitCode::SUCCESS);
         }
