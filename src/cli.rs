@@ -74,6 +74,19 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Check the host: generator and drop-ins, virtiofsd, sources, runners, config, sudo rule,
+    /// link records, stale VMs; each finding with its fix.
+    ///
+    /// Exits 1 when a finding will make a VM fail (severity fail), else 0. Runs as you and
+    /// says what it could not read; run it through sudo to check the sudoers files too.
+    #[command(
+        after_help = "Examples:\n  microvm-link doctor\n  microvm-link doctor --json | jq '.findings[] | select(.severity != \"ok\")'"
+    )]
+    Doctor {
+        /// Print JSON: {"ok": bool, "findings": [{check, severity, what, fix}]}.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove VM's link (record and mount): its placeholder serves again; then restart it.
     #[command(after_help = "Example:\n  microvm-link unlink vm1 --no-restart")]
     Unlink {

@@ -18,6 +18,7 @@
 //! * [`systemd`]: talking to systemd (mount namespace, systemctl);
 //! * [`status`]: each VM's shares at start vs now, staleness, the table;
 //! * [`flow`]: microvm-link's link and unlink, with typed outcomes;
+//! * [`doctor`]: `microvm-link doctor`: checks of the host, each finding with its fix;
 //! * [`cli`]: microvm-link's command line;
 //! * [`logging`]: journal or stderr (used by every layer).
 #![forbid(unsafe_code)]
@@ -27,6 +28,7 @@ pub mod chase;
 pub mod cli;
 pub mod config;
 pub mod dirs;
+pub mod doctor;
 pub mod entry;
 pub mod failpoint;
 pub mod flow;
