@@ -32,7 +32,7 @@ pub struct Cli {
     /// How long to wait for a VM's SSH banner after its start, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 120, global = true)]
     pub ssh_timeout: u64,
-    /// More log output (repeatable).
+    /// More log output (repeatable); `status` adds device:inode to the table.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
 }
@@ -69,12 +69,33 @@ pub struct LinkArgs {
 
 #[derive(Subcommand)]
 pub enum Cmd {
-    /// Show every VM: running, workspace link, each share at start vs now, STALE.
+    /// Show every VM: running, workspace link, what each share showed at start and shows
+    /// now, STALE and why.
+    ///
+    /// A share shows `placeholder`, `repo PATH` (a linked repo), `directory` or `missing`.
+    /// It is STALE when it resolves to another directory than at the VM's start: the VM
+    /// still sees the old one until it restarts. Runs as you; needs no root.
     #[command(
-        after_help = "Examples:\n  microvm-link status\n  microvm-link status vm1 --json | jq '.vms[0].stale'"
+        after_help = "Examples:\n  microvm-link status\n  microvm-link status vm1 -v          add device:inode at start and now\n  microvm-link status vm1 --json | jq '.vms[0].stale'"
     )]
     Status {
+        /// Only this VM (default: every VM known or with a runtime record).
         vm: Option<String>,
+        /// Print JSON: {"vms": [...]}, each share with its words (showedAtStart, showsNow,
+        /// staleBecause) and device:inode (atStart, now).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the host: generator and drop-ins, virtiofsd, sources, runners, config, sudo rule,
+    /// link records, stale VMs; each finding with its fix.
+    ///
+    /// Exits 1 when a finding will make a VM fail (severity fail), else 0. Runs as you and
+    /// says what it could not read; run it through sudo to check the sudoers files too.
+    #[command(
+        after_help = "Examples:\n  microvm-link doctor\n  microvm-link doctor --json | jq '.findings[] | select(.severity != \"ok\")'"
+    )]
+    Doctor {
+        /// Print JSON: {"ok": bool, "findings": [{check, severity, what, fix}]}.
         #[arg(long)]
         json: bool,
     },

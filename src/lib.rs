@@ -12,6 +12,7 @@
 //! * [`entry`]: a workspace entry (placeholder + record + mount): reconcile and relink;
 //! * [`runner`]: a VM's shares, from microvm.nix's runner and the config;
 //! * [`prepare`]: making every source of one VM exist (plan, then apply);
+//! * [`shows`]: what a share source shows, in words (placeholder, whose repo, directory);
 //! * [`record`]: the `/run` record of what each share resolved to at the VM's start;
 //! * [`units`]: unit names and the generator's drop-ins;
 //! * [`systemd`]: talking to systemd (mount namespace, systemctl);
@@ -19,6 +20,7 @@
 //! * [`ssh`]: where an SSH destination goes, waiting for its banner, the remote command;
 //! * [`flow`]: microvm-link's link and unlink, with typed outcomes;
 //! * [`shell`]: `microvm-link shell`, from a repo to a shell in its VM;
+//! * [`doctor`]: `microvm-link doctor`: checks of the host, each finding with its fix;
 //! * [`cli`]: microvm-link's command line;
 //! * [`logging`]: journal or stderr (used by every layer).
 #![forbid(unsafe_code)]
@@ -28,6 +30,7 @@ pub mod chase;
 pub mod cli;
 pub mod config;
 pub mod dirs;
+pub mod doctor;
 pub mod entry;
 pub mod failpoint;
 pub mod flow;
@@ -38,6 +41,7 @@ pub mod prepare;
 pub mod record;
 pub mod runner;
 pub mod shell;
+pub mod shows;
 pub mod ssh;
 pub mod status;
 pub mod systemd;

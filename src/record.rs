@@ -14,10 +14,12 @@ use nix::fcntl::{openat, renameat, OFlag};
 use nix::sys::stat::Mode;
 
 use crate::chase::{self, Tree, Trust, Walk};
+use crate::config::Config;
 use crate::dirs;
 use crate::failpoint::step;
 use crate::paths::{self, show, tmp_name};
 use crate::prepare::{Kind, Prepared};
+use crate::shows::{self, Shows};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -40,6 +42,10 @@ pub struct ShareRecord {
     pub device: u64,
     pub inode: u64,
     pub kind: Kind,
+    /// What it showed, in words' terms (docs/design.md#status). Absent in records written
+    /// before it existed: they still read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shows: Option<Shows>,
 }
 
 impl VmRecord {
@@ -63,9 +69,20 @@ impl VmRecord {
                     device: p.dev,
                     inode: p.ino,
                     kind: p.kind,
+                    shows: None,
                 })
                 .collect(),
         }
+    }
+
+    /// The record of this start, with what each share showed (a placeholder, whose repo, a
+    /// directory): what `status` later says the VM started on.
+    pub fn observed(tree: &Tree, cfg: &Config, vm: &str, prepared: &[Prepared]) -> VmRecord {
+        let mut rec = VmRecord::new(vm, prepared);
+        for (s, p) in rec.shares.iter_mut().zip(prepared) {
+            s.shows = Some(shows::at_start(tree, cfg, p));
+        }
+        rec
     }
 }
 

@@ -11,6 +11,7 @@ use crate::entry::{live_of, EntryView, State, Workspace};
 use crate::paths::Root;
 use crate::prepare::Kind;
 use crate::record::{self, ShareRecord};
+use crate::shows::{self, Shows};
 
 /// A share's identity now: `None` if its source does not resolve to a directory.
 pub fn current_id(tree: &Tree, path: &Path) -> Option<(u64, u64)> {
@@ -67,6 +68,13 @@ pub struct ShareStatus {
     pub live: bool,
     /// Recorded at start, pinned, and resolving to something else now.
     pub stale: bool,
+    /// What it showed at start, in words (`placeholder`, `repo /home/alice/x`, `directory`);
+    /// `None` when not recorded (or recorded before words were).
+    pub showed_at_start: Option<String>,
+    /// What it shows now, in words (`missing` too).
+    pub shows_now: String,
+    /// Why it is stale, in one line ("started on the placeholder; alice's repo is linked now").
+    pub stale_because: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -171,27 +179,45 @@ fn share_status(
     path: String,
     rec: Option<&ShareRecord>,
 ) -> ShareStatus {
-    let now = current_id(tree, Path::new(&path)).map(|(device, inode)| Ident { device, inode });
+    let (shows_now, now) = shows::now(tree, cfg, Path::new(&path));
+    let now = now.map(|(device, inode)| Ident { device, inode });
     let at_start = rec.map(|r| Ident {
         device: r.device,
         inode: r.inode,
     });
     let live = live_of(&cfg.workspace_dir, Path::new(&path)).is_some();
+    let stale = !live && at_start.is_some() && at_start != now;
+    // A record from before words: its kind still tells a placeholder.
+    let showed = rec.and_then(|r| match &r.shows {
+        Some(s) => Some(s.clone()),
+        None => (r.kind == Kind::Placeholder).then_some(Shows::Placeholder),
+    });
     ShareStatus {
         tag,
         source,
         path,
         kind: rec.map(|r| r.kind),
         live,
-        stale: !live && at_start.is_some() && at_start != now,
+        stale,
         at_start,
         now,
+        showed_at_start: showed.as_ref().map(Shows::words),
+        stale_because: stale.then(|| shows::why_stale(showed.as_ref(), &shows_now)),
+        shows_now: shows_now.words(),
     }
 }
 
-/// The status table for people: one row per share, the VM's columns on its first row.
-pub fn table(rows: &[VmStatus]) -> String {
-    let id = |i: &Option<Ident>| i.map_or("-".to_string(), |i| format!("{}:{}", i.device, i.inode));
+/// The status table for people: one row per share, the VM's columns on its first row; what
+/// each share showed at start and shows now in words, STALE with the reason. `verbose` adds
+/// `device:inode` (always in the JSON).
+pub fn table(rows: &[VmStatus], verbose: bool) -> String {
+    let shown = |words: Option<&str>, i: &Option<Ident>| {
+        let words = words.unwrap_or("-");
+        match i {
+            Some(i) if verbose => format!("{words} ({}:{})", i.device, i.inode),
+            _ => words.to_string(),
+        }
+    };
     let mut table = vec![[
         "VM",
         "RUNNING",
@@ -236,11 +262,12 @@ pub fn table(rows: &[VmStatus]) -> String {
                 if first { ws.clone() } else { String::new() },
                 s.tag.clone(),
                 s.source.clone(),
-                id(&s.at_start),
-                id(&s.now),
-                match (s.stale, s.live) {
-                    (true, _) => "STALE".into(),
-                    (false, true) => "live".into(),
+                shown(s.showed_at_start.as_deref(), &s.at_start),
+                shown(Some(&s.shows_now), &s.now),
+                match &s.stale_because {
+                    Some(why) if s.stale => format!("STALE: {why}"),
+                    _ if s.stale => "STALE".into(),
+                    _ if s.live => "live".into(),
                     _ => String::new(),
                 },
             ]);

@@ -9,7 +9,7 @@ use anyhow::Result;
 use clap::{CommandFactory, Parser};
 use microvm_workspaces::cli::{Cli, Cmd};
 use microvm_workspaces::flow::{self, Env, Options};
-use microvm_workspaces::{logging, shell, status};
+use microvm_workspaces::{doctor, logging, paths, shell, status};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -44,7 +44,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             let rows = status::collect(&env.tree, &env.cfg, &env.root, vm.as_deref())?;
             match json {
                 true => println!("{:#}", serde_json::json!({ "vms": rows })),
-                false => print!("{}", status::table(&rows)),
+                false => print!("{}", status::table(&rows, cli.verbose > 0)),
             }
             return Ok(ExitCode::SUCCESS);
         }
@@ -65,6 +65,24 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             }
             shell::wait(&plan, ssh_timeout, progress)?;
             return Err(shell::exec(&plan, command));
+        }
+        Some(Cmd::Doctor { json }) => {
+            let root = paths::Root::from_args(cli.root.as_deref())?;
+            let caller = flow::invoking_user(cli.user.as_deref())?;
+            let found = doctor::run(&root, caller, &doctor::System)?;
+            let failed = doctor::failed(&found);
+            match json {
+                true => println!(
+                    "{:#}",
+                    serde_json::json!({ "ok": !failed, "findings": found })
+                ),
+                false => print!("{}", doctor::render(&found)),
+            }
+            return Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            });
         }
         Some(Cmd::Unlink {
             vm,

@@ -70,8 +70,11 @@ fn run(args: &Args, vm: &str) -> Result<()> {
         }
         return Ok(());
     }
-    record::write(&tree, &record::VmRecord::new(vm, &out.prepared))
-        .with_context(|| format!("VM {vm}"))?;
+    record::write(
+        &tree,
+        &record::VmRecord::observed(&tree, &cfg, vm, &out.prepared),
+    )
+    .with_context(|| format!("VM {vm}"))?;
     tracing::debug!(
         vm,
         shares = out.prepared.len(),
