@@ -103,13 +103,23 @@ rec {
     else
       null;
 
-  # One share as config.json lists it: exactly tag, proto, source, readOnly.
-  # The fallbacks are microvm.nix's option defaults (proto "9p", read-write).
-  shareEntry = share: {
-    inherit (share) tag source;
-    proto = share.proto or "9p";
-    readOnly = share.readOnly or false;
-  };
+  # One share as config.json lists it: tag, proto, source, readOnly, and
+  # mountPoint (where the guest mounts it, for `microvm-link shell`) when the
+  # share has one. The fallbacks are microvm.nix's option defaults (proto
+  # "9p", read-write). A path-literal mount point is taken as its string.
+  shareEntry =
+    share:
+    {
+      inherit (share) tag source;
+      proto = share.proto or "9p";
+      readOnly = share.readOnly or false;
+    }
+    // (
+      if isString (share.mountPoint or null) || builtins.isPath (share.mountPoint or null) then
+        { mountPoint = toString share.mountPoint; }
+      else
+        { }
+    );
 
   # config.json's entry for one guest: its shares. (No hostName: config.json
   # may carry one, but nothing reads it, and collecting it only forced every

@@ -288,6 +288,7 @@ in
             "proto": "virtiofs",
             "source": f"{WS}/vm1",
             "readOnly": False,
+            "mountPoint": "/workspace",
         }, cfg
         assert [s["source"] for s in cfg["vms"]["nixfiles"]["shares"]] == [
             f"{WS}/nixfiles",

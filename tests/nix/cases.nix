@@ -102,6 +102,7 @@ in
       a = declarative (guest "" [ (workspace "a") ]);
       b = evaluated (guest "b-host" [ ]);
       c = fromFlake "c" (guest "c" [
+        # no mountPoint: none in config.json
         {
           tag = "host";
           proto = "virtiofs";

@@ -89,6 +89,7 @@ in
             proto
             source
             readOnly
+            mountPoint
             ;
         }) shares;
       }) vms;
