@@ -59,6 +59,9 @@ let
     groups = config.users.groups;
   };
 
+  microvmVmNames = if hasMicrovmHost then builtins.attrNames config.microvm.vms else [ ];
+
+  # config.json's vms: every guest's shares, live ones included.
   vms = if hasMicrovmHost then mw.collectVms config.microvm.vms else { };
 
   settings = mw.mkConfig {
@@ -262,6 +265,12 @@ in
           inherit message;
         }) (
           mw.vmProblems vms
+          ++ lib.optionals hasMicrovmHost (
+            mw.guestWorkspaceProblems {
+              inherit (cfg) workspaceDir;
+              microvmVms = config.microvm.vms;
+            }
+          )
           ++ mw.companionProblems cfg.companions
           ++ mw.companionClashes {
             inherit (cfg) companions;
@@ -275,7 +284,7 @@ in
           sudoRs = sudoState "sudo-rs";
           linkGroupMembers = if cfg.linkGroup == null then [ ] else members cfg.linkGroup;
           wheelMembers = members "wheel";
-          vmNames = if hasMicrovmHost then builtins.attrNames config.microvm.vms else [ ];
+          vmNames = microvmVmNames;
           placeholder = {
             inherit (cfg.placeholder) user group;
           };
