@@ -559,6 +559,119 @@ rec {
         ]
     ) (filter (vm: guestConfigOf vm microvmVms.${vm} != null) (attrNames microvmVms));
 
+  # ---- SSH destinations (issue #12): config.json's vms.<vm>.ssh ----
+
+  # `template` for VM `vm`: "%n" becomes the VM's name, "%%" a "%".
+  sshDestination =
+    template: vm:
+    builtins.concatStringsSep "%" (
+      map (replaceStrings [ "%n" ] [ vm ]) (filter isString (builtins.split "%%" template))
+    );
+
+  # Characters a destination must not hold: what Rust's char::is_control
+  # and char::is_whitespace accept (src/config.rs check_ssh_destination), as
+  # UTF-8: C0 and C1 controls, DEL, and Unicode's white space.
+  sshForbiddenChars =
+    let
+      u = hex: builtins.fromJSON "\"\\u${hex}\"";
+      hexDigits = [ "0" "1" "2" "3" "4" "5" "6" "7" "8" "9" "a" "b" "c" "d" "e" "f" ];
+      byteHex = concatMap (hi: map (lo: hi + lo) hexDigits);
+    in
+    map (h: u "00${h}") (
+      builtins.tail (byteHex [ "0" "1" ]) # U+0001..U+001F (Nix strings hold no NUL)
+      ++ [ "20" "7f" ]
+      ++ byteHex [ "8" "9" ]
+      ++ [ "a0" ]
+    )
+    ++ map u [ "1680" "2000" "2001" "2002" "2003" "2004" "2005" "2006" "2007" "2008" "2009" "200a" "2028" "2029" "202f" "205f" "3000" ];
+
+  # Why ssh would refuse `dest` (empty, an option, white space or controls),
+  # as microvm-link would; null when it is fine.
+  sshDestinationProblem =
+    dest:
+    if !isString dest || dest == "" then
+      "is empty"
+    else if substring 0 1 dest == "-" then
+      "starts with \"-\", so ssh would take it for an option"
+    else if replaceStrings sshForbiddenChars (map (_: "") sshForbiddenChars) dest != dest then
+      "contains white space or a control character"
+    else
+      null;
+
+  # vms of config.json with an `ssh` destination for each VM: `perVm.<vm>`
+  # as it is when the VM is there (null: none), else `template` applied to
+  # the VM's name (null: none). A name in perVm but not in `vms` (a VM made
+  # imperatively) gets an entry with no shares and its destination.
+  withSsh =
+    {
+      template,
+      perVm,
+      vms,
+    }:
+    let
+      dest =
+        vm:
+        if perVm ? ${vm} then
+          perVm.${vm}
+        else if template == null then
+          null
+        else
+          sshDestination template vm;
+    in
+    listToAttrs (
+      map (vm: {
+        name = vm;
+        value = (vms.${vm} or { shares = [ ]; }) // (if dest vm == null then { } else { ssh = dest vm; });
+      }) (unique (attrNames vms ++ attrNames perVm))
+    );
+
+  # Problems with services.microvm-workspaces.ssh for the VMs `vmNames`: an
+  # unknown %-token in the template, or a destination ssh would refuse. A
+  # list of messages.
+  sshProblems =
+    {
+      template,
+      perVm,
+      vmNames,
+    }:
+    let
+      opt = "services.microvm-workspaces.ssh";
+      leftover = if template == null then "" else replaceStrings [ "%%" "%n" ] [ "" "" ] template;
+    in
+    (
+      if match ".*%.*" leftover == null then
+        [ ]
+      else
+        [
+          "${opt}.destination = ${quote template}: the only %-tokens are %n (the VM's name) and %% (a \"%\")."
+        ]
+    )
+    ++ concatMap (
+      vm:
+      let
+        fromTemplate = !(perVm ? ${vm});
+        dest = if fromTemplate then (if template == null then null else sshDestination template vm) else perVm.${vm};
+        problem = if dest == null then null else sshDestinationProblem dest;
+      in
+      if problem == null then
+        [ ]
+      else if fromTemplate then
+        [
+          "${opt}.destination = ${quote template} gives VM ${quote vm} the SSH destination ${quote dest}, which ${problem}; set ${opt}.perVm.${showAttr vm} to its destination, or to null."
+        ]
+      else
+        [ "${opt}.perVm.${showAttr vm} = ${quote dest}: the SSH destination ${problem}." ]
+    ) (unique (vmNames ++ attrNames perVm));
+
+  # Names in services.microvm-workspaces.ssh.perVm that are no VM of
+  # microvm.vms: fine for a VM made imperatively, else a typo. Messages.
+  sshWarnings =
+    { perVm, vmNames }:
+    map (
+      vm:
+      "services.microvm-workspaces.ssh.perVm.${showAttr vm}: there is no VM ${quote vm} in microvm.vms, so config.json gains an entry for a VM of that name made imperatively (microvm -c); check the name."
+    ) (filter (vm: !builtins.elem vm vmNames) (attrNames perVm));
+
   # Problems the Rust parser would reject config.json for, found in the
   # collected VMs: names, share tags and sources. A list of messages.
   vmProblems =

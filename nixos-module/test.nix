@@ -282,7 +282,9 @@ in
         assert cfg["placeholder"] == {"user": "root", "group": "root", "mode": "0555"}, cfg
         assert cfg["companions"] == {"nixfiles": {"nix-secrets": "../nix-secrets"}}, cfg
         assert sorted(cfg["vms"]) == ["nixfiles", "vm1"], cfg
-        assert sorted(cfg["vms"]["vm1"]) == ["shares"], cfg
+        assert sorted(cfg["vms"]["vm1"]) == ["shares", "ssh"], cfg
+        # the default destination template: the VM's name
+        assert cfg["vms"]["vm1"]["ssh"] == "vm1", cfg
         assert cfg["vms"]["vm1"]["shares"][0] == {
             "tag": "workspace",
             "proto": "virtiofs",

@@ -780,6 +780,105 @@ in
         };
       });
 
+    # ---- SSH destinations ----
+
+    ssh-destinations = map (t: mw.sshDestination t "vm1") [
+      "%n"
+      "root@%n"
+      "ssh://dev@%n.vm.internal:2222"
+      "%n-%n"
+      "100%%"
+      "%%n"
+      "static"
+    ];
+
+    ssh-destination-problems = map (d: [
+      d
+      (mw.sshDestinationProblem d)
+    ]) ([
+      "vm1"
+      "root@vm1"
+      "ssh://root@[fe80::1%25eth0]:22"
+      "-oProxyCommand=x"
+      ""
+      "vm 1"
+      "vm1\n"
+      "a\tb"
+    ]
+    # no-break space, NEL (a C1 control), ideographic space, and "é" (fine)
+    ++ map builtins.fromJSON [ "\"a\\u00a0b\"" "\"a\\u0085b\"" "\"a\\u3000b\"" "\"caf\\u00e9\"" ]);
+
+    with-ssh = mw.withSsh {
+      template = "root@%n";
+      perVm = {
+        b = "ssh://root@10.0.0.5:2222";
+        c = null;
+        imperative = "imp";
+      };
+      vms = {
+        a.shares = [ ];
+        b.shares = [ ];
+        c.shares = [ ];
+      };
+    };
+
+    with-ssh-none = mw.withSsh {
+      template = null;
+      perVm.b = "b.example";
+      vms = {
+        a.shares = [ ];
+        b.shares = [ ];
+      };
+    };
+
+    # The first word (the option) of each problem.
+    ssh-problems =
+      let
+        firstWords = args: map (m: builtins.head (builtins.match "([^ ]*) .*" m)) (mw.sshProblems args);
+        vmNames = [
+          "vm1"
+          "-evil"
+          "vm 2"
+        ];
+      in
+      {
+        default = firstWords {
+          template = "%n";
+          perVm = { };
+          inherit vmNames;
+        };
+        overridden = firstWords {
+          template = "%n";
+          perVm = {
+            "-evil" = "evil.example";
+            "vm 2" = null;
+          };
+          inherit vmNames;
+        };
+        bad-per-vm = firstWords {
+          template = null;
+          perVm.vm1 = "-p 22 vm1";
+          inherit vmNames;
+        };
+        unknown-token = firstWords {
+          template = "%h";
+          perVm = { };
+          vmNames = [ "vm1" ];
+        };
+        literal-percent = firstWords {
+          template = "%n%%";
+          perVm = { };
+          vmNames = [ "vm1" ];
+        };
+      };
+
+    ssh-warnings = mw.sshWarnings {
+      perVm = {
+        vm1 = "vm1";
+        imperative = "imp";
+      };
+      vmNames = [ "vm1" ];
+    };
   };
 
   failures = {

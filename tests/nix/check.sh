@@ -7,7 +7,7 @@
 #      under `failures` must fail with the expected message; the VM test's
 #      report filter tolerates a journal without reports (run with bash);
 #      among them the guest module's live shares (tags within 36 bytes and
-#      unique, live roots, the refusals);
+#      unique, live roots, the refusals) and the SSH destination template;
 #   3. the README section lists every option the host module
 #      (nixos-module/default.nix) and the guest module (guest.nix) declare.
 # What needs nixpkgs' lib and microvm.nix (the module evaluated beside
@@ -219,7 +219,7 @@ check_options() { # module prefix option...
 }
 check_options nixos-module/default.nix services.microvm-workspaces \
     enable package workspaceDir placeholder.user placeholder.group placeholder.mode \
-    companions linkGroup
+    companions ssh.destination ssh.perVm linkGroup
 
 echo "nix: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

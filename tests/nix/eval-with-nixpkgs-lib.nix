@@ -362,6 +362,19 @@ let
   };
   warned = eval host.warned;
 
+  # The clean host with services.microvm-workspaces.ssh changed.
+  withSsh =
+    ssh:
+    eval (
+      host.clean
+      // {
+        module = {
+          imports = [ host.clean.module ];
+          services.microvm-workspaces.ssh = ssh;
+        };
+      }
+    );
+
   configJsonOf = e: builtins.fromJSON e.config.environment.etc."microvm-workspaces/config.json".source.text;
 
   # The options table of the README's "On NixOS" section, from the option
@@ -428,6 +441,25 @@ in
       else
         [ "microvm.nix's host module defines no 10-microvm line for a share source: ${builtins.toJSON defs}" ];
     "warned host: the module's warnings" = host.problems host.warned warned.config;
+    "ssh: a destination ssh would refuse is an assertion naming the VM and the option" =
+      let
+        got = failedAssertions (withSsh { destination = "-%n"; });
+      in
+      if
+        builtins.length got == 1
+        && lib.hasInfix "services.microvm-workspaces.ssh.destination = \"-%n\" gives VM \"vm1\" the SSH destination \"-vm1\", which starts with \"-\"" (builtins.head got)
+      then
+        [ ]
+      else
+        [ "failed assertions: ${builtins.toJSON got}" ];
+    "ssh: destination = null leaves only the perVm destinations" =
+      let
+        vms = (configJsonOf (withSsh { destination = null; })).vms;
+      in
+      if (vms.vm1 ? ssh) || vms.nixfiles.ssh != "ssh://root@10.0.0.2:2222" then
+        [ "vms: ${builtins.toJSON vms}" ]
+      else
+        [ ];
     "nixpkgs older than 24.11: one assertion that says so, and nothing else defined" =
       let
         got = failedAssertions oldNixpkgs;

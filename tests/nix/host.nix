@@ -64,6 +64,8 @@ in
         workspaceDir = /var/lib/microvm-workspaces;
         linkGroup = "microvm-link";
         companions.nixfiles.nix-secrets = "../nix-secrets";
+        # vm1 keeps the default template ("%n")
+        ssh.perVm.nixfiles = "ssh://root@10.0.0.2:2222";
       };
       users.users.alice = {
         isNormalUser = true;
@@ -82,7 +84,8 @@ in
         group = "root";
         mode = "0555";
       };
-      vms = builtins.mapAttrs (_: shares: {
+      vms = builtins.mapAttrs (name: shares: {
+        ssh = if name == "nixfiles" then "ssh://root@10.0.0.2:2222" else name;
         shares = map (s: {
           inherit (s)
             tag
@@ -175,6 +178,8 @@ in
         companions.ghost.ghost-data = "../ghost-data";
         placeholder.user = "nobody-here";
         placeholder.group = "nogroup-here";
+        # no VM "ghost-vm" in microvm.vms
+        ssh.perVm.ghost-vm = "ghost.example";
       };
       security.sudo.execWheelOnly = true;
       users.users.alice = {
@@ -201,6 +206,7 @@ in
       "services.microvm-workspaces.placeholder.user"
       "services.microvm-workspaces.placeholder.group"
       "systemd.tmpfiles.settings.\"20-microvm-renamed\""
+      "services.microvm-workspaces.ssh.perVm.ghost-vm:"
     ];
   };
 
