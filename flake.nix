@@ -108,15 +108,21 @@
             let
               fixtures = import ./tests/nix/host.nix {
                 mkGuest =
-                  { hostName, shares }:
+                  {
+                    hostName,
+                    shares,
+                    live,
+                  }:
                   lib.nixosSystem {
                     modules = [
                       microvm.nixosModules.microvm
+                      self.nixosModules.guest
                       {
                         nixpkgs.hostPlatform = system;
                         networking.hostName = hostName;
                         microvm.hypervisor = "qemu";
                         microvm.shares = shares;
+                        services.microvm-workspaces.guest.shares = live;
                         system.stateVersion = lib.trivial.release;
                       }
                     ];

@@ -220,6 +220,9 @@ check_options() { # module prefix option...
 check_options nixos-module/default.nix services.microvm-workspaces \
     enable package workspaceDir placeholder.user placeholder.group placeholder.mode \
     companions ssh.destination ssh.perVm linkGroup
+check_options nixos-module/guest.nix services.microvm-workspaces.guest \
+    workspaceDir shares 'shares.<name>.entry' 'shares.<name>.path' \
+    'shares.<name>.mountPoint' 'shares.<name>.readOnly'
 
 echo "nix: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -4,10 +4,11 @@
 # (nixpkgs' lib.evalModules with stub NixOS options, run by hand where only
 # nixpkgs.lib and microvm.nix are at hand). Builtins only.
 #
-# `mkGuest { hostName, shares }` returns what goes into
+# `mkGuest { hostName, shares, live }` returns what goes into
 # `microvm.vms.<vm>.evaluatedConfig` (something whose `.config` is a guest
-# NixOS configuration with those microvm.shares); `shares` list tag, proto,
-# source, mountPoint and readOnly.
+# NixOS configuration with those microvm.shares, and with our guest module,
+# nixosModules.guest, given `live` as services.microvm-workspaces.guest.shares);
+# `shares` list tag, proto, source, mountPoint and readOnly.
 { mkGuest }:
 
 let
@@ -40,13 +41,31 @@ let
     ];
   };
 
+  # Live shares (the guest module's), per VM. dev has no shares of its own,
+  # so the order of its microvm.shares is the guest module's (by name).
+  live = {
+    dev = {
+      nixfiles = {
+        entry = "nixfiles";
+        mountPoint = "/nixfiles";
+      };
+      hostcfg = {
+        entry = "nixfiles";
+        path = "hosts/microvms/dev";
+        mountPoint = "/hostcfg";
+        readOnly = false;
+      };
+    };
+  };
+
   microvmVms = builtins.mapAttrs (name: shares: {
     autostart = false;
     evaluatedConfig = mkGuest {
       hostName = name;
       inherit shares;
+      live = live.${name} or { };
     };
-  }) vms;
+  }) (vms // { dev = [ ]; });
 
   tmpfilesUserEntry = {
     user = ":microvm";
@@ -84,18 +103,42 @@ in
         group = "root";
         mode = "0555";
       };
-      vms = builtins.mapAttrs (name: shares: {
-        ssh = if name == "nixfiles" then "ssh://root@10.0.0.2:2222" else name;
-        shares = map (s: {
-          inherit (s)
-            tag
-            proto
-            source
-            readOnly
-            mountPoint
-            ;
-        }) shares;
-      }) vms;
+      vms =
+        builtins.mapAttrs (name: shares: {
+          ssh = if name == "nixfiles" then "ssh://root@10.0.0.2:2222" else name;
+          shares = map (s: {
+            inherit (s)
+              tag
+              proto
+              source
+              readOnly
+              mountPoint
+              ;
+          }) shares;
+        }) vms
+        // {
+          # the live shares: sources under .live, mounted below
+          # /run/microvm-workspaces in the guest
+          dev = {
+            ssh = "dev";
+            shares = [
+              {
+                tag = "live-hostcfg";
+                proto = "virtiofs";
+                source = "${ws}/.live/nixfiles/hosts/microvms/dev";
+                readOnly = false;
+                mountPoint = "/run/microvm-workspaces/hostcfg";
+              }
+              {
+                tag = "live-nixfiles";
+                proto = "virtiofs";
+                source = "${ws}/.live/nixfiles";
+                readOnly = true;
+                mountPoint = "/run/microvm-workspaces/nixfiles";
+              }
+            ];
+          };
+        };
       companions.nixfiles.nix-secrets = "../nix-secrets";
     };
 
@@ -149,6 +192,17 @@ in
       {
         key = "10-microvm";
         path = "scratch";
+        d = { };
+      }
+      # live roots are under the workspace dir too
+      {
+        key = "10-microvm";
+        path = "${ws}/.live/nixfiles";
+        d = { };
+      }
+      {
+        key = "10-microvm";
+        path = "${ws}/.live/nixfiles/hosts/microvms/dev";
         d = { };
       }
       {
