@@ -151,7 +151,9 @@ in
       description = ''
         Directory holding the VMs' workspaces: `microvm-link` mounts a
         repository on {file}`<workspaceDir>/<vm>` and records the link in
-        {file}`<workspaceDir>/.links/<vm>`. Created at boot as `root:root 0755`.
+        {file}`<workspaceDir>/.links/<vm>`; the live roots of guests' live
+        shares (`nixosModules.guest`) are {file}`<workspaceDir>/.live/<entry>`.
+        Created at boot as `root:root 0755`.
 
         microvm.nix's own tmpfiles entries for share sources beneath this
         directory (and for relative sources) are dropped: these sources are
