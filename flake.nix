@@ -42,8 +42,12 @@
       );
 
       nixosModules = {
+        # For the host, beside microvm.nix's host module.
         microvm-workspaces = ./nixos-module;
         default = self.nixosModules.microvm-workspaces;
+        # For a microvm.nix guest, beside microvm.nix's guest module: live
+        # shares (services.microvm-workspaces.guest.shares).
+        guest = ./nixos-module/guest.nix;
       };
 
       # `nix fmt`: nixfmt (RFC 166 style) over the whole tree.
@@ -104,15 +108,21 @@
             let
               fixtures = import ./tests/nix/host.nix {
                 mkGuest =
-                  { hostName, shares }:
+                  {
+                    hostName,
+                    shares,
+                    live,
+                  }:
                   lib.nixosSystem {
                     modules = [
                       microvm.nixosModules.microvm
+                      self.nixosModules.guest
                       {
                         nixpkgs.hostPlatform = system;
                         networking.hostName = hostName;
                         microvm.hypervisor = "qemu";
                         microvm.shares = shares;
+                        services.microvm-workspaces.guest.shares = live;
                         system.stateVersion = lib.trivial.release;
                       }
                     ];

@@ -59,7 +59,15 @@ let
     groups = config.users.groups;
   };
 
-  vms = if hasMicrovmHost then mw.collectVms config.microvm.vms else { };
+  microvmVmNames = if hasMicrovmHost then builtins.attrNames config.microvm.vms else [ ];
+
+  # config.json's vms: every guest's shares (live ones included), and each
+  # VM's SSH destination.
+  vms = mw.withSsh {
+    template = cfg.ssh.destination;
+    perVm = cfg.ssh.perVm;
+    vms = if hasMicrovmHost then mw.collectVms config.microvm.vms else { };
+  };
 
   settings = mw.mkConfig {
     stateDir = if hasMicrovmHost then config.microvm.stateDir else "/var/lib/microvms";
@@ -143,7 +151,9 @@ in
       description = ''
         Directory holding the VMs' workspaces: `microvm-link` mounts a
         repository on {file}`<workspaceDir>/<vm>` and records the link in
-        {file}`<workspaceDir>/.links/<vm>`. Created at boot as `root:root 0755`.
+        {file}`<workspaceDir>/.links/<vm>`; the live roots of guests' live
+        shares (`nixosModules.guest`) are {file}`<workspaceDir>/.live/<entry>`.
+        Created at boot as `root:root 0755`.
 
         microvm.nix's own tmpfiles entries for share sources beneath this
         directory (and for relative sources) are dropped: these sources are
@@ -200,6 +210,43 @@ in
         Paths are relative to the repository; names must not clash with VM
         names or with each other.
       '';
+    };
+
+    ssh = {
+      destination = lib.mkOption {
+        type = lib.types.nullOr lib.types.str;
+        default = "%n";
+        example = "root@%n.vm.internal";
+        description = ''
+          How `microvm-link` reaches a VM over SSH (to wait for it after a
+          restart, and for its shell), written to {file}`config.json` as
+          `vms.<vm>.ssh` for every VM of `microvm.vms`: a template in which
+          `%n` is the VM's name and `%%` a `%`, giving an ssh destination
+          (`host`, `user@host`, `ssh://user@host:port`). The default, the VM's
+          bare name, is what reaches a microvm.nix VM whose host name is its
+          VM name (microvm.nix's convention) through DNS or `/etc/hosts`, or
+          through a `Host <vm>` alias in the caller's ssh configuration.
+          `null` writes no destination. A destination must not start with `-`
+          or contain white space or control characters (an assertion names
+          the VM).
+        '';
+      };
+
+      perVm = lib.mkOption {
+        type = lib.types.attrsOf (lib.types.nullOr lib.types.str);
+        default = { };
+        example = {
+          builder = "ssh://root@10.0.0.5:2222";
+          offline = null;
+        };
+        description = ''
+          SSH destinations of single VMs, taken as they are instead of
+          {option}`services.microvm-workspaces.ssh.destination`'s template;
+          `null` writes none for that VM. A name that is not in
+          `microvm.vms` (a VM made imperatively) gets an entry of its own in
+          {file}`config.json`, with a warning in case it is a typo.
+        '';
+      };
     };
 
     linkGroup = lib.mkOption {
@@ -262,6 +309,17 @@ in
           inherit message;
         }) (
           mw.vmProblems vms
+          ++ mw.sshProblems {
+            template = cfg.ssh.destination;
+            perVm = cfg.ssh.perVm;
+            vmNames = microvmVmNames;
+          }
+          ++ lib.optionals hasMicrovmHost (
+            mw.guestWorkspaceProblems {
+              inherit (cfg) workspaceDir;
+              microvmVms = config.microvm.vms;
+            }
+          )
           ++ mw.companionProblems cfg.companions
           ++ mw.companionClashes {
             inherit (cfg) companions;
@@ -275,7 +333,7 @@ in
           sudoRs = sudoState "sudo-rs";
           linkGroupMembers = if cfg.linkGroup == null then [ ] else members cfg.linkGroup;
           wheelMembers = members "wheel";
-          vmNames = if hasMicrovmHost then builtins.attrNames config.microvm.vms else [ ];
+          vmNames = microvmVmNames;
           placeholder = {
             inherit (cfg.placeholder) user group;
           };
@@ -287,6 +345,10 @@ in
             inherit masks;
             ownKey = ownTmpfilesKey;
           };
+        }
+        ++ mw.sshWarnings {
+          perVm = cfg.ssh.perVm;
+          vmNames = microvmVmNames;
         };
 
         environment.etc."microvm-workspaces/config.json".source =

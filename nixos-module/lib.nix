@@ -103,13 +103,23 @@ rec {
     else
       null;
 
-  # One share as config.json lists it: exactly tag, proto, source, readOnly.
-  # The fallbacks are microvm.nix's option defaults (proto "9p", read-write).
-  shareEntry = share: {
-    inherit (share) tag source;
-    proto = share.proto or "9p";
-    readOnly = share.readOnly or false;
-  };
+  # One share as config.json lists it: tag, proto, source, readOnly, and
+  # mountPoint (where the guest mounts it, for `microvm-link shell`) when the
+  # share has one. The fallbacks are microvm.nix's option defaults (proto
+  # "9p", read-write). A path-literal mount point is taken as its string.
+  shareEntry =
+    share:
+    {
+      inherit (share) tag source;
+      proto = share.proto or "9p";
+      readOnly = share.readOnly or false;
+    }
+    // (
+      if isString (share.mountPoint or null) || builtins.isPath (share.mountPoint or null) then
+        { mountPoint = toString share.mountPoint; }
+      else
+        { }
+    );
 
   # config.json's entry for one guest: its shares. (No hostName: config.json
   # may carry one, but nothing reads it, and collecting it only forced every
@@ -328,6 +338,339 @@ rec {
       u:
       "systemd.tmpfiles.settings.${quote u.key} creates ${quote u.path}, a share source that microvm-workspaces creates when its VM starts; the module masks such lines only under \"10-microvm\" (microvm.nix's key), so it will be made at boot as a plain directory that prepare then leaves alone. If microvm.nix renamed its key, please report it to microvm-workspaces; meanwhile set systemd.tmpfiles.settings.${quote u.key}.${quote u.path} = lib.mkForce { }."
     ) unmasked;
+
+  # ---- Live shares (issue #11): the guest module, nixos-module/guest.nix ----
+  #
+  # `services.microvm-workspaces.guest.shares.<share> = { entry; path; mountPoint;
+  # readOnly; }` becomes one microvm.nix virtiofs share of the live root
+  # <workspaceDir>/.live/<entry>[/<path>], mounted in the guest at
+  # /run/microvm-workspaces/<share>, and a symlink mountPoint ->
+  # /run/microvm-workspaces/<share>/current. The host keeps `current` of each
+  # live root in step with the entry, so a running guest sees a new link
+  # without a restart; the host module finds these shares in microvm.vms like
+  # any other and lists them in config.json.
+
+  # Where the guest mounts its live shares.
+  guestLiveDir = "/run/microvm-workspaces";
+
+  # A live share's name: it names the guest's mount point and the tag, so it
+  # is kept to letters, digits, "_", "-" and "." (not first), at most 200
+  # bytes. ASCII only: truncating it for the tag never splits a character.
+  isLiveShareName = s: matches "[A-Za-z0-9_][A-Za-z0-9_.-]*" s && stringLength s <= 200;
+
+  # virtiofs tags are at most 36 bytes (the Linux virtio-fs driver's limit).
+  maxTagBytes = 36;
+
+  # The virtiofs tag of live share `name`: "live-<name>" when that fits in 36
+  # bytes, else "live-", the first 22 bytes of the name, "-" and the first 8
+  # hex digits of the name's SHA-256 (36 bytes). Deterministic; two names
+  # get the same tag only by a hash collision or when a name of exactly 31
+  # bytes looks like a shortened one, which the guest module asserts against.
+  liveTag =
+    name:
+    let
+      full = "live-${name}";
+      keep = maxTagBytes - stringLength "live-" - 1 - 8;
+    in
+    if stringLength full <= maxTagBytes then
+      full
+    else
+      "live-${substring 0 keep name}-${substring 0 8 (builtins.hashString "sha256" name)}";
+
+  # The components of a relative path ("a/b" -> [ "a" "b" ]; "" -> [ ]).
+  pathComponents = p: if p == "" then [ ] else filter isString (builtins.split "/" p);
+
+  # The live root of entry `entry` (and `path` below it): the host directory
+  # the guest's share exports. `path` is "" or a relative path without ".",
+  # ".." or "current" components (see liveShareProblems).
+  liveRoot =
+    {
+      workspaceDir,
+      entry,
+      path ? "",
+    }:
+    "${toString workspaceDir}/.live/${entry}" + (if path == "" then "" else "/${path}");
+
+  # Problems with one `services.microvm-workspaces.guest.shares.<name>`: the
+  # name, the entry, the path below it and the mount point. A list of
+  # messages.
+  liveShareProblems =
+    name: share:
+    let
+      opt = "services.microvm-workspaces.guest.shares.${showAttr name}";
+      path = share.path or "";
+      mp = share.mountPoint;
+      comps = pathComponents path;
+      badComps = filter (c: c == "" || c == "." || c == ".." || c == "current") comps;
+    in
+    (
+      if isLiveShareName name then
+        [ ]
+      else
+        [
+          "${opt}: the share name ${quote name} must be letters, digits, \"_\", \"-\" and \".\" (not first), at most 200 bytes: it names the guest's mount ${guestLiveDir}/<share> and the share's tag."
+        ]
+    )
+    ++ (
+      if isEntryName share.entry then
+        [ ]
+      else
+        [
+          "${opt}.entry = ${quote share.entry}: not a workspace entry name (a VM or companion name): it must not be empty, start with \".\" or contain \"/\" or control characters, and is at most 200 bytes."
+        ]
+    )
+    ++ (
+      if !isString path then
+        [ "${opt}.path must be a string." ]
+      else if substring 0 1 path == "/" then
+        [
+          "${opt}.path = ${quote path} is absolute; it is a path below the entry ${quote share.entry}, such as \"hosts/microvms\" (or \"\" for the whole entry)."
+        ]
+      else if hasControlChar path then
+        [ "${opt}.path = ${quote path} contains a control character." ]
+      else
+        map (
+          c:
+          if c == "" then
+            "${opt}.path = ${quote path} has an empty component (a doubled or trailing \"/\"); write it as \"a/b\"."
+          else if c == "current" then
+            "${opt}.path = ${quote path} has a component \"current\": that name is reserved, each live root shows its content under \"current\"."
+          else
+            "${opt}.path = ${quote path} has a component ${quote c}: the path must go down from the entry, without \".\" or \"..\"."
+        ) (unique badComps)
+    )
+    ++ (
+      if !(isString mp && isAbsolutePath mp) then
+        [
+          "${opt}.mountPoint = ${quote mp} is not an absolute path without \".\", \"..\" or empty components and without a trailing \"/\"."
+        ]
+      else if match "[^[:space:]'\\\\]*" mp == null then
+        [
+          "${opt}.mountPoint = ${quote mp} contains white space, a quote or a backslash, which a tmpfiles.d line cannot carry."
+        ]
+      else if isUnder mp guestLiveDir || isUnder guestLiveDir mp then
+        [
+          "${opt}.mountPoint = ${quote mp} is, or lies inside or around, ${guestLiveDir}, where the live shares are mounted; choose another place."
+        ]
+      else
+        [ ]
+    );
+
+  # The microvm.shares entries for the guest module's shares (attrs of
+  # { entry; path; mountPoint; readOnly; }), in name order.
+  liveMicrovmShares =
+    { workspaceDir, shares }:
+    map (
+      name:
+      let
+        s = shares.${name};
+      in
+      {
+        tag = liveTag name;
+        proto = "virtiofs";
+        source = liveRoot {
+          inherit workspaceDir;
+          inherit (s) entry;
+          path = s.path or "";
+        };
+        mountPoint = "${guestLiveDir}/${name}";
+        readOnly = s.readOnly or true;
+      }
+    ) (attrNames shares);
+
+  # systemd.tmpfiles.settings entries for the guest module's shares: an `L+`
+  # line (replace whatever is there by the symlink) at each mountPoint,
+  # pointing into the mounted live root.
+  liveSymlinks =
+    shares:
+    listToAttrs (
+      map (name: {
+        name = shares.${name}.mountPoint;
+        value."L+".argument = "${guestLiveDir}/${name}/current";
+      }) (attrNames shares)
+    );
+
+  # Clashes between the guest module's shares and every share of the guest
+  # (`allShares`: its whole microvm.shares, theirs included): a tag used by
+  # another share, a symlink on, inside or around another mount point or
+  # symlink. A list of messages.
+  liveClashes =
+    { shares, allShares }:
+    let
+      names = attrNames shares;
+      own = name: "${guestLiveDir}/${name}";
+      # every place something is mounted or linked, and what put it there
+      places =
+        map (s: {
+          path = toString s.mountPoint;
+          what = "the mount point of share ${quote s.tag}";
+          skip = null;
+        }) (filter (s: isString (s.mountPoint or null) || builtins.isPath (s.mountPoint or null)) allShares)
+        ++ map (n: {
+          path = shares.${n}.mountPoint;
+          what = "the mountPoint of services.microvm-workspaces.guest.shares.${showAttr n}";
+          skip = n;
+        }) names;
+    in
+    concatMap (
+      name:
+      let
+        opt = "services.microvm-workspaces.guest.shares.${showAttr name}";
+        tag = liveTag name;
+        sameTag = filter (s: s.tag == tag && toString (s.mountPoint or "") != own name) allShares;
+        mp = shares.${name}.mountPoint;
+        near = filter (
+          p: p.skip != name && p.path != own name && (isUnder p.path mp || isUnder mp p.path)
+        ) places;
+      in
+      (
+        if sameTag == [ ] then
+          [ ]
+        else
+          [
+            "${opt}: its tag ${quote tag} is also the tag of the share mounted at ${
+              builtins.concatStringsSep ", " (map (s: quote (toString (s.mountPoint or "?"))) sameTag)
+            }; rename one of them (tags must be unique within a VM)."
+          ]
+      )
+      ++ map (
+        p:
+        "${opt}.mountPoint = ${quote mp} is, or lies inside or around, ${p.what} (${quote p.path}); each needs a place of its own."
+      ) near
+    ) names;
+
+  # The host's workspaceDir against the one each guest's module was told
+  # (services.microvm-workspaces.guest.workspaceDir): they must agree, or the
+  # guest's live shares point at live roots nothing keeps in step. A list of
+  # messages; `microvmVms` is microvm.vms.
+  guestWorkspaceProblems =
+    { workspaceDir, microvmVms }:
+    concatMap (
+      vm:
+      let
+        guest = guestConfigOf vm microvmVms.${vm};
+        g = if guest == null then null else ((guest.services or { }).microvm-workspaces or { }).guest or null;
+      in
+      if g == null || (g.shares or { }) == { } || toString g.workspaceDir == toString workspaceDir then
+        [ ]
+      else
+        [
+          "microvm.vms.${showAttr vm}: its guest sets services.microvm-workspaces.guest.workspaceDir = ${quote (toString g.workspaceDir)}, but this host's services.microvm-workspaces.workspaceDir is ${quote (toString workspaceDir)}; its live shares would export directories nothing keeps in step. Make them the same."
+        ]
+    ) (filter (vm: guestConfigOf vm microvmVms.${vm} != null) (attrNames microvmVms));
+
+  # ---- SSH destinations (issue #12): config.json's vms.<vm>.ssh ----
+
+  # `template` for VM `vm`: "%n" becomes the VM's name, "%%" a "%".
+  sshDestination =
+    template: vm:
+    builtins.concatStringsSep "%" (
+      map (replaceStrings [ "%n" ] [ vm ]) (filter isString (builtins.split "%%" template))
+    );
+
+  # Characters a destination must not hold: what Rust's char::is_control
+  # and char::is_whitespace accept (src/config.rs check_ssh_destination), as
+  # UTF-8: C0 and C1 controls, DEL, and Unicode's white space.
+  sshForbiddenChars =
+    let
+      u = hex: builtins.fromJSON "\"\\u${hex}\"";
+      hexDigits = [ "0" "1" "2" "3" "4" "5" "6" "7" "8" "9" "a" "b" "c" "d" "e" "f" ];
+      byteHex = concatMap (hi: map (lo: hi + lo) hexDigits);
+    in
+    map (h: u "00${h}") (
+      builtins.tail (byteHex [ "0" "1" ]) # U+0001..U+001F (Nix strings hold no NUL)
+      ++ [ "20" "7f" ]
+      ++ byteHex [ "8" "9" ]
+      ++ [ "a0" ]
+    )
+    ++ map u [ "1680" "2000" "2001" "2002" "2003" "2004" "2005" "2006" "2007" "2008" "2009" "200a" "2028" "2029" "202f" "205f" "3000" ];
+
+  # Why ssh would refuse `dest` (empty, an option, white space or controls),
+  # as microvm-link would; null when it is fine.
+  sshDestinationProblem =
+    dest:
+    if !isString dest || dest == "" then
+      "is empty"
+    else if substring 0 1 dest == "-" then
+      "starts with \"-\", so ssh would take it for an option"
+    else if replaceStrings sshForbiddenChars (map (_: "") sshForbiddenChars) dest != dest then
+      "contains white space or a control character"
+    else
+      null;
+
+  # vms of config.json with an `ssh` destination for each VM: `perVm.<vm>`
+  # as it is when the VM is there (null: none), else `template` applied to
+  # the VM's name (null: none). A name in perVm but not in `vms` (a VM made
+  # imperatively) gets an entry with no shares and its destination.
+  withSsh =
+    {
+      template,
+      perVm,
+      vms,
+    }:
+    let
+      dest =
+        vm:
+        if perVm ? ${vm} then
+          perVm.${vm}
+        else if template == null then
+          null
+        else
+          sshDestination template vm;
+    in
+    listToAttrs (
+      map (vm: {
+        name = vm;
+        value = (vms.${vm} or { shares = [ ]; }) // (if dest vm == null then { } else { ssh = dest vm; });
+      }) (unique (attrNames vms ++ attrNames perVm))
+    );
+
+  # Problems with services.microvm-workspaces.ssh for the VMs `vmNames`: an
+  # unknown %-token in the template, or a destination ssh would refuse. A
+  # list of messages.
+  sshProblems =
+    {
+      template,
+      perVm,
+      vmNames,
+    }:
+    let
+      opt = "services.microvm-workspaces.ssh";
+      leftover = if template == null then "" else replaceStrings [ "%%" "%n" ] [ "" "" ] template;
+    in
+    (
+      if match ".*%.*" leftover == null then
+        [ ]
+      else
+        [
+          "${opt}.destination = ${quote template}: the only %-tokens are %n (the VM's name) and %% (a \"%\")."
+        ]
+    )
+    ++ concatMap (
+      vm:
+      let
+        fromTemplate = !(perVm ? ${vm});
+        dest = if fromTemplate then (if template == null then null else sshDestination template vm) else perVm.${vm};
+        problem = if dest == null then null else sshDestinationProblem dest;
+      in
+      if problem == null then
+        [ ]
+      else if fromTemplate then
+        [
+          "${opt}.destination = ${quote template} gives VM ${quote vm} the SSH destination ${quote dest}, which ${problem}; set ${opt}.perVm.${showAttr vm} to its destination, or to null."
+        ]
+      else
+        [ "${opt}.perVm.${showAttr vm} = ${quote dest}: the SSH destination ${problem}." ]
+    ) (unique (vmNames ++ attrNames perVm));
+
+  # Names in services.microvm-workspaces.ssh.perVm that are no VM of
+  # microvm.vms: fine for a VM made imperatively, else a typo. Messages.
+  sshWarnings =
+    { perVm, vmNames }:
+    map (
+      vm:
+      "services.microvm-workspaces.ssh.perVm.${showAttr vm}: there is no VM ${quote vm} in microvm.vms, so config.json gains an entry for a VM of that name made imperatively (microvm -c); check the name."
+    ) (filter (vm: !builtins.elem vm vmNames) (attrNames perVm));
 
   # Problems the Rust parser would reject config.json for, found in the
   # collected VMs: names, share tags and sources. A list of messages.

@@ -7,6 +7,8 @@
 #   vm1       workspace (rw)                 <ws>/vm1
 #             nixfiles  (ro)                 <ws>/nixfiles
 #             hostcfg   (rw)                 <ws>/nixfiles/hosts/microvms/vm1
+#             live-nixfiles (ro, live)       <ws>/.live/nixfiles     -> /live-nixfiles
+#             live-secrets  (ro, live)       <ws>/.live/nix-secrets  -> /live-secrets
 #   nixfiles  nixfiles  (ro)                 <ws>/nixfiles
 #             hostcfg   (rw)                 <ws>/nixfiles/hosts/microvms/nixfiles
 #             secrets   (ro)                 <ws>/nix-secrets  (companion of nixfiles)
@@ -22,6 +24,12 @@
 # share is still a read-only placeholder, and the boot id tells a restarted
 # guest from the one before; the periodic lines show what a running guest
 # sees now, not only at boot.
+#
+# vm1's live shares come from nixosModules.guest: virtiofs shares of the live
+# roots, mounted below /run/microvm-workspaces, and symlinks /live-nixfiles
+# and /live-secrets into them. Linking nixfiles (and its companion
+# nix-secrets) must show in them while vm1 keeps running: its reports go on
+# from the same boot, where its ordinary nixfiles share stays stale.
 { self, microvm }:
 
 let
@@ -30,10 +38,16 @@ let
   mw = import ./lib.nix;
 
   guest =
-    { hostName, shares }:
+    {
+      hostName,
+      shares,
+      live ? { },
+    }:
     { lib, pkgs, ... }:
     let
       mountPoints = map (s: s.mountPoint) shares;
+      # the live shares' symlinks
+      linkPoints = map (n: live.${n}.mountPoint) (builtins.attrNames live);
       reporter = pkgs.writeShellScript "mvw-report" ''
         PATH=${
           lib.makeBinPath [
@@ -65,14 +79,38 @@ let
             fi
             line="$line $mp=[$files]:$write"
           done
+          for mp in ${lib.escapeShellArgs linkPoints}; do
+            if [ ! -L "$mp" ]; then
+              line="$line $mp=unlinked"
+              continue
+            fi
+            # what the live root's `current` shows now ('?' while there
+            # is none)
+            if files=$(ls -A -- "$mp/" 2>/dev/null); then
+              files=$(printf '%s\n' "$files" | LC_ALL=C sort | paste -sd, -)
+            else
+              files='?'
+            fi
+            if setpriv --reuid=1000 --regid=100 --clear-groups -- \
+              touch "$mp/.guest-wrote-${hostName}" 2>/dev/null; then
+              write=ok
+            else
+              write=denied
+            fi
+            line="$line $mp=[$files]:$write"
+          done
           echo "$line END"
           sleep 2
         done
       '';
     in
     {
+      imports = [ self.nixosModules.guest ];
+
       networking.hostName = hostName;
       system.stateVersion = lib.trivial.release;
+
+      services.microvm-workspaces.guest.shares = live;
 
       microvm = {
         hypervisor = "qemu";
@@ -157,6 +195,17 @@ in
               (share "nixfiles" "${ws}/nixfiles" "/nixfiles" true)
               (share "hostcfg" "${ws}/nixfiles/hosts/microvms/vm1" "/hostcfg" false)
             ];
+            live = {
+              nixfiles = {
+                entry = "nixfiles";
+                mountPoint = "/live-nixfiles";
+              };
+              # a companion: linked together with nixfiles
+              secrets = {
+                entry = "nix-secrets";
+                mountPoint = "/live-secrets";
+              };
+            };
           };
         };
         nixfiles = {
@@ -197,7 +246,7 @@ in
             views = {}
             for item in m.group(4).split():
                 mp, _, rest = item.partition("=")
-                if rest == "unmounted":
+                if rest in ("unmounted", "unlinked"):
                     views[mp] = None
                     continue
                 listing, _, write = rest.rpartition(":")
@@ -282,13 +331,31 @@ in
         assert cfg["placeholder"] == {"user": "root", "group": "root", "mode": "0555"}, cfg
         assert cfg["companions"] == {"nixfiles": {"nix-secrets": "../nix-secrets"}}, cfg
         assert sorted(cfg["vms"]) == ["nixfiles", "vm1"], cfg
-        assert sorted(cfg["vms"]["vm1"]) == ["shares"], cfg
-        assert cfg["vms"]["vm1"]["shares"][0] == {
+        assert sorted(cfg["vms"]["vm1"]) == ["shares", "ssh"], cfg
+        # the default destination template: the VM's name
+        assert cfg["vms"]["vm1"]["ssh"] == "vm1", cfg
+        vm1_shares = {s["tag"]: s for s in cfg["vms"]["vm1"]["shares"]}
+        assert sorted(vm1_shares) == [
+            "hostcfg", "live-nixfiles", "live-secrets", "nixfiles", "workspace"
+        ], cfg
+        assert vm1_shares["workspace"] == {
             "tag": "workspace",
             "proto": "virtiofs",
             "source": f"{WS}/vm1",
             "readOnly": False,
+            "mountPoint": "/workspace",
         }, cfg
+        # the live shares of nixosModules.guest: live roots, mounted below
+        # /run/microvm-workspaces in the guest
+        for tag, entry in [("live-nixfiles", "nixfiles"), ("live-secrets", "nix-secrets")]:
+            share = tag.removeprefix("live-")
+            assert vm1_shares[tag] == {
+                "tag": tag,
+                "proto": "virtiofs",
+                "source": f"{WS}/.live/{entry}",
+                "readOnly": True,
+                "mountPoint": f"/run/microvm-workspaces/{share}",
+            }, cfg
         assert [s["source"] for s in cfg["vms"]["nixfiles"]["shares"]] == [
             f"{WS}/nixfiles",
             f"{WS}/nixfiles/hosts/microvms/nixfiles",
@@ -363,6 +430,20 @@ in
     assert view(r, "/secrets")["write"] == "denied", r
     host.succeed("test -e /home/alice/nixfiles/hosts/microvms/nixfiles/.guest-wrote-nixfiles")
 
+    # vm1's live shares follow the link while it runs: reports from the same
+    # boot (wait_report's `after` insists on it) show the repo and the
+    # companion through the symlinks, read-only.
+    r = wait_report(
+        "vm1",
+        "a running VM's live shares show the new link without a restart",
+        lambda r: "flake.nix" in seen(r, "/live-nixfiles")["files"]
+        and "secret.txt" in seen(r, "/live-secrets")["files"],
+        after={"boot": vm1_boot, "seq": vm1_after_link["seq"]},
+    )
+    assert view(r, "/live-nixfiles")["write"] == "denied", r
+    assert view(r, "/live-secrets")["write"] == "denied", r
+    host.fail("test -e /home/alice/nixfiles/.guest-wrote-vm1")
+
     # vm1 was started before nixfiles was linked: its virtiofsd keeps the
     # placeholders it opened, so the guest still sees them, and status says so.
     r = wait_report(
@@ -376,7 +457,15 @@ in
     with subtest("microvm-link status reports the stale shares"):
         st = status_json()
         assert st["vm1"]["running"] is True, st["vm1"]
-        assert stale(st, "vm1") == {"workspace": False, "nixfiles": True, "hostcfg": True}, st["vm1"]
+        # a live share is never stale: its source, the live root, stays the
+        # directory the VM started with; only its `current` moves
+        assert stale(st, "vm1") == {
+            "workspace": False,
+            "nixfiles": True,
+            "hostcfg": True,
+            "live-nixfiles": False,
+            "live-secrets": False,
+        }, st["vm1"]
         assert not any(stale(st, "nixfiles").values()), st["nixfiles"]
 
     with subtest("restarting the stale VM"):

@@ -102,6 +102,7 @@ in
       a = declarative (guest "" [ (workspace "a") ]);
       b = evaluated (guest "b-host" [ ]);
       c = fromFlake "c" (guest "c" [
+        # no mountPoint: none in config.json
         {
           tag = "host";
           proto = "virtiofs";
@@ -511,6 +512,373 @@ in
           ];
         }))
       ];
+
+    # ---- live shares (nixos-module/guest.nix) ----
+
+    # Tags: "live-<name>" up to 36 bytes; longer names are cut to 22 bytes
+    # and get 8 hex digits of their SHA-256 (computed with sha256sum).
+    live-tags = map mw.liveTag [
+      "nixfiles"
+      "abcdefghijklmnopqrstuvwxyz01234" # 31 bytes: "live-" + it is 36
+      "abcdefghijklmnopqrstuvwxyz0123456789"
+      "abcdefghijklmnopqrstuvwxyz0123456789-other"
+    ];
+
+    # Every tag fits virtiofs' 36 bytes, and the names give distinct tags.
+    live-tag-limits =
+      let
+        names = [
+          "a"
+          "nixfiles"
+          "abcdefghijklmnopqrstuvwxyz01234"
+          "abcdefghijklmnopqrstuvwxyz012345"
+          "abcdefghijklmnopqrstuvwxyz0123456789"
+          "abcdefghijklmnopqrstuvwxyz0123456789-other"
+          "abcdefghijklmnopqrstuvwxyz0123456789-other2"
+          (builtins.concatStringsSep "" (builtins.genList (_: "x") 200))
+        ];
+        tags = map mw.liveTag names;
+      in
+      {
+        longest = builtins.foldl' (m: t: if builtins.stringLength t > m then builtins.stringLength t else m) 0 tags;
+        distinct = builtins.length (builtins.attrNames (builtins.listToAttrs (map (t: {
+          name = t;
+          value = true;
+        }) tags)));
+        names = builtins.length names;
+      };
+
+    live-roots = [
+      (mw.liveRoot {
+        workspaceDir = ws;
+        entry = "nixfiles";
+      })
+      (mw.liveRoot {
+        workspaceDir = ws;
+        entry = "nixfiles";
+        path = "hosts/microvms/vm1";
+      })
+      (mw.liveRoot {
+        workspaceDir = "/srv/ws";
+        entry = "nix-secrets";
+        path = "";
+      })
+    ];
+
+    # What the guest module adds to microvm.shares, and its symlinks.
+    live-microvm-shares = mw.liveMicrovmShares {
+      workspaceDir = ws;
+      shares = {
+        nixfiles = {
+          entry = "nixfiles";
+          path = "";
+          mountPoint = "/nixfiles";
+          readOnly = true;
+        };
+        hostcfg = {
+          entry = "nixfiles";
+          path = "hosts/microvms/dev";
+          mountPoint = "/etc/hostcfg";
+          readOnly = false;
+        };
+      };
+    };
+
+    live-symlinks = mw.liveSymlinks {
+      nixfiles = {
+        entry = "nixfiles";
+        mountPoint = "/nixfiles";
+      };
+      hostcfg = {
+        entry = "nixfiles";
+        path = "hosts/microvms/dev";
+        mountPoint = "/etc/hostcfg";
+      };
+    };
+
+    # The host collects live shares like any other: source under .live,
+    # mount point under /run/microvm-workspaces.
+    collect-live = mw.collectVms {
+      dev = declarative (guest "dev" (
+        [ (workspace "dev") ]
+        ++ mw.liveMicrovmShares {
+          workspaceDir = ws;
+          shares.nixfiles = {
+            entry = "nixfiles";
+            path = "hosts";
+            mountPoint = "/nixfiles";
+            readOnly = true;
+          };
+        }
+      ));
+    };
+
+    # The first word (the option) of each refusal, per share.
+    live-share-problems =
+      let
+        firstWords = name: share: map (m: builtins.head (builtins.match "([^ ]*) .*" m)) (mw.liveShareProblems name share);
+        ok = {
+          entry = "nixfiles";
+          path = "";
+          mountPoint = "/nixfiles";
+        };
+      in
+      builtins.mapAttrs (name: firstWords name) {
+        good = ok;
+        good-path = ok // {
+          path = "hosts/microvms/dev";
+        };
+        "bad/name" = ok;
+        ".hidden" = ok;
+        bad-entry = ok // {
+          entry = ".links";
+        };
+        bad-entry-slash = ok // {
+          entry = "a/b";
+        };
+        absolute-path = ok // {
+          path = "/etc";
+        };
+        current = ok // {
+          path = "current";
+        };
+        current-deeper = ok // {
+          path = "hosts/current/x";
+        };
+        dot = ok // {
+          path = "./hosts";
+        };
+        dotdot = ok // {
+          path = "../nix-secrets";
+        };
+        empty-component = ok // {
+          path = "hosts//x";
+        };
+        trailing-slash = ok // {
+          path = "hosts/";
+        };
+        relative-mount = ok // {
+          mountPoint = "nixfiles";
+        };
+        spaced-mount = ok // {
+          mountPoint = "/my files";
+        };
+        quoted-mount = ok // {
+          mountPoint = "/it's";
+        };
+        mount-in-live-dir = ok // {
+          mountPoint = "/run/microvm-workspaces/x";
+        };
+        mount-around-live-dir = ok // {
+          mountPoint = "/run";
+        };
+        several = {
+          entry = "";
+          path = "../current";
+          mountPoint = "rel";
+        };
+      };
+
+    # The reason each refusal gives (true when the message says it).
+    live-share-reasons =
+      let
+        says = text: share: builtins.any (m: builtins.match ".*${text}.*" m != null) (mw.liveShareProblems "x" share);
+        ok = {
+          entry = "nixfiles";
+          path = "";
+          mountPoint = "/nixfiles";
+        };
+      in
+      [
+        (says "\"current\": that name is reserved" (ok // { path = "a/current"; }))
+        (says "component \"[.][.]\"" (ok // { path = "../x"; }))
+        (says "component \"[.]\"" (ok // { path = "a/."; }))
+        (says "is absolute" (ok // { path = "/x"; }))
+        (says "not a workspace entry name" (ok // { entry = ".live"; }))
+        (says "white space, a quote or a backslash" (ok // { mountPoint = "/a\\b"; }))
+      ];
+
+    # Tags and mount points that clash, given the guest's whole
+    # microvm.shares (the module's own included): the first word of each.
+    live-clashes =
+      let
+        firstWords = ms: map (m: builtins.head (builtins.match "([^ ]*) .*" m)) ms;
+        run =
+          shares: others:
+          firstWords (mw.liveClashes {
+            inherit shares;
+            allShares = others ++ mw.liveMicrovmShares {
+              workspaceDir = ws;
+              inherit shares;
+            };
+          });
+        live = mountPoint: {
+          entry = "nixfiles";
+          inherit mountPoint;
+        };
+      in
+      {
+        clean = run {
+          a = live "/a";
+          b = live "/b";
+        } [ (workspace "dev") ];
+        tag-taken = run { nixfiles = live "/nixfiles"; } [
+          {
+            tag = "live-nixfiles";
+            source = "/srv";
+            mountPoint = "/srv";
+          }
+        ];
+        # a 31-byte name whose tag looks like a shortened one's
+        long-names =
+          run {
+            "abcdefghijklmnopqrstuvwxyz0123456789" = live "/long";
+            "abcdefghijklmnopqrstuv-011fc299" = live "/short";
+          } [ ];
+        same-mount-point = run {
+          a = live "/same";
+          b = live "/same";
+        } [ ];
+        on-a-share = run { a = live "/workspace"; } [ (workspace "dev") ];
+        inside-a-share = run { a = live "/workspace/live"; } [ (workspace "dev") ];
+        around-a-share = run { a = live "/nix"; } [
+          {
+            tag = "store";
+            source = "/nix/store";
+            mountPoint = "/nix/.ro-store";
+          }
+        ];
+        inside-another = run {
+          a = live "/live";
+          b = live "/live/b";
+        } [ ];
+      };
+
+    # A guest told another workspaceDir than the host's.
+    guest-workspace-problems =
+      let
+        withLive = workspaceDir: shares: (guest "g" [ ]) // {
+          services.microvm-workspaces.guest = { inherit workspaceDir shares; };
+        };
+        one.x = {
+          entry = "nixfiles";
+          mountPoint = "/x";
+        };
+      in
+      map (m: builtins.head (builtins.match "([^ ]*) .*" m)) (mw.guestWorkspaceProblems {
+        workspaceDir = ws;
+        microvmVms = {
+          same = declarative (withLive ws one);
+          other = evaluated (withLive "/srv/ws" one);
+          other-unused = declarative (withLive "/srv/ws" { });
+          plain = declarative (guest "plain" [ ]);
+          none = {
+            flake = null;
+            evaluatedConfig = null;
+            config = null;
+          };
+        };
+      });
+
+    # ---- SSH destinations ----
+
+    ssh-destinations = map (t: mw.sshDestination t "vm1") [
+      "%n"
+      "root@%n"
+      "ssh://dev@%n.vm.internal:2222"
+      "%n-%n"
+      "100%%"
+      "%%n"
+      "static"
+    ];
+
+    ssh-destination-problems = map (d: [
+      d
+      (mw.sshDestinationProblem d)
+    ]) ([
+      "vm1"
+      "root@vm1"
+      "ssh://root@[fe80::1%25eth0]:22"
+      "-oProxyCommand=x"
+      ""
+      "vm 1"
+      "vm1\n"
+      "a\tb"
+    ]
+    # no-break space, NEL (a C1 control), ideographic space, and "é" (fine)
+    ++ map builtins.fromJSON [ "\"a\\u00a0b\"" "\"a\\u0085b\"" "\"a\\u3000b\"" "\"caf\\u00e9\"" ]);
+
+    with-ssh = mw.withSsh {
+      template = "root@%n";
+      perVm = {
+        b = "ssh://root@10.0.0.5:2222";
+        c = null;
+        imperative = "imp";
+      };
+      vms = {
+        a.shares = [ ];
+        b.shares = [ ];
+        c.shares = [ ];
+      };
+    };
+
+    with-ssh-none = mw.withSsh {
+      template = null;
+      perVm.b = "b.example";
+      vms = {
+        a.shares = [ ];
+        b.shares = [ ];
+      };
+    };
+
+    # The first word (the option) of each problem.
+    ssh-problems =
+      let
+        firstWords = args: map (m: builtins.head (builtins.match "([^ ]*) .*" m)) (mw.sshProblems args);
+        vmNames = [
+          "vm1"
+          "-evil"
+          "vm 2"
+        ];
+      in
+      {
+        default = firstWords {
+          template = "%n";
+          perVm = { };
+          inherit vmNames;
+        };
+        overridden = firstWords {
+          template = "%n";
+          perVm = {
+            "-evil" = "evil.example";
+            "vm 2" = null;
+          };
+          inherit vmNames;
+        };
+        bad-per-vm = firstWords {
+          template = null;
+          perVm.vm1 = "-p 22 vm1";
+          inherit vmNames;
+        };
+        unknown-token = firstWords {
+          template = "%h";
+          perVm = { };
+          vmNames = [ "vm1" ];
+        };
+        literal-percent = firstWords {
+          template = "%n%%";
+          perVm = { };
+          vmNames = [ "vm1" ];
+        };
+      };
+
+    ssh-warnings = mw.sshWarnings {
+      perVm = {
+        vm1 = "vm1";
+        imperative = "imp";
+      };
+      vmNames = [ "vm1" ];
+    };
   };
 
   failures = {

@@ -6,7 +6,10 @@
 #      (config.json, the tmpfiles masks, the warnings' conditions); the cases
 #      under `failures` must fail with the expected message; the VM test's
 #      report filter tolerates a journal without reports (run with bash);
-#   3. the README section lists every option the module declares.
+#      among them the guest module's live shares (tags within 36 bytes and
+#      unique, live roots, the refusals) and the SSH destination template;
+#   3. the README section lists every option the host module
+#      (nixos-module/default.nix) and the guest module (guest.nix) declare.
 # What needs nixpkgs' lib and microvm.nix (the module evaluated beside
 # microvm.nix's host module, the generated options table) is in
 # tests/nix/eval-with-nixpkgs-lib.sh, run by hand with checkouts of both.
@@ -65,7 +68,7 @@ while IFS= read -r -d '' file; do
     fi
 done < <(find "$root" \( -name target -o -name .git \) -prune -o -type f -name '*.nix' -print0 | sort -z)
 
-for required in flake.nix nixos-module/default.nix nixos-module/lib.nix \
+for required in flake.nix nixos-module/default.nix nixos-module/guest.nix nixos-module/lib.nix \
     nixos-module/package.nix nixos-module/test.nix tests/nix/cases.nix; do
     found=no
     for rel in "${parsed[@]}"; do
@@ -191,27 +194,35 @@ else
     pass "report filter: a failing grep still fails"
 fi
 
-# 3. The options the module declares are exactly these, and the README
+# 3. The options each module declares are exactly these, and the README
 # section (docs/nixos.md, or README.md once merged) names each of them.
-options=(enable package workspaceDir placeholder.user placeholder.group placeholder.mode companions linkGroup)
-module=$root/nixos-module/default.nix
-declared=$(grep -cE '^ +[A-Za-z]+ = lib\.mk(Enable)?Option\b' "$module" || true)
-if [ "$declared" -eq "${#options[@]}" ]; then
-    pass "module declares ${#options[@]} options"
-else
-    fail "module declares ${#options[@]} options" "found $declared mkOption/mkEnableOption declarations in ${module#"$root"/}"
-fi
 doc=$root/docs/nixos.md
 if [ ! -f "$doc" ]; then doc=$root/README.md; fi
-for option in "${options[@]}"; do
-    if ! grep -qE "^ +${option##*.} = lib\.mk(Enable)?Option\b" "$module"; then
-        fail "option $option" "not declared in ${module#"$root"/}"
-    elif grep -qF "\`services.microvm-workspaces.$option\`" "$doc" 2>/dev/null; then
-        pass "documented $option"
+check_options() { # module prefix option...
+    local module=$root/$1 prefix=$2 declared option
+    shift 2
+    declared=$(grep -cE '^ +[A-Za-z]+ = lib\.mk(Enable)?Option\b' "$module" || true)
+    if [ "$declared" -eq "$#" ]; then
+        pass "${module#"$root"/} declares $# options"
     else
-        fail "documented $option" "\`services.microvm-workspaces.$option\` is not in ${doc#"$root"/}"
+        fail "${module#"$root"/} declares $# options" "found $declared mkOption/mkEnableOption declarations"
     fi
-done
+    for option in "$@"; do
+        if ! grep -qE "^ +${option##*.} = lib\.mk(Enable)?Option\b" "$module"; then
+            fail "option $prefix.$option" "not declared in ${module#"$root"/}"
+        elif grep -qF "\`$prefix.$option\`" "$doc" 2>/dev/null; then
+            pass "documented $prefix.$option"
+        else
+            fail "documented $prefix.$option" "\`$prefix.$option\` is not in ${doc#"$root"/}"
+        fi
+    done
+}
+check_options nixos-module/default.nix services.microvm-workspaces \
+    enable package workspaceDir placeholder.user placeholder.group placeholder.mode \
+    companions ssh.destination ssh.perVm linkGroup
+check_options nixos-module/guest.nix services.microvm-workspaces.guest \
+    workspaceDir shares 'shares.<name>.entry' 'shares.<name>.path' \
+    'shares.<name>.mountPoint' 'shares.<name>.readOnly'
 
 echo "nix: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -61,6 +61,35 @@ let
       inherit default;
     };
 
+  # tmpfiles.d lines: settings.<file>.<path>.<type> = { user; group; mode; ... }
+  tmpfilesSettings = mkOption {
+    type = types.attrsOf (
+      types.attrsOf (
+        types.attrsOf (
+          types.submodule (
+            { name, ... }:
+            {
+              options = {
+                type = mkOption {
+                  type = types.str;
+                  default = name;
+                };
+              }
+              // lib.genAttrs [ "mode" "user" "group" "age" "argument" ] (
+                _:
+                mkOption {
+                  type = types.str;
+                  default = "-";
+                }
+              );
+            }
+          )
+        )
+      )
+    );
+    default = { };
+  };
+
   # The options of NixOS that microvm.nix's host module and ours touch, with
   # NixOS's defaults where they matter (sudo enabled, sudo-rs not, the
   # wrapper dir, the groups NixOS always declares).
@@ -105,34 +134,7 @@ let
         systemd.packages = anyList;
         systemd.services = anyAttrs;
         systemd.targets = anyAttrs;
-        # tmpfiles.d lines: settings.<file>.<path>.<type> = { user; group; mode; ... }
-        systemd.tmpfiles.settings = mkOption {
-          type = types.attrsOf (
-            types.attrsOf (
-              types.attrsOf (
-                types.submodule (
-                  { name, ... }:
-                  {
-                    options = {
-                      type = mkOption {
-                        type = types.str;
-                        default = name;
-                      };
-                    }
-                    // lib.genAttrs [ "mode" "user" "group" "age" "argument" ] (
-                      _:
-                      mkOption {
-                        type = types.str;
-                        default = "-";
-                      }
-                    );
-                  }
-                )
-              )
-            )
-          );
-          default = { };
-        };
+        systemd.tmpfiles.settings = tmpfilesSettings;
         users.users = mkOption {
           type = types.attrsOf (
             types.submodule {
@@ -220,14 +222,149 @@ let
       };
     };
 
+  # A microvm.nix guest: microvm.nix's real guest module and ours
+  # (nixosModules.guest) evaluated together. The NixOS options both read or
+  # write are declared as stubs; everything else microvm.nix sets lands in a
+  # freeform catch-all that nothing reads. (networking.hostId and
+  # environment.etc are declared: microvm.nix defines them under conditions
+  # that read networking.hostName, which a freeform `networking` would make
+  # recursive; nix.enable, read by one of its conditions, is off so that the
+  # store registration it guards, which needs a real nix package, stays out.)
+  guestStubs = {
+    freeformType = types.lazyAttrsOf types.anything;
+    options = {
+      assertions = mkOption {
+        type = types.listOf types.unspecified;
+        default = [ ];
+      };
+      warnings = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+      };
+      networking.hostName = mkOption {
+        type = types.str;
+        default = "nixos";
+      };
+      networking.hostId = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+      };
+      environment.etc = anyAttrs;
+      nix.enable = bool false;
+      systemd.tmpfiles.settings = tmpfilesSettings;
+    };
+  };
+
+  evalGuest =
+    modules:
+    lib.evalModules {
+      specialArgs = {
+        inherit pkgs;
+      };
+      modules = [
+        guestStubs
+        "${microvm}/nixos-modules/microvm"
+        ../../nixos-module/guest.nix
+        { microvm.hypervisor = "qemu"; }
+      ]
+      ++ modules;
+    };
+
   mkGuest =
-    { hostName, shares }:
     {
-      config = {
+      hostName,
+      shares,
+      live ? { },
+    }:
+    evalGuest [
+      {
         networking.hostName = hostName;
         microvm.shares = shares;
+        services.microvm-workspaces.guest.shares = live;
+      }
+    ];
+
+  # A guest with live shares beside a share of its own.
+  liveGuest = evalGuest [
+    {
+      networking.hostName = "dev";
+      microvm.shares = [
+        {
+          tag = "ro-store";
+          proto = "virtiofs";
+          source = "/nix/store";
+          mountPoint = "/nix/.ro-store";
+          readOnly = true;
+        }
+      ];
+      services.microvm-workspaces.guest.shares = {
+        nixfiles = {
+          entry = "nixfiles";
+          mountPoint = "/nixfiles";
+        };
+        hostcfg = {
+          entry = "nixfiles";
+          path = "hosts/microvms/dev";
+          mountPoint = "/etc/hostcfg";
+          readOnly = false;
+        };
+        "a-share-name-much-longer-than-a-virtiofs-tag" = {
+          entry = "nix-secrets";
+          mountPoint = "/secrets";
+        };
       };
+    }
+  ];
+
+  # Guests the module must refuse, each with the words of its refusal.
+  refusedGuests = {
+    "path through current" = {
+      live.x = {
+        entry = "nixfiles";
+        path = "hosts/current";
+        mountPoint = "/x";
+      };
+      says = "services.microvm-workspaces.guest.shares.x.path = \"hosts/current\" has a component \"current\"";
     };
+    "path up out of the entry" = {
+      live.x = {
+        entry = "nixfiles";
+        path = "../nix-secrets";
+        mountPoint = "/x";
+      };
+      says = "services.microvm-workspaces.guest.shares.x.path = \"../nix-secrets\" has a component \"..\"";
+    };
+    "absolute path" = {
+      live.x = {
+        entry = "nixfiles";
+        path = "/etc";
+        mountPoint = "/x";
+      };
+      says = "services.microvm-workspaces.guest.shares.x.path = \"/etc\" is absolute";
+    };
+    "invalid entry" = {
+      live.x = {
+        entry = ".live";
+        mountPoint = "/x";
+      };
+      says = "services.microvm-workspaces.guest.shares.x.entry = \".live\": not a workspace entry name";
+    };
+    "tag of another share" = {
+      shares = [
+        {
+          tag = "live-x";
+          proto = "virtiofs";
+          source = "/srv/x";
+          mountPoint = "/srv/x";
+        }
+      ];
+      live.x = {
+        entry = "nixfiles";
+        mountPoint = "/x";
+      };
+      says = "services.microvm-workspaces.guest.shares.x: its tag \"live-x\" is also the tag of the share mounted at \"/srv/x\"";
+    };
+  };
 
   host = import ./host.nix { inherit mkGuest; };
 
@@ -362,6 +499,19 @@ let
   };
   warned = eval host.warned;
 
+  # The clean host with services.microvm-workspaces.ssh changed.
+  withSsh =
+    ssh:
+    eval (
+      host.clean
+      // {
+        module = {
+          imports = [ host.clean.module ];
+          services.microvm-workspaces.ssh = ssh;
+        };
+      }
+    );
+
   configJsonOf = e: builtins.fromJSON e.config.environment.etc."microvm-workspaces/config.json".source.text;
 
   # The options table of the README's "On NixOS" section, from the option
@@ -383,19 +533,24 @@ let
       mdText o.default.text
     else
       "`${oneLine (literal o.default)}`";
-  docs = lib.filter (o: o.visible && !o.internal) (
-    lib.optionAttrSetToDocList clean.options.services.microvm-workspaces
+  tableOf =
+    options:
+    lib.concatStringsSep "\n" (
+      [
+        "| Option | Type | Default | Description |"
+        "| --- | --- | --- | --- |"
+      ]
+      ++ map (
+        o: "| `${o.name}` | ${mdText o.type} | ${defaultOf o} | ${mdText (literal o.description)} |"
+      ) (lib.filter (o: o.visible && !o.internal) (lib.optionAttrSetToDocList options))
+    );
+  # the host module's options (without the guest module's, which the host
+  # evaluation does not import)
+  optionsTable = tableOf (
+    builtins.removeAttrs clean.options.services.microvm-workspaces [ "guest" ]
   );
-  optionsTable = lib.concatStringsSep "\n" (
-    [
-      "| Option | Type | Default | Description |"
-      "| --- | --- | --- | --- |"
-    ]
-    ++ map (
-      o: "| `${o.name}` | ${mdText o.type} | ${defaultOf o} | ${mdText (literal o.description)} |"
-    ) docs
-  );
-  readmeHasTable = lib.hasInfix optionsTable (builtins.readFile readme);
+  guestOptionsTable = tableOf liveGuest.options.services.microvm-workspaces.guest;
+  readmeHasTable = table: lib.hasInfix table (builtins.readFile readme);
 in
 {
   results = {
@@ -428,6 +583,26 @@ in
       else
         [ "microvm.nix's host module defines no 10-microvm line for a share source: ${builtins.toJSON defs}" ];
     "warned host: the module's warnings" = host.problems host.warned warned.config;
+    "ssh: a destination ssh would refuse is an assertion naming the VM and the option" =
+      let
+        got = failedAssertions (withSsh { destination = "-%n"; });
+      in
+      if
+        # dev and vm1 (nixfiles has its own destination)
+        builtins.length got == 2
+        && lib.any (lib.hasInfix "services.microvm-workspaces.ssh.destination = \"-%n\" gives VM \"vm1\" the SSH destination \"-vm1\", which starts with \"-\"") got
+      then
+        [ ]
+      else
+        [ "failed assertions: ${builtins.toJSON got}" ];
+    "ssh: destination = null leaves only the perVm destinations" =
+      let
+        vms = (configJsonOf (withSsh { destination = null; })).vms;
+      in
+      if (vms.vm1 ? ssh) || vms.nixfiles.ssh != "ssh://root@10.0.0.2:2222" then
+        [ "vms: ${builtins.toJSON vms}" ]
+      else
+        [ ];
     "nixpkgs older than 24.11: one assertion that says so, and nothing else defined" =
       let
         got = failedAssertions oldNixpkgs;
@@ -470,6 +645,11 @@ in
             "overlays"
             "packages"
           ];
+          nixosModules = [
+            "default"
+            "guest"
+            "microvm-workspaces"
+          ];
           checks = [
             "module-eval"
             "nix-lib"
@@ -480,6 +660,12 @@ in
         };
       in
       (if names flake == want.top then [ ] else [ "outputs: ${builtins.toJSON (names flake)}" ])
+      ++ (
+        if names flake.nixosModules == want.nixosModules then
+          [ ]
+        else
+          [ "nixosModules: ${builtins.toJSON (names flake.nixosModules)}" ]
+      )
       ++ (
         if names flake.checks.x86_64-linux == want.checks then
           [ ]
@@ -494,8 +680,146 @@ in
           [ "module-eval expected: ${check.env.expected}" ]
       )
       ++ (if flake.checks.x86_64-linux.vm-test-driver.name == "vm-test-driver" then [ ] else [ "vm-test-driver" ]);
+    "guest: nixosModules.guest beside microvm.nix's guest module: shares, mounts, symlinks" =
+      let
+        c = liveGuest.config;
+        longName = "a-share-name-much-longer-than-a-virtiofs-tag";
+        # "live-" + its first 22 bytes + "-" + 8 hex digits of its SHA-256
+        longTag = "live-a-share-name-much-long-53057f23";
+        want = [
+          {
+            tag = longTag;
+            source = "/var/lib/microvm-workspaces/.live/nix-secrets";
+            mountPoint = "/run/microvm-workspaces/${longName}";
+            readOnly = true;
+            link = "/secrets";
+          }
+          {
+            tag = "live-hostcfg";
+            source = "/var/lib/microvm-workspaces/.live/nixfiles/hosts/microvms/dev";
+            mountPoint = "/run/microvm-workspaces/hostcfg";
+            readOnly = false;
+            link = "/etc/hostcfg";
+          }
+          {
+            tag = "live-nixfiles";
+            source = "/var/lib/microvm-workspaces/.live/nixfiles";
+            mountPoint = "/run/microvm-workspaces/nixfiles";
+            readOnly = true;
+            link = "/nixfiles";
+          }
+        ];
+        shareOf = tag: lib.findFirst (s: s.tag == tag) null c.microvm.shares;
+        # (through `options`: config.systemd would merge in the freeform
+        # rest of `systemd`, which needs real packages)
+        lines = liveGuest.options.systemd.tmpfiles.settings.value."10-microvm-workspaces-live";
+        problemsOf =
+          w:
+          let
+            s = shareOf w.tag;
+            fs = c.fileSystems.${w.mountPoint} or null;
+            line = (lines.${w.link} or { })."L+" or null;
+          in
+          if s == null then
+            [ "no microvm.shares entry with tag ${w.tag}: ${builtins.toJSON (map (s: s.tag) c.microvm.shares)}" ]
+          else
+            (
+              if
+                s.proto == "virtiofs"
+                && s.source == w.source
+                && s.mountPoint == w.mountPoint
+                && s.readOnly == w.readOnly
+                # filled in by microvm.nix's share options
+                && s.socket == "dev-virtiofs-${w.tag}.sock"
+              then
+                [ ]
+              else
+                [ "share ${w.tag}: ${builtins.toJSON s}" ]
+            )
+            ++ (
+              if fs != null && fs.device == w.tag && fs.fsType == "virtiofs" then
+                [ ]
+              else
+                [ "fileSystems.${w.mountPoint}: ${builtins.toJSON fs}" ]
+            )
+            ++ (
+              if line != null && line.type == "L+" && line.argument == "${w.mountPoint}/current" then
+                [ ]
+              else
+                [ "tmpfiles line for ${w.link}: ${builtins.toJSON line}" ]
+            );
+      in
+      map (m: "failed assertion: ${m}") (failedAssertions liveGuest)
+      ++ lib.concatMap problemsOf want
+      ++ (if builtins.length c.microvm.shares == 4 then [ ] else [ "microvm.shares: ${builtins.toJSON c.microvm.shares}" ])
+      ++ (if builtins.stringLength longTag == 36 then [ ] else [ "the long tag is not 36 bytes" ]);
+    "guest: every refusal is an assertion that says why" = lib.concatLists (
+      lib.mapAttrsToList (
+        name: r:
+        let
+          got = failedAssertions (mkGuest {
+            hostName = "refused";
+            shares = r.shares or [ ];
+            inherit (r) live;
+          });
+        in
+        if lib.any (lib.hasInfix r.says) got then [ ] else [ "${name}: failed assertions ${builtins.toJSON got}" ]
+      ) refusedGuests
+    );
+    "guest: without microvm.nix's guest module, the assertion that says to add it" =
+      let
+        got = failedAssertions (
+          lib.evalModules {
+            modules = [
+              guestStubs
+              ../../nixos-module/guest.nix
+              {
+                services.microvm-workspaces.guest.shares.x = {
+                  entry = "nixfiles";
+                  mountPoint = "/x";
+                };
+              }
+            ];
+          }
+        );
+      in
+      if lib.any (lib.hasInfix "inputs.microvm.nixosModules.microvm") got then
+        [ ]
+      else
+        [ "failed assertions: ${builtins.toJSON got}" ];
+    "host: a guest told another workspaceDir is an assertion" =
+      let
+        got = failedAssertions (eval {
+          module = {
+            imports = [ host.clean.module ];
+            microvm.vms.dev.evaluatedConfig = lib.mkForce (evalGuest [
+              {
+                networking.hostName = "dev";
+                services.microvm-workspaces.guest = {
+                  workspaceDir = "/srv/ws";
+                  shares.x = {
+                    entry = "nixfiles";
+                    mountPoint = "/x";
+                  };
+                };
+              }
+            ]);
+          };
+        });
+      in
+      if
+        lib.any (lib.hasInfix "microvm.vms.dev: its guest sets services.microvm-workspaces.guest.workspaceDir = \"/srv/ws\", but this host's services.microvm-workspaces.workspaceDir is \"/var/lib/microvm-workspaces\"") got
+      then
+        [ ]
+      else
+        [ "failed assertions: ${builtins.toJSON got}" ];
     "README: the options table is the one generated from the module" =
-      if readmeHasTable then [ ] else [ "README.md does not contain this table:\n${optionsTable}" ];
+      if readmeHasTable optionsTable then [ ] else [ "README.md does not contain this table:\n${optionsTable}" ];
+    "README: the guest module's options table is the one generated from it" =
+      if readmeHasTable guestOptionsTable then
+        [ ]
+      else
+        [ "README.md does not contain this table:\n${guestOptionsTable}" ];
   };
-  inherit optionsTable;
+  inherit optionsTable guestOptionsTable;
 }

@@ -3,16 +3,19 @@
 # real lib, where nixpkgs itself (and so NixOS) is not available: NixOS's
 # options are stubbed (tests/nix/eval-with-nixpkgs-lib.nix). Checks the
 # hosts of tests/nix/host.nix (assertions, config.json, masked tmpfiles
-# lines, the sudo rule, the warnings) and that README.md's options table is
-# the one generated from the module.
+# lines, the sudo rule, the warnings), the guest module (nixosModules.guest)
+# beside microvm.nix's real guest module (live shares, their mounts and
+# symlinks, the refusals), and that README.md's options tables are the ones
+# generated from the two modules.
 #
 # Not part of tests/nix/check.sh, which needs nothing but nix-instantiate:
 # this one needs two checkouts, given by path (it fetches nothing):
 #   NIXPKGS_LIB   nixpkgs, or nixpkgs.lib (github:nix-community/nixpkgs.lib):
 #                 the directory holding lib/
 #   MICROVM_NIX   microvm.nix (github:microvm-nix/microvm.nix)
-# Usage: NIXPKGS_LIB=... MICROVM_NIX=... bash tests/nix/eval-with-nixpkgs-lib.sh [--table]
-#   --table  print the generated options table and exit
+# Usage: NIXPKGS_LIB=... MICROVM_NIX=... bash tests/nix/eval-with-nixpkgs-lib.sh [--table|--guest-table]
+#   --table        print the host module's generated options table and exit
+#   --guest-table  the same for the guest module (nixosModules.guest)
 # Ends with "nixpkgs-lib-eval: N passed, M failed"; exit 1 when anything
 # failed, 2 when a checkout is missing.
 set -euo pipefail
@@ -48,10 +51,14 @@ expr="import $here/eval-with-nixpkgs-lib.nix {
   readme = $root/README.md;
 }"
 
-if [ "${1:-}" = --table ]; then
-    "${nix[@]}" --json -E "($expr).optionsTable" | python3 -c 'import json,sys; print(json.load(sys.stdin))'
+case ${1:-} in
+--table | --guest-table)
+    table=optionsTable
+    if [ "$1" = --guest-table ]; then table=guestOptionsTable; fi
+    "${nix[@]}" --json -E "($expr).$table" | python3 -c 'import json,sys; print(json.load(sys.stdin))'
     exit 0
-fi
+    ;;
+esac
 
 echo "nixpkgs lib $(cat "$NIXPKGS_LIB/lib/.version" 2>/dev/null || echo '?'), nix $(nix-instantiate --version | awk '{print $NF}')"
 passed=0

@@ -4,10 +4,11 @@
 # (nixpkgs' lib.evalModules with stub NixOS options, run by hand where only
 # nixpkgs.lib and microvm.nix are at hand). Builtins only.
 #
-# `mkGuest { hostName, shares }` returns what goes into
+# `mkGuest { hostName, shares, live }` returns what goes into
 # `microvm.vms.<vm>.evaluatedConfig` (something whose `.config` is a guest
-# NixOS configuration with those microvm.shares); `shares` list tag, proto,
-# source, mountPoint and readOnly.
+# NixOS configuration with those microvm.shares, and with our guest module,
+# nixosModules.guest, given `live` as services.microvm-workspaces.guest.shares);
+# `shares` list tag, proto, source, mountPoint and readOnly.
 { mkGuest }:
 
 let
@@ -40,13 +41,31 @@ let
     ];
   };
 
+  # Live shares (the guest module's), per VM. dev has no shares of its own,
+  # so the order of its microvm.shares is the guest module's (by name).
+  live = {
+    dev = {
+      nixfiles = {
+        entry = "nixfiles";
+        mountPoint = "/nixfiles";
+      };
+      hostcfg = {
+        entry = "nixfiles";
+        path = "hosts/microvms/dev";
+        mountPoint = "/hostcfg";
+        readOnly = false;
+      };
+    };
+  };
+
   microvmVms = builtins.mapAttrs (name: shares: {
     autostart = false;
     evaluatedConfig = mkGuest {
       hostName = name;
       inherit shares;
+      live = live.${name} or { };
     };
-  }) vms;
+  }) (vms // { dev = [ ]; });
 
   tmpfilesUserEntry = {
     user = ":microvm";
@@ -64,6 +83,8 @@ in
         workspaceDir = /var/lib/microvm-workspaces;
         linkGroup = "microvm-link";
         companions.nixfiles.nix-secrets = "../nix-secrets";
+        # vm1 keeps the default template ("%n")
+        ssh.perVm.nixfiles = "ssh://root@10.0.0.2:2222";
       };
       users.users.alice = {
         isNormalUser = true;
@@ -82,16 +103,42 @@ in
         group = "root";
         mode = "0555";
       };
-      vms = builtins.mapAttrs (_: shares: {
-        shares = map (s: {
-          inherit (s)
-            tag
-            proto
-            source
-            readOnly
-            ;
-        }) shares;
-      }) vms;
+      vms =
+        builtins.mapAttrs (name: shares: {
+          ssh = if name == "nixfiles" then "ssh://root@10.0.0.2:2222" else name;
+          shares = map (s: {
+            inherit (s)
+              tag
+              proto
+              source
+              readOnly
+              mountPoint
+              ;
+          }) shares;
+        }) vms
+        // {
+          # the live shares: sources under .live, mounted below
+          # /run/microvm-workspaces in the guest
+          dev = {
+            ssh = "dev";
+            shares = [
+              {
+                tag = "live-hostcfg";
+                proto = "virtiofs";
+                source = "${ws}/.live/nixfiles/hosts/microvms/dev";
+                readOnly = false;
+                mountPoint = "/run/microvm-workspaces/hostcfg";
+              }
+              {
+                tag = "live-nixfiles";
+                proto = "virtiofs";
+                source = "${ws}/.live/nixfiles";
+                readOnly = true;
+                mountPoint = "/run/microvm-workspaces/nixfiles";
+              }
+            ];
+          };
+        };
       companions.nixfiles.nix-secrets = "../nix-secrets";
     };
 
@@ -147,6 +194,17 @@ in
         path = "scratch";
         d = { };
       }
+      # live roots are under the workspace dir too
+      {
+        key = "10-microvm";
+        path = "${ws}/.live/nixfiles";
+        d = { };
+      }
+      {
+        key = "10-microvm";
+        path = "${ws}/.live/nixfiles/hosts/microvms/dev";
+        d = { };
+      }
       {
         key = "10-microvm";
         path = "/nix/store";
@@ -174,6 +232,8 @@ in
         companions.ghost.ghost-data = "../ghost-data";
         placeholder.user = "nobody-here";
         placeholder.group = "nogroup-here";
+        # no VM "ghost-vm" in microvm.vms
+        ssh.perVm.ghost-vm = "ghost.example";
       };
       security.sudo.execWheelOnly = true;
       users.users.alice = {
@@ -200,6 +260,7 @@ in
       "services.microvm-workspaces.placeholder.user"
       "services.microvm-workspaces.placeholder.group"
       "systemd.tmpfiles.settings.\"20-microvm-renamed\""
+      "services.microvm-workspaces.ssh.perVm.ghost-vm:"
     ];
   };
 
