@@ -44,6 +44,7 @@ pub fn plan(env: &Env, vm: Option<&str>, given: Option<&str>) -> Result<Plan> {
         .inside(&cwd)
         .and_then(|c| c.strip_prefix(&repo.path).ok().map(Path::to_path_buf));
     let dir = match (guest_workspace(&env.cfg, &vm), rel) {
+        (Some(mp), Some(rel)) if rel.as_os_str().is_empty() => Some(mp),
         (Some(mp), Some(rel)) => Some(
             Path::new(&mp)
                 .join(rel)

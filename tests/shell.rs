@@ -1,0 +1,219 @@
+//! `microvm-link shell` and the SSH wait against a re-rooted tree, with a stand-in `ssh` on
+//! PATH (it answers `-G` and records how it was run) and a local listener that speaks the
+//! first bytes of SSH. The real ssh into a real guest is proven by the end-to-end suite.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+
+use common::*;
+
+/// A directory alice can reach, holding the stand-in `ssh` and its log.
+struct FakeSsh {
+    dir: tempfile::TempDir,
+}
+
+impl FakeSsh {
+    fn new(port: u16) -> FakeSsh {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let script = format!(
+            "#!/bin/sh\nif [ \"$1\" = -G ]; then\n  echo \"user $(id -un 2>/dev/null || id -u)\"\n  echo 'hostname 127.0.0.1'\n  echo 'port {port}'\n  echo 'proxycommand none'\n  exit 0\nfi\n{{ id -u; printf '%s\\n' \"$@\"; }} > {log}\nexit 7\n",
+            log = dir.path().join("log").display()
+        );
+        let ssh = dir.path().join("ssh");
+        std::fs::write(&ssh, script).unwrap();
+        std::fs::set_permissions(&ssh, std::fs::Permissions::from_mode(0o755)).unwrap();
+        FakeSsh { dir }
+    }
+
+    fn path_env(&self) -> String {
+        format!(
+            "{}:{}",
+            self.dir.path().display(),
+            std::env::var("PATH").unwrap()
+        )
+    }
+
+    /// uid it ran as, then its arguments; `None` if the session part never ran.
+    fn log(&self) -> Option<Vec<String>> {
+        let text = std::fs::read_to_string(self.dir.path().join("log")).ok()?;
+        Some(text.lines().map(str::to_string).collect())
+    }
+}
+
+/// A listener that greets every connection like an SSH server.
+fn banner_server() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let _ = c.write_all(b"SSH-2.0-test\r\n");
+        }
+    });
+    port
+}
+
+/// A port nothing listens on (bound, then closed).
+fn dead_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn fixture() -> Fx {
+    let fx = Fx::new();
+    fx.runner("vm1", &[("workspace", b"/var/lib/microvm-workspaces/vm1")]);
+    fx.config(
+        r#"{"vms": {"vm1": {"ssh": "vm1", "shares": [{"tag": "workspace", "proto": "virtiofs",
+            "source": "/var/lib/microvm-workspaces/vm1", "mountPoint": "/work"}]}}}"#,
+    );
+    fx.mkdir("/home/alice", ALICE, 0o755);
+    fx.repo("/home/alice/vm1", ALICE);
+    fx.mkdir("/home/alice/vm1/.git", ALICE, 0o755);
+    fx.mkdir("/home/alice/vm1/sub dir", ALICE, 0o755);
+    fx.mkdir("/home/bob", BOB, 0o755);
+    fx.repo("/home/bob/vm1", BOB);
+    fx
+}
+
+fn shell(fx: &Fx, ssh: &FakeSsh, cwd: &str, args: &[&str]) -> std::process::Output {
+    Run::link(fx)
+        .user(ALICE)
+        .cwd(cwd)
+        .env("PATH", ssh.path_env())
+        .args(args)
+        .output()
+}
+
+fn record(fx: &Fx) -> Option<PathBuf> {
+    std::fs::read_link(fx.p("/var/lib/microvm-workspaces/.links/vm1")).ok()
+}
+
+#[test]
+fn shell_links_waits_and_runs_ssh_as_the_user_in_the_matching_guest_directory() {
+    in_mount_ns!(shell_links_waits_and_runs_ssh_as_the_user_in_the_matching_guest_directory);
+    let fx = fixture();
+    let ssh = FakeSsh::new(banner_server());
+    let out = shell(
+        &fx,
+        &ssh,
+        "/home/alice/vm1/sub dir",
+        &["shell", "--", "ls", "-l", "it's"],
+    );
+    // The exit status is the remote command's (the stand-in exits 7).
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        record(&fx),
+        Some(PathBuf::from("/home/alice/vm1")),
+        "not linked"
+    );
+    let log = ssh.log().expect("ssh never ran");
+    assert_eq!(
+        log[0],
+        ALICE.to_string(),
+        "ssh ran as uid {}, not alice",
+        log[0]
+    );
+    assert_eq!(
+        log[1..],
+        [
+            "--",
+            "vm1",
+            r#"cd '/work/sub dir' && exec 'ls' '-l' 'it'\''s'"#
+        ],
+        "{log:?}"
+    );
+    // Already linked: the second time links nothing and still gets there.
+    let out = shell(&fx, &ssh, "/home/alice/vm1", &["shell", "vm1", "--", "pwd"]);
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(ssh.log().unwrap()[3], "cd '/work' && exec 'pwd'");
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("linked /var"),
+        "relinked"
+    );
+}
+
+#[test]
+fn a_destination_that_could_become_an_ssh_option_is_refused_before_anything_happens() {
+    in_mount_ns!(a_destination_that_could_become_an_ssh_option_is_refused_before_anything_happens);
+    let fx = fixture();
+    let ssh = FakeSsh::new(banner_server());
+    let before = fx.snapshot();
+    for bad in [
+        "-oProxyCommand=touch /tmp/pwned",
+        "vm1\nProxyCommand x",
+        "a b",
+    ] {
+        let out = shell(
+            &fx,
+            &ssh,
+            "/home/alice/vm1",
+            &["shell", &format!("--ssh={bad}"), "--", "pwd"],
+        );
+        assert_one_line_error(&out, &["SSH destination"]);
+        let out = shell(
+            &fx,
+            &ssh,
+            "/home/alice/vm1",
+            &[&format!("--ssh={bad}"), "--no-restart"],
+        );
+        assert_one_line_error(&out, &["SSH destination"]);
+        assert_eq!(before, fx.snapshot(), "{bad:?}: something changed");
+        assert_eq!(ssh.log(), None, "{bad:?}: ssh ran");
+    }
+}
+
+#[test]
+fn a_destination_that_never_answers_is_a_bounded_wait_and_a_clear_error() {
+    in_mount_ns!(a_destination_that_never_answers_is_a_bounded_wait_and_a_clear_error);
+    let fx = fixture();
+    let ssh = FakeSsh::new(dead_port());
+    let t0 = std::time::Instant::now();
+    let out = shell(
+        &fx,
+        &ssh,
+        "/home/alice/vm1",
+        &["shell", "--ssh-timeout", "2", "--", "pwd"],
+    );
+    assert!(t0.elapsed().as_secs() < 30, "the wait was not bounded");
+    // What linking did comes first; the failure is the last line, and the exit status 1.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("microvm-link: vm1 (127.0.0.1:")
+            && last.contains("gave no SSH banner within 2 s"),
+        "{err}"
+    );
+    assert_eq!(ssh.log(), None, "ssh ran although nothing answered");
+}
+
+#[test]
+fn shell_refuses_what_link_refuses() {
+    in_mount_ns!(shell_refuses_what_link_refuses);
+    let fx = fixture();
+    let ssh = FakeSsh::new(banner_server());
+    let before = fx.snapshot();
+    // bob's repo, as alice: the same refusal as link.
+    let out = shell(&fx, &ssh, "/home/bob/vm1", &["shell", "--", "pwd"]);
+    assert_one_line_error(&out, &["owned by uid 4343, not by you (uid 4242)"]);
+    let out = shell(&fx, &ssh, "/home/bob/vm1", &["--no-restart"]);
+    assert_one_line_error(&out, &["owned by uid 4343, not by you (uid 4242)"]);
+    assert_eq!(before, fx.snapshot());
+    assert_eq!(ssh.log(), None);
+    // A VM without a destination: said how to set one.
+    fx.config(r#"{"vms": {"vm1": {}}}"#);
+    let out = shell(&fx, &ssh, "/home/alice/vm1", &["shell", "--", "pwd"]);
+    assert_one_line_error(&out, &["vm1 has no SSH destination", "--ssh DEST"]);
+}
