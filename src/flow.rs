@@ -92,6 +92,9 @@ pub fn become_root(root_flag: bool, user_flag: bool) -> Result<()> {
 /// A VM left out, and why.
 pub type Skipped = (String, String);
 
+/// A VM and its shares through the changed entries.
+type Affected = (String, Vec<runner::Share>);
+
 /// Everything one run of microvm-link works with.
 pub struct Env {
     pub root: Root,
@@ -508,8 +511,9 @@ fn run(
     opts: Options,
 ) -> Result<Outcome> {
     let t0 = Instant::now();
+    let (affected, mut skipped) = affected(env, &changes);
     // Everything that can be checked is checked before anything changes.
-    check_affected(env, &changes)?;
+    check_affected(env, &affected, &changes)?;
     let relinked = if opts.dry_run {
         match Workspace::find(&env.tree, &env.cfg)? {
             Some(ws) => ws.plan_relink(&changes, env.user)?,
@@ -531,14 +535,14 @@ fn run(
     } else {
         Workspace::ensure(&env.tree, &env.cfg)?.relink(&changes, env.user)?
     };
-    let (ensured, skipped) = ensure_affected(env, &changes, opts.dry_run);
+    let ensured = ensure_affected(env, &affected, opts.dry_run, &mut skipped);
     let link_ms = t0.elapsed().as_secs_f64() * 1000.0;
-    let live = live_views(env, &changes);
+    let live = live_views(env, &affected);
     let restart = match live.iter().find(|(v, _)| v == vm) {
         // Every share of the VM through the changed entries is live, and it runs: it sees
         // the change already.
         Some((_, tags))
-            if !opts.dry_run && !opts.no_restart && pinned_through(env, vm, &changes) == 0 =>
+            if !opts.dry_run && !opts.no_restart && pinned_through(env, vm, &affected) == 0 =>
         {
             Restart::NotNeeded {
                 why: format!("live shares {}", tags.join(", ")),
@@ -583,10 +587,9 @@ fn is_running(env: &Env, vm: &str) -> bool {
 }
 
 /// Running VMs with live shares through the changed entries, and those shares' tags.
-fn live_views(env: &Env, changed: &[Change]) -> Vec<(String, Vec<String>)> {
-    affected(env, changed)
-        .0
-        .into_iter()
+fn live_views(env: &Env, affected: &[Affected]) -> Vec<(String, Vec<String>)> {
+    affected
+        .iter()
         .filter(|(vm, _)| is_running(env, vm))
         .filter_map(|(vm, shares)| {
             let tags: Vec<String> = shares
@@ -594,16 +597,15 @@ fn live_views(env: &Env, changed: &[Change]) -> Vec<(String, Vec<String>)> {
                 .filter(|s| live_of(&env.cfg.workspace_dir, &s.path).is_some())
                 .map(|s| s.tag.clone())
                 .collect();
-            (!tags.is_empty()).then_some((vm, tags))
+            (!tags.is_empty()).then(|| (vm.clone(), tags))
         })
         .collect()
 }
 
 /// How many of `vm`'s shares through the changed entries are pinned (not live).
-fn pinned_through(env: &Env, vm: &str, changed: &[Change]) -> usize {
-    affected(env, changed)
-        .0
-        .into_iter()
+fn pinned_through(env: &Env, vm: &str, affected: &[Affected]) -> usize {
+    affected
+        .iter()
         .filter(|(v, _)| v == vm)
         .flat_map(|(_, shares)| shares)
         .filter(|s| live_of(&env.cfg.workspace_dir, &s.path).is_none())
@@ -612,7 +614,7 @@ fn pinned_through(env: &Env, vm: &str, changed: &[Change]) -> usize {
 
 /// Shares of every known VM that pass through a changed entry; VMs whose shares cannot be
 /// read (a runner that is not root's) come back apart, to be skipped with a warning.
-fn affected(env: &Env, changed: &[Change]) -> (Vec<(String, Vec<runner::Share>)>, Vec<Skipped>) {
+fn affected(env: &Env, changed: &[Change]) -> (Vec<Affected>, Vec<Skipped>) {
     let names: Vec<&OsStr> = changed.iter().map(|c| OsStr::new(&c.name)).collect();
     let mut vms = Vec::new();
     let mut skipped = Vec::new();
@@ -643,13 +645,13 @@ fn affected(env: &Env, changed: &[Change]) -> (Vec<(String, Vec<runner::Share>)>
 /// Before relinking: every source [`ensure_affected`] will have to make afterwards, planned
 /// as if `changed` were done, so that one that cannot be made fails the link before it
 /// changes anything.
-fn check_affected(env: &Env, changed: &[Change]) -> Result<()> {
+fn check_affected(env: &Env, affected: &[Affected], changed: &[Change]) -> Result<()> {
     let assume: Vec<(String, Option<PathBuf>)> = changed
         .iter()
         .map(|c| (c.name.clone(), c.target.clone()))
         .collect();
-    for (vm, shares) in affected(env, changed).0 {
-        prepare::plan_assuming(&env.tree, &env.cfg, &vm, &shares, &assume)?;
+    for (vm, shares) in affected {
+        prepare::plan_assuming(&env.tree, &env.cfg, vm, shares, &assume)?;
     }
     Ok(())
 }
@@ -660,13 +662,13 @@ fn check_affected(env: &Env, changed: &[Change]) -> Result<()> {
 /// be ensured is skipped with a warning: one bad VM does not stop the link of another.
 fn ensure_affected(
     env: &Env,
-    changed: &[Change],
+    affected: &[Affected],
     dry_run: bool,
-) -> (Vec<String>, Vec<(String, String)>) {
-    let (vms, mut skipped) = affected(env, changed);
+    skipped: &mut Vec<Skipped>,
+) -> Vec<String> {
     let mut steps = Vec::new();
-    for (vm, shares) in vms {
-        match prepare::prepare_shares(&env.tree, &env.cfg, &vm, &shares, dry_run) {
+    for (vm, shares) in affected {
+        match prepare::prepare_shares(&env.tree, &env.cfg, vm, shares, dry_run) {
             Ok(out) => steps.extend(
                 out.actions
                     .iter()
@@ -675,11 +677,11 @@ fn ensure_affected(
             Err(e) => {
                 let why = logging::one_line(&e);
                 tracing::warn!(vm, "skipping VM {vm}: {why}");
-                skipped.push((vm, why));
+                skipped.push((vm.clone(), why));
             }
         }
     }
-    (steps, skipped)
+    steps
 }
 
 /// Restarts `microvm@<vm>` and waits until it is active or failed.
