@@ -30,7 +30,7 @@ say "Installing what is missing (apt-get, cargo)"
 t=$(date +%s.%N)
 "$HERE/tests/deps.sh" || { echo "demo.sh: installing dependencies failed" >&2; exit 1; }
 # shellcheck source=tests/e2e/lib/common.sh
-for f in common rootfs guest fixture container guestlog project; do source "$E2E_HERE/lib/$f.sh"; done
+for f in common aptsource rootfs guest fixture container guestlog ssh project; do source "$E2E_HERE/lib/$f.sh"; done
 e2e_require_host
 note "done in $(since "$t") s"
 

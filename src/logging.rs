@@ -2,8 +2,8 @@
 //! connected to it (`JOURNAL_STREAM` names stderr's device and inode, as systemd.exec(5) says
 //! to check: libsystemd does), stderr otherwise. `-v` or `RUST_LOG` raise the verbosity.
 
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::prelude::*;
-use tracing_subscriber::EnvFilter;
 
 ///
 /// The journal gets every step (info); a terminal only warnings unless `-v`, so a failure
@@ -11,12 +11,17 @@ use tracing_subscriber::EnvFilter;
 pub fn init(verbose: u8) {
     let journal = libsystemd::logging::connected_to_journal();
     let default = match (journal, verbose) {
-        (false, 0) => "warn",
-        (true, 0) | (_, 1) => "info",
-        (_, 2) => "debug",
-        _ => "trace",
+        (false, 0) => LevelFilter::WARN,
+        (true, 0) | (_, 1) => LevelFilter::INFO,
+        (_, 2) => LevelFilter::DEBUG,
+        _ => LevelFilter::TRACE,
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // `Targets` takes RUST_LOG's `target=level,level` directives (not EnvFilter's span and
+    // field filters) without a regex engine: a third of prepare's binary (bench/notes.md).
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(default));
     if journal {
         if let Ok(journal) = tracing_journald::layer() {
             // Field names as the design gives them (VM, TAG, ...), without the default prefix.
