@@ -105,6 +105,9 @@ pub enum Cmd {
         vm: String,
         #[arg(long)]
         no_restart: bool,
+        /// Do not wait for SSH after restarting the VM.
+        #[arg(long)]
+        no_wait: bool,
         #[arg(long)]
         json: bool,
     },

@@ -231,6 +231,11 @@ pub enum SshWait {
     NotAsked,
     /// The VM has no destination.
     NoDestination,
+    /// Reached through a ProxyCommand or ProxyJump: no banner to probe from here (as
+    /// `shell`, which then lets ssh itself connect).
+    Proxied {
+        destination: String,
+    },
     Ready {
         target: ssh::Target,
         secs: f64,
@@ -247,6 +252,9 @@ impl SshWait {
             SshWait::NotAsked => None,
             SshWait::NoDestination => Some(format!(
                 "not waiting for SSH: {vm} has no destination; set vms.{vm}.ssh (NixOS: services.microvm-workspaces.ssh) or pass --ssh DEST"
+            )),
+            SshWait::Proxied { destination } => Some(format!(
+                "not waiting for SSH: {destination} is reached through a proxy, which cannot be probed from here"
             )),
             SshWait::Ready { target, secs } => Some(format!(
                 "ssh {} ({}:{}) answered after {secs:.1} s",
@@ -281,9 +289,7 @@ pub fn wait_for_ssh(env: &Env, vm: &str, opts: &Options) -> SshWait {
         Err(e) => return failed(e),
     };
     if target.proxied {
-        return failed(anyhow::anyhow!(
-            "it is reached through a proxy, whose banner cannot be probed; use --no-wait"
-        ));
+        return SshWait::Proxied { destination: dest };
     }
     match ssh::wait_for_banner(&target, opts.ssh_timeout, opts.progress) {
         Ok(d) => SshWait::Ready {

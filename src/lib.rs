@@ -1,11 +1,13 @@
 //! microvm-workspaces: make the share sources of microvm.nix VMs exist at every start, and
 //! link a repo into a VM's workspace. The design is in docs/design.md; the binaries are thin.
 //!
-//! Modules, each one job, imports flowing down this list only (checked by tests/layout.rs):
+//! Modules, each one job; a module imports only modules above it in this list (checked by
+//! tests/layout.rs):
 //! * [`paths`]: default locations, names, `MICROVM_WORKSPACES_ROOT` re-rooting;
-//! * [`config`]: the optional `config.json`;
+//! * [`logging`]: journal or stderr, and one-line errors;
 //! * [`failpoint`]: crash-test failpoints (a cargo feature; empty in release builds);
 //! * [`chase`]: resolving paths as root without being tricked (descriptors, owner rules);
+//! * [`config`]: the optional `config.json`;
 //! * [`placeholder`]: the directories standing in for missing sources, known by their mark;
 //! * [`dirs`]: trusted places, the lock, leftovers, directories made with a user's credentials;
 //! * [`action`]: the steps a run takes, as logged;
@@ -21,8 +23,7 @@
 //! * [`flow`]: microvm-link's link and unlink, with typed outcomes;
 //! * [`shell`]: `microvm-link shell`, from a repo to a shell in its VM;
 //! * [`doctor`]: `microvm-link doctor`: checks of the host, each finding with its fix;
-//! * [`cli`]: microvm-link's command line;
-//! * [`logging`]: journal or stderr (used by every layer).
+//! * [`cli`]: microvm-link's command line.
 #![forbid(unsafe_code)]
 
 pub mod action;

@@ -87,10 +87,12 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         Some(Cmd::Unlink {
             vm,
             no_restart,
+            no_wait,
             json,
         }) => {
             let opts = Options {
                 no_restart: *no_restart,
+                no_wait: *no_wait,
                 progress: progress && !json,
                 ssh_timeout,
                 ..Options::default()
