@@ -202,8 +202,9 @@ impl Tree {
         self.walk_below(self.root_node()?, true, false, path, trust)
     }
 
-    /// Resolves `rel` below the directory `start` (found earlier) as [`Tree::walk`] does; `..`
-    /// may not climb above `start`, and an absolute symlink restarts at the tree's root.
+    /// Resolves `rel` below the directory `start` (found earlier) as [`Tree::walk`] does; a
+    /// `..` above `start` goes to its real parent (never above the tree's root), and an
+    /// absolute symlink restarts at the tree's root.
     pub fn walk_from(&self, start: &Node, rel: &Path, trust: Trust) -> Result<Walk> {
         let start = Node {
             fd: start

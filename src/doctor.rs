@@ -100,8 +100,22 @@ impl Host for System {
     }
 
     fn version_output(&self, exe: &Path) -> Result<String> {
+        use std::os::unix::process::CommandExt;
         use std::process::{Command, Stdio};
-        let mut child = Command::new(exe)
+        let mut cmd = Command::new(exe);
+        // Root for someone else (sudo) runs nothing as root that it did not have to: the
+        // version is asked as the caller.
+        if let (true, Some(uid)) = (
+            nix::unistd::Uid::effective().is_root(),
+            paths::sudo_uid().and_then(|u| u.to_str()?.parse::<u32>().ok()),
+        ) {
+            let gid = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                .ok()
+                .flatten()
+                .map_or(uid, |u| u.gid.as_raw());
+            cmd.uid(uid).gid(gid);
+        }
+        let mut child = cmd
             .arg("--version")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -450,20 +464,26 @@ pub fn virtiofsd_named(text: &str) -> Option<String> {
 /// The virtiofsd a VM's runner uses: named in `bin/virtiofsd-run`, or in a store file it
 /// names (microvm.nix's supervisord configuration).
 fn runner_virtiofsd(tree: &Tree, cfg: &Config, vm: &str) -> Option<PathBuf> {
-    let script = cfg.state_dir.join(vm).join("current/bin/virtiofsd-run");
-    let read = |p: &Path| {
-        chase::read_trusted(tree, None, p, 1 << 20)
+    // `<stateDir>/<vm>` and `current` are microvm.nix's user's (as in `runner`): what
+    // `current` leads to must be root's, and so must everything read below it.
+    let current = cfg.state_dir.join(vm).join("current");
+    let runner = match tree.walk(&current, Trust::All) {
+        Ok(Walk::Found(n)) if n.is_dir() => n,
+        _ => return None,
+    };
+    let read = |start: Option<&chase::Node>, p: &Path| {
+        chase::read_trusted(tree, start, p, 1 << 20)
             .ok()
             .flatten()
             .map(|t| String::from_utf8_lossy(&t).into_owned())
     };
-    let text = read(&script)?;
+    let text = read(Some(&runner), Path::new("bin/virtiofsd-run"))?;
     if let Some(p) = virtiofsd_named(&text) {
         return Some(PathBuf::from(p));
     }
     store_paths(&text)
         .iter()
-        .filter_map(|p| read(Path::new(p)))
+        .filter_map(|p| read(None, Path::new(p)))
         .find_map(|t| virtiofsd_named(&t))
         .map(PathBuf::from)
 }

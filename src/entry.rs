@@ -137,6 +137,8 @@ pub struct Change {
 /// What a relink did (or would do).
 #[derive(Debug, Default, serde::Serialize)]
 pub struct Relinked {
+    /// How many entries changed (or, planned, would): 0 when every change was a no-op.
+    pub changed: usize,
     pub steps: Vec<String>,
     /// User directories moved aside into `.displaced/`: (from, to).
     pub displaced: Vec<(String, String)>,
@@ -265,7 +267,13 @@ impl<'t> Workspace<'t> {
             Ok(Walk::Found(n)) if n.is_dir() => Ok(Some(n)),
             Ok(_) => Ok(None),
             Err(e) if e.downcast_ref::<crate::chase::Dangling>().is_some() => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("link {}", show(at))),
+            // A repo that can no longer be reached safely (its owner put a link to someone
+            // else's tree in its place) is as good as gone: the placeholder serves, and other
+            // users' VMs sharing the entry still start.
+            Err(e) => {
+                tracing::warn!(path = %show(at), "the repo of link {} cannot be reached safely ({}); the placeholder serves", show(at), crate::logging::one_line(&e));
+                Ok(None)
+            }
         }
     }
 
@@ -275,7 +283,7 @@ impl<'t> Workspace<'t> {
     /// only plans, and says what would change.
     pub fn reconcile(&self, name: &OsStr, steps: &mut Steps) -> Result<Reconciled> {
         let (done, repo) = self.reconcile_entry(name, steps)?;
-        self.sync_live(name, repo.as_ref(), steps)?;
+        self.sync_live(name, repo.as_ref(), steps);
         Ok(done)
     }
 
@@ -460,7 +468,8 @@ impl<'t> Workspace<'t> {
                     }
                 }
                 remove_record(&links, name)?;
-                self.sync_live(name, None, &mut Steps::new("", false))?;
+                self.sync_live(name, None, &mut Steps::new("", false));
+                out.changed += 1;
                 out.steps.push(format!("unlinked {}", show(&at)));
                 continue;
             };
@@ -475,7 +484,8 @@ impl<'t> Workspace<'t> {
             )?;
             let entry = self.unmount_entry(name, entry)?;
             bind(&repo, &entry)?;
-            self.sync_live(name, Some(&repo), &mut Steps::new("", false))?;
+            self.sync_live(name, Some(&repo), &mut Steps::new("", false));
+            out.changed += 1;
             out.steps
                 .push(format!("linked {} -> {}", show(&at), show(&repo.path)));
         }
@@ -490,6 +500,7 @@ impl<'t> Workspace<'t> {
         for (c, repo) in changes.iter().zip(&repos) {
             self.authorize(links.as_ref(), c, caller)?;
             let at = self.path().join(&c.name);
+            out.changed += 1;
             out.steps.push(match repo {
                 Some(r) => format!("would link {} -> {}", show(&at), show(&r.path)),
                 None => format!("would make {} a placeholder", show(&at)),
@@ -709,7 +720,9 @@ impl<'t> Workspace<'t> {
                     }
                 }
             }
-            if dir.child(OsStr::new(LIVE_CURRENT)).is_ok() {
+            // (A `current` that is not even a directory is left to the one who names this
+            // live root: prepare refuses it for that share.)
+            if dir.child(OsStr::new(LIVE_CURRENT)).is_ok_and(|c| c.is_dir()) {
                 out.push((dir, rel));
             }
         }
@@ -718,11 +731,28 @@ impl<'t> Workspace<'t> {
 
     /// Makes every live root of `name` show what the entry shows: `repo` (from its record)
     /// or the placeholder.
-    fn sync_live(&self, name: &OsStr, repo: Option<&Node>, steps: &mut Steps) -> Result<()> {
-        for (root, rel) in self.live_roots(name)? {
-            self.sync_live_root(&root, &rel, repo, steps)?;
+    ///
+    /// One live root that cannot be put in step (a guest wrote something odd into a writable
+    /// share, a path in the repo is not a directory) is skipped with a warning: it must not
+    /// stop the entry's own start or a relink halfway. Prepare's own live root is checked
+    /// strictly ([`Workspace::ensure_live_root`]).
+    fn sync_live(&self, name: &OsStr, repo: Option<&Node>, steps: &mut Steps) {
+        let roots = match self.live_roots(name) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(
+                    "cannot list the live roots of {}: {}",
+                    paths::show_bytes(name),
+                    crate::logging::one_line(&e)
+                );
+                return;
+            }
+        };
+        for (root, rel) in roots {
+            if let Err(e) = self.sync_live_root(&root, &rel, repo, steps) {
+                tracing::warn!(path = %show(&root.path), "live root {} left as it is: {}", show(&root.path), crate::logging::one_line(&e));
+            }
         }
-        Ok(())
     }
 
     /// Creates the live root `<workspaceDir>/.live/<name>/<rel>` with its `current` (or, in a

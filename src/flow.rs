@@ -95,6 +95,24 @@ pub type Skipped = (String, String);
 /// A VM and its shares through the changed entries.
 type Affected = (String, Vec<runner::Share>);
 
+/// Directories root looks programs up in when acting for someone through sudo.
+pub const SAFE_PATH: &str =
+    "/run/wrappers/bin:/run/current-system/sw/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Root acting for a user through sudo: what the caller chose for this process is not what
+/// root should use. sudo keeps the caller's PATH unless sudoers sets `secure_path` (NixOS's
+/// does not), so systemctl, ssh or virtiofsd would be looked up where the caller says; and
+/// the caller's umask would shape what root creates. Call first, while single-threaded.
+pub fn harden() {
+    if !nix::unistd::Uid::effective().is_root() {
+        return;
+    }
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    if paths::sudo_uid().is_some() {
+        std::env::set_var("PATH", SAFE_PATH);
+    }
+}
+
 /// Everything one run of microvm-link works with.
 pub struct Env {
     pub root: Root,
@@ -524,17 +542,11 @@ fn run(
         match Workspace::find(&env.tree, &env.cfg)? {
             Some(ws) => ws.plan_relink(&changes, env.user)?,
             None => Relinked {
-                steps: changes
-                    .iter()
-                    .map(|c| match &c.target {
-                        Some(t) => format!(
-                            "would link {} -> {}",
-                            show(&env.cfg.workspace_dir.join(&c.name)),
-                            show(t)
-                        ),
-                        None => format!("{} does not exist", show(&env.cfg.workspace_dir)),
-                    })
-                    .collect(),
+                changed: changes.iter().filter(|c| c.target.is_some()).count(),
+                steps: vec![format!(
+                    "would create {} and link there",
+                    show(&env.cfg.workspace_dir)
+                )],
                 displaced: Vec::new(),
             },
         }
@@ -544,21 +556,27 @@ fn run(
     let ensured = ensure_affected(env, &affected, opts.dry_run, &mut skipped);
     let link_ms = t0.elapsed().as_secs_f64() * 1000.0;
     let live = live_views(env, &affected);
-    let restart = match live.iter().find(|(v, _)| v == vm) {
+    let own_live = live.iter().find(|(v, _)| v == vm);
+    let restart = if opts.no_restart || opts.dry_run {
+        Restart::NotAsked
+    } else if let Some((_, tags)) = own_live.filter(|_| pinned_through(env, vm, &affected) == 0) {
         // Every share of the VM through the changed entries is live, and it runs: it sees
         // the change already.
-        Some((_, tags))
-            if !opts.dry_run && !opts.no_restart && pinned_through(env, vm, &affected) == 0 =>
-        {
-            Restart::NotNeeded {
-                why: format!("live shares {}", tags.join(", ")),
-            }
+        Restart::NotNeeded {
+            why: format!("live shares {}", tags.join(", ")),
         }
-        // Nothing changed (`--if-needed`, already linked): start it only if it is not running.
-        _ if changes.is_empty() && is_running(env, vm) => Restart::NotNeeded {
-            why: "already linked and running".into(),
-        },
-        _ => restart_vm(env, vm, opts.no_restart || opts.dry_run, opts.progress),
+    } else if relinked.changed == 0 && !opts.if_needed {
+        // Nothing changed (an unlink of what is not linked): nothing to restart for.
+        Restart::NotNeeded {
+            why: "nothing changed".into(),
+        }
+    } else if relinked.changed == 0 && is_running(env, vm) && !is_stale(env, vm) {
+        // `--if-needed`, already linked, running and seeing it: leave it be.
+        Restart::NotNeeded {
+            why: "already linked, running and seeing it".into(),
+        }
+    } else {
+        restart_vm(env, vm, false, opts.progress)
     };
     let ssh = match restart {
         Restart::Active { .. } if !opts.no_wait => wait_for_ssh(env, vm, &opts),
@@ -586,6 +604,10 @@ fn run(
         live,
         ssh,
     })
+}
+
+fn is_stale(env: &Env, vm: &str) -> bool {
+    status::status_of(&env.tree, &env.cfg, &env.root, vm).is_ok_and(|s| s.stale)
 }
 
 fn is_running(env: &Env, vm: &str) -> bool {

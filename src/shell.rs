@@ -91,10 +91,12 @@ pub fn link_through_sudo(vm: &str, given: Option<&str>) -> Result<()> {
     let sudo = option_env!("MICROVM_WORKSPACES_SUDO").unwrap_or("sudo");
     let exe = std::env::current_exe().context("cannot find microvm-link's own executable")?;
     let mut c = std::process::Command::new(sudo);
-    c.arg("--").arg(&exe).args([vm, "--if-needed", "--no-wait"]);
+    c.arg("--").arg(&exe).args(["--if-needed", "--no-wait"]);
     if let Some(d) = given {
-        c.args(["--ssh", d]);
+        c.arg(format!("--ssh={d}"));
     }
+    // After `--`: a VM named like a subcommand or an option is still the VM.
+    c.args(["--", vm]);
     let status = c
         .status()
         .with_context(|| format!("microvm-link needs root and could not run {sudo}"))?;

@@ -5,26 +5,13 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::chase::{Tree, Trust, Walk};
+use crate::chase::Tree;
 use crate::config::Config;
 use crate::entry::{live_of, EntryView, State, Workspace};
 use crate::paths::Root;
 use crate::prepare::Kind;
 use crate::record::{self, ShareRecord};
 use crate::shows::{self, Shows};
-
-/// A share's identity now: `None` if its source does not resolve to a directory.
-pub fn current_id(tree: &Tree, path: &Path) -> Option<(u64, u64)> {
-    match tree.walk(path, Trust::All) {
-        Ok(Walk::Found(n)) if n.is_dir() => Some(n.id()),
-        _ => None,
-    }
-}
-
-/// Is this share stale: does its source no longer resolve to what it did at the VM's start?
-pub fn is_stale(tree: &Tree, s: &ShareRecord) -> bool {
-    current_id(tree, Path::new(&s.path)) != Some((s.device, s.inode))
-}
 
 /// The status of `vm` (checked to be known), or of every VM.
 pub fn collect(
@@ -261,7 +248,7 @@ pub fn table(rows: &[VmStatus], verbose: bool) -> String {
                 if first { running.into() } else { String::new() },
                 if first { ws.clone() } else { String::new() },
                 s.tag.clone(),
-                s.source.clone(),
+                crate::paths::show(std::path::Path::new(&s.source)),
                 shown(s.showed_at_start.as_deref(), &s.at_start),
                 shown(Some(&s.shows_now), &s.now),
                 match &s.stale_because {

@@ -12,6 +12,7 @@ use microvm_workspaces::flow::{self, Env, Options};
 use microvm_workspaces::{doctor, logging, paths, shell, status};
 
 fn main() -> ExitCode {
+    flow::harden();
     let cli = Cli::parse();
     logging::init(cli.verbose);
     match run(&cli) {

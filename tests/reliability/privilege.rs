@@ -1041,3 +1041,117 @@ fn attack_6_files_root_does_not_trust_are_never_read() {
         .output_within(LIMIT);
     assert_one_line_error(&out, &["unknown field `colour`"]);
 }
+
+/// Attack 7 (found by review): sudo keeps the caller's PATH unless sudoers sets
+/// `secure_path` (NixOS's does not), and their umask. Root then ran the caller's `virtiofsd
+/// --version` (doctor) and `systemctl` (restarts), and created its directories with the
+/// caller's umask.
+#[test]
+fn attack_7_the_callers_path_and_umask_are_not_roots() {
+    in_mount_ns!(attack_7_the_callers_path_and_umask_are_not_roots);
+    attack();
+    // A root-owned program on the caller's PATH (on NixOS anyone can put one in the store).
+    let bin = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(bin.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ran = bin.path().join("ran-as");
+    for name in ["virtiofsd", "systemctl"] {
+        let p = bin.path().join(name);
+        std::fs::write(
+            &p,
+            format!(
+                "#!/bin/sh\nid -u >> {}\necho 'virtiofsd 1.14.0'\n",
+                ran.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let path = format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", bin.path().display());
+    // A known VM on the host's own paths (this namespace's private /var/lib), so that status
+    // asks systemd about it.
+    nix::mount::mount(
+        Some("tmpfs"),
+        "/var/lib",
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("mode=0755"),
+    )
+    .unwrap();
+    let store = Path::new("/var/lib/store-vm1/share/microvm/virtiofs/ws");
+    std::fs::create_dir_all(store).unwrap();
+    std::fs::write(store.join("source"), "/var/lib/microvm-workspaces/vm1\n").unwrap();
+    std::fs::create_dir_all("/var/lib/microvms/vm1").unwrap();
+    std::os::unix::fs::symlink("/var/lib/store-vm1", "/var/lib/microvms/vm1/current").unwrap();
+    for args in [vec!["doctor"], vec!["status"]] {
+        let _ = Run::new(LINK)
+            .env("SUDO_UID", ALICE.to_string())
+            .env("PATH", &path)
+            .cwd_real("/")
+            .args(&args)
+            .stdin_null()
+            .output_within(LIMIT);
+        let who = std::fs::read_to_string(&ran).unwrap_or_default();
+        assert!(
+            !who.lines().any(|l| l == "0"),
+            "{args:?}: root ran a program from the caller's PATH"
+        );
+    }
+
+    // The umask: root's directories are 0755 whatever the caller's is.
+    let fx = vm1();
+    fx.mkdir("/var/lib/microvm-workspaces", 0, 0o755);
+    fx.runner("lv", &[("l", b"/var/lib/microvm-workspaces/.live/vm1/sub")]);
+    fx.prepare_ok("lv");
+    let out = Command::new("sh")
+        .args(["-c", "umask 077 && exec \"$@\"", "sh", LINK])
+        .args(["--user", &ALICE.to_string(), "vm1", "--no-restart"])
+        .env("MICROVM_WORKSPACES_ROOT", fx.root())
+        .env_remove("SUDO_UID")
+        .current_dir(fx.p("/home/alice/vm1"))
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    for p in ["/var/lib/microvm-workspaces/.links", "/home/alice/vm1/sub"] {
+        assert_eq!(meta(&fx.p(p)).2, 0o755, "{p}");
+    }
+}
+
+/// Found by review: an unlink of what is not linked changed nothing, yet restarted the VM
+/// (any group member could restart any known VM).
+#[test]
+fn an_unlink_that_changes_nothing_restarts_nothing() {
+    in_mount_ns!(an_unlink_that_changes_nothing_restarts_nothing);
+    let fx = vm1();
+    let out = Run::link(&fx)
+        .user(ALICE)
+        .cwd("/")
+        .args(["unlink", "vm1", "--json"])
+        .ok_stdout();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["restart"]["result"], "not-needed", "{v}");
+    assert_eq!(v["changed"], 0, "{v}");
+}
+
+/// Found by review: a repo its owner replaced by a link into someone else's tree made every
+/// start of every VM sharing the entry fail; it is now as good as gone.
+#[test]
+fn a_repo_that_cannot_be_reached_safely_is_gone_for_everyone_else() {
+    in_mount_ns!(a_repo_that_cannot_be_reached_safely_is_gone_for_everyone_else);
+    let fx = vm1();
+    fx.runner("bobvm", &[("s", b"/var/lib/microvm-workspaces/vm1")]);
+    Run::link(&fx)
+        .user(ALICE)
+        .cwd("/home/alice/vm1")
+        .args(["--no-restart"])
+        .ok();
+    let entry = fx.p("/var/lib/microvm-workspaces/vm1");
+    nix::mount::umount2(&entry, nix::mount::MntFlags::MNT_DETACH).unwrap(); // a reboot
+    std::fs::rename(fx.p("/home/alice/vm1"), fx.p("/home/alice/vm1.old")).unwrap();
+    fx.symlink_as("/home/bob/vm1", "/home/alice/vm1", ALICE);
+    fx.prepare_ok("bobvm");
+    assert!(
+        !is_mountpoint(&entry),
+        "bob's tree was mounted for alice's link"
+    );
+    assert!(is_marked(&entry), "the placeholder does not serve");
+}
