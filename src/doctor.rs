@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::chase::{self, is_symlink, Tree, Trust, Walk};
 use crate::config::{Config, Proto};
-use crate::entry::{read_record, Workspace};
+use crate::entry::{read_record, RepoNow, Workspace};
 use crate::paths::{self, show, Root};
 use crate::runner::{self, Share};
 use crate::{status, units};
@@ -855,34 +855,21 @@ fn check_link_records(tree: &Tree, cfg: &Config, out: &mut Vec<Finding>) {
         n += 1;
         let at = ws.path().join(name);
         let entry = paths::show_bytes(name);
-        match tree.walk(&rec.target, Trust::Owners) {
-            Ok(Walk::Found(r)) if r.is_dir() => {}
-            Ok(_) => {
+        match ws.repo_now(&rec) {
+            RepoNow::Found(_) => {}
+            RepoNow::Gone(why) => {
                 gone += 1;
+                let why = if why.is_empty() {
+                    "the repo is gone".to_string()
+                } else {
+                    format!("the repo cannot be reached safely ({why})")
+                };
                 out.push(warn(
                     "link-records",
-                    format!("{} -> {}: the repo is gone; its VMs see the empty placeholder", show(&at), show(&rec.target)),
+                    format!("{} -> {}: {why}; its VMs see the empty placeholder", show(&at), show(&rec.target)),
                     format!("link the repo again from where it is now (microvm-link {entry} --repo PATH), or unlink it (microvm-link unlink {entry})"),
                 ));
             }
-            Err(e) if e.downcast_ref::<chase::Dangling>().is_some() => {
-                gone += 1;
-                out.push(warn(
-                    "link-records",
-                    format!("{} -> {}: {}", show(&at), show(&rec.target), crate::logging::one_line(&e)),
-                    format!("link the repo again from where it is now, or unlink it (microvm-link unlink {entry})"),
-                ));
-            }
-            Err(e) => out.push(warn(
-                "link-records",
-                format!(
-                    "could not check {} -> {}: {}",
-                    show(&at),
-                    show(&rec.target),
-                    crate::logging::one_line(&e)
-                ),
-                "run sudo microvm-link doctor to check every record",
-            )),
         }
     }
     if gone == 0 {

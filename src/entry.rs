@@ -144,6 +144,13 @@ pub struct Relinked {
     pub displaced: Vec<(String, String)>,
 }
 
+/// What a record's repo is now ([`Workspace::repo_now`]).
+pub enum RepoNow {
+    Found(Node),
+    /// Gone; the reason when it is more than missing (it cannot be reached safely).
+    Gone(String),
+}
+
 /// What [`Workspace::reconcile`] found, and in a dry run what it would change.
 #[derive(Debug)]
 pub struct Reconciled {
@@ -263,17 +270,40 @@ impl<'t> Workspace<'t> {
 
     /// The recorded repo, if the record's target is a directory now (`None`: dangling).
     fn repo_of(&self, rec: &Record, at: &Path) -> Result<Option<Node>> {
-        match self.tree.walk(&rec.target, Trust::Owners) {
-            Ok(Walk::Found(n)) if n.is_dir() => Ok(Some(n)),
-            Ok(_) => Ok(None),
-            Err(e) if e.downcast_ref::<crate::chase::Dangling>().is_some() => Ok(None),
-            // A repo that can no longer be reached safely (its owner put a link to someone
-            // else's tree in its place) is as good as gone: the placeholder serves, and other
-            // users' VMs sharing the entry still start.
-            Err(e) => {
-                tracing::warn!(path = %show(at), "the repo of link {} cannot be reached safely ({}); the placeholder serves", show(at), crate::logging::one_line(&e));
-                Ok(None)
+        Ok(match self.repo_now(rec) {
+            RepoNow::Found(n) => Some(n),
+            RepoNow::Gone(why) => {
+                if !why.is_empty() {
+                    tracing::warn!(path = %show(at), "the repo of link {} cannot be reached safely ({why}); the placeholder serves", show(at));
+                }
+                None
             }
+        })
+    }
+
+    /// The one rule for what a record's repo is now: a directory reached safely, or gone
+    /// (missing, not a directory, through a dangling link; or not reachable safely any more:
+    /// its owner put a link into someone else's tree in its place, which is as good as gone,
+    /// so the placeholder serves and other users' VMs sharing the entry still start).
+    pub fn repo_now(&self, rec: &Record) -> RepoNow {
+        match self.tree.walk(&rec.target, Trust::Owners) {
+            Ok(Walk::Found(n)) if n.is_dir() => RepoNow::Found(n),
+            Ok(_) => RepoNow::Gone(String::new()),
+            Err(e) if e.downcast_ref::<crate::chase::Dangling>().is_some() => {
+                RepoNow::Gone(String::new())
+            }
+            Err(e) => RepoNow::Gone(crate::logging::one_line(&e)),
+        }
+    }
+
+    /// Entry `name`'s record and the repo it shows right now (the recorded repo mounted on
+    /// the entry), for people: `None` when it shows anything else.
+    pub fn shows_repo(&self, name: &OsStr) -> Option<Record> {
+        let rec = read_record(self.links().ok()?.as_ref(), name).ok()??;
+        let entry = self.node.child(name).ok()?;
+        match self.repo_now(&rec) {
+            RepoNow::Found(repo) if repo.id() == entry.id() => Some(rec),
+            _ => None,
         }
     }
 
@@ -722,7 +752,10 @@ impl<'t> Workspace<'t> {
             }
             // (A `current` that is not even a directory is left to the one who names this
             // live root: prepare refuses it for that share.)
-            if dir.child(OsStr::new(LIVE_CURRENT)).is_ok_and(|c| c.is_dir()) {
+            if dir
+                .child(OsStr::new(LIVE_CURRENT))
+                .is_ok_and(|c| c.is_dir())
+            {
                 out.push((dir, rel));
             }
         }
@@ -924,12 +957,10 @@ impl<'t> Workspace<'t> {
             };
             return Ok(EntryView { state, target: t });
         }
-        let repo = rec
-            .as_ref()
-            .and_then(|r| match self.tree.walk(&r.target, Trust::Owners) {
-                Ok(Walk::Found(n)) if n.is_dir() => Some(n),
-                _ => None,
-            });
+        let repo = rec.as_ref().and_then(|r| match self.repo_now(r) {
+            RepoNow::Found(n) => Some(n),
+            RepoNow::Gone(_) => None,
+        });
         let state = match (&rec, repo) {
             (Some(_), Some(repo)) if repo.id() == entry.id() => State::Linked,
             (Some(_), None) => State::Dangling,

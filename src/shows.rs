@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::chase::{Tree, Trust, Walk};
 use crate::config::Config;
-use crate::entry::{entry_of, read_record, user_label, Workspace};
+use crate::entry::{entry_of, user_label, Workspace};
 use crate::paths::show;
 use crate::prepare::{Kind, Prepared};
 
@@ -65,16 +65,8 @@ pub fn owner_name(uid: u32) -> String {
 /// it: only when the entry shows that repo right now (a record alone is not a link).
 pub fn linked_repo(tree: &Tree, cfg: &Config, path: &Path) -> Option<(String, u32)> {
     let name = entry_of(&cfg.workspace_dir, path)?;
-    let ws = Workspace::find(tree, cfg).ok()??;
-    let links = ws.links().ok()??;
-    let rec = read_record(Some(&links), name).ok()??;
-    let entry = ws.node.child(name).ok()?;
-    match tree.walk(&rec.target, Trust::Owners) {
-        Ok(Walk::Found(repo)) if repo.is_dir() && repo.id() == entry.id() => {
-            Some((show(&rec.target), rec.owner))
-        }
-        _ => None,
-    }
+    let rec = Workspace::find(tree, cfg).ok()??.shows_repo(name)?;
+    Some((show(&rec.target), rec.owner))
 }
 
 /// What a live root shows: what `<workspaceDir>/<name>/<path>` shows (its `current`).
