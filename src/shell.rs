@@ -97,7 +97,10 @@ pub fn link_through_sudo(vm: &str, given: Option<&str>) -> Result<()> {
     }
     // After `--`: a VM named like a subcommand or an option is still the VM.
     c.args(["--", vm]);
+    // Its report is about linking, not the session: stderr, so that `$(microvm-link shell --
+    // CMD)` captures only CMD's output (as when root runs shell and links in-process).
     let status = c
+        .stdout(std::io::stderr())
         .status()
         .with_context(|| format!("microvm-link needs root and could not run {sudo}"))?;
     if !status.success() {
