@@ -62,6 +62,7 @@ e2e_fixture() {
     mkdir -p "$root/etc/microvm-workspaces"
     e2e_config > "$root/etc/microvm-workspaces/config.json.new"
     mv "$root/etc/microvm-workspaces/config.json.new" "$root/etc/microvm-workspaces/config.json"
+    e2e_config_ssh "$root"
     # sudo for alice, as the NixOS module's optional rule would grant it
     printf '%s\n' "# microvm-workspaces e2e: the NixOS module's optional sudo rule" \
         "alice ALL=(root) NOPASSWD: /usr/bin/microvm-link" > "$root/etc/sudoers.d/microvm-link"
@@ -243,4 +244,18 @@ e2e_config() {
         printf ' ] }'
     done
     printf '\n  },\n  "companions": { "nixfiles": { "nix-secrets": "../nix-secrets" } }\n}\n'
+}
+
+# e2e_config_ssh ROOT: in config.json, each VM of E2E_SSH_PORTS gets its
+# ssh_config alias as `ssh` and every share its guest mount point
+# `/mnt/<tag>` (where lib/guest-init mounts it) as `mountPoint`, which
+# `microvm-link shell` needs to find the guest directory. jq of the rootfs.
+e2e_config_ssh() {
+    local root=$1 cfg=/etc/microvm-workspaces/config.json vm
+    for vm in "${!E2E_SSH_PORTS[@]}"; do
+        chroot "$root" jq --arg vm "$vm" \
+            '.vms[$vm].ssh = $vm | .vms[$vm].shares |= map(.mountPoint = "/mnt/" + .tag)' \
+            "$cfg" > "$root$cfg.new" || e2e_die "could not add vms.$vm.ssh to $cfg"
+        mv "$root$cfg.new" "$root$cfg"
+    done
 }
