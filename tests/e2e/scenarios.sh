@@ -561,3 +561,256 @@ s_ssh_guest() {
     e2e_timing ssh-guest-uptime-at-dropbear-median "$(printf '%s\n' "${ups[@]}" | e2e_median)"
     echo "start to banner, each boot: ${starts[*]}"
 }
+
+# ---------- live links (issue 11, docs/design.md#live-links) ---------------
+# testvm: nixfiles = $E2E_WS/.live/nixfiles (read-only), host =
+# $E2E_WS/.live/nixfiles/hosts/microvms/testvm (writable); its guest reaches
+# both through /mnt/<tag> -> /run/microvm-workspaces/<tag>/current and
+# reports each change of what they show within 0.5 s (`view:` lines,
+# lib/guest-init). web: the same nixfiles pinned (nixfiles) and live
+# (nixfiles-live).
+
+LIVE=$E2E_WS/.live
+
+# number of MVW lines VM's console holds now: lines after it are new
+e2e_mvw_count() { local n; n=$(e2e_mvw_lines "$1" | wc -l); echo "${n:-0}"; }
+
+# e2e_line_after VM FROM REGEX: a MVW line after the first FROM matches (ERE)
+e2e_line_after() { e2e_mvw_lines "$1" | tail -n +$(($2 + 1)) | grep -Eq "$3"; }
+
+# e2e_wait_line VM FROM REGEX TIMEOUT: poll every 0.1 s (the console is a
+# file on this host: no nsenter, so fine-grained polling is cheap)
+e2e_wait_line() {
+    local vm=$1 from=$2 re=$3 deadline
+    deadline=$(( $(date +%s%N) + $4 * 1000000000 ))
+    while :; do
+        e2e_line_after "$vm" "$from" "$re" && return 0
+        [ "$(date +%s%N)" -lt "$deadline" ] || break
+        sleep 0.1
+    done
+    echo "timed out after $4 s waiting for guest $vm to report /$re/; its last reports: $(e2e_mvw_lines "$vm" | tail -n +$((from + 1)) | grep -v tick= | tail -n 6 | tr '\n' '|')"
+    return 1
+}
+
+# the marker a live view line reports (everything after " marker=")
+e2e_view_marker() { e2e_guest_value "$1" "$2" view | sed 's/.* marker=//'; }
+
+# what must not change while a VM is "not restarted": the invocations of
+# both its units and its qemu
+e2e_vm_ids() {
+    printf '%s ' "$(e2e_ct systemctl show -P InvocationID "microvm@$1.service")" \
+        "$(e2e_ct systemctl show -P MainPID "microvm@$1.service")" \
+        "$(e2e_ct systemctl show -P InvocationID "microvm-virtiofsd@$1.service")"
+}
+
+# e2e_expect_same_vm VM IDS BOOTS: the same invocations, qemu and guest boot
+e2e_expect_same_vm() {
+    local now; now=$(e2e_vm_ids "$1")
+    [ "$now" = "$2" ] || fail "$1 was restarted: InvocationID/MainPID/virtiofsd InvocationID '$2' became '$now'"
+    [ "$(e2e_boot_count "$1")" = "$3" ] || fail "guest $1 booted again (boots $3 -> $(e2e_boot_count "$1"))"
+    [ "$(e2e_unit_state "microvm@$1.service")" = active ] || fail "microvm@$1 is not active"
+}
+
+# e2e_expect_live_fresh WHEN: status --json shows both testvm shares live and
+# not stale, and the table shows no STALE for testvm
+e2e_expect_live_fresh() {
+    local out got
+    out=$(e2e_status_json) || fail "$1: microvm-link status --json failed: $out"
+    got=$(echo "$out" | e2e_jq -r '[.vms[] | select(.vm == "testvm") | .shares[] | "\(.tag):live=\(.live):stale=\(.stale)"] | sort | join(" ")')
+    echo "$1: status --json testvm: $got"
+    [ "$got" = "host:live=true:stale=false nixfiles:live=true:stale=false" ] ||
+        fail "$1: status --json shows testvm's shares as '$got', expected both live and not stale"
+    out=$(e2e_ct microvm-link status testvm 2>&1) || fail "$1: microvm-link status testvm failed: $out"
+    ! grep -q STALE <<<"$out" || fail "$1: microvm-link status testvm says STALE: $out"
+}
+
+# e2e_expect_live_placeholders: both live roots root 0755 with nothing
+# mounted on them, both currents placeholders
+e2e_expect_live_placeholders() {
+    local r s
+    for r in "$LIVE/nixfiles" "$LIVE/nixfiles/hosts/microvms/testvm"; do
+        s=$(e2e_stat '%F %U:%G %a' "$r" 2>&1) || fail "live root $r does not exist: $s"
+        [ "$s" = "directory root:root 755" ] || fail "live root $r is '$s', expected a directory root:root 755"
+        ! e2e_is_mount "$r" || fail "something is mounted on the live root $r"
+        e2e_expect_placeholder "$r/current"
+    done
+}
+
+# e2e_expect_live_views REPO: both currents are bind mounts into REPO
+e2e_expect_live_views() {
+    e2e_expect_bind "$LIVE/nixfiles/current" "$1"
+    e2e_expect_bind "$LIVE/nixfiles/hosts/microvms/testvm/current" "$1/hosts/microvms/testvm"
+    ! e2e_is_mount "$LIVE/nixfiles" || fail "something is mounted on the live root $LIVE/nixfiles"
+}
+
+e2e_link_fail() { fail "microvm-link failed: $(tail -n 3 "$E2E_RUN/link.out" | tr '\n' ' ')"; }
+
+# e2e_link_timed DIR MARKER ARGS...: alice links from ~/DIR; returns once
+# testvm's guest reports MARKER through its live nixfiles view; prints the
+# seconds from microvm-link returning to that report
+e2e_link_timed() {
+    local dir=$1 want=$2 from t0 out; shift 2
+    from=$(e2e_mvw_count testvm)
+    e2e_link_as_alice "$dir" "$@" || e2e_link_fail
+    t0=$(e2e_now)
+    out=$(e2e_wait_line testvm "$from" "^MVW tag=nixfiles view: .* marker=$want\$" 60) || fail "$out"
+    e2e_since "$t0"
+}
+
+# e2e_live_propagation: the mounts microvm-link made in the container's
+# PID 1 namespace reached the sandbox of testvm's virtiofsd for nixfiles
+# (after its pivot_root the shared dir is its /, so `current` is /current)
+e2e_live_propagation() {
+    local pid mi
+    echo "container: $(e2e_ct findmnt -n -o TARGET,PROPAGATION /)"
+    e2e_ct findmnt -o TARGET,PROPAGATION "$LIVE/nixfiles/current"
+    pid=$(e2e_ct pgrep -f -- '^/usr/libexec/virtiofsd --socket-path=testvm-virtiofs-nixfiles.sock' | head -n 1)
+    [ -n "$pid" ] || fail "no virtiofsd of testvm's nixfiles share"
+    mi=$(e2e_ct cat "/proc/$pid/mountinfo")
+    echo "virtiofsd (pid $pid in the container) mountinfo:"; echo "$mi" | awk '{ print "  " $0 }'
+    echo "$mi" | awk '$5 == "/current"' | grep -q . || fail "no mount at /current in virtiofsd's sandbox: the link did not propagate"
+}
+
+# ---------- live 1: no restart, read-only and writable views, timing ------
+
+s_live_no_restart() {
+    local ids boots from out id secs i samples=() n=${E2E_LIVE_SAMPLES:-6}
+    e2e_repo nixfiles "nixfiles A"
+    e2e_repo nixfiles-b "nixfiles B"
+    step "testvm starts while nixfiles is unlinked: its live roots show placeholders"
+    e2e_start_ok testvm
+    e2e_expect_mounted testvm nixfiles host
+    e2e_expect_guest testvm nixfiles live "/mnt/nixfiles -> /run/microvm-workspaces/nixfiles/current"
+    e2e_expect_guest testvm host live "/mnt/host -> /run/microvm-workspaces/host/current"
+    e2e_expect_guest testvm nixfiles stat "uid=0 gid=0 mode=555"
+    e2e_expect_guest testvm nixfiles "read marker" none
+    e2e_expect_guest testvm host write-as-uid1000 denied
+    e2e_expect_live_placeholders
+    e2e_expect_live_fresh "after the start"
+    ids=$(e2e_vm_ids testvm); boots=$(e2e_boot_count testvm)
+    echo "testvm: InvocationID MainPID virtiofsd-InvocationID = $ids"
+
+    step "alice runs microvm-link in ~/nixfiles; testvm is not restarted"
+    from=$(e2e_mvw_count testvm)
+    secs=$(e2e_link_timed nixfiles "nixfiles A") || exit 1
+    echo "first link: the guest showed the repo ${secs}s after microvm-link returned (microvm-link also started the nixfiles VM; not a sample)"
+    grep -q '^testvm sees it now through its live shares (nixfiles, host); no restart needed$' "$E2E_RUN/link.out" ||
+        fail "microvm-link did not say that testvm sees it now: $(tr '\n' '|' < "$E2E_RUN/link.out")"
+    ! grep -q 'stale: testvm' "$E2E_RUN/link.out" || fail "microvm-link called testvm stale"
+    e2e_expect_same_vm testvm "$ids" "$boots"
+    step "the guest cannot write the read-only view, writes into hosts/microvms/testvm"
+    out=$(e2e_wait_line testvm "$from" '^MVW tag=host write-as-uid1000: ok$' 30) || fail "$out"
+    out=$(e2e_wait_line testvm "$from" '^MVW tag=nixfiles write-as-uid1000: denied$' 30) || fail "$out"
+    e2e_line_after testvm "$from" '^MVW tag=nixfiles write-as-root: denied$' || fail "guest root could write the read-only live view"
+    e2e_mvw_lines testvm | tail -n +$((from + 1)) | grep -v 'tick='
+    e2e_expect_live_views /home/alice/nixfiles
+    e2e_live_propagation
+    id=$(e2e_last_boot testvm | sed -n 's/^MVW boot .* id=//p')
+    out=$(e2e_stat '%u:%g %U' /home/alice/nixfiles/hosts/microvms/testvm/guest-wrote-as-uid1000 2>&1) ||
+        fail "the guest's file did not land in alice's repo: $out"
+    [ "$out" = "1000:1000 alice" ] || fail "the guest's file in the repo is owned by '$out', expected 1000:1000 alice"
+    [ "$(e2e_ct cat /home/alice/nixfiles/hosts/microvms/testvm/guest-wrote-as-uid1000)" = "$id" ] ||
+        fail "the file in the repo is not the one this boot of the guest wrote"
+    out=$(e2e_stat '%F %U:%G %a' /home/alice/nixfiles/hosts/microvms/testvm)
+    [ "$out" = "directory alice:alice 755" ] || fail "hosts/microvms/testvm in the repo is '$out', expected alice's 0755 directory"
+    ! e2e_ct test -e /home/alice/nixfiles/guest-wrote-as-uid1000 || fail "the guest wrote through the read-only view"
+    e2e_expect_live_fresh "after the link"
+    e2e_expect_same_vm testvm "$ids" "$boots"
+    # the nixfiles VM (pinned shares, started by the link) only loads the CPU
+    # the samples below share
+    e2e_ct systemctl stop microvm@nixfiles.service
+
+    step "$n relinks between ~/nixfiles-b and ~/nixfiles (--no-restart: the mounts are made before microvm-link restarts anything, so timing from its return would otherwise flatter)"
+    for i in $(seq 1 "$n"); do
+        if [ $((i % 2)) = 1 ]; then
+            secs=$(e2e_link_timed nixfiles-b "nixfiles B" nixfiles --no-restart) || exit 1
+        else
+            secs=$(e2e_link_timed nixfiles "nixfiles A" --no-restart) || exit 1
+        fi
+        echo "sample $i: microvm-link returned -> guest reported the new checkout: ${secs}s"
+        samples+=("$secs")
+    done
+    e2e_expect_same_vm testvm "$ids" "$boots"
+    e2e_expect_live_fresh "after $n relinks"
+    e2e_timing live-link-to-guest-median "$(printf '%s\n' "${samples[@]}" | e2e_median)"
+    e2e_timing live-link-to-guest-max "$(printf '%s\n' "${samples[@]}" | sort -n | tail -n 1)"
+    echo "live link to guest, each relink: ${samples[*]}"
+}
+
+# ---------- live 2: relink, unlink; never stale ---------------------------
+
+s_live_relink_unlink() {
+    local ids boots out secs
+    e2e_repo nixfiles "nixfiles A"
+    e2e_repo nixfiles-b "nixfiles B"
+    e2e_start_ok testvm
+    e2e_expect_live_fresh "after the start"
+    ids=$(e2e_vm_ids testvm); boots=$(e2e_boot_count testvm)
+    step "link ~/nixfiles (microvm-link as it comes: it restarts the nixfiles VM, not testvm)"
+    secs=$(e2e_link_timed nixfiles "nixfiles A") || exit 1
+    echo "testvm showed ~/nixfiles ${secs}s after microvm-link returned"
+    e2e_expect_live_views /home/alice/nixfiles
+    e2e_expect_live_fresh "after the link"
+    e2e_expect_same_vm testvm "$ids" "$boots"
+    e2e_live_transcript
+    step "relink to the second checkout: alice in ~/nixfiles-b runs microvm-link nixfiles"
+    secs=$(e2e_link_timed nixfiles-b "nixfiles B" nixfiles) || exit 1
+    echo "testvm showed ~/nixfiles-b ${secs}s after microvm-link returned"
+    grep -q '^testvm sees it now through its live shares (nixfiles, host); no restart needed$' "$E2E_RUN/link.out" ||
+        fail "microvm-link did not say that testvm sees it now: $(tr '\n' '|' < "$E2E_RUN/link.out")"
+    e2e_expect_live_views /home/alice/nixfiles-b
+    out=$(e2e_stat '%F %U:%G' /home/alice/nixfiles-b/hosts/microvms/testvm 2>&1)
+    [ "$out" = "directory alice:alice" ] || fail "hosts/microvms/testvm in ~/nixfiles-b is '$out', expected alice's directory"
+    e2e_expect_live_fresh "after the relink"
+    e2e_expect_same_vm testvm "$ids" "$boots"
+    step "unlink: testvm sees the placeholder"
+    local from; from=$(e2e_mvw_count testvm)
+    out=$(e2e_ct runuser -l alice -c 'microvm-link unlink nixfiles' 2>&1) || fail "microvm-link unlink nixfiles failed: $out"
+    printf '$ (alice) microvm-link unlink nixfiles\n%s\n' "$out"
+    out=$(e2e_wait_line testvm "$from" '^MVW tag=nixfiles view: uid=0 mode=555 .* marker=none$' 60) || fail "$out"
+    out=$(e2e_wait_line testvm "$from" '^MVW tag=host view: uid=0 mode=555 ' 30) || fail "$out"
+    e2e_mvw_lines testvm | tail -n +$((from + 1)) | grep -v 'tick='
+    e2e_expect_live_placeholders
+    e2e_expect_live_fresh "after the unlink"
+    e2e_expect_same_vm testvm "$ids" "$boots"
+}
+
+# e2e_live_transcript: what a person sees from inside the running guest
+# while alice relinks (README "### Live links"): SSH sessions into testvm,
+# one of them sitting in /mnt/nixfiles across the relink. Expects testvm
+# linked to ~/nixfiles and ~/nixfiles-b to exist; links ~/nixfiles back.
+e2e_live_transcript() {
+    local banner out bg before link after t=$E2E_RUN/transcript
+    banner=$(e2e_ssh_wait testvm 120) || fail "$banner"
+    step "transcript (README): a running VM sees a link with no restart"
+    before=$(e2e_ssh testvm 'cat /mnt/nixfiles/MARKER; cut -d" " -f1 /proc/uptime' 2>&1) || fail "ssh testvm failed: $before"
+    # a shell that sits in /mnt/nixfiles while the link changes
+    e2e_ssh testvm 'cd /mnt/nixfiles && echo "[testvm, shell 2]\$ cd /mnt/nixfiles && cat MARKER" && cat MARKER &&
+        n=0; while [ "$(cat /mnt/nixfiles/MARKER 2>/dev/null)" != "nixfiles B" ] && [ $n -lt 600 ]; do sleep 0.2; n=$((n+1)); done
+        echo "[testvm, shell 2]\$ cat MARKER     # after the relink, still in the old directory"; cat MARKER
+        echo "[testvm, shell 2]\$ cd /mnt/nixfiles && cat MARKER"; cd /mnt/nixfiles && cat MARKER' > "$t.shell2" 2>&1 &
+    bg=$!
+    out=$(e2e_poll 30 "shell 2 in testvm to sit in /mnt/nixfiles" grep -qx 'nixfiles A' "$t.shell2") ||
+        fail "$out: $(cat "$t.shell2")"
+    link=$(e2e_ct runuser -l alice -c 'cd ~/nixfiles-b && microvm-link nixfiles' 2>&1) || fail "microvm-link nixfiles in ~/nixfiles-b failed: $link"
+    out=$(e2e_poll 30 "testvm to show nixfiles B over SSH" e2e_ssh_marker_is "nixfiles B") || fail "$out"
+    after=$(e2e_ssh testvm 'cat /mnt/nixfiles/MARKER; cut -d" " -f1 /proc/uptime' 2>&1) || fail "ssh testvm failed: $after"
+    wait "$bg" || fail "shell 2 in testvm failed: $(cat "$t.shell2")"
+    {
+        echo '[testvm]$ cat /mnt/nixfiles/MARKER; cut -d" " -f1 /proc/uptime'
+        echo "$before"
+        echo 'alice@host:~/nixfiles-b$ microvm-link nixfiles'
+        echo "$link"
+        echo '[testvm]$ cat /mnt/nixfiles/MARKER; cut -d" " -f1 /proc/uptime'
+        echo "$after"
+        cat "$t.shell2"
+    } | tee "$t"
+    sed -n 2p "$t.shell2" | grep -qx 'nixfiles A' && sed -n 4p "$t.shell2" | grep -qx 'nixfiles A' &&
+        tail -n 1 "$t.shell2" | grep -qx 'nixfiles B' ||
+        fail "shell 2 did not see the old checkout in its old directory and the new one after cd: $(tr '\n' '|' < "$t.shell2")"
+    # back to ~/nixfiles, as the caller expects
+    out=$(e2e_ct runuser -l alice -c 'cd ~/nixfiles && microvm-link --no-restart' 2>&1) || fail "relink to ~/nixfiles failed: $out"
+    out=$(e2e_poll 30 "testvm to show nixfiles A over SSH" e2e_ssh_marker_is "nixfiles A") || fail "$out"
+}
+
+e2e_ssh_marker_is() { [ "$(e2e_ssh testvm cat /mnt/nixfiles/MARKER 2>/dev/null)" = "$1" ]; }
