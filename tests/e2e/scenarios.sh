@@ -47,6 +47,13 @@ e2e_reset() {
     e2e_ct sh -c "rm -rf --one-file-system $E2E_WS/* $E2E_WS/.[!.]* /srv/e2e /home/alice/*" 2>/dev/null
     e2e_ct sh -c "rm -rf /run/microvm-workspaces" 2>/dev/null
     for vm in "${!E2E_VMS[@]}"; do rm -f "$(e2e_console "$vm")"; done
+    # runners a scenario added for a VM of its own (e2e_extra_runner)
+    for m in "$E2E_ROOT$E2E_STATE"/*/; do
+        vm=$(basename "$m")
+        [ -n "${E2E_VMS[$vm]+x}" ] && continue
+        [ -L "$m/current" ] && rm -rf "$E2E_ROOT$(readlink "$m/current")"
+        rm -rf "$m"
+    done
 }
 
 # e2e_start_ok VM: systemctl start must succeed, the guest must finish probing
@@ -814,3 +821,168 @@ e2e_live_transcript() {
 }
 
 e2e_ssh_marker_is() { [ "$(e2e_ssh testvm cat /mnt/nixfiles/MARKER 2>/dev/null)" = "$1" ]; }
+
+# ---------- live 3: a pinned share beside a live one ----------------------
+
+s_live_beside_pinned() {
+    local ids boots wboots from out got
+    e2e_repo nixfiles "nixfiles A"
+    e2e_start_ok testvm
+    e2e_start_ok web
+    e2e_expect_guest web nixfiles "read marker" none
+    e2e_expect_guest web nixfiles-live live "/mnt/nixfiles-live -> /run/microvm-workspaces/nixfiles-live/current"
+    ids=$(e2e_vm_ids testvm); boots=$(e2e_boot_count testvm); wboots=$(e2e_boot_count web)
+    step "alice links ~/nixfiles: web's pinned share goes stale, its live one and testvm's follow"
+    from=$(e2e_mvw_count web)
+    e2e_link_as_alice nixfiles || e2e_link_fail
+    grep -q '^stale: web' "$E2E_RUN/link.out" || fail "microvm-link printed no 'stale: web' line: $(tr '\n' '|' < "$E2E_RUN/link.out")"
+    ! grep -q '^stale: testvm' "$E2E_RUN/link.out" || fail "microvm-link called testvm stale"
+    grep -q '^testvm sees it now' "$E2E_RUN/link.out" || fail "microvm-link did not say testvm sees it now"
+    out=$(e2e_wait_line web "$from" '^MVW tag=nixfiles-live view: .* marker=nixfiles A$' 60) || fail "web's live share did not follow: $out"
+    e2e_guest_now web || fail "guest web stopped reporting"
+    e2e_expect_guest web nixfiles "read marker" none
+    echo "web (not restarted): pinned nixfiles still shows '$(e2e_guest_value web nixfiles 'read marker')', nixfiles-live shows '$(e2e_view_marker web nixfiles-live)'"
+    out=$(e2e_status_json) || fail "status --json failed"
+    got=$(echo "$out" | e2e_jq -r '[.vms[] | select(.vm == "web") | .shares[] | "\(.tag):live=\(.live):stale=\(.stale)"] | sort | join(" ")')
+    echo "status --json web: $got"
+    [ "$got" = "nixfiles-live:live=true:stale=false nixfiles:live=false:stale=true" ] ||
+        fail "status --json shows web's shares as '$got', expected nixfiles stale and nixfiles-live live"
+    out=$(e2e_ct microvm-link status web 2>&1); echo "$out"
+    grep -q STALE <<<"$out" || fail "microvm-link status web does not say STALE"
+    e2e_expect_live_fresh "after the link"
+    e2e_expect_same_vm testvm "$ids" "$boots"
+    [ "$(e2e_boot_count web)" = "$wboots" ] || fail "the link restarted web"
+    step "--restart-stale restarts web, not testvm"
+    e2e_link_as_alice nixfiles --restart-stale || e2e_link_fail
+    e2e_wait_restarted web "$wboots"
+    e2e_expect_guest web nixfiles "read marker" "nixfiles A"
+    e2e_expect_guest web nixfiles-live "read marker" "nixfiles A"
+    e2e_expect_same_vm testvm "$ids" "$boots"
+    out=$(e2e_status_json) || fail "status --json failed"
+    got=$(echo "$out" | e2e_jq -r '[.vms[] | select(any(.shares[]?; .stale == true)) | .vm] | join(" ")')
+    [ -z "$got" ] || fail "after --restart-stale, status still marks '$got' stale"
+}
+
+# ---------- live 4: the repo deleted; a reboot -----------------------------
+
+s_live_deleted_reboot() {
+    local ids boots from out
+    e2e_repo nixfiles "nixfiles A"
+    e2e_link_as_alice nixfiles --no-restart || e2e_link_fail
+    e2e_start_ok testvm
+    e2e_expect_guest testvm nixfiles "read marker" "nixfiles A"
+    e2e_expect_live_views /home/alice/nixfiles
+    ids=$(e2e_vm_ids testvm); boots=$(e2e_boot_count testvm)
+    step "alice deletes ~/nixfiles while it is linked and testvm runs"
+    from=$(e2e_mvw_count testvm)
+    e2e_ct_as alice rm -rf /home/alice/nixfiles || fail "could not delete the repo"
+    if out=$(e2e_wait_line testvm "$from" '^MVW tag=nixfiles view: .* marker=none$' 30); then
+        echo "until the next start, testvm sees the deleted directory: $(e2e_guest_value testvm nixfiles view)"
+    else
+        echo "info: $out"
+    fi
+    e2e_ct findmnt -o TARGET,SOURCE,PROPAGATION "$LIVE/nixfiles/current" || true
+    step "the next start of a VM through the entry (the nixfiles VM): current is the placeholder again, testvm sees it"
+    from=$(e2e_mvw_count testvm)
+    out=$(e2e_ct systemctl start microvm@nixfiles.service 2>&1) || fail "systemctl start microvm@nixfiles failed: $out"
+    out=$(e2e_wait_line testvm "$from" '^MVW tag=nixfiles view: uid=0 mode=555 .* marker=none$' 60) || fail "$out"
+    e2e_expect_live_placeholders
+    e2e_expect_placeholder "$E2E_WS/nixfiles"
+    e2e_ct test -L "$E2E_WS/.links/nixfiles" || fail "the record .links/nixfiles was not kept"
+    e2e_expect_live_fresh "after the repo was deleted"
+    e2e_expect_same_vm testvm "$ids" "$boots"
+    e2e_ct systemctl stop microvm@nixfiles.service
+    step "the repo comes back; the container reboots: current follows the entry after the next start"
+    e2e_repo nixfiles "nixfiles A2"
+    e2e_ct_poweroff
+    e2e_ct_boot
+    ! e2e_is_mount "$E2E_WS/nixfiles" || fail "$E2E_WS/nixfiles is still a mount after a reboot"
+    e2e_expect_live_placeholders
+    [ "$(e2e_ct readlink "$E2E_WS/.links/nixfiles")" = /home/alice/nixfiles ] || fail "the record did not survive the reboot"
+    e2e_start_ok testvm
+    e2e_expect_guest testvm nixfiles "read marker" "nixfiles A2"
+    e2e_expect_guest testvm host write-as-uid1000 ok
+    e2e_expect_bind "$E2E_WS/nixfiles" /home/alice/nixfiles
+    e2e_expect_live_views /home/alice/nixfiles
+    e2e_expect_live_fresh "after the reboot"
+}
+
+# ---------- live 5: bad input ----------------------------------------------
+
+# e2e_extra_runner VM tag=source...: a runner (root's, like the fixture's) for
+# a VM that is not in config.json; e2e_reset removes it again
+e2e_extra_runner() {
+    local vm=$1 gh; shift
+    # current -> /nix/store/...: a path inside the container
+    gh=$(sed -n 's/.*-kernel \(\/nix\/store\/[^ ]*\)\/bzImage.*/\1/p' "$E2E_ROOT$(readlink "$E2E_ROOT$E2E_STATE/vm1/current")/bin/microvm-run")
+    [ -n "$gh" ] || fail "cannot find the guest's store path in vm1's runner"
+    e2e_runner "$E2E_ROOT" "$vm" "$gh" "$@"
+}
+
+e2e_ws_snapshot() { e2e_ct sh -c "find $E2E_WS /home/alice /etc -xdev -printf '%p %u %m %y %s\n' 2>/dev/null | sort"; }
+
+s_live_bad_input() {
+    local out before after boots
+    step "a live source naming an entry name that is not valid: one line, nothing made"
+    e2e_extra_runner badlive "s=$LIVE/.hidden"
+    e2e_ct mkdir -p "$E2E_WS"
+    before=$(e2e_ws_snapshot)
+    out=$(e2e_ct /usr/libexec/microvm-workspaces-prepare badlive 2>&1); rc=$?
+    echo "\$ microvm-workspaces-prepare badlive -> exit $rc"; echo "$out"
+    [ "$rc" = 1 ] || fail "prepare of a bad live source exited $rc, expected 1"
+    [ "$(wc -l <<<"$out")" = 1 ] || fail "prepare printed more than one line: $out"
+    grep -q 'badlive' <<<"$out" && grep -q '\.hidden' <<<"$out" || fail "the error does not name the VM and the source: $out"
+    ! e2e_ct systemctl start microvm@badlive.service 2>/dev/null || fail "microvm@badlive started with a bad live source"
+    e2e_ct journalctl --no-pager -o cat -u microvm-virtiofsd@badlive.service | grep -i 'hidden' | head -n 3
+    e2e_stop_vms
+    after=$(e2e_ws_snapshot)
+    [ "$before" = "$after" ] || fail "a refused bad live source changed something: $(diff <(echo "$before") <(echo "$after") | head -n 5 | tr '\n' '|')"
+    out=$(e2e_status_json 2>&1) || fail "status --json failed with a bad runner present: $(echo "$out" | tail -n 2)"
+    echo "status --json with badlive present: ok ($(echo "$out" | e2e_jq -r '[.vms[].vm] | join(" ")' 2>&1))"
+
+    step "a file placed at .live/nixfiles/current by hand: testvm's start fails in one line, the file is kept"
+    e2e_repo nixfiles "nixfiles A"
+    e2e_ct install -d -m 0755 "$LIVE" "$LIVE/nixfiles"
+    e2e_write_file "$LIVE/nixfiles/current" mine
+    boots=$(e2e_boot_count testvm)
+    out=$(e2e_ct /usr/libexec/microvm-workspaces-prepare testvm 2>&1); rc=$?
+    echo "\$ microvm-workspaces-prepare testvm -> exit $rc"; echo "$out"
+    [ "$rc" = 1 ] && [ "$(wc -l <<<"$out")" = 1 ] || fail "prepare with a file at current: exit $rc, '$out'"
+    grep -q 'current is not a directory' <<<"$out" || fail "the error does not say current is not a directory: $out"
+    ! e2e_ct systemctl start microvm@testvm.service 2>/dev/null || fail "microvm@testvm started with a file at current"
+    e2e_stop_vms
+    [ "$(e2e_boot_count testvm)" = "$boots" ] || fail "testvm booted with a file at current"
+    before=$(e2e_ws_snapshot)
+    e2e_link_as_alice nixfiles --no-restart; rc=$?
+    echo "link with a file at current: exit $rc"
+    after=$(e2e_ws_snapshot)
+    if [ "$rc" = 0 ]; then
+        echo "info: microvm-link linked although testvm's live root holds a file at current"
+    else
+        [ "$(wc -l < "$E2E_RUN/link.out")" = 1 ] || fail "microvm-link's refusal is not one line: $(tr '\n' '|' < "$E2E_RUN/link.out")"
+        [ "$before" = "$after" ] || fail "a refused link changed something: $(diff <(echo "$before") <(echo "$after") | head -n 5 | tr '\n' '|')"
+        ! e2e_is_mount "$E2E_WS/nixfiles" || fail "the refused link mounted the entry"
+    fi
+    [ "$(e2e_ct cat "$LIVE/nixfiles/current")" = mine ] || fail "the file at current was not kept"
+    e2e_ct microvm-link unlink nixfiles --no-restart > /dev/null 2>&1
+    e2e_ct rm -f "$LIVE/nixfiles/current"
+
+    step "a symlink in alice's repo leading out of it, below current: refused, nothing made outside"
+    e2e_start_ok testvm
+    local target
+    for target in /etc ../elsewhere; do
+        e2e_ct_as alice sh -c "rm -rf ~/nixfiles/hosts ~/elsewhere && mkdir ~/elsewhere && ln -s $target ~/nixfiles/hosts" || fail "could not make the symlink"
+        before=$(e2e_ws_snapshot)
+        if e2e_link_as_alice nixfiles --no-restart; then fail "microvm-link followed hosts -> $target out of the repo"; fi
+        [ "$(wc -l < "$E2E_RUN/link.out")" = 1 ] || fail "hosts -> $target: the refusal is not one line: $(tr '\n' '|' < "$E2E_RUN/link.out")"
+        after=$(e2e_ws_snapshot)
+        [ "$before" = "$after" ] || fail "hosts -> $target: something changed: $(diff <(echo "$before") <(echo "$after") | head -n 5 | tr '\n' '|')"
+        ! e2e_ct test -e /etc/microvms || fail "/etc/microvms was made"
+        ! e2e_ct test -e /home/alice/elsewhere/microvms || fail "~alice/elsewhere/microvms was made"
+        [ "$(e2e_ct readlink /home/alice/nixfiles/hosts)" = "$target" ] || fail "the user's symlink was touched"
+        [ "$(e2e_ct cat /home/alice/nixfiles/MARKER)" = "nixfiles A" ] || fail "the repo lost its MARKER"
+        ! e2e_is_mount "$E2E_WS/nixfiles" || fail "hosts -> $target: the entry was mounted anyway"
+    done
+    e2e_guest_now testvm || fail "guest testvm stopped reporting"
+    [ "$(e2e_view_marker testvm nixfiles)" = none ] || fail "testvm's view changed after a refused link: $(e2e_guest_value testvm nixfiles view)"
+}
