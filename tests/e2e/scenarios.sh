@@ -602,6 +602,8 @@ e2e_wait_line() {
 # the marker a live view line reports (everything after " marker=")
 e2e_view_marker() { e2e_guest_value "$1" "$2" view | sed 's/.* marker=//'; }
 
+e2e_view_marker_is() { [ "$(e2e_view_marker "$1" "$2")" = "$3" ]; }
+
 # what must not change while a VM is "not restarted": the invocations of
 # both its units and its qemu
 e2e_vm_ids() {
@@ -985,4 +987,51 @@ s_live_bad_input() {
     done
     e2e_guest_now testvm || fail "guest testvm stopped reporting"
     [ "$(e2e_view_marker testvm nixfiles)" = none ] || fail "testvm's view changed after a refused link: $(e2e_guest_value testvm nixfiles view)"
+}
+
+# ---------- live 6: what the guest's root can do to its live root ---------
+
+# e2e_ssh_root VM CMD: ssh into VM as the guest's root (alice's key is
+# authorized for root too, lib/guest-init)
+e2e_ssh_root() {
+    local vm=$1; shift
+    e2e_ct ssh -l root "$vm" -- "$@"
+}
+
+# virtiofsd runs as root and testvm's host share is writable, so the guest's
+# root can write into the live root itself (the share root, outside
+# current): here it makes x/current there. A guest must not be able to break
+# (or half-apply) the host's links: alice's next link either works and
+# testvm's views follow, or is refused having changed nothing; and another
+# VM through the entry (vm3, pinned) still starts.
+s_live_guest_root() {
+    local out rc before after banner problems=()
+    e2e_repo nixfiles "nixfiles A"
+    e2e_start_ok testvm
+    banner=$(e2e_ssh_wait testvm 120) || fail "$banner"
+    step "guest root writes into its writable live root, beside current"
+    out=$(e2e_ssh_root testvm 'id -u; mkdir /run/microvm-workspaces/host/x && mkdir /run/microvm-workspaces/host/x/current && ls -la /run/microvm-workspaces/host/' 2>&1) ||
+        fail "as guest root: $out"
+    echo "$out"
+    e2e_ct find "$LIVE" -printf '%p %u %m\n'
+    step "alice links nixfiles"
+    before=$(e2e_ws_snapshot)
+    e2e_link_as_alice nixfiles --no-restart; rc=$?
+    after=$(e2e_ws_snapshot)
+    e2e_ct findmnt -rn -o TARGET | grep "^$E2E_WS" || true
+    out=$(e2e_status_json) && echo "$out" | e2e_jq -c '.vms[] | select(.vm == "testvm" or .vm == "nixfiles") | {vm, workspace, shares: [.shares[] | {tag, live, stale}]}'
+    if [ "$rc" = 0 ]; then
+        e2e_expect_live_views /home/alice/nixfiles
+        out=$(e2e_poll 30 "testvm to show nixfiles A" e2e_view_marker_is testvm nixfiles "nixfiles A") || problems+=("$out")
+    elif [ "$before" != "$after" ] || e2e_is_mount "$E2E_WS/nixfiles"; then
+        problems+=("microvm-link failed (exit $rc: $(tr '\n' ' ' < "$E2E_RUN/link.out")) after changing things: entry $E2E_WS/nixfiles $(e2e_is_mount "$E2E_WS/nixfiles" && echo mounted || echo 'not mounted'), record $(e2e_ct readlink "$E2E_WS/.links/nixfiles" || echo none), $LIVE/nixfiles/current $(e2e_is_mount "$LIVE/nixfiles/current" && echo mounted || echo 'not mounted')")
+    fi
+    step "another VM through the entry starts"
+    if out=$(e2e_ct systemctl start microvm@vm3.service 2>&1); then
+        echo "vm3 started"
+    else
+        problems+=("microvm@vm3 (nixfiles pinned) no longer starts: $(e2e_ct journalctl --no-pager -o cat -u microvm-virtiofsd@vm3.service | grep microvm-workspaces-prepare | tail -n 1)")
+    fi
+    e2e_stop_vms
+    [ ${#problems[@]} = 0 ] || fail "$(printf '%s; ' "${problems[@]}")"
 }
