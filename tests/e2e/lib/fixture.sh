@@ -8,6 +8,9 @@
 E2E_WS=/var/lib/microvm-workspaces
 E2E_STATE=/var/lib/microvms
 E2E_GUEST_MEM=${E2E_GUEST_MEM:-256}
+# virtiofsd's --cache: auto by default (the guest caches entries and
+# attributes for 1 s); never, to see what caching costs a live link
+E2E_VIRTIOFSD_CACHE=${E2E_VIRTIOFSD_CACHE:-auto}
 
 # vm -> "tag=source[=ro] ..." (source as the user wrote it)
 declare -gA E2E_VMS=(
@@ -163,7 +166,7 @@ start_virtiofsd() { # TAG SOCKET SOURCE [--readonly]
     tag_args[\$tag]="\$sock \$src \$*"
     rm -f "\$sock"
     /usr/libexec/virtiofsd --socket-path="\$sock" --socket-group=kvm \\
-        --shared-dir="\$src" "\$@" --cache=auto &
+        --shared-dir="\$src" "\$@" --cache=$E2E_VIRTIOFSD_CACHE &
     pid_tag[\$!]=\$tag
 }
 sleeper=
