@@ -509,9 +509,10 @@ s_restart_failure() {
     e2e_ct chmod +x "$run"
     [ "$rc" != 0 ] || fail "microvm-link exited 0 although microvm@vm1 cannot start"
     [ "$secs" -lt 60 ] || fail "microvm-link took $secs s to notice the failed start"
-    e2e_jq -e '.restart | test("failed")' < "$E2E_RUN/link.out" >/dev/null || fail "the JSON does not report the failed restart: $(tr '\n' ' ' < "$E2E_RUN/link.out")"
+    # since c71e2c8 (typed outcomes) .restart is {"result": ..., "unit", "secs", "state"}
+    e2e_jq -e '.restart.result == "failed"' < "$E2E_RUN/link.out" >/dev/null || fail "the JSON does not report the failed restart: $(tr '\n' ' ' < "$E2E_RUN/link.out")"
     e2e_jq -e 'has("stale")' < "$E2E_RUN/link.out" >/dev/null || fail "the JSON lost its stale list"
-    echo "microvm-link reported the failed restart after $secs s: $(e2e_jq -r .restart < "$E2E_RUN/link.out")"
+    echo "microvm-link reported the failed restart after $secs s: $(e2e_jq -c .restart < "$E2E_RUN/link.out")"
 }
 
 # ---------- the SSH guest (groundwork for issue 12) -----------------------
