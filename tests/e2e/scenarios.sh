@@ -1060,3 +1060,31 @@ s_live_guest_root() {
     e2e_stop_vms
     [ ${#problems[@]} = 0 ] || fail "$(printf '%s; ' "${problems[@]}")"
 }
+
+# ---------- live 7: the linked VM itself sees it through live shares -------
+
+# A VM (dotfiles, a runner of this scenario's own) whose only share is the
+# live root of its own entry: linking it does not restart it.
+s_live_own_vm() {
+    local ids boots from out
+    e2e_extra_runner dotfiles "dotfiles=$LIVE/dotfiles"
+    e2e_repo dotfiles "dotfiles A"
+    e2e_start_ok dotfiles
+    e2e_expect_guest dotfiles dotfiles live "/mnt/dotfiles -> /run/microvm-workspaces/dotfiles/current"
+    ids=$(e2e_vm_ids dotfiles); boots=$(e2e_boot_count dotfiles)
+    from=$(e2e_mvw_count dotfiles)
+    e2e_link_as_alice dotfiles || e2e_link_fail
+    grep -qx 'dotfiles sees it now: live shares dotfiles; not restarted' "$E2E_RUN/link.out" ||
+        fail "microvm-link did not say 'dotfiles sees it now: live shares dotfiles; not restarted': $(tr '\n' '|' < "$E2E_RUN/link.out")"
+    ! grep -q '^restarted microvm@dotfiles' "$E2E_RUN/link.out" || fail "microvm-link restarted dotfiles"
+    out=$(e2e_wait_line dotfiles "$from" '^MVW tag=dotfiles view: .* marker=dotfiles A$' 60) || fail "$out"
+    e2e_expect_same_vm dotfiles "$ids" "$boots"
+    out=$(e2e_stat '%U' /home/alice/dotfiles/guest-wrote-as-uid1000 2>&1) || fail "the guest's file did not land in ~/dotfiles: $out"
+    [ "$out" = alice ] || fail "the guest's file in ~/dotfiles is owned by $out"
+    step "--json says so too"
+    e2e_link_as_alice dotfiles --json || e2e_link_fail
+    echo "JSON restart: $(e2e_jq -c .restart < "$E2E_RUN/link.out")"
+    e2e_jq -e '.restart.result == "not-needed" and (.restart.why | test("live shares dotfiles"))' < "$E2E_RUN/link.out" > /dev/null ||
+        fail "the JSON's restart does not say dotfiles sees it through live shares: $(e2e_jq -c .restart < "$E2E_RUN/link.out")"
+    e2e_expect_same_vm dotfiles "$ids" "$boots"
+}
