@@ -47,6 +47,13 @@ e2e_reset() {
     e2e_ct sh -c "rm -rf --one-file-system $E2E_WS/* $E2E_WS/.[!.]* /srv/e2e /home/alice/*" 2>/dev/null
     e2e_ct sh -c "rm -rf /run/microvm-workspaces" 2>/dev/null
     for vm in "${!E2E_VMS[@]}"; do rm -f "$(e2e_console "$vm")"; done
+    # runners a scenario added for a VM of its own (e2e_extra_runner)
+    for m in "$E2E_ROOT$E2E_STATE"/*/; do
+        vm=$(basename "$m")
+        [ -n "${E2E_VMS[$vm]+x}" ] && continue
+        [ -L "$m/current" ] && rm -rf "$E2E_ROOT$(readlink "$m/current")"
+        rm -rf "$m"
+    done
 }
 
 # e2e_start_ok VM: systemctl start must succeed, the guest must finish probing
@@ -560,4 +567,523 @@ s_ssh_guest() {
     e2e_timing ssh-start-to-banner-median "$(printf '%s\n' "${starts[@]}" | e2e_median)"
     e2e_timing ssh-guest-uptime-at-dropbear-median "$(printf '%s\n' "${ups[@]}" | e2e_median)"
     echo "start to banner, each boot: ${starts[*]}"
+}
+
+# ---------- live links (issue 11, docs/design.md#live-links) ---------------
+# testvm: nixfiles = $E2E_WS/.live/nixfiles (read-only), host =
+# $E2E_WS/.live/nixfiles/hosts/microvms/testvm (writable); its guest reaches
+# both through /mnt/<tag> -> /run/microvm-workspaces/<tag>/current and
+# reports each change of what they show within 0.5 s (`view:` lines,
+# lib/guest-init). web: the same nixfiles pinned (nixfiles) and live
+# (nixfiles-live).
+
+LIVE=$E2E_WS/.live
+
+# number of MVW lines VM's console holds now: lines after it are new
+e2e_mvw_count() { local n; n=$(e2e_mvw_lines "$1" | wc -l); echo "${n:-0}"; }
+
+# e2e_line_after VM FROM REGEX: a MVW line after the first FROM matches (ERE)
+e2e_line_after() { e2e_mvw_lines "$1" | tail -n +$(($2 + 1)) | grep -Eq "$3"; }
+
+# e2e_wait_line VM FROM REGEX TIMEOUT: poll every 0.1 s (the console is a
+# file on this host: no nsenter, so fine-grained polling is cheap)
+e2e_wait_line() {
+    local vm=$1 from=$2 re=$3 deadline
+    deadline=$(( $(date +%s%N) + $4 * 1000000000 ))
+    while :; do
+        e2e_line_after "$vm" "$from" "$re" && return 0
+        [ "$(date +%s%N)" -lt "$deadline" ] || break
+        sleep 0.1
+    done
+    echo "timed out after $4 s waiting for guest $vm to report /$re/; its last reports: $(e2e_mvw_lines "$vm" | tail -n +$((from + 1)) | grep -v tick= | tail -n 6 | tr '\n' '|')"
+    return 1
+}
+
+# the marker a live view line reports (everything after " marker=")
+e2e_view_marker() { e2e_guest_value "$1" "$2" view | sed 's/.* marker=//'; }
+
+e2e_view_marker_is() { [ "$(e2e_view_marker "$1" "$2")" = "$3" ]; }
+
+# what must not change while a VM is "not restarted": the invocations of
+# both its units and its qemu
+e2e_vm_ids() {
+    printf '%s ' "$(e2e_ct systemctl show -P InvocationID "microvm@$1.service")" \
+        "$(e2e_ct systemctl show -P MainPID "microvm@$1.service")" \
+        "$(e2e_ct systemctl show -P InvocationID "microvm-virtiofsd@$1.service")"
+}
+
+# e2e_expect_same_vm VM IDS BOOTS: the same invocations, qemu and guest boot
+e2e_expect_same_vm() {
+    local now; now=$(e2e_vm_ids "$1")
+    [ "$now" = "$2" ] || fail "$1 was restarted: InvocationID/MainPID/virtiofsd InvocationID '$2' became '$now'"
+    [ "$(e2e_boot_count "$1")" = "$3" ] || fail "guest $1 booted again (boots $3 -> $(e2e_boot_count "$1"))"
+    [ "$(e2e_unit_state "microvm@$1.service")" = active ] || fail "microvm@$1 is not active"
+}
+
+# e2e_expect_live_fresh WHEN: status --json shows both testvm shares live and
+# not stale, and the table shows no STALE for testvm
+e2e_expect_live_fresh() {
+    local out got
+    out=$(e2e_status_json) || fail "$1: microvm-link status --json failed: $out"
+    got=$(echo "$out" | e2e_jq -r '[.vms[] | select(.vm == "testvm") | .shares[] | "\(.tag):live=\(.live):stale=\(.stale)"] | sort | join(" ")')
+    echo "$1: status --json testvm: $got"
+    [ "$got" = "host:live=true:stale=false nixfiles:live=true:stale=false" ] ||
+        fail "$1: status --json shows testvm's shares as '$got', expected both live and not stale"
+    out=$(e2e_ct microvm-link status testvm 2>&1) || fail "$1: microvm-link status testvm failed: $out"
+    ! grep -q STALE <<<"$out" || fail "$1: microvm-link status testvm says STALE: $out"
+}
+
+# e2e_expect_live_placeholders: both live roots root 0755 with nothing
+# mounted on them, both currents placeholders
+e2e_expect_live_placeholders() {
+    local r s
+    for r in "$LIVE/nixfiles" "$LIVE/nixfiles/hosts/microvms/testvm"; do
+        s=$(e2e_stat '%F %U:%G %a' "$r" 2>&1) || fail "live root $r does not exist: $s"
+        [ "$s" = "directory root:root 755" ] || fail "live root $r is '$s', expected a directory root:root 755"
+        ! e2e_is_mount "$r" || fail "something is mounted on the live root $r"
+        e2e_expect_placeholder "$r/current"
+    done
+}
+
+# e2e_expect_live_views REPO: both currents are bind mounts into REPO
+e2e_expect_live_views() {
+    e2e_expect_bind "$LIVE/nixfiles/current" "$1"
+    e2e_expect_bind "$LIVE/nixfiles/hosts/microvms/testvm/current" "$1/hosts/microvms/testvm"
+    ! e2e_is_mount "$LIVE/nixfiles" || fail "something is mounted on the live root $LIVE/nixfiles"
+}
+
+e2e_link_fail() { fail "microvm-link failed: $(tail -n 3 "$E2E_RUN/link.out" | tr '\n' ' ')"; }
+
+# e2e_link_timed DIR MARKER ARGS...: alice links from ~/DIR; returns once
+# testvm's guest reports MARKER through its live nixfiles view; prints the
+# seconds from microvm-link returning to that report
+e2e_link_timed() {
+    local dir=$1 want=$2 from t0 out; shift 2
+    from=$(e2e_mvw_count testvm)
+    e2e_link_as_alice "$dir" "$@" || e2e_link_fail
+    t0=$(e2e_now)
+    out=$(e2e_wait_line testvm "$from" "^MVW tag=nixfiles view: .* marker=$want\$" 60) || fail "$out"
+    e2e_since "$t0"
+}
+
+# e2e_live_propagation: the mounts microvm-link made in the container's
+# PID 1 namespace reached the sandbox of testvm's virtiofsd for nixfiles
+# (after its pivot_root the shared dir is its /, so `current` is /current)
+e2e_live_propagation() {
+    local pid mi
+    echo "container: $(e2e_ct findmnt -n -o TARGET,PROPAGATION /)"
+    e2e_ct findmnt -o TARGET,PROPAGATION "$LIVE/nixfiles/current"
+    pid=$(e2e_ct pgrep -f -- '^/usr/libexec/virtiofsd --socket-path=testvm-virtiofs-nixfiles.sock' | head -n 1)
+    [ -n "$pid" ] || fail "no virtiofsd of testvm's nixfiles share"
+    mi=$(e2e_ct cat "/proc/$pid/mountinfo")
+    echo "virtiofsd (pid $pid in the container) mountinfo:"; echo "$mi" | awk '{ print "  " $0 }'
+    echo "$mi" | awk '$5 == "/current"' | grep -q . || fail "no mount at /current in virtiofsd's sandbox: the link did not propagate"
+}
+
+# ---------- live 1: no restart, read-only and writable views, timing ------
+
+s_live_no_restart() {
+    local ids boots from out id secs i samples=() n=${E2E_LIVE_SAMPLES:-6} mixed=0
+    e2e_repo nixfiles "nixfiles A"
+    e2e_repo nixfiles-b "nixfiles B"
+    # the checkouts list differently: a listing the guest caches longer
+    # than MARKER would show in the view lines
+    e2e_ct_as alice touch /home/alice/nixfiles-b/only-in-b || fail "could not write ~/nixfiles-b/only-in-b"
+    step "testvm starts while nixfiles is unlinked: its live roots show placeholders"
+    e2e_start_ok testvm
+    e2e_expect_mounted testvm nixfiles host
+    e2e_expect_guest testvm nixfiles live "/mnt/nixfiles -> /run/microvm-workspaces/nixfiles/current"
+    e2e_expect_guest testvm host live "/mnt/host -> /run/microvm-workspaces/host/current"
+    e2e_expect_guest testvm nixfiles stat "uid=0 gid=0 mode=555"
+    e2e_expect_guest testvm nixfiles "read marker" none
+    e2e_expect_guest testvm host write-as-uid1000 denied
+    e2e_expect_live_placeholders
+    e2e_expect_live_fresh "after the start"
+    ids=$(e2e_vm_ids testvm); boots=$(e2e_boot_count testvm)
+    echo "testvm: InvocationID MainPID virtiofsd-InvocationID = $ids"
+
+    step "alice runs microvm-link in ~/nixfiles; testvm is not restarted"
+    from=$(e2e_mvw_count testvm)
+    secs=$(e2e_link_timed nixfiles "nixfiles A") || exit 1
+    echo "first link: the guest showed the repo ${secs}s after microvm-link returned (microvm-link also started the nixfiles VM; not a sample)"
+    grep -q '^testvm sees it now through its live shares (nixfiles, host); no restart needed$' "$E2E_RUN/link.out" ||
+        fail "microvm-link did not say that testvm sees it now: $(tr '\n' '|' < "$E2E_RUN/link.out")"
+    ! grep -q 'stale: testvm' "$E2E_RUN/link.out" || fail "microvm-link called testvm stale"
+    e2e_expect_same_vm testvm "$ids" "$boots"
+    step "the guest cannot write the read-only view, writes into hosts/microvms/testvm"
+    out=$(e2e_wait_line testvm "$from" '^MVW tag=host write-as-uid1000: ok$' 30) || fail "$out"
+    out=$(e2e_wait_line testvm "$from" '^MVW tag=nixfiles write-as-uid1000: denied$' 30) || fail "$out"
+    e2e_line_after testvm "$from" '^MVW tag=nixfiles write-as-root: denied$' || fail "guest root could write the read-only live view"
+    e2e_mvw_lines testvm | tail -n +$((from + 1)) | grep -v 'tick='
+    e2e_expect_live_views /home/alice/nixfiles
+    e2e_live_propagation
+    id=$(e2e_last_boot testvm | sed -n 's/^MVW boot .* id=//p')
+    out=$(e2e_stat '%u:%g %U' /home/alice/nixfiles/hosts/microvms/testvm/guest-wrote-as-uid1000 2>&1) ||
+        fail "the guest's file did not land in alice's repo: $out"
+    [ "$out" = "1000:1000 alice" ] || fail "the guest's file in the repo is owned by '$out', expected 1000:1000 alice"
+    [ "$(e2e_ct cat /home/alice/nixfiles/hosts/microvms/testvm/guest-wrote-as-uid1000)" = "$id" ] ||
+        fail "the file in the repo is not the one this boot of the guest wrote"
+    out=$(e2e_stat '%F %U:%G %a' /home/alice/nixfiles/hosts/microvms/testvm)
+    [ "$out" = "directory alice:alice 755" ] || fail "hosts/microvms/testvm in the repo is '$out', expected alice's 0755 directory"
+    ! e2e_ct test -e /home/alice/nixfiles/guest-wrote-as-uid1000 || fail "the guest wrote through the read-only view"
+    e2e_expect_live_fresh "after the link"
+    e2e_expect_same_vm testvm "$ids" "$boots"
+    # the nixfiles VM (pinned shares, started by the link) only loads the CPU
+    # the samples below share
+    e2e_ct systemctl stop microvm@nixfiles.service
+
+    step "$n relinks between ~/nixfiles-b and ~/nixfiles (--no-restart: the mounts are made before microvm-link restarts anything, so timing from its return would otherwise flatter)"
+    for i in $(seq 1 "$n"); do
+        if [ $((i % 2)) = 1 ]; then
+            secs=$(e2e_link_timed nixfiles-b "nixfiles B" nixfiles --no-restart) || exit 1
+        else
+            secs=$(e2e_link_timed nixfiles "nixfiles A" --no-restart) || exit 1
+        fi
+        echo "sample $i: microvm-link returned -> guest reported the new checkout: ${secs}s"
+        samples+=("$secs")
+        # the first look that read the new MARKER: did its stat and listing
+        # (separate walks through the symlink, just before) agree with it?
+        out=$(e2e_mvw_lines testvm | grep '^MVW tag=nixfiles view: ' | tail -n 1)
+        case "$(( i % 2 )):$out" in
+            "1:"*"ls=[.git MARKER hosts only-in-b]"*|"0:"*"ls=[.git MARKER hosts]"*) ;;
+            *) echo "info: sample $i: one look mixed the two checkouts: $out"; mixed=$((mixed + 1)) ;;
+        esac
+    done
+    echo "looks whose listing disagreed with their MARKER at a switch: $mixed of $n (virtiofsd --cache=$E2E_VIRTIOFSD_CACHE)"
+    e2e_expect_same_vm testvm "$ids" "$boots"
+    e2e_expect_live_fresh "after $n relinks"
+    e2e_timing "live-link-to-guest-median(cache=$E2E_VIRTIOFSD_CACHE)" "$(printf '%s\n' "${samples[@]}" | e2e_median)"
+    e2e_timing "live-link-to-guest-max(cache=$E2E_VIRTIOFSD_CACHE)" "$(printf '%s\n' "${samples[@]}" | sort -n | tail -n 1)"
+    echo "live link to guest, each relink: ${samples[*]}"
+}
+
+# ---------- live 2: relink, unlink; never stale ---------------------------
+
+s_live_relink_unlink() {
+    local ids boots out secs
+    e2e_repo nixfiles "nixfiles A"
+    e2e_repo nixfiles-b "nixfiles B"
+    e2e_start_ok testvm
+    e2e_expect_live_fresh "after the start"
+    ids=$(e2e_vm_ids testvm); boots=$(e2e_boot_count testvm)
+    step "link ~/nixfiles (microvm-link as it comes: it restarts the nixfiles VM, not testvm)"
+    secs=$(e2e_link_timed nixfiles "nixfiles A") || exit 1
+    echo "testvm showed ~/nixfiles ${secs}s after microvm-link returned"
+    e2e_expect_live_views /home/alice/nixfiles
+    e2e_expect_live_fresh "after the link"
+    e2e_expect_same_vm testvm "$ids" "$boots"
+    e2e_live_transcript
+    step "relink to the second checkout: alice in ~/nixfiles-b runs microvm-link nixfiles"
+    secs=$(e2e_link_timed nixfiles-b "nixfiles B" nixfiles) || exit 1
+    echo "testvm showed ~/nixfiles-b ${secs}s after microvm-link returned"
+    grep -q '^testvm sees it now through its live shares (nixfiles, host); no restart needed$' "$E2E_RUN/link.out" ||
+        fail "microvm-link did not say that testvm sees it now: $(tr '\n' '|' < "$E2E_RUN/link.out")"
+    e2e_expect_live_views /home/alice/nixfiles-b
+    out=$(e2e_stat '%F %U:%G' /home/alice/nixfiles-b/hosts/microvms/testvm 2>&1)
+    [ "$out" = "directory alice:alice" ] || fail "hosts/microvms/testvm in ~/nixfiles-b is '$out', expected alice's directory"
+    e2e_expect_live_fresh "after the relink"
+    e2e_expect_same_vm testvm "$ids" "$boots"
+    step "unlink: testvm sees the placeholder"
+    local from; from=$(e2e_mvw_count testvm)
+    out=$(e2e_ct runuser -l alice -c 'microvm-link unlink nixfiles' 2>&1) || fail "microvm-link unlink nixfiles failed: $out"
+    printf '$ (alice) microvm-link unlink nixfiles\n%s\n' "$out"
+    out=$(e2e_wait_line testvm "$from" '^MVW tag=nixfiles view: uid=0 mode=555 .* marker=none$' 60) || fail "$out"
+    out=$(e2e_wait_line testvm "$from" '^MVW tag=host view: uid=0 mode=555 ' 30) || fail "$out"
+    e2e_mvw_lines testvm | tail -n +$((from + 1)) | grep -v 'tick='
+    e2e_expect_live_placeholders
+    e2e_expect_live_fresh "after the unlink"
+    e2e_expect_same_vm testvm "$ids" "$boots"
+}
+
+# e2e_live_transcript: what a person sees from inside the running guest
+# while alice relinks (README "### Live links"): SSH sessions into testvm,
+# one of them sitting in /mnt/nixfiles across the relink. Expects testvm
+# linked to ~/nixfiles and ~/nixfiles-b to exist; links ~/nixfiles back.
+e2e_live_transcript() {
+    local banner out bg before link after status t0 t=$E2E_RUN/transcript
+    banner=$(e2e_ssh_wait testvm 120) || fail "$banner"
+    step "transcript (README): a running VM sees a link with no restart"
+    before=$(e2e_ssh testvm 'cat /mnt/nixfiles/MARKER; cut -d" " -f1 /proc/uptime' 2>&1) || fail "ssh testvm failed: $before"
+    # a shell that sits in /mnt/nixfiles while the link changes
+    e2e_ssh testvm 'cd /mnt/nixfiles && echo "[testvm, shell 2]\$ cd /mnt/nixfiles && cat MARKER" && cat MARKER &&
+        n=0; while [ "$(cat /mnt/nixfiles/MARKER 2>/dev/null)" != "nixfiles B" ] && [ $n -lt 600 ]; do sleep 0.2; n=$((n+1)); done
+        echo "[testvm, shell 2]\$ cat MARKER     # after the relink, still in the old directory"; cat MARKER
+        echo "[testvm, shell 2]\$ cd /mnt/nixfiles && cat MARKER"; cd /mnt/nixfiles && cat MARKER' > "$t.shell2" 2>&1 &
+    bg=$!
+    out=$(e2e_poll 30 "shell 2 in testvm to sit in /mnt/nixfiles" grep -qx 'nixfiles A' "$t.shell2") ||
+        fail "$out: $(cat "$t.shell2")"
+    t0=$(e2e_mark)
+    if ! link=$(e2e_ct runuser -l alice -c 'cd ~/nixfiles-b && microvm-link nixfiles' 2>&1); then
+        # the restart of the nixfiles VM (pinned shares, started by the
+        # previous link seconds ago) is not what this scenario proves; a
+        # failure of it is logged with its journal, anything else fails
+        grep -q '^linked .* -> /home/alice/nixfiles-b$' <<<"$link" && grep -q '^testvm sees it now' <<<"$link" &&
+            grep -q '^restarted microvm@nixfiles.service: failed' <<<"$link" ||
+            fail "microvm-link nixfiles in ~/nixfiles-b failed: $link"
+        echo "info: microvm-link's restart of the nixfiles VM failed: $(grep '^restarted' <<<"$link")"
+        e2e_ct journalctl --no-pager -o short-precise -u microvm@nixfiles.service -u microvm-virtiofsd@nixfiles.service --since "@$((t0 - 15))" | tail -n 40
+    fi
+    out=$(e2e_poll 30 "testvm to show nixfiles B over SSH" e2e_ssh_marker_is "nixfiles B") || fail "$out"
+    after=$(e2e_ssh testvm 'cat /mnt/nixfiles/MARKER; cut -d" " -f1 /proc/uptime' 2>&1) || fail "ssh testvm failed: $after"
+    status=$(e2e_ct runuser -l alice -c 'microvm-link status testvm' 2>&1) || fail "microvm-link status testvm failed: $status"
+    wait "$bg" || fail "shell 2 in testvm failed: $(cat "$t.shell2")"
+    {
+        echo '[testvm]$ cat /mnt/nixfiles/MARKER; cut -d" " -f1 /proc/uptime'
+        echo "$before"
+        echo 'alice@host:~/nixfiles-b$ microvm-link nixfiles'
+        echo "$link"
+        echo '[testvm]$ cat /mnt/nixfiles/MARKER; cut -d" " -f1 /proc/uptime'
+        echo "$after"
+        echo 'alice@host:~/nixfiles-b$ microvm-link status testvm'
+        echo "$status"
+        cat "$t.shell2"
+    } | tee "$t"
+    sed -n 2p "$t.shell2" | grep -qx 'nixfiles A' && sed -n 4p "$t.shell2" | grep -qx 'nixfiles A' &&
+        tail -n 1 "$t.shell2" | grep -qx 'nixfiles B' ||
+        fail "shell 2 did not see the old checkout in its old directory and the new one after cd: $(tr '\n' '|' < "$t.shell2")"
+    # back to ~/nixfiles, as the caller expects
+    out=$(e2e_ct runuser -l alice -c 'cd ~/nixfiles && microvm-link --no-restart' 2>&1) || fail "relink to ~/nixfiles failed: $out"
+    out=$(e2e_poll 30 "testvm to show nixfiles A over SSH" e2e_ssh_marker_is "nixfiles A") || fail "$out"
+}
+
+e2e_ssh_marker_is() { [ "$(e2e_ssh testvm cat /mnt/nixfiles/MARKER 2>/dev/null)" = "$1" ]; }
+
+# ---------- live 3: a pinned share beside a live one ----------------------
+
+s_live_beside_pinned() {
+    local ids boots wboots from out got
+    e2e_repo nixfiles "nixfiles A"
+    e2e_start_ok testvm
+    e2e_start_ok web
+    e2e_expect_guest web nixfiles "read marker" none
+    e2e_expect_guest web nixfiles-live live "/mnt/nixfiles-live -> /run/microvm-workspaces/nixfiles-live/current"
+    ids=$(e2e_vm_ids testvm); boots=$(e2e_boot_count testvm); wboots=$(e2e_boot_count web)
+    step "alice links ~/nixfiles: web's pinned share goes stale, its live one and testvm's follow"
+    from=$(e2e_mvw_count web)
+    e2e_link_as_alice nixfiles || e2e_link_fail
+    grep -q '^stale: web' "$E2E_RUN/link.out" || fail "microvm-link printed no 'stale: web' line: $(tr '\n' '|' < "$E2E_RUN/link.out")"
+    ! grep -q '^stale: testvm' "$E2E_RUN/link.out" || fail "microvm-link called testvm stale"
+    grep -q '^testvm sees it now' "$E2E_RUN/link.out" || fail "microvm-link did not say testvm sees it now"
+    out=$(e2e_wait_line web "$from" '^MVW tag=nixfiles-live view: .* marker=nixfiles A$' 60) || fail "web's live share did not follow: $out"
+    e2e_guest_now web || fail "guest web stopped reporting"
+    e2e_expect_guest web nixfiles "read marker" none
+    echo "web (not restarted): pinned nixfiles still shows '$(e2e_guest_value web nixfiles 'read marker')', nixfiles-live shows '$(e2e_view_marker web nixfiles-live)'"
+    out=$(e2e_status_json) || fail "status --json failed"
+    got=$(echo "$out" | e2e_jq -r '[.vms[] | select(.vm == "web") | .shares[] | "\(.tag):live=\(.live):stale=\(.stale)"] | sort | join(" ")')
+    echo "status --json web: $got"
+    [ "$got" = "nixfiles-live:live=true:stale=false nixfiles:live=false:stale=true" ] ||
+        fail "status --json shows web's shares as '$got', expected nixfiles stale and nixfiles-live live"
+    out=$(e2e_ct microvm-link status web 2>&1); echo "$out"
+    grep -q STALE <<<"$out" || fail "microvm-link status web does not say STALE"
+    e2e_expect_live_fresh "after the link"
+    e2e_expect_same_vm testvm "$ids" "$boots"
+    [ "$(e2e_boot_count web)" = "$wboots" ] || fail "the link restarted web"
+    step "--restart-stale restarts web, not testvm"
+    e2e_link_as_alice nixfiles --restart-stale || e2e_link_fail
+    e2e_wait_restarted web "$wboots"
+    e2e_expect_guest web nixfiles "read marker" "nixfiles A"
+    e2e_expect_guest web nixfiles-live "read marker" "nixfiles A"
+    e2e_expect_same_vm testvm "$ids" "$boots"
+    out=$(e2e_status_json) || fail "status --json failed"
+    got=$(echo "$out" | e2e_jq -r '[.vms[] | select(any(.shares[]?; .stale == true)) | .vm] | join(" ")')
+    [ -z "$got" ] || fail "after --restart-stale, status still marks '$got' stale"
+}
+
+# ---------- live 4: the repo deleted; a reboot -----------------------------
+
+s_live_deleted_reboot() {
+    local ids boots from out
+    e2e_repo nixfiles "nixfiles A"
+    e2e_link_as_alice nixfiles --no-restart || e2e_link_fail
+    e2e_start_ok testvm
+    e2e_expect_guest testvm nixfiles "read marker" "nixfiles A"
+    e2e_expect_live_views /home/alice/nixfiles
+    ids=$(e2e_vm_ids testvm); boots=$(e2e_boot_count testvm)
+    step "alice deletes ~/nixfiles while it is linked and testvm runs"
+    from=$(e2e_mvw_count testvm)
+    e2e_ct_as alice rm -rf /home/alice/nixfiles || fail "could not delete the repo"
+    if out=$(e2e_wait_line testvm "$from" '^MVW tag=nixfiles view: .* marker=none$' 30); then
+        echo "until the next start, testvm sees the deleted directory: $(e2e_guest_value testvm nixfiles view)"
+    else
+        echo "info: $out"
+    fi
+    e2e_ct findmnt -o TARGET,SOURCE,PROPAGATION "$LIVE/nixfiles/current" || true
+    step "the next start of a VM through the entry (the nixfiles VM): current is the placeholder again, testvm sees it"
+    from=$(e2e_mvw_count testvm)
+    out=$(e2e_ct systemctl start microvm@nixfiles.service 2>&1) || fail "systemctl start microvm@nixfiles failed: $out"
+    out=$(e2e_wait_line testvm "$from" '^MVW tag=nixfiles view: uid=0 mode=555 .* marker=none$' 60) || fail "$out"
+    e2e_expect_live_placeholders
+    e2e_expect_placeholder "$E2E_WS/nixfiles"
+    e2e_ct test -L "$E2E_WS/.links/nixfiles" || fail "the record .links/nixfiles was not kept"
+    e2e_expect_live_fresh "after the repo was deleted"
+    e2e_expect_same_vm testvm "$ids" "$boots"
+    e2e_ct systemctl stop microvm@nixfiles.service
+    step "the repo comes back; the container reboots: current follows the entry after the next start"
+    e2e_repo nixfiles "nixfiles A2"
+    e2e_ct_poweroff
+    e2e_ct_boot
+    ! e2e_is_mount "$E2E_WS/nixfiles" || fail "$E2E_WS/nixfiles is still a mount after a reboot"
+    e2e_expect_live_placeholders
+    [ "$(e2e_ct readlink "$E2E_WS/.links/nixfiles")" = /home/alice/nixfiles ] || fail "the record did not survive the reboot"
+    e2e_start_ok testvm
+    e2e_expect_guest testvm nixfiles "read marker" "nixfiles A2"
+    e2e_expect_guest testvm host write-as-uid1000 ok
+    e2e_expect_bind "$E2E_WS/nixfiles" /home/alice/nixfiles
+    e2e_expect_live_views /home/alice/nixfiles
+    e2e_expect_live_fresh "after the reboot"
+}
+
+# ---------- live 5: bad input ----------------------------------------------
+
+# e2e_extra_runner VM tag=source...: a runner (root's, like the fixture's) for
+# a VM that is not in config.json; e2e_reset removes it again
+e2e_extra_runner() {
+    local vm=$1 gh; shift
+    # current -> /nix/store/...: a path inside the container
+    gh=$(sed -n 's/.*-kernel \(\/nix\/store\/[^ ]*\)\/bzImage.*/\1/p' "$E2E_ROOT$(readlink "$E2E_ROOT$E2E_STATE/vm1/current")/bin/microvm-run")
+    [ -n "$gh" ] || fail "cannot find the guest's store path in vm1's runner"
+    e2e_runner "$E2E_ROOT" "$vm" "$gh" "$@"
+}
+
+e2e_ws_snapshot() { e2e_ct sh -c "find $E2E_WS /home/alice /etc -xdev -printf '%p %u %m %y %s\n' 2>/dev/null | sort"; }
+
+s_live_bad_input() {
+    local out before after boots
+    step "a live source naming an entry name that is not valid: one line, nothing made"
+    e2e_extra_runner badlive "s=$LIVE/.hidden"
+    e2e_ct mkdir -p "$E2E_WS"
+    before=$(e2e_ws_snapshot)
+    out=$(e2e_ct /usr/libexec/microvm-workspaces-prepare badlive 2>&1); rc=$?
+    echo "\$ microvm-workspaces-prepare badlive -> exit $rc"; echo "$out"
+    [ "$rc" = 1 ] || fail "prepare of a bad live source exited $rc, expected 1"
+    [ "$(wc -l <<<"$out")" = 1 ] || fail "prepare printed more than one line: $out"
+    grep -q 'badlive' <<<"$out" && grep -q '\.hidden' <<<"$out" || fail "the error does not name the VM and the source: $out"
+    ! e2e_ct systemctl start microvm@badlive.service 2>/dev/null || fail "microvm@badlive started with a bad live source"
+    e2e_ct journalctl --no-pager -o cat -u microvm-virtiofsd@badlive.service | grep -i 'hidden' | head -n 3
+    e2e_stop_vms
+    after=$(e2e_ws_snapshot)
+    [ "$before" = "$after" ] || fail "a refused bad live source changed something: $(diff <(echo "$before") <(echo "$after") | head -n 5 | tr '\n' '|')"
+    out=$(e2e_status_json 2>&1) || fail "status --json failed with a bad runner present: $(echo "$out" | tail -n 2)"
+    echo "status --json with badlive present: ok ($(echo "$out" | e2e_jq -r '[.vms[].vm] | join(" ")' 2>&1))"
+
+    step "a file placed at .live/nixfiles/current by hand: testvm's start fails in one line, the file is kept"
+    e2e_repo nixfiles "nixfiles A"
+    e2e_ct install -d -m 0755 "$LIVE" "$LIVE/nixfiles"
+    e2e_write_file "$LIVE/nixfiles/current" mine
+    boots=$(e2e_boot_count testvm)
+    out=$(e2e_ct /usr/libexec/microvm-workspaces-prepare testvm 2>&1); rc=$?
+    echo "\$ microvm-workspaces-prepare testvm -> exit $rc"; echo "$out"
+    [ "$rc" = 1 ] && [ "$(wc -l <<<"$out")" = 1 ] || fail "prepare with a file at current: exit $rc, '$out'"
+    grep -q 'current is not a directory' <<<"$out" || fail "the error does not say current is not a directory: $out"
+    ! e2e_ct systemctl start microvm@testvm.service 2>/dev/null || fail "microvm@testvm started with a file at current"
+    e2e_stop_vms
+    [ "$(e2e_boot_count testvm)" = "$boots" ] || fail "testvm booted with a file at current"
+    before=$(e2e_ws_snapshot)
+    e2e_link_as_alice nixfiles --no-restart; rc=$?
+    echo "link with a file at current: exit $rc"
+    after=$(e2e_ws_snapshot)
+    if [ "$rc" = 0 ]; then
+        echo "info: microvm-link linked although testvm's live root holds a file at current"
+    else
+        [ "$(wc -l < "$E2E_RUN/link.out")" = 1 ] || fail "microvm-link's refusal is not one line: $(tr '\n' '|' < "$E2E_RUN/link.out")"
+        [ "$before" = "$after" ] || fail "a refused link changed something: $(diff <(echo "$before") <(echo "$after") | head -n 5 | tr '\n' '|')"
+        ! e2e_is_mount "$E2E_WS/nixfiles" || fail "the refused link mounted the entry"
+    fi
+    [ "$(e2e_ct cat "$LIVE/nixfiles/current")" = mine ] || fail "the file at current was not kept"
+    e2e_ct microvm-link unlink nixfiles --no-restart > /dev/null 2>&1
+    e2e_ct rm -f "$LIVE/nixfiles/current"
+
+    step "a symlink in alice's repo leading out of it, below current: refused, nothing made outside"
+    e2e_start_ok testvm
+    local target
+    for target in /etc ../elsewhere; do
+        e2e_ct_as alice sh -c "rm -rf ~/nixfiles/hosts ~/elsewhere && mkdir ~/elsewhere && ln -s $target ~/nixfiles/hosts" || fail "could not make the symlink"
+        before=$(e2e_ws_snapshot)
+        if e2e_link_as_alice nixfiles --no-restart; then fail "microvm-link followed hosts -> $target out of the repo"; fi
+        [ "$(wc -l < "$E2E_RUN/link.out")" = 1 ] || fail "hosts -> $target: the refusal is not one line: $(tr '\n' '|' < "$E2E_RUN/link.out")"
+        after=$(e2e_ws_snapshot)
+        [ "$before" = "$after" ] || fail "hosts -> $target: something changed: $(diff <(echo "$before") <(echo "$after") | head -n 5 | tr '\n' '|')"
+        ! e2e_ct test -e /etc/microvms || fail "/etc/microvms was made"
+        ! e2e_ct test -e /home/alice/elsewhere/microvms || fail "~alice/elsewhere/microvms was made"
+        [ "$(e2e_ct readlink /home/alice/nixfiles/hosts)" = "$target" ] || fail "the user's symlink was touched"
+        [ "$(e2e_ct cat /home/alice/nixfiles/MARKER)" = "nixfiles A" ] || fail "the repo lost its MARKER"
+        ! e2e_is_mount "$E2E_WS/nixfiles" || fail "hosts -> $target: the entry was mounted anyway"
+    done
+    e2e_guest_now testvm || fail "guest testvm stopped reporting"
+    [ "$(e2e_view_marker testvm nixfiles)" = none ] || fail "testvm's view changed after a refused link: $(e2e_guest_value testvm nixfiles view)"
+}
+
+# ---------- live 6: what the guest's root can do to its live root ---------
+
+# e2e_ssh_root VM CMD: ssh into VM as the guest's root (alice's key is
+# authorized for root too, lib/guest-init)
+e2e_ssh_root() {
+    local vm=$1; shift
+    e2e_ct ssh -l root "$vm" -- "$@"
+}
+
+# virtiofsd runs as root and testvm's host share is writable, so the guest's
+# root can write into the live root itself (the share root, outside
+# current): here it makes x/current there. A guest must not be able to break
+# (or half-apply) the host's links: alice's next link either works and
+# testvm's views follow, or is refused having changed nothing; and another
+# VM through the entry (vm3, pinned) still starts.
+s_live_guest_root() {
+    local out rc before after banner problems=()
+    e2e_repo nixfiles "nixfiles A"
+    e2e_start_ok testvm
+    banner=$(e2e_ssh_wait testvm 120) || fail "$banner"
+    step "guest root writes into its writable live root, beside current"
+    out=$(e2e_ssh_root testvm 'id -u; mkdir /run/microvm-workspaces/host/x && mkdir /run/microvm-workspaces/host/x/current && ls -la /run/microvm-workspaces/host/' 2>&1) ||
+        fail "as guest root: $out"
+    echo "$out"
+    e2e_ct find "$LIVE" -printf '%p %u %m\n'
+    step "alice links nixfiles"
+    before=$(e2e_ws_snapshot)
+    e2e_link_as_alice nixfiles --no-restart; rc=$?
+    after=$(e2e_ws_snapshot)
+    e2e_ct findmnt -rn -o TARGET | grep "^$E2E_WS" || true
+    out=$(e2e_status_json) && echo "$out" | e2e_jq -c '.vms[] | select(.vm == "testvm" or .vm == "nixfiles") | {vm, workspace, shares: [.shares[] | {tag, live, stale}]}'
+    if [ "$rc" = 0 ]; then
+        e2e_expect_live_views /home/alice/nixfiles
+        out=$(e2e_poll 30 "testvm to show nixfiles A" e2e_view_marker_is testvm nixfiles "nixfiles A") || problems+=("$out")
+    elif [ "$before" != "$after" ] || e2e_is_mount "$E2E_WS/nixfiles"; then
+        problems+=("microvm-link failed (exit $rc: $(tr '\n' ' ' < "$E2E_RUN/link.out")) after changing things: entry $E2E_WS/nixfiles $(e2e_is_mount "$E2E_WS/nixfiles" && echo mounted || echo 'not mounted'), record $(e2e_ct readlink "$E2E_WS/.links/nixfiles" || echo none), $LIVE/nixfiles/current $(e2e_is_mount "$LIVE/nixfiles/current" && echo mounted || echo 'not mounted')")
+    fi
+    step "another VM through the entry starts"
+    if out=$(e2e_ct systemctl start microvm@vm3.service 2>&1); then
+        echo "vm3 started"
+    else
+        problems+=("microvm@vm3 (nixfiles pinned) no longer starts: $(e2e_ct journalctl --no-pager -o cat -u microvm-virtiofsd@vm3.service | grep microvm-workspaces-prepare | tail -n 1)")
+    fi
+    e2e_stop_vms
+    [ ${#problems[@]} = 0 ] || fail "$(printf '%s; ' "${problems[@]}")"
+}
+
+# ---------- live 7: the linked VM itself sees it through live shares -------
+
+# A VM (dotfiles, a runner of this scenario's own) whose only share is the
+# live root of its own entry: linking it does not restart it.
+s_live_own_vm() {
+    local ids boots from out
+    e2e_extra_runner dotfiles "dotfiles=$LIVE/dotfiles"
+    e2e_repo dotfiles "dotfiles A"
+    e2e_start_ok dotfiles
+    e2e_expect_guest dotfiles dotfiles live "/mnt/dotfiles -> /run/microvm-workspaces/dotfiles/current"
+    ids=$(e2e_vm_ids dotfiles); boots=$(e2e_boot_count dotfiles)
+    from=$(e2e_mvw_count dotfiles)
+    e2e_link_as_alice dotfiles || e2e_link_fail
+    grep -qx 'dotfiles sees it now: live shares dotfiles; not restarted' "$E2E_RUN/link.out" ||
+        fail "microvm-link did not say 'dotfiles sees it now: live shares dotfiles; not restarted': $(tr '\n' '|' < "$E2E_RUN/link.out")"
+    ! grep -q '^restarted microvm@dotfiles' "$E2E_RUN/link.out" || fail "microvm-link restarted dotfiles"
+    out=$(e2e_wait_line dotfiles "$from" '^MVW tag=dotfiles view: .* marker=dotfiles A$' 60) || fail "$out"
+    e2e_expect_same_vm dotfiles "$ids" "$boots"
+    out=$(e2e_stat '%U' /home/alice/dotfiles/guest-wrote-as-uid1000 2>&1) || fail "the guest's file did not land in ~/dotfiles: $out"
+    [ "$out" = alice ] || fail "the guest's file in ~/dotfiles is owned by $out"
+    step "--json says so too"
+    e2e_link_as_alice dotfiles --json || e2e_link_fail
+    echo "JSON restart: $(e2e_jq -c .restart < "$E2E_RUN/link.out")"
+    e2e_jq -e '.restart.result == "not-needed" and (.restart.why | test("live shares dotfiles"))' < "$E2E_RUN/link.out" > /dev/null ||
+        fail "the JSON's restart does not say dotfiles sees it through live shares: $(e2e_jq -c .restart < "$E2E_RUN/link.out")"
+    e2e_expect_same_vm dotfiles "$ids" "$boots"
 }

@@ -47,9 +47,16 @@ e2e_ct_boot() {
     rm -f "$E2E_RUN/ct.leader"
     leader=
     deadline=$(( $(date +%s) + 15 ))
+    local exe nspawn_exe
+    nspawn_exe=$(readlink -f "$(command -v systemd-nspawn)")
     while [ "$(date +%s)" -lt "$deadline" ]; do
         leader=$(pgrep -P "$pid" | head -n 1) || true
-        [ -n "$leader" ] && [ "$(readlink "/proc/$leader/exe" 2>/dev/null)" != "$(readlink -f "$(command -v systemd-nspawn)")" ] && break
+        # nspawn's own helper children run its binary; one that is exiting
+        # has no exe any more, and an empty readlink must not pass for
+        # "not nspawn" (the suite then asked a dead pid for 180 s)
+        exe=
+        if [ -n "$leader" ]; then exe=$(readlink "/proc/$leader/exe" 2>/dev/null) || exe=; fi
+        [ -n "$exe" ] && [ "$exe" != "$nspawn_exe" ] && e2e_pid_alive "$leader" && break
         leader=
         e2e_pid_alive "$pid" || break
         sleep 0.1

@@ -8,6 +8,9 @@
 E2E_WS=/var/lib/microvm-workspaces
 E2E_STATE=/var/lib/microvms
 E2E_GUEST_MEM=${E2E_GUEST_MEM:-256}
+# virtiofsd's --cache: auto by default (the guest caches entries and
+# attributes for 1 s); never, to see what caching costs a live link
+E2E_VIRTIOFSD_CACHE=${E2E_VIRTIOFSD_CACHE:-auto}
 
 # vm -> "tag=source[=ro] ..." (source as the user wrote it)
 declare -gA E2E_VMS=(
@@ -16,6 +19,9 @@ declare -gA E2E_VMS=(
     [nixfiles]="nixfiles=$E2E_WS/nixfiles nix-secrets=$E2E_WS/nix-secrets host=$E2E_WS/nixfiles/hosts/microvms/nixfiles"
     [vm3]="nixfiles=$E2E_WS/nixfiles=ro nix-secrets=$E2E_WS/nix-secrets=ro host=$E2E_WS/nixfiles/hosts/microvms/vm3"
     [vmssh]="workspace=$E2E_WS/vmssh"
+    # live shares (docs/design.md#live-links): sources below $E2E_WS/.live
+    [testvm]="nixfiles=$E2E_WS/.live/nixfiles=ro host=$E2E_WS/.live/nixfiles/hosts/microvms/testvm"
+    [web]="nixfiles=$E2E_WS/nixfiles=ro nixfiles-live=$E2E_WS/.live/nixfiles=ro"
 )
 
 # VMs whose guest runs an SSH server (dropbear, lib/guest-init): vm -> the TCP
@@ -31,6 +37,7 @@ declare -gA E2E_VMS=(
 # root logs in as alice, BatchMode, StrictHostKeyChecking yes).
 declare -gA E2E_SSH_PORTS=(
     [vmssh]=2201
+    [testvm]=2202
 )
 E2E_SSH_USER=alice
 E2E_SSH_KEY=/home/alice/.ssh/id_ed25519
@@ -95,7 +102,7 @@ e2e_fixture_ssh() {
 e2e_runner() {
     local root=$1 vm=$2 gh=$3; shift 3
     local store=/nix/store/$(e2e_fake_hash "runner-$vm-$*")-microvm-qemu-$vm
-    local d=$root$store spec tag src ro tags="" sock i=0 fsargs="" vfs="" netargs="" sshargs=""
+    local d=$root$store spec tag src ro tags="" live="" sock i=0 fsargs="" vfs="" netargs="" sshargs=""
     if [ -n "${E2E_SSH_PORTS[$vm]:-}" ]; then
         # romfile= : no PXE option ROM (ipxe-qemu is not installed; -kernel boots).
         # virtio-rng (as microvm.nix's qemu runner has): dropbear needs the
@@ -112,6 +119,9 @@ e2e_runner() {
         printf '%s\n' "$src" > "$d/share/microvm/virtiofs/$tag/source"
         printf '%s\n' "$sock" > "$d/share/microvm/virtiofs/$tag/socket"
         tags=${tags:+$tags,}$tag
+        # a live root: the guest mounts it aside and links its mountPoint to
+        # <mount>/current, as the NixOS guest module does (lib/guest-init)
+        case $src in "$E2E_WS"/.live/*) live=${live:+$live,}$tag ;; esac
         fsargs+=" -chardev socket,id=fs$i,path=$sock -device vhost-user-fs-pci,chardev=fs$i,tag=$tag"
         vfs+="start_virtiofsd $tag $sock $src ${ro:+--readonly}"$'\n'
         i=$((i + 1))
@@ -126,7 +136,7 @@ exec qemu-system-x86_64 -name $vm -accel tcg -m ${E2E_GUEST_MEM}M \\
   -object memory-backend-memfd,id=mem,size=${E2E_GUEST_MEM}M,share=on -numa node,memdev=mem \\
   -nodefaults -no-user-config -display none -no-reboot \\
   -kernel $gh/bzImage -initrd $gh/initrd.gz \\
-  -append "console=ttyS0 quiet panic=-1 mvw.vm=$vm mvw.tags=$tags$sshargs" \\
+  -append "console=ttyS0 quiet panic=-1 mvw.vm=$vm mvw.tags=$tags${live:+ mvw.live=$live}$sshargs" \\
   -chardev file,id=ser0,path=$E2E_STATE/$vm/console.log,append=on -serial chardev:ser0 \\
  $fsargs$netargs
 RUN
@@ -157,7 +167,7 @@ start_virtiofsd() { # TAG SOCKET SOURCE [--readonly]
     tag_args[\$tag]="\$sock \$src \$*"
     rm -f "\$sock"
     /usr/libexec/virtiofsd --socket-path="\$sock" --socket-group=kvm \\
-        --shared-dir="\$src" "\$@" --cache=auto &
+        --shared-dir="\$src" "\$@" --cache=$E2E_VIRTIOFSD_CACHE &
     pid_tag[\$!]=\$tag
 }
 sleeper=
