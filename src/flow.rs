@@ -332,6 +332,8 @@ pub enum Restart {
     NotNeeded {
         why: String,
     },
+    /// `--if-needed`, and nothing was: already linked, running and seeing it (said nothing).
+    Unchanged,
     Active {
         unit: String,
         secs: f64,
@@ -351,7 +353,7 @@ impl Restart {
     /// One line for people; `None` when nothing was asked.
     pub fn line(&self, vm: &str) -> Option<String> {
         match self {
-            Restart::NotAsked => None,
+            Restart::NotAsked | Restart::Unchanged => None,
             Restart::Skipped { why } => Some(format!("not restarting {vm}: {why}")),
             Restart::NotNeeded { why } => Some(format!("{vm} sees it now: {why}; not restarted")),
             Restart::Active { unit, secs } => {
@@ -572,9 +574,7 @@ fn run(
         }
     } else if relinked.changed == 0 && is_running(env, vm) && !is_stale(env, vm) {
         // `--if-needed`, already linked, running and seeing it: leave it be.
-        Restart::NotNeeded {
-            why: "already linked, running and seeing it".into(),
-        }
+        Restart::Unchanged
     } else {
         restart_vm(env, vm, false, opts.progress)
     };
