@@ -84,12 +84,16 @@ pub fn restart_and_wait(
     // Give the restart job a moment to leave the old "active" state behind.
     std::thread::sleep(std::time::Duration::from_millis(200));
     loop {
-        let (active, sub) = unit_state(unit)?;
+        // The job first, then the state: read the other way round, a restart job that
+        // finished between the two reads looked done while the state read was from its
+        // middle (the unit `inactive` between stop and start), and a successful restart was
+        // reported as failed (seen once in ~50 e2e runs).
         let job_running = std::process::Command::new(systemctl())
             .args(["list-jobs", "--no-legend", unit])
             .output()
             .map(|o| !o.stdout.is_empty())
             .unwrap_or(false);
+        let (active, sub) = unit_state(unit)?;
         if progress {
             eprint!(
                 "\r  {unit}: {active} ({sub}, {:.0} s)   ",

@@ -652,7 +652,15 @@ e2e_expect_live_views() {
     ! e2e_is_mount "$LIVE/nixfiles" || fail "something is mounted on the live root $LIVE/nixfiles"
 }
 
-e2e_link_fail() { fail "microvm-link failed: $(tail -n 3 "$E2E_RUN/link.out" | tr '\n' ' ')"; }
+e2e_link_fail() {
+    # A failed restart: the journal of what was restarted says why.
+    local unit
+    for unit in $(sed -n 's/^restarted \(microvm@[^:]*\): failed.*/\1/p' "$E2E_RUN/link.out"); do
+        echo "--- journal of ${unit%.service} (and its virtiofsd):"
+        e2e_ct journalctl --no-pager -o short-precise -u "$unit" -u "${unit/microvm@/microvm-virtiofsd@}" | tail -n 40
+    done
+    fail "microvm-link failed: $(tail -n 3 "$E2E_RUN/link.out" | tr '\n' ' ')"
+}
 
 # e2e_link_timed DIR MARKER ARGS...: alice links from ~/DIR; returns once
 # testvm's guest reports MARKER through its live nixfiles view; prints the
