@@ -23,6 +23,11 @@ pub struct Config {
     pub workspace_dir: PathBuf,
     #[serde(default)]
     pub placeholder: Placeholder,
+    /// Who runs the hypervisor (microvm.nix: `microvm`, `kvm`). Its directories (and root's)
+    /// in the way of a link are not a person's work: any allowed linker may move them aside
+    /// (docs/design.md#relink).
+    #[serde(default)]
+    pub hypervisor: Hypervisor,
     #[serde(default)]
     pub vms: BTreeMap<String, VmConfig>,
     /// `companions.<vm>.<name> = <path relative to the repo>`.
@@ -43,6 +48,15 @@ pub struct Placeholder {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Hypervisor {
+    #[serde(default = "hypervisor_user")]
+    pub user: String,
+    #[serde(default = "hypervisor_group")]
+    pub group: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VmConfig {
     /// Accepted for older generated files; nothing reads it.
     #[serde(default)]
@@ -54,6 +68,11 @@ pub struct VmConfig {
     /// shell`. Never starts with `-` and has no control characters: it is given to ssh.
     #[serde(default)]
     pub ssh: Option<String>,
+    /// A destination nobody chose (the NixOS module's guess: the VM's name, or `vsock/<cid>`),
+    /// used when `ssh` is absent. Waited for briefly; it never fails a link
+    /// (docs/design.md#ssh-wait).
+    #[serde(default)]
+    pub ssh_default: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -92,6 +111,21 @@ fn root_name() -> String {
 fn default_mode() -> String {
     "0555".into()
 }
+fn hypervisor_user() -> String {
+    "microvm".into()
+}
+fn hypervisor_group() -> String {
+    "kvm".into()
+}
+
+impl Default for Hypervisor {
+    fn default() -> Self {
+        Hypervisor {
+            user: hypervisor_user(),
+            group: hypervisor_group(),
+        }
+    }
+}
 
 impl Default for Placeholder {
     fn default() -> Self {
@@ -110,6 +144,7 @@ impl Default for Config {
             state_dir: default_state_dir(),
             workspace_dir: default_workspace_dir(),
             placeholder: Placeholder::default(),
+            hypervisor: Hypervisor::default(),
             vms: BTreeMap::new(),
             companions: BTreeMap::new(),
         }
@@ -166,8 +201,10 @@ impl Config {
         }
         for (vm, v) in &self.vms {
             check_name("vms: VM", vm)?;
-            if let Some(dest) = &v.ssh {
-                check_ssh_destination(dest).with_context(|| format!("vms.{vm}.ssh"))?;
+            for (key, dest) in [("ssh", &v.ssh), ("sshDefault", &v.ssh_default)] {
+                if let Some(dest) = dest {
+                    check_ssh_destination(dest).with_context(|| format!("vms.{vm}.{key}"))?;
+                }
             }
             for s in &v.shares {
                 if s.tag.is_empty() || s.tag.contains('/') || s.tag.chars().any(char::is_control) {

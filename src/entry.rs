@@ -18,7 +18,7 @@ use nix::mount::{mount, MsFlags};
 
 use crate::action::{Act, Steps};
 use crate::chase::{self, is_mount_root, is_symlink, proc_path, Node, Tree, Trust, Walk};
-use crate::config::Config;
+use crate::config::{self, Config};
 use crate::dirs;
 use crate::failpoint::step;
 use crate::paths::{self, show, tmp_name};
@@ -140,8 +140,17 @@ pub struct Relinked {
     /// How many entries changed (or, planned, would): 0 when every change was a no-op.
     pub changed: usize,
     pub steps: Vec<String>,
-    /// User directories moved aside into `.displaced/`: (from, to).
-    pub displaced: Vec<(String, String)>,
+    /// Directories moved aside into `.displaced/`.
+    pub displaced: Vec<Displaced>,
+}
+
+/// A directory that was in the way of a link, and where it went.
+#[derive(Debug, serde::Serialize)]
+pub struct Displaced {
+    pub from: String,
+    pub to: String,
+    /// Its owner's uid.
+    pub owner: u32,
 }
 
 /// What a record's repo is now ([`Workspace::repo_now`]).
@@ -188,11 +197,15 @@ pub fn entry_name_of(workspace_dir: &Path, path: &Path) -> Option<OsString> {
         .or_else(|| live_of(workspace_dir, path)?.ok().map(|(n, _)| n))
 }
 
+/// Where people's uids start (NixOS `isNormalUser`, Debian's `UID_MIN`); below are services'.
+pub const FIRST_PERSON_UID: u32 = 1000;
+
 /// The workspace dir, a trusted place (root's, nobody else may write to it).
 pub struct Workspace<'t> {
     tree: &'t Tree,
     pub node: Node,
     spec: PlaceholderSpec,
+    hypervisor: config::Hypervisor,
 }
 
 impl<'t> Workspace<'t> {
@@ -202,6 +215,7 @@ impl<'t> Workspace<'t> {
             tree,
             node: dirs::ensure_root_dir(tree, &cfg.workspace_dir)?,
             spec: PlaceholderSpec::from_config(cfg)?,
+            hypervisor: cfg.hypervisor.clone(),
         })
     }
 
@@ -217,6 +231,7 @@ impl<'t> Workspace<'t> {
             tree,
             node,
             spec: PlaceholderSpec::from_config(cfg)?,
+            hypervisor: cfg.hypervisor.clone(),
         }))
     }
 
@@ -582,11 +597,51 @@ impl<'t> Workspace<'t> {
             return Ok(()); // nothing of ours there: unlinking leaves it as it is
         }
         match self.child(name)? {
-            Some(e) if e.is_dir() && !e.is_placeholder() && e.uid() != caller => {
-                bail!("{}", not_yours(&at, "a directory", e.uid(), ""))
-            }
+            Some(e) if e.is_dir() && !e.is_placeholder() => self.may_move_aside(&e, caller),
             _ => Ok(()),
         }
+    }
+
+    /// A directory in the way of a link moves aside for its owner, for root, and for any
+    /// allowed linker when nobody's work is in it: root's, or the hypervisor's (microvm.nix's
+    /// tmpfiles make every share source `microvm:kvm 0775` at boot, and guests write there).
+    /// A directory of another person is refused, naming them.
+    fn may_move_aside(&self, dir: &Node, caller: u32) -> Result<()> {
+        if caller == 0 || dir.uid() == caller || self.hypervisor_owns(dir) {
+            return Ok(());
+        }
+        bail!(
+            "{}",
+            not_yours(
+                &self.path().join(dir.path.file_name().unwrap_or_default()),
+                "a directory",
+                dir.uid(),
+                ""
+            )
+        )
+    }
+
+    /// Root's, the hypervisor user's, or the hypervisor group's with a system uid (below
+    /// [`FIRST_PERSON_UID`]: a service's, such as a renumbered or removed hypervisor user).
+    /// A person's directory stays theirs whatever its group.
+    fn hypervisor_owns(&self, dir: &Node) -> bool {
+        use nix::unistd::{Group, User};
+        let uid = dir.uid();
+        let hv_uid = match self.hypervisor.user.parse::<u32>() {
+            Ok(n) => Some(n),
+            Err(_) => User::from_name(&self.hypervisor.user)
+                .ok()
+                .flatten()
+                .map(|u| u.uid.as_raw()),
+        };
+        let hv_gid = match self.hypervisor.group.parse::<u32>() {
+            Ok(n) => Some(n),
+            Err(_) => Group::from_name(&self.hypervisor.group)
+                .ok()
+                .flatten()
+                .map(|g| g.gid.as_raw()),
+        };
+        uid == 0 || hv_uid == Some(uid) || (uid < FIRST_PERSON_UID && hv_gid == Some(dir.st.st_gid))
     }
 
     /// Makes entry `name` a placeholder that may carry our mount, whatever it was.
@@ -625,17 +680,19 @@ impl<'t> Workspace<'t> {
                 show(&at)
             );
         }
-        // A user's real directory: moved aside atomically, a placeholder taking its place,
-        // only for its owner or root (`authorize`; checked again here, on this node).
-        if caller != 0 && entry.uid() != caller {
-            bail!("{}", not_yours(&at, "a directory", entry.uid(), ""));
-        }
+        // A real directory: moved aside atomically, a placeholder taking its place, only as
+        // `may_move_aside` allows (`authorize`; checked again here, on this node).
+        self.may_move_aside(&entry, caller)?;
         // `.displaced` first, so that failing to make it (a full disk) changes nothing.
-        dirs::ensure_root_dir(self.tree, &self.path().join(paths::DISPLACED))?;
+        self.displaced_dir()?;
         let old = placeholder::swap_in(&self.node, name, self.spec)?;
         let to = self.move_aside(&old, name)?;
-        tracing::warn!(path = %show(&at), "moved the directory {} aside to {}", show(&at), show(&to));
-        out.displaced.push((show(&at), show(&to)));
+        tracing::warn!(path = %show(&at), "moved the directory {} of {} aside to {}", show(&at), user_label(entry.uid()), show(&to));
+        out.displaced.push(Displaced {
+            from: show(&at),
+            to: show(&to),
+            owner: entry.uid(),
+        });
         Ok(self.node.child(name)?)
     }
 
@@ -676,7 +733,7 @@ impl<'t> Workspace<'t> {
     /// Moves `<ws>/<from>` into `.displaced` as `<label>.<time>` (`.<n>` added while that is
     /// taken: never over an earlier one); returns where it went.
     fn move_aside(&self, from: &OsStr, label: &OsStr) -> Result<PathBuf> {
-        let displaced = dirs::ensure_root_dir(self.tree, &self.path().join(paths::DISPLACED))?;
+        let displaced = self.displaced_dir()?;
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -709,6 +766,21 @@ impl<'t> Workspace<'t> {
         })?;
         step("move the user's directory aside");
         Ok(displaced.path.join(&keep))
+    }
+
+    /// `<workspaceDir>/.displaced`, root's and root-only (0700, tightened if an older version
+    /// made it 0755): what was moved aside may be anyone's, so no linker reads it there.
+    fn displaced_dir(&self) -> Result<Node> {
+        let d = dirs::ensure_root_dir(self.tree, &self.path().join(paths::DISPLACED))?;
+        if d.st.st_mode & 0o077 != 0 {
+            // The node is an O_PATH descriptor: chmod through /proc names exactly it.
+            std::fs::set_permissions(
+                d.proc_path(),
+                std::os::unix::fs::PermissionsExt::from_mode(0o700),
+            )
+            .with_context(|| format!("cannot make {} root-only", show(&d.path)))?;
+        }
+        Ok(d)
     }
 
     // ---- live roots (docs/design.md#live-links) ----

@@ -545,36 +545,22 @@ fn forged_placeholders_are_never_taken_for_ours() {
             std::fs::read(entry.join("precious")).unwrap(),
             b"do not lose me"
         );
-        // microvm-link moves it aside (not deleted) and mounts on a real placeholder, for the
-        // directory's owner only: root's look-alike is not alice's to move.
-        let mover = if forged == "root-0555" {
-            let before = fx.snapshot();
-            let out = Run::link(&fx)
-                .user(ALICE)
-                .cwd(A)
-                .args(["vm1", "--no-restart"])
-                .output();
-            assert_one_line_error(
-                &out,
-                &["is a directory of root (uid 0)", "only they or root"],
-            );
-            assert_eq!(
-                before,
-                fx.snapshot(),
-                "{forged}: a refused link changed something"
-            );
-            0
-        } else {
-            ALICE
-        };
+        // microvm-link moves it aside (not deleted) and mounts on a real placeholder: alice's
+        // own, and root's (nobody's work: any linker may; issue 16).
         let out = Run::link(&fx)
-            .user(mover)
+            .user(ALICE)
             .cwd(A)
             .args(["vm1", "--no-restart"])
             .ok();
+        let said = if forged == "root-0555" {
+            "moved the directory of root (uid 0)"
+        } else {
+            "moved your directory"
+        };
         assert!(
-            String::from_utf8_lossy(&out.stdout).contains("moved your directory"),
-            "{forged}"
+            String::from_utf8_lossy(&out.stdout).contains(said),
+            "{forged}: {}",
+            String::from_utf8_lossy(&out.stdout)
         );
         displaced_and_kept(&fx, forged);
         assert_agree(&fx, "vm1", forged);
@@ -930,6 +916,89 @@ fn attack_4_owners_decide_who_changes_an_entry() {
     assert_ok(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("moved your directory"));
     assert!(entry.join("alice-was-here").exists());
+}
+
+/// Issue 16: a host that ran microvm.nix has its share sources as `microvm:kvm 0775`
+/// directories, often with what guests wrote. Any allowed linker moves such a directory (or
+/// root's) aside, whole, into the root-only `.displaced`; a person's directory is still
+/// refused, whatever its group (uid 1000 and above are people's). Here the hypervisor is `daemon:daemon` (uid/gid 1, on every
+/// Debian): the config names it as the NixOS module would name `microvm:kvm`.
+#[test]
+fn a_hypervisor_directory_in_the_way_moves_aside_for_any_linker() {
+    in_mount_ns!(a_hypervisor_directory_in_the_way_moves_aside_for_any_linker);
+    const HV: u32 = 1;
+    const SERVICE: u32 = 987; // a system uid no account has: a removed service user
+    for (case, uid, gid, moves) in [
+        ("hypervisor user", HV, HV, true),
+        ("root", 0, 0, true),
+        ("a service uid, hypervisor group", SERVICE, HV, true),
+        ("bob, hypervisor group", BOB, HV, false),
+        ("a service uid, other group", SERVICE, 0, false),
+    ] {
+        attack();
+        let fx = vm1();
+        fx.config(r#"{"hypervisor": {"user": "daemon", "group": "daemon"}}"#);
+        let entry = fx.mkdir(&format!("{WS}/vm1"), 0, 0o775);
+        std::os::unix::fs::chown(&entry, Some(uid), Some(gid)).unwrap();
+        fx.write(&format!("{WS}/vm1/guest-wrote"), b"from the guest");
+        let link = || {
+            Run::link(&fx)
+                .user(ALICE)
+                .cwd("/home/alice/vm1")
+                .args(["vm1", "--no-restart"])
+                .stdin_null()
+                .output_within(LIMIT)
+        };
+        if !moves {
+            fx.write(&format!("{WS}/.lock"), b""); // bookkeeping the refused run may create
+            chmod(&fx.p(&format!("{WS}/.lock")), 0o600);
+            let before = fx.snapshot();
+            let out = link();
+            assert_one_line_error(
+                &out,
+                &[&format!("is a directory of uid {uid}"), "only they or root"],
+            );
+            assert_eq!(
+                before,
+                fx.snapshot(),
+                "{case}: a refused link changed something"
+            );
+            continue;
+        }
+        let out = link();
+        assert_ok(&out);
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            said.contains("moved the directory of") && said.contains("only root can read it there"),
+            "{case}: {said}"
+        );
+        assert!(entry.join("alice-was-here").exists(), "{case}: not linked");
+        let kept = files_named(&fx.p(&format!("{WS}/.displaced")), "guest-wrote");
+        assert_eq!(kept.len(), 1, "{case}: {kept:?}");
+        assert_eq!(kept[0].1, b"from the guest");
+        // Whole: owner, group and mode as they were.
+        let moved = kept[0].0.parent().unwrap();
+        assert_eq!(meta(moved), (uid, gid, 0o775), "{case}");
+        // Root-only: alice cannot even list it.
+        let displaced = fx.p(&format!("{WS}/.displaced"));
+        assert_eq!(meta(&displaced), (0, 0, 0o700), "{case}");
+        let peek = Command::new("setpriv")
+            .args([
+                "--reuid=4242",
+                "--regid=4242",
+                "--clear-groups",
+                "--",
+                "cat",
+            ])
+            .arg(&kept[0].0)
+            .output()
+            .unwrap();
+        assert!(!peek.status.success(), "{case}: alice read the moved data");
+    }
+    eprintln!(
+        "attacks tried: {} (a_hypervisor_directory_in_the_way_moves_aside_for_any_linker)",
+        ATTACKS.load(Ordering::Relaxed)
+    );
 }
 
 /// Attack 5: a user who owns `<stateDir>/<vm>` (microvm.nix makes it microvm:kvm 0775) points
