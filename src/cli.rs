@@ -57,7 +57,8 @@ pub struct LinkArgs {
     #[arg(long)]
     pub json: bool,
     /// The VM's SSH destination (default: the config's vms.<vm>.ssh), waited for after a start.
-    #[arg(long, value_name = "DEST")]
+    /// (A value starting with '-' is taken, then refused by microvm-link's own check.)
+    #[arg(long, value_name = "DEST", allow_hyphen_values = true)]
     pub ssh: Option<String>,
     /// Do not wait for SSH after starting the VM.
     #[arg(long)]
@@ -120,7 +121,7 @@ pub enum Cmd {
         /// The VM; default: the repo directory's name.
         vm: Option<String>,
         /// The VM's SSH destination (default: the config's vms.<vm>.ssh).
-        #[arg(long, value_name = "DEST")]
+        #[arg(long, value_name = "DEST", allow_hyphen_values = true)]
         ssh: Option<String>,
         /// The command to run (after --); default: a login shell.
         #[arg(last = true, value_name = "COMMAND")]

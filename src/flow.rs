@@ -59,7 +59,6 @@ pub fn become_root(root_flag: bool, user_flag: bool) -> Result<()> {
     if nix::unistd::Uid::effective().is_root() {
         return Ok(());
     }
-    let sudo = option_env!("MICROVM_WORKSPACES_SUDO").unwrap_or("sudo");
     if root_flag || std::env::var_os(paths::ROOT_ENV).is_some_and(|r| !r.is_empty()) {
         bail!(
             "--root and {} need root itself; through sudo they are refused",
@@ -73,6 +72,7 @@ pub fn become_root(root_flag: bool, user_flag: bool) -> Result<()> {
     // seeing it while still not root means `sudo` ran us unprivileged: going round again
     // would loop for ever.
     const VIA_SUDO: &str = "MICROVM_LINK_VIA_SUDO";
+    let (mut cmd, sudo) = sudo_command();
     if std::env::var_os(VIA_SUDO).is_some() {
         bail!(
             "{sudo} ran microvm-link again as uid {}, not as root; check that {sudo} is the real sudo and allows you to run microvm-link",
@@ -80,13 +80,34 @@ pub fn become_root(root_flag: bool, user_flag: bool) -> Result<()> {
         );
     }
     let exe = std::env::current_exe().context("cannot find microvm-link's own executable")?;
-    let err = std::process::Command::new(sudo)
+    let err = cmd
         .env(VIA_SUDO, "1")
         .arg("--")
         .arg(&exe)
         .args(std::env::args_os().skip(1))
         .exec();
     bail!("microvm-link needs root and could not run {sudo}: {err}")
+}
+
+/// NixOS's setuid wrappers: sudo (and sudo-rs) is there, and only there, on a NixOS host.
+const WRAPPER_SUDO: &str = "/run/wrappers/bin/sudo";
+
+/// `sudo` for a user asking for root, found when it runs (one package for every host): a
+/// packager's fixed path if built with one, else NixOS's wrapper, else sudo from PATH. With
+/// no terminal to ask a password on, `-n`: a refusal is at once and says so, never a hang.
+pub fn sudo_command() -> (std::process::Command, String) {
+    use std::io::IsTerminal;
+    let sudo = option_env!("MICROVM_WORKSPACES_SUDO")
+        .map(str::to_string)
+        .unwrap_or_else(|| match Path::new(WRAPPER_SUDO).exists() {
+            true => WRAPPER_SUDO.to_string(),
+            false => "sudo".to_string(),
+        });
+    let mut cmd = std::process::Command::new(&sudo);
+    if !std::io::stdin().is_terminal() {
+        cmd.arg("-n");
+    }
+    (cmd, sudo)
 }
 
 /// A VM left out, and why.
@@ -262,6 +283,11 @@ pub enum SshWait {
         destination: String,
         why: String,
     },
+    /// A destination nobody chose (the module's default) gave no answer: said, not a failure.
+    Unanswered {
+        destination: String,
+        why: String,
+    },
 }
 
 impl SshWait {
@@ -281,35 +307,75 @@ impl SshWait {
             SshWait::Failed { destination, why } => {
                 Some(format!("ssh {destination}: {why}"))
             }
+            SshWait::Unanswered { destination, why } => Some(format!(
+                "not waiting for SSH: {destination} (the default destination, nobody chose it) gave no answer ({why}); the link is done. To wait for SSH, set services.microvm-workspaces.ssh.destination or vms.{vm}.ssh, or pass --ssh DEST"
+            )),
         }
     }
 }
 
-/// The SSH destination of `vm`: `--ssh`, else the config's.
-pub fn ssh_destination(env: &Env, vm: &str, given: Option<&str>) -> Option<String> {
+/// How long a destination nobody chose is waited for (docs/design.md#ssh-wait): long enough
+/// for a VM that boots quickly and runs sshd, short against a 150 s restart budget.
+pub const DEFAULT_DESTINATION_WAIT: Duration = Duration::from_secs(15);
+
+/// The SSH destination of `vm`: `--ssh`, else the config's `ssh` (both chosen by someone),
+/// else its `sshDefault` (the module's guess).
+pub fn ssh_destination(env: &Env, vm: &str, given: Option<&str>) -> Option<ssh::Destination> {
+    let chosen = |name: &str| ssh::Destination {
+        name: name.to_string(),
+        chosen: true,
+    };
+    let v = env.cfg.vms.get(vm);
     given
-        .map(str::to_string)
-        .or_else(|| env.cfg.vms.get(vm).and_then(|v| v.ssh.clone()))
+        .map(chosen)
+        .or_else(|| v.and_then(|v| v.ssh.as_deref()).map(chosen))
+        .or_else(|| {
+            v.and_then(|v| v.ssh_default.as_deref())
+                .map(|name| ssh::Destination {
+                    name: name.to_string(),
+                    chosen: false,
+                })
+        })
 }
 
 /// Waits for `vm`'s SSH banner, resolving the destination as the invoking user's ssh does.
+/// A destination someone chose is waited for up to `--ssh-timeout` and fails the run when it
+/// stays silent; a default one is waited for briefly (not at all when its name does not
+/// resolve) and never fails it.
 pub fn wait_for_ssh(env: &Env, vm: &str, opts: &Options) -> SshWait {
     let given = opts.ssh.as_deref();
     let Some(dest) = ssh_destination(env, vm, given) else {
         return SshWait::NoDestination;
     };
-    let failed = |e: anyhow::Error| SshWait::Failed {
-        destination: dest.clone(),
-        why: logging::one_line(&e),
+    let failed = |e: anyhow::Error| match dest.chosen {
+        true => SshWait::Failed {
+            destination: dest.name.clone(),
+            why: logging::one_line(&e),
+        },
+        false => SshWait::Unanswered {
+            destination: dest.name.clone(),
+            why: logging::one_line(&e),
+        },
     };
-    let target = match ssh::resolve(&dest, ssh::as_user(env.user)) {
+    let target = match ssh::resolve(&dest.name, ssh::as_user(env.user)) {
         Ok(t) => t,
         Err(e) => return failed(e),
     };
     if target.proxied {
-        return SshWait::Proxied { destination: dest };
+        return SshWait::Proxied {
+            destination: dest.name,
+        };
     }
-    match ssh::wait_for_banner(&target, opts.ssh_timeout, opts.progress) {
+    let timeout = match dest.chosen {
+        true => opts.ssh_timeout,
+        false => {
+            if let Err(e) = ssh::address(&target) {
+                return failed(e);
+            }
+            opts.ssh_timeout.min(DEFAULT_DESTINATION_WAIT)
+        }
+    };
+    match ssh::wait_for_banner(&target, timeout, opts.progress) {
         Ok(d) => SshWait::Ready {
             target,
             secs: d.as_secs_f64(),
@@ -371,6 +437,9 @@ impl Restart {
 #[serde(rename_all = "camelCase")]
 pub struct Outcome {
     pub vm: String,
+    /// Who asked (0: root).
+    #[serde(skip)]
+    pub caller: u32,
     pub repo: Option<String>,
     pub dry_run: bool,
     pub changes: Vec<Change>,
@@ -425,9 +494,14 @@ impl Outcome {
             .chain(&self.ensured)
             .cloned()
             .collect();
-        for (from, to) in &self.relinked.displaced {
+        for d in &self.relinked.displaced {
+            let whose = match d.owner == self.caller {
+                true => "your directory".to_string(),
+                false => format!("the directory of {}", crate::entry::user_label(d.owner)),
+            };
             out.push(format!(
-                "moved your directory {from} aside to {to} (nothing was deleted)"
+                "moved {whose} {} aside to {} (only root can read it there; nothing was deleted)",
+                d.from, d.to
             ));
         }
         out.extend(self.restart.line(&self.vm));
@@ -590,6 +664,7 @@ fn run(
         }
     }
     Ok(Outcome {
+        caller: env.user,
         vm: vm.to_string(),
         repo,
         dry_run: opts.dry_run,

@@ -34,9 +34,11 @@ pub fn plan(env: &Env, vm: Option<&str>, given: Option<&str>) -> Result<Plan> {
         None => flow::derive_vm_name(&repo.path)?,
     };
     env.known_vm(&vm)?;
-    let destination = flow::ssh_destination(env, &vm, given).with_context(|| {
-        format!("{vm} has no SSH destination; set vms.{vm}.ssh in the config (NixOS: services.microvm-workspaces.ssh) or pass --ssh DEST")
-    })?;
+    let destination = flow::ssh_destination(env, &vm, given)
+        .with_context(|| {
+            format!("{vm} has no SSH destination; set vms.{vm}.ssh in the config (NixOS: services.microvm-workspaces.ssh) or pass --ssh DEST")
+        })?
+        .name;
     crate::config::check_ssh_destination(&destination)?;
     let cwd = std::env::current_dir().context("cannot read the working directory")?;
     let rel = env
@@ -88,9 +90,8 @@ pub fn guest_workspace(cfg: &Config, vm: &str) -> Option<String> {
 /// The privileged part for a user who is not root: `sudo microvm-link VM --if-needed
 /// --no-wait`, in this working directory; its output is theirs to see.
 pub fn link_through_sudo(vm: &str, given: Option<&str>) -> Result<()> {
-    let sudo = option_env!("MICROVM_WORKSPACES_SUDO").unwrap_or("sudo");
+    let (mut c, sudo) = flow::sudo_command();
     let exe = std::env::current_exe().context("cannot find microvm-link's own executable")?;
-    let mut c = std::process::Command::new(sudo);
     c.arg("--").arg(&exe).args(["--if-needed", "--no-wait"]);
     if let Some(d) = given {
         c.arg(format!("--ssh={d}"));

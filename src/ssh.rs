@@ -21,6 +21,14 @@ pub struct Target {
     pub proxied: bool,
 }
 
+/// A VM's SSH destination, and whether someone chose it (`--ssh`, `vms.<vm>.ssh`) or it is
+/// the NixOS module's guess (`vms.<vm>.sshDefault`), which never fails a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    pub name: String,
+    pub chosen: bool,
+}
+
 /// A user to run ssh as: uid, primary gid.
 pub type As = (u32, u32);
 
@@ -141,11 +149,7 @@ pub fn wait_for_banner(t: &Target, timeout: Duration, progress: bool) -> Result<
 /// One attempt: connect and read the first bytes. (A hypervisor's port forward accepts
 /// before the guest listens, so a connection alone proves nothing.)
 fn probe(t: &Target, limit: Duration) -> Result<()> {
-    let addr = (t.host.as_str(), t.port)
-        .to_socket_addrs()
-        .with_context(|| format!("cannot resolve {}", t.host))?
-        .next()
-        .with_context(|| format!("{} has no address", t.host))?;
+    let addr = address(t)?;
     let mut s = TcpStream::connect_timeout(&addr, limit).context("connect")?;
     s.set_read_timeout(Some(limit))?;
     let mut buf = [0u8; 4];
@@ -154,6 +158,15 @@ fn probe(t: &Target, limit: Duration) -> Result<()> {
         bail!("{addr} answered, but not with an SSH banner");
     }
     Ok(())
+}
+
+/// The first address `t`'s host name resolves to.
+pub fn address(t: &Target) -> Result<std::net::SocketAddr> {
+    (t.host.as_str(), t.port)
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve {}", t.host))?
+        .next()
+        .with_context(|| format!("{} has no address", t.host))
 }
 
 /// `word` quoted for a POSIX shell: safe whatever it holds.
