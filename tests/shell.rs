@@ -169,6 +169,15 @@ fn a_destination_that_could_become_an_ssh_option_is_refused_before_anything_happ
             &[&format!("--ssh={bad}"), "--no-restart"],
         );
         assert_one_line_error(&out, &["SSH destination"]);
+        // The value as a separate argument: microvm-link's own check names it (not clap's
+        // "unexpected argument" with a tip to use `-- -o...`).
+        for args in [
+            vec!["shell", "--ssh", bad, "--", "pwd"],
+            vec!["--ssh", bad, "--no-restart"],
+        ] {
+            let out = shell(&fx, &ssh, "/home/alice/vm1", &args);
+            assert_one_line_error(&out, &["SSH destination", &format!("{bad:?}")]);
+        }
         assert_eq!(before, fx.snapshot(), "{bad:?}: something changed");
         assert_eq!(ssh.log(), None, "{bad:?}: ssh ran");
     }
