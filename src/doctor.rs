@@ -34,7 +34,7 @@ pub enum Severity {
 #[derive(Debug, Clone, Serialize)]
 pub struct Finding {
     /// Which check: `config`, `generator`, `drop-ins`, `virtiofsd`, `symlinked-source`,
-    /// `private-tmp`, `runner`, `sudo`, `link-records`, `stale`.
+    /// `private-tmp`, `runner`, `sudo`, `link-records`, `stale`, `vsock`.
     pub check: &'static str,
     pub severity: Severity,
     pub what: String,
@@ -78,6 +78,8 @@ pub trait Host {
     fn virtiofsd_on_path(&self) -> Option<PathBuf>;
     /// The running microvm-link (what sudo is asked to run), a real path.
     fn own_exe(&self) -> Option<PathBuf>;
+    /// Where `destination` leads as the caller's ssh resolves it (`ssh -G`, run as them).
+    fn ssh_target(&self, destination: &str, caller: u32) -> Result<crate::ssh::Target>;
 }
 
 /// The real system: `systemctl`, child processes, `PATH`.
@@ -146,6 +148,10 @@ impl Host for System {
     fn own_exe(&self) -> Option<PathBuf> {
         std::env::current_exe().ok()
     }
+
+    fn ssh_target(&self, destination: &str, caller: u32) -> Result<crate::ssh::Target> {
+        crate::ssh::resolve(destination, crate::ssh::as_user(caller))
+    }
 }
 
 /// Where systemd looks for system generators (systemd.generator(7)); NixOS links them into
@@ -177,6 +183,7 @@ pub fn run(root: &Root, caller: u32, host: &dyn Host) -> Result<Vec<Finding>> {
     check_sudo(root, &tree, caller, host, &mut out);
     check_link_records(&tree, &cfg, &mut out);
     check_stale(&tree, &cfg, root, &mut out);
+    check_vsock(&cfg, caller, host, &mut out);
     Ok(out)
 }
 
@@ -916,6 +923,45 @@ fn check_stale(tree: &Tree, cfg: &Config, root: &Root, out: &mut Vec<Finding>) {
     }
 }
 
+/// VMs reached at `vsock/<cid>` (the NixOS module's default for a VM with a vsock CID) need
+/// the host's ssh to know that name: systemd 256+ ships `systemd-ssh-proxy` and an ssh_config
+/// snippet (`Host unix/* vsock/*`) that sends it through the proxy. Without it ssh would look
+/// `vsock/3` up as a host name.
+fn check_vsock(cfg: &Config, caller: u32, host: &dyn Host, out: &mut Vec<Finding>) {
+    for (vm, v) in &cfg.vms {
+        let (dest, chosen) = match (&v.ssh, &v.ssh_default) {
+            (Some(d), _) => (d, true),
+            (None, Some(d)) => (d, false),
+            (None, None) => continue,
+        };
+        if !dest.starts_with("vsock/") {
+            continue;
+        }
+        let fix = "use systemd 256 or later on the host with its ssh_config snippet for vsock/* (NixOS 24.11+: programs.ssh.systemd-ssh-proxy.enable, on by default), or set services.microvm-workspaces.ssh.destination";
+        match host.ssh_target(dest, caller) {
+            Ok(t) if t.proxied => out.push(ok(
+                "vsock",
+                format!("VM {vm}: ssh reaches {dest} through a proxy"),
+            )),
+            Ok(_) => {
+                let what = format!("VM {vm}: the host's ssh has no proxy for {dest}, so it cannot reach the guest over vsock");
+                out.push(match chosen {
+                    true => fail("vsock", what, fix),
+                    false => warn("vsock", what, fix),
+                });
+            }
+            Err(e) => out.push(warn(
+                "vsock",
+                format!(
+                    "VM {vm}: could not ask ssh about {dest}: {}",
+                    crate::logging::one_line(&e)
+                ),
+                fix,
+            )),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -999,6 +1045,39 @@ mod tests {
         fn own_exe(&self) -> Option<PathBuf> {
             None
         }
+        fn ssh_target(&self, destination: &str, _: u32) -> Result<crate::ssh::Target> {
+            // "vsock/1" has the proxy (systemd 256+), any other vsock/ name does not.
+            let proxy = if destination == "vsock/1" {
+                "/usr/lib/systemd/systemd-ssh-proxy %h %p"
+            } else {
+                "none"
+            };
+            crate::ssh::parse_g(
+                destination,
+                &format!("hostname {destination}\nproxycommand {proxy}\n"),
+            )
+        }
+    }
+
+    #[test]
+    fn a_vsock_destination_needs_the_hosts_ssh_proxy() {
+        let cfg = Config::parse(
+            br#"{"vms": {"a": {"sshDefault": "vsock/1"}, "b": {"sshDefault": "vsock/2"},
+                         "c": {"ssh": "vsock/3"}, "d": {"sshDefault": "d"}}}"#,
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        check_vsock(&cfg, 0, &Scripted(vec![]), &mut out);
+        let got: Vec<(Severity, &str)> =
+            out.iter().map(|f| (f.severity, f.what.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (Severity::Ok, "VM a: ssh reaches vsock/1 through a proxy"),
+                (Severity::Warn, "VM b: the host's ssh has no proxy for vsock/2, so it cannot reach the guest over vsock"),
+                (Severity::Fail, "VM c: the host's ssh has no proxy for vsock/3, so it cannot reach the guest over vsock"),
+            ]
+        );
     }
 
     const PRE: &str = "{ path=/nix/store/x/bin/microvm-workspaces-prepare ; argv[]=/nix/store/x/bin/microvm-workspaces-prepare vm ; ignore_errors=no }";

@@ -86,7 +86,7 @@ impl VmRecord {
     }
 }
 
-fn record_path(vm: &str) -> PathBuf {
+pub fn record_path(vm: &str) -> PathBuf {
     Path::new(paths::RUNTIME_DIR).join(format!("{vm}.json"))
 }
 

@@ -3,8 +3,10 @@
 //! the SSH part runs as the user, with their agent, keys and `~/.ssh/config`.
 
 use std::io::IsTerminal;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
@@ -17,6 +19,8 @@ use crate::ssh;
 #[derive(Debug)]
 pub struct Plan {
     pub vm: String,
+    /// The repo around the working directory (inside path).
+    pub repo: PathBuf,
     pub destination: String,
     /// The guest directory matching the working directory, when the workspace share's
     /// mount point is known.
@@ -58,6 +62,7 @@ pub fn plan(env: &Env, vm: Option<&str>, given: Option<&str>) -> Result<Plan> {
     };
     Ok(Plan {
         vm,
+        repo: repo.path,
         destination,
         dir,
         user: ssh::as_user(env.user),
@@ -110,10 +115,34 @@ pub fn link_through_sudo(vm: &str, given: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-/// Waits for the VM's SSH banner as the user's ssh resolves the destination.
-pub fn wait(plan: &Plan, timeout: std::time::Duration, progress: bool) -> Result<()> {
+/// Whether `vm` already serves the plan's repo: running, its workspace entry linked to this
+/// repo, nothing stale. Then the privileged `--if-needed` would change nothing, and a user's
+/// shell skips sudo. Asked with the user's own rights; any doubt is a "no", and the
+/// privileged run decides.
+pub fn serving(env: &Env, plan: &Plan) -> bool {
+    crate::status::status_of(&env.tree, &env.cfg, &env.root, &plan.vm).is_ok_and(|s| {
+        s.running == Some(true)
+            && !s.stale
+            && s.workspace.state == crate::entry::State::Linked
+            && s.workspace.target == Some(show(&plan.repo))
+    })
+}
+
+/// How long a shared connection outlives its last session.
+const CONTROL_PERSIST: Duration = Duration::from_secs(300);
+
+/// Waits for the VM's SSH banner as the user's ssh resolves the destination, unless a shared
+/// connection to this start of the VM is open already. Returns the control socket to share
+/// connections through, if any.
+pub fn wait(env: &Env, plan: &Plan, timeout: Duration, progress: bool) -> Result<Option<PathBuf>> {
     let target = ssh::resolve(&plan.destination, plan.user)?;
-    if !target.proxied {
+    let control = match target.own_control || plan.user.is_some() {
+        true => None,
+        false => control_path(env, plan),
+    };
+    // A master's socket is there: ssh asks it (and starts afresh if it is dead).
+    let master = control.as_deref().is_some_and(Path::exists);
+    if !target.proxied && !master {
         let took = ssh::wait_for_banner(&target, timeout, progress)?;
         if progress {
             eprintln!(
@@ -125,15 +154,60 @@ pub fn wait(plan: &Plan, timeout: std::time::Duration, progress: bool) -> Result
             );
         }
     }
-    Ok(())
+    Ok(control)
+}
+
+/// `<runtime dir>/microvm-workspaces/<start>-<key>`: one shared connection per user, VM,
+/// destination and start of that VM (`<start>` names the VM's /run record, which every start
+/// writes anew), so a restarted VM never meets a master of its previous life. The runtime
+/// dir is the user's own (`XDG_RUNTIME_DIR`, else `/run/user/<uid>`, owned by them and
+/// private); without one, or when the path would not fit a socket address, `None`: no
+/// sharing.
+pub fn control_path(env: &Env, plan: &Plan) -> Option<PathBuf> {
+    use std::hash::{Hash, Hasher};
+    let uid = nix::unistd::Uid::effective().as_raw();
+    let private = |p: &Path| {
+        std::fs::symlink_metadata(p)
+            .is_ok_and(|m| m.is_dir() && m.uid() == uid && m.mode() & 0o077 == 0)
+    };
+    let runtime = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .unwrap_or_else(|| PathBuf::from(format!("/run/user/{uid}")));
+    if !private(&runtime) {
+        return None;
+    }
+    let dir = runtime.join("microvm-workspaces");
+    let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+    if !private(&dir) {
+        return None;
+    }
+    let start = std::fs::metadata(env.root.real(&crate::record::record_path(&plan.vm)))
+        .map(|m| (m.ino() as u32) ^ (m.mtime_nsec() as u32))
+        .unwrap_or(0);
+    let mut key = std::collections::hash_map::DefaultHasher::new();
+    (&plan.vm, &plan.destination).hash(&mut key);
+    let path = dir.join(format!("{start:08x}-{:016x}", key.finish()));
+    // sun_path holds 107 bytes, and ssh adds a temporary suffix (17) while it sets the
+    // master up. The option is one word, its `%` a token: none of those in it.
+    let text = path.to_str()?;
+    let plain = !text.contains(['%', ' ', '"', '\'', '\\']);
+    (text.len() + 17 <= 107 && plain).then_some(path)
 }
 
 /// Replaces this process with `ssh DEST -- <cd DIR && COMMAND>` as the user; returns only
-/// if that cannot start. Its exit status is the remote command's.
-pub fn exec(plan: &Plan, command: &[String]) -> anyhow::Error {
+/// if that cannot start. Its exit status is the remote command's. With `control`, through
+/// one shared connection, kept for a while after the last session.
+pub fn exec(plan: &Plan, control: Option<&Path>, command: &[String]) -> anyhow::Error {
     let mut c = ssh::command(plan.user);
     if command.is_empty() && std::io::stdin().is_terminal() {
         c.arg("-t");
+    }
+    if let Some(path) = control {
+        c.arg("-o").arg("ControlMaster=auto");
+        c.arg("-o").arg(format!("ControlPath={}", path.display()));
+        c.arg("-o")
+            .arg(format!("ControlPersist={}", CONTROL_PERSIST.as_secs()));
     }
     let err = c
         .arg("--")

@@ -19,6 +19,10 @@ pub struct Target {
     pub port: u16,
     /// Reached through a ProxyCommand or ProxyJump: the banner cannot be probed directly.
     pub proxied: bool,
+    /// The user's ssh configuration shares connections itself (`ControlMaster` or
+    /// `ControlPath` set for this destination): theirs is left as it is.
+    #[serde(skip)]
+    pub own_control: bool,
 }
 
 /// A VM's SSH destination, and whether someone chose it (`--ssh`, `vms.<vm>.ssh`) or it is
@@ -83,7 +87,7 @@ pub fn resolve(destination: &str, user: Option<As>) -> Result<Target> {
 
 /// The `hostname`, `port`, `proxycommand` and `proxyjump` lines of `ssh -G` output.
 pub fn parse_g(destination: &str, text: &str) -> Result<Target> {
-    let (mut host, mut port, mut proxied) = (None, 22u16, false);
+    let (mut host, mut port, mut proxied, mut own_control) = (None, 22u16, false, false);
     for line in text.lines() {
         let (key, value) = line.split_once(' ').unwrap_or((line, ""));
         match key {
@@ -94,6 +98,8 @@ pub fn parse_g(destination: &str, text: &str) -> Result<Target> {
                     .with_context(|| format!("ssh -G {destination}: port {value:?}"))?
             }
             "proxycommand" | "proxyjump" if value != "none" => proxied = true,
+            "controlmaster" if value != "false" => own_control = true,
+            "controlpath" if value != "none" => own_control = true,
             _ => {}
         }
     }
@@ -103,6 +109,7 @@ pub fn parse_g(destination: &str, text: &str) -> Result<Target> {
         host,
         port,
         proxied,
+        own_control,
     })
 }
 
@@ -204,6 +211,16 @@ mod tests {
         );
         let t = parse_g("vm1", "hostname h\nproxyjump bastion\n").unwrap();
         assert_eq!((t.port, t.proxied), (22, true));
+        // ssh's defaults: no connection sharing of the user's own.
+        let t = parse_g("vm1", "hostname h\ncontrolmaster false\ncontrolpath none\n").unwrap();
+        assert!(!t.own_control);
+        for own in [
+            "controlmaster auto\ncontrolpath none",
+            "controlmaster false\ncontrolpath ~/.ssh/cm-%C",
+        ] {
+            let t = parse_g("vm1", &format!("hostname h\n{own}\n")).unwrap();
+            assert!(t.own_control, "{own}");
+        }
         assert!(parse_g("vm1", "port 22\n").is_err());
         assert!(parse_g("vm1", "hostname h\nport many\n").is_err());
     }

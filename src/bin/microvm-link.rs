@@ -50,7 +50,8 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         Some(Cmd::Shell { vm, ssh, command }) => {
-            let plan = shell::plan(&env(false)?, vm.as_deref(), ssh.as_deref())?;
+            let user_env = env(false)?;
+            let plan = shell::plan(&user_env, vm.as_deref(), ssh.as_deref())?;
             if nix::unistd::Uid::effective().is_root() {
                 let opts = Options {
                     if_needed: true,
@@ -61,11 +62,11 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                 let out = flow::link(&env(true)?, Some(&plan.vm), None, opts)?;
                 out.lines().iter().for_each(|l| eprintln!("{l}"));
                 anyhow::ensure!(out.success(), "linking and starting {} failed", plan.vm);
-            } else {
+            } else if !shell::serving(&user_env, &plan) {
                 shell::link_through_sudo(&plan.vm, ssh.as_deref())?;
             }
-            shell::wait(&plan, ssh_timeout, progress)?;
-            return Err(shell::exec(&plan, command));
+            let control = shell::wait(&user_env, &plan, ssh_timeout, progress)?;
+            return Err(shell::exec(&plan, control.as_deref(), command));
         }
         Some(Cmd::Doctor { json }) => {
             let root = paths::Root::from_args(cli.root.as_deref())?;
