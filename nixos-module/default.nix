@@ -2,7 +2,7 @@
 #
 # Needs microvm.nix's host module (microvm.nixosModules.host) in the same
 # configuration: it reads `microvm.stateDir` and the guests of `microvm.vms`.
-# Needs nixpkgs 24.11 or later (see `minNixpkgs`): both are asserted with a
+# Needs nixpkgs 25.11 or later (see `minNixpkgs`): both are asserted with a
 # message that says what to do.
 {
   config,
@@ -21,12 +21,18 @@ let
 
   hasMicrovmHost = options ? microvm.vms && options ? microvm.stateDir && options ? microvm.host.enable;
 
-  # The oldest nixpkgs release this module and package are made for: the
-  # package needs rustc >= 1.80 (Cargo.toml's rust-version; nixpkgs 24.11
-  # ships 1.82, 24.05 ships 1.77), the module `systemd.tmpfiles.settings`
-  # (23.11) and lib.getExe' (23.11). With an older one the configuration
-  # fails on an assertion saying so, instead of on an unknown option.
-  minNixpkgs = "24.11";
+  # The oldest nixpkgs release this module and package are made for. The
+  # package needs rustc >= Cargo.toml's rust-version, the highest
+  # rust-version of the locked dependencies (tests/nix/rust-floor.nix checks
+  # it): 1.89, for uuid 1.29 through libsystemd. nixpkgs 25.05 ships rustc
+  # 1.86 (1.89 came out in August 2025); nixos-unstable had 1.91 when 25.11
+  # branched off (nixpkgs PRs #460575 "rust: 1.91.0 -> 1.91.1", 2025-11-11,
+  # and #470993 "rust: 1.91.1 -> 1.92.0", 2025-12-15). The module needs
+  # `systemd.tmpfiles.settings` and lib.getExe' (23.11). With an older
+  # nixpkgs the configuration fails on an assertion saying so, instead of on
+  # the package's build or an unknown option.
+  minNixpkgs = "25.11";
+  rustVersion = (builtins.fromTOML (builtins.readFile ../Cargo.toml)).package.rust-version;
   nixpkgsOk = lib.versionAtLeast lib.trivial.release minNixpkgs;
 
   # microvm.nix's host module writes tmpfiles lines for share sources under
@@ -279,7 +285,7 @@ in
         assertions = [
           {
             assertion = false;
-            message = "services.microvm-workspaces needs nixpkgs ${minNixpkgs} or later (this is ${lib.trivial.release}): its package needs rustc 1.80 or later and the module systemd.tmpfiles.settings. Update the nixpkgs input of this host.";
+            message = "services.microvm-workspaces needs nixpkgs ${minNixpkgs} or later (this is ${lib.trivial.release}): its package needs rustc ${rustVersion} or later. Update the nixpkgs input of this host.";
           }
         ];
       }

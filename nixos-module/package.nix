@@ -14,13 +14,14 @@
 let
   cargoToml = lib.importTOML ../Cargo.toml;
 
-  # Cargo.toml's rust-version; nixpkgs 24.11 is the first release whose
-  # rustc (1.82) meets it.
+  # Cargo.toml's rust-version (the highest of the locked dependencies,
+  # tests/nix/rust-floor.nix); nixpkgs 25.11 is the first release whose
+  # rustc meets it (see minNixpkgs in default.nix).
   rustc = rustPlatform.rust.rustc or null;
   rustcOk =
     rustc == null || lib.versionAtLeast rustc.version cargoToml.package.rust-version;
 in
-assert lib.assertMsg rustcOk "microvm-workspaces needs rustc ${cargoToml.package.rust-version} or later (nixpkgs 24.11 or later); this nixpkgs has rustc ${rustc.version}. Update nixpkgs.";
+assert lib.assertMsg rustcOk "microvm-workspaces needs rustc ${cargoToml.package.rust-version} or later (nixpkgs 25.11 or later); this nixpkgs has rustc ${rustc.version}. Update nixpkgs.";
 rustPlatform.buildRustPackage {
   pname = "microvm-workspaces";
   inherit (cargoToml.package) version;

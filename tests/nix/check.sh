@@ -9,7 +9,10 @@
 #      among them the guest module's live shares (tags within 36 bytes and
 #      unique, live roots, the refusals) and the SSH destination template;
 #   3. the README section lists every option the host module
-#      (nixos-module/default.nix) and the guest module (guest.nix) declare.
+#      (nixos-module/default.nix) and the guest module (guest.nix) declare;
+#   4. with cargo: the rustc floor of Cargo.lock is Cargo.toml's
+#      rust-version at most, and the README, tests/deps.sh and the module's
+#      minNixpkgs agree with it (tests/nix/rust-floor.nix).
 # What needs nixpkgs' lib and microvm.nix (the module evaluated beside
 # microvm.nix's host module, the generated options table) is in
 # tests/nix/eval-with-nixpkgs-lib.sh, run by hand with checkouts of both.
@@ -223,6 +226,42 @@ check_options nixos-module/default.nix services.microvm-workspaces \
 check_options nixos-module/guest.nix services.microvm-workspaces.guest \
     workspaceDir shares 'shares.<name>.entry' 'shares.<name>.path' \
     'shares.<name>.mountPoint' 'shares.<name>.readOnly'
+
+# 4. The rustc floor: the highest rust-version over what the crate builds
+# from Cargo.lock (tests/nix/rust-floor.nix) is at most Cargo.toml's
+# rust-version, and README.md and tests/deps.sh name that version. Needs
+# cargo (CI has it; the flake's nix-lib check, in the build sandbox, does
+# not and skips it). Offline first; cargo's registry cache holds what a
+# build fetched.
+if command -v cargo >/dev/null 2>&1 && [ -f "$root/Cargo.lock" ]; then
+    metadata_files=()
+    meta_err=
+    for target in x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu; do
+        out=$tmp/metadata-$target.json
+        if (cd "$root" && { cargo metadata --format-version 1 --locked --offline --filter-platform "$target" ||
+            cargo metadata --format-version 1 --locked --filter-platform "$target"; }) >"$out" 2>"$tmp/metadata.err"; then
+            metadata_files+=("\"$out\"")
+        else
+            meta_err+="$target: $(tail -n 3 "$tmp/metadata.err")"$'\n'
+        fi
+    done
+    if [ -n "$meta_err" ]; then
+        fail "rustc floor" "cargo metadata failed: $meta_err"
+    elif floor=$("${nix[@]}" --eval --strict --json --argstr root "$root" \
+        -E "{ root }: import $here/rust-floor.nix { metadata = [ ${metadata_files[*]} ]; inherit root; }" 2>&1); then
+        name=$(printf '%s' "$floor" | sed -e 's/.*"floor":"\([^"]*\)".*/\1/')
+        stated=$(printf '%s' "$floor" | sed -e 's/.*"stated":"\([^"]*\)".*/\1/')
+        if printf '%s' "$floor" | grep -q '"problems":\[\]'; then
+            pass "rustc floor $name (Cargo.lock) <= rust-version $stated, named in README.md and tests/deps.sh"
+        else
+            fail "rustc floor" "$floor"
+        fi
+    else
+        fail "rustc floor" "$floor"
+    fi
+else
+    echo "skip rustc floor (no cargo or Cargo.lock)"
+fi
 
 echo "nix: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -441,12 +441,12 @@ let
   failedAssertions =
     e: map (a: a.message) (lib.filter (a: !a.assertion) e.config.assertions);
 
-  # The clean host on a nixpkgs that calls itself 24.05.
+  # The clean host on a nixpkgs that calls itself 25.05.
   oldNixpkgs =
     let
       oldLib = lib // {
         trivial = lib.trivial // {
-          release = "24.05";
+          release = "25.05";
         };
       };
     in
@@ -603,13 +603,13 @@ in
         [ "vms: ${builtins.toJSON vms}" ]
       else
         [ ];
-    "nixpkgs older than 24.11: one assertion that says so, and nothing else defined" =
+    "nixpkgs older than 25.11: one assertion that says so, and nothing else defined" =
       let
         got = failedAssertions oldNixpkgs;
       in
       if
         builtins.length got == 1
-        && lib.hasInfix "needs nixpkgs 24.11 or later (this is 24.05)" (builtins.head got)
+        && lib.hasInfix "needs nixpkgs 25.11 or later (this is 25.05)" (builtins.head got)
         && !(oldNixpkgs.config.environment.etc ? "microvm-workspaces/config.json")
       then
         [ ]
