@@ -67,11 +67,44 @@ let
 
   microvmVmNames = if hasMicrovmHost then builtins.attrNames config.microvm.vms else [ ];
 
+  # Did the user set ssh.destination, or is it the option's default? A
+  # default enters the module system as lib.mkOptionDefault (priority 1500);
+  # any definition, even `ssh.destination = "%n"` or lib.mkDefault, has a
+  # higher one (a lower number), and so does a definition in another module.
+  sshTemplateExplicit =
+    options.services.microvm-workspaces.ssh.destination.highestPrio
+    < (lib.mkOptionDefault null).priority;
+
   # config.json's vms: every guest's shares (live ones included), and each
-  # VM's SSH destination.
+  # VM's SSH destination: `ssh` when the user chose it (ssh.perVm, or an
+  # explicit ssh.destination), which microvm-link waits for and fails on;
+  # else `sshDefault`, a guess that microvm-link waits for only briefly and
+  # never fails on.
+  #
+  # The guess (lib.nix sshGuess) is `vsock/<cid>` for a guest with
+  # microvm.vsock.cid on qemu, crosvm or kvmtool, else the VM's name. Facts
+  # it rests on (checked 2026-12):
+  #  * systemd >= 256 ships systemd-ssh-proxy and the ssh_config snippet
+  #    lib/systemd/ssh_config.d/20-systemd-ssh-proxy.conf (`Host unix/*
+  #    vsock/* ...` -> ProxyCommand systemd-ssh-proxy); NixOS includes it in
+  #    /etc/ssh/ssh_config under `Host *` while programs.ssh.systemd-ssh-proxy
+  #    .enable (default true; nixos/modules/programs/ssh.nix, since nixpkgs
+  #    PR #372979, 25.05) is on. The module warns when it is off.
+  #  * In the guest, systemd-ssh-generator binds sshd to vsock port 22
+  #    (sshd-vsock.socket) by itself when sshd is installed (NixOS puts it on
+  #    the manager's PATH with services.openssh.enable, PR #372979) and a
+  #    vsock transport is there when generators run: microvm.nix adds
+  #    vmw_vsock_virtio_transport to the guest's initrd modules (PR #572) and
+  #    offers microvm.vsock.ssh.enable, which only enables openssh
+  #    (nixos-modules/microvm/vsock-ssh.nix at 71beea0). A guest without
+  #    sshd answers on neither address: the guess is waited for briefly.
+  #  * cloud-hypervisor and firecracker put a unix socket in front of the
+  #    guest's vsock (`vsock-mux/<path>`), so `vsock/<cid>` does not reach them.
   vms = mw.withSsh {
     template = cfg.ssh.destination;
+    explicit = sshTemplateExplicit;
     perVm = cfg.ssh.perVm;
+    guesses = if hasMicrovmHost then mw.sshGuesses config.microvm.vms else { };
     vms = if hasMicrovmHost then mw.collectVms config.microvm.vms else { };
   };
 
@@ -81,6 +114,9 @@ let
     placeholder = {
       inherit (cfg.placeholder) user group mode;
     };
+    # microvm.nix runs hypervisors as microvm:kvm, fixed in its host module
+    # (not options): see lib.nix hypervisorIds.
+    hypervisor = mw.hypervisorIds;
     inherit vms;
   };
 
@@ -225,16 +261,26 @@ in
         example = "root@%n.vm.internal";
         description = ''
           How `microvm-link` reaches a VM over SSH (to wait for it after a
-          restart, and for its shell), written to {file}`config.json` as
-          `vms.<vm>.ssh` for every VM of `microvm.vms`: a template in which
-          `%n` is the VM's name and `%%` a `%`, giving an ssh destination
-          (`host`, `user@host`, `ssh://user@host:port`). The default, the VM's
-          bare name, is what reaches a microvm.nix VM whose host name is its
-          VM name (microvm.nix's convention) through DNS or `/etc/hosts`, or
-          through a `Host <vm>` alias in the caller's ssh configuration.
-          `null` writes no destination. A destination must not start with `-`
-          or contain white space or control characters (an assertion names
-          the VM).
+          restart, and for its shell): a template in which `%n` is the VM's
+          name and `%%` a `%`, giving an ssh destination (`host`,
+          `user@host`, `ssh://user@host:port`, `vsock/<cid>`).
+
+          Set (even to `"%n"`), it is written to {file}`config.json` as
+          `vms.<vm>.ssh` for every VM of `microvm.vms`: `microvm-link` waits
+          for that destination after a restart and fails when it does not
+          answer. Left at its default, the module guesses instead and writes
+          `vms.<vm>.sshDefault`, which `microvm-link` waits for only briefly
+          and never fails on: `vsock/<cid>` for a guest with
+          `microvm.vsock.cid` on qemu, crosvm or kvmtool (systemd's
+          `systemd-ssh-proxy` on the host, {option}`programs.ssh.systemd-ssh-proxy.enable`;
+          sshd in the guest, e.g. `microvm.vsock.ssh.enable`), else the VM's
+          name (microvm.nix's convention for host names, reached through DNS,
+          {file}`/etc/hosts` or a `Host <vm>` alias in the caller's ssh
+          configuration).
+
+          `null` writes no destination. A destination must not start with
+          `-` or contain white space or control characters (an assertion
+          names the VM; a guess that would is left out).
         '';
       };
 
@@ -247,8 +293,9 @@ in
         };
         description = ''
           SSH destinations of single VMs, taken as they are instead of
-          {option}`services.microvm-workspaces.ssh.destination`'s template;
-          `null` writes none for that VM. A name that is not in
+          {option}`services.microvm-workspaces.ssh.destination`'s template
+          and written as `vms.<vm>.ssh` (chosen by you: waited for, and a
+          failure when it does not answer); `null` writes none for that VM. A name that is not in
           `microvm.vms` (a VM made imperatively) gets an entry of its own in
           {file}`config.json`, with a warning in case it is a typo.
         '';
@@ -317,6 +364,7 @@ in
           mw.vmProblems vms
           ++ mw.sshProblems {
             template = cfg.ssh.destination;
+            explicit = sshTemplateExplicit;
             perVm = cfg.ssh.perVm;
             vmNames = microvmVmNames;
           }
@@ -355,6 +403,14 @@ in
         ++ mw.sshWarnings {
           perVm = cfg.ssh.perVm;
           vmNames = microvmVmNames;
+        }
+        ++ mw.vsockProxyWarnings {
+          inherit vms;
+          proxy =
+            if options ? programs.ssh.systemd-ssh-proxy.enable then
+              config.programs.ssh.systemd-ssh-proxy.enable
+            else
+              null;
         };
 
         environment.etc."microvm-workspaces/config.json".source =

@@ -197,6 +197,22 @@ else
     pass "report filter: a failing grep still fails"
 fi
 
+# 2d. The VM test's Python (nixos-module/test.nix testScript) compiles. The
+# NixOS driver also type-checks and lints it (checks.vm-test-driver), which
+# needs nixpkgs; this catches syntax errors where only python3 is at hand.
+if command -v python3 >/dev/null 2>&1; then
+    if script=$(eval_json -E "(import $root/nixos-module/test.nix { self = { }; microvm = { }; }).testScript" 2>&1) &&
+        out=$(printf '%s' "$script" | python3 -c '
+import json, sys
+compile(json.load(sys.stdin), "testScript", "exec")' 2>&1); then
+        pass "VM test script compiles"
+    else
+        fail "VM test script compiles" "${out:-$script}"
+    fi
+else
+    echo "skip VM test script compiles (no python3)"
+fi
+
 # 3. The options each module declares are exactly these, and the README
 # section (docs/nixos.md, or README.md once merged) names each of them.
 doc=$root/docs/nixos.md

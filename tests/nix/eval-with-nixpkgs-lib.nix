@@ -181,6 +181,9 @@ let
           execWheelOnly = bool false;
           extraRules = anyList;
         };
+        # nixos/modules/programs/ssh.nix: includes systemd's ssh proxy
+        # snippet (Host vsock/* ...) in /etc/ssh/ssh_config
+        programs.ssh.systemd-ssh-proxy.enable = bool true;
         # what the flake's module-eval check sets and reads
         nixpkgs.hostPlatform = mkOption {
           type = types.str;
@@ -275,11 +278,13 @@ let
       hostName,
       shares,
       live ? { },
+      vsockCid ? null,
     }:
     evalGuest [
       {
         networking.hostName = hostName;
         microvm.shares = shares;
+        microvm.vsock.cid = vsockCid;
         services.microvm-workspaces.guest.shares = live;
       }
     ];
@@ -405,6 +410,7 @@ let
             networking.hostName = mkOption { type = types.str; };
             microvm.hypervisor = mkOption { type = types.str; };
             microvm.shares = mkOption { type = types.listOf (types.attrsOf types.anything); };
+            microvm.vsock.cid = mkOption { type = types.nullOr types.int; };
             system.stateVersion = mkOption { type = types.str; };
           };
         };
@@ -595,6 +601,42 @@ in
         [ ]
       else
         [ "failed assertions: ${builtins.toJSON got}" ];
+    # The same text as the default, but set: the user chose it, so `ssh`
+    # (waited for, a failure when it does not answer), for vm1's vsock too.
+    "ssh: the default template set explicitly gives ssh, not sshDefault" =
+      let
+        vms = (configJsonOf (withSsh { destination = "%n"; })).vms;
+      in
+      if
+        vms.vm1.ssh or null == "vm1"
+        && vms.dev.ssh or null == "dev"
+        && !(vms.vm1 ? sshDefault)
+        && vms.nixfiles.ssh == "ssh://root@10.0.0.2:2222"
+      then
+        [ ]
+      else
+        [ "vms: ${builtins.toJSON vms}" ];
+    "ssh: a guessed vsock destination warns when the host's ssh lacks systemd's proxy" =
+      let
+        got = (withSsh { }).config.warnings or [ ];
+        off = eval (
+          host.clean
+          // {
+            module = {
+              imports = [ host.clean.module ];
+              programs.ssh.systemd-ssh-proxy.enable = false;
+            };
+          }
+        );
+        gotOff = off.config.warnings;
+      in
+      if
+        !(lib.any (lib.hasInfix "vsock/<cid>") got)
+        && lib.any (lib.hasInfix "VMs vm1 are reached over SSH at vsock/<cid>, but programs.ssh.systemd-ssh-proxy.enable is false") gotOff
+      then
+        [ ]
+      else
+        [ "warnings with the proxy on: ${builtins.toJSON got}; off: ${builtins.toJSON gotOff}" ];
     "ssh: destination = null leaves only the perVm destinations" =
       let
         vms = (configJsonOf (withSsh { destination = null; })).vms;
