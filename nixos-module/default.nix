@@ -46,10 +46,6 @@ let
     inherit vms;
   };
 
-  # Where microvm-link finds sudo: the setuid wrapper, which is the same
-  # for security.sudo and security.sudo-rs.
-  sudoWrapper = "${config.security.wrapperDir or "/run/wrappers/bin"}/sudo";
-
   sudoState =
     name:
     if options ? security.${name}.enable then
@@ -146,11 +142,16 @@ let
     description = "relative path";
   };
 
+  # The flake's packages.default, built with the host's pkgs. Only systemd
+  # is passed (systemctl's path is compiled in): with NixOS's default
+  # systemd.package, which is pkgs.systemd, that is callPackage's own
+  # argument and the derivation is the same; a host with another systemd
+  # gets systemctl from it. sudo is found at run time
+  # (/run/wrappers/bin/sudo, then PATH), so nothing else differs.
   defaultPackage =
     (pkgs.microvm-workspaces or (pkgs.callPackage ./package.nix { })).override
       {
         systemd = config.systemd.package;
-        sudoPath = sudoWrapper;
       };
 in
 {
@@ -166,9 +167,8 @@ in
       default = defaultPackage;
       defaultText = lib.literalMD ''
         `pkgs.microvm-workspaces` when this flake's overlay is applied, else the
-        package built from this repository; in both cases with `systemctl` taken
-        from {option}`systemd.package` and sudo from
-        {file}`/run/wrappers/bin/sudo` ({option}`security.wrapperDir`)
+        package built from this repository (the flake's `packages.default`);
+        in both cases with `systemctl` taken from {option}`systemd.package`
       '';
       description = ''
         The microvm-workspaces package. Its `microvm-link` goes on the system
@@ -176,9 +176,8 @@ in
         the path of its `microvm-workspaces-prepare` is compiled into that
         generator. The sudo rule of {option}`services.microvm-workspaces.linkGroup`
         names this package's `microvm-link`. A package of your own is used
-        as it is: build it with `sudoPath = "/run/wrappers/bin/sudo"` (its
-        default is `sudo` from `PATH`) if its `microvm-link` runs where
-        `PATH` may not hold the wrapper.
+        as it is. `microvm-link` finds sudo when it runs:
+        {file}`/run/wrappers/bin/sudo` first, then `PATH`.
       '';
     };
 

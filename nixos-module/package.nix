@@ -4,11 +4,6 @@
   rustPlatform,
   installShellFiles,
   systemd,
-  # How microvm-link runs sudo when it re-executes itself as a normal user: a
-  # command looked up in PATH, or an absolute path. The NixOS module passes
-  # the setuid wrapper (/run/wrappers/bin/sudo); the default suits `nix run`
-  # and hosts where sudo lives elsewhere.
-  sudoPath ? "sudo",
 }:
 
 let
@@ -43,15 +38,12 @@ rustPlatform.buildRustPackage {
 
   nativeBuildInputs = [ installShellFiles ];
 
-  # Read with option_env! at compile time.
+  # Read with option_env! at compile time. No sudo path: microvm-link finds
+  # sudo when it runs (NixOS's setuid wrapper /run/wrappers/bin/sudo first,
+  # then PATH), so the NixOS module and `nix run` use this same derivation.
   env = {
     MICROVM_WORKSPACES_PREPARE = "${placeholder "out"}/libexec/microvm-workspaces-prepare";
     MICROVM_WORKSPACES_SYSTEMCTL = lib.getExe' systemd "systemctl";
-    MICROVM_WORKSPACES_SUDO = sudoPath;
-  };
-
-  passthru = {
-    inherit sudoPath;
   };
 
   # Only the library's unit tests (pure: path normalization, unit name

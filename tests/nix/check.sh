@@ -213,6 +213,15 @@ else
     echo "skip VM test script compiles (no python3)"
 fi
 
+# 2e. One package: the module builds the flake's packages.default, so
+# package.nix bakes no sudo path and the module overrides nothing but
+# systemd (tests/nix/eval-with-nixpkgs-lib.sh checks the override itself).
+if grep -nE 'sudoPath|MICROVM_WORKSPACES_SUDO' "$root/nixos-module/package.nix" "$root/nixos-module/default.nix" >"$tmp/sudo.txt"; then
+    fail "one package: no baked sudo path" "$(cat "$tmp/sudo.txt")"
+else
+    pass "one package: no baked sudo path"
+fi
+
 # 3. The options each module declares are exactly these, and the README
 # section (docs/nixos.md, or README.md once merged) names each of them.
 doc=$root/docs/nixos.md
