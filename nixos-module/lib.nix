@@ -492,24 +492,56 @@ rec {
       }
     ) (attrNames shares);
 
-  # systemd.tmpfiles.settings entries for the guest module's shares: an `L+`
-  # line (replace whatever is there by the symlink) at each mountPoint,
-  # pointing into the mounted live root.
+  # systemd.tmpfiles.settings entries for the guest module's shares: an `L`
+  # line at each mountPoint, pointing into the mounted live root. Not `L+`:
+  # that removes whatever is at the path first, a directory with all its
+  # contents. `L` creates the symlink where nothing is, and leaves anything
+  # else alone without a word (systemd-tmpfiles 252, tried: an existing
+  # directory is kept, exit 0); liveLinkCheck says so at boot.
   liveSymlinks =
     shares:
     listToAttrs (
       map (name: {
         name = shares.${name}.mountPoint;
-        value."L+".argument = "${guestLiveDir}/${name}/current";
+        value."L".argument = "${guestLiveDir}/${name}/current";
       }) (attrNames shares)
     );
+
+  # A shell script for a oneshot unit after systemd-tmpfiles-setup: for each
+  # share whose mountPoint is not the symlink liveSymlinks makes (something
+  # else was there, which tmpfiles kept), one line saying what to do, and
+  # exit 1 so that the unit shows as failed; nothing is moved or deleted.
+  # Mount points are absolute paths without white space, quotes or
+  # backslashes (liveShareProblems).
+  liveLinkCheck =
+    shares:
+    builtins.concatStringsSep "\n" (
+      [ "status=0" ]
+      ++ map (
+        name:
+        let
+          mp = shares.${name}.mountPoint;
+          target = "${guestLiveDir}/${name}/current";
+        in
+        "if [ \"$(readlink '${mp}')\" != '${target}' ]; then echo '${mp} is in the way of live share ${name}: it should be a symlink to ${target}, and it is left as it is. Move it away, then run systemd-tmpfiles --create.' >&2; status=1; fi"
+      ) (attrNames shares)
+      ++ [ "exit $status" ]
+    )
+    + "\n";
 
   # Clashes between the guest module's shares and every share of the guest
   # (`allShares`: its whole microvm.shares, theirs included): a tag used by
   # another share, a symlink on, inside or around another mount point or
   # symlink. A list of messages.
   liveClashes =
-    { shares, allShares }:
+    {
+      shares,
+      allShares,
+      # mount points of the guest's fileSystems (microvm.nix adds its
+      # shares' there too): a symlink cannot stand where one is mounted,
+      # nor around one
+      fileSystems ? [ ],
+    }:
     let
       names = attrNames shares;
       own = name: "${guestLiveDir}/${name}";
@@ -524,7 +556,14 @@ rec {
           path = shares.${n}.mountPoint;
           what = "the mountPoint of services.microvm-workspaces.guest.shares.${showAttr n}";
           skip = n;
-        }) names;
+        }) names
+        ++ map (fs: {
+          path = fs;
+          what = "the file system mounted at fileSystems.${quote fs}";
+          skip = null;
+          below = true;
+        }) (filter (fs: !builtins.elem fs shareMounts) fileSystems);
+      shareMounts = map (s: toString (s.mountPoint or "")) allShares;
     in
     concatMap (
       name:
@@ -533,8 +572,12 @@ rec {
         tag = liveTag name;
         sameTag = filter (s: s.tag == tag && toString (s.mountPoint or "") != own name) allShares;
         mp = shares.${name}.mountPoint;
+        # a file system only counts on or below the symlink ("/" holds it)
         near = filter (
-          p: p.skip != name && p.path != own name && (isUnder p.path mp || isUnder mp p.path)
+          p:
+          p.skip != name
+          && p.path != own name
+          && (isUnder mp p.path || (!(p.below or false) && isUnder p.path mp))
         ) places;
       in
       (

@@ -700,6 +700,44 @@ in
 
     # Tags and mount points that clash, given the guest's whole
     # microvm.shares (the module's own included): the first word of each.
+    # A live share's symlink against the guest's file systems: one mounted
+    # at the mountPoint or below it is refused (tmpfiles would leave the
+    # mount point alone, and the data under it); "/" and file systems
+    # beside it are fine; a share's own mount (in fileSystems too, as
+    # microvm.nix adds it) is reported once, as the share.
+    live-clashes-filesystems =
+      let
+        firstWords = ms: map (m: builtins.head (builtins.match "([^ ]*) .*" m)) ms;
+        shares = {
+          a = {
+            entry = "nixfiles";
+            mountPoint = "/data";
+          };
+        };
+        run =
+          fileSystems:
+          firstWords (mw.liveClashes {
+            inherit shares fileSystems;
+            allShares = mw.liveMicrovmShares {
+              workspaceDir = ws;
+              inherit shares;
+            };
+          });
+      in
+      {
+        beside = run [
+          "/"
+          "/nix/store"
+          "/run/microvm-workspaces/a"
+          "/datastore"
+        ];
+        on = run [
+          "/"
+          "/data"
+        ];
+        below = run [ "/data/cache" ];
+      };
+
     live-clashes =
       let
         firstWords = ms: map (m: builtins.head (builtins.match "([^ ]*) .*" m)) ms;

@@ -213,6 +213,25 @@ else
     echo "skip VM test script compiles (no python3)"
 fi
 
+# 2e2. The guest's boot check of its live symlinks (lib.nix liveLinkCheck),
+# run with bash on a tree here: a directory in the way is reported (exit 1)
+# and kept with its contents, a symlink already made passes.
+mkdir -p "$tmp/guest/in-the-way/sub" "$tmp/guest/run"
+echo data >"$tmp/guest/in-the-way/sub/file"
+ln -s /run/microvm-workspaces/made/current "$tmp/guest/made"
+check=$(eval_json --argstr g "$tmp/guest" -E "{ g }: (import $root/nixos-module/lib.nix).liveLinkCheck {
+  way = { entry = \"e\"; mountPoint = g + \"/in-the-way\"; };
+  made = { entry = \"e\"; mountPoint = g + \"/made\"; };
+}" | python3 -c 'import json,sys; print(json.load(sys.stdin))' 2>&1) || true
+if out=$(bash -c "$check" 2>&1); then
+    fail "live link check: a directory in the way" "exit 0: $out"
+elif [[ "$out" == *"in-the-way is in the way of live share way"* ]] && [[ "$out" != *"made is in"* ]] &&
+    [ "$(cat "$tmp/guest/in-the-way/sub/file")" = data ]; then
+    pass "live link check: a directory in the way is reported and kept"
+else
+    fail "live link check: a directory in the way" "$out"
+fi
+
 # 2e. One package: the module builds the flake's packages.default, so
 # package.nix bakes no sudo path and the module overrides nothing but
 # systemd (tests/nix/eval-with-nixpkgs-lib.sh checks the override itself).

@@ -255,6 +255,12 @@ let
       environment.etc = anyAttrs;
       nix.enable = bool false;
       systemd.tmpfiles.settings = tmpfilesSettings;
+      # read by microvm.nix's store-disk.nix, whose fileSystems the guest
+      # module checks the live symlinks against
+      security.virtualisation.flushL1DataCache = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+      };
     };
   };
 
@@ -763,7 +769,7 @@ in
           let
             s = shareOf w.tag;
             fs = c.fileSystems.${w.mountPoint} or null;
-            line = (lines.${w.link} or { })."L+" or null;
+            line = (lines.${w.link} or { })."L" or null;
           in
           if s == null then
             [ "no microvm.shares entry with tag ${w.tag}: ${builtins.toJSON (map (s: s.tag) c.microvm.shares)}" ]
@@ -788,7 +794,7 @@ in
                 [ "fileSystems.${w.mountPoint}: ${builtins.toJSON fs}" ]
             )
             ++ (
-              if line != null && line.type == "L+" && line.argument == "${w.mountPoint}/current" then
+              if line != null && line.type == "L" && line.argument == "${w.mountPoint}/current" then
                 [ ]
               else
                 [ "tmpfiles line for ${w.link}: ${builtins.toJSON line}" ]
