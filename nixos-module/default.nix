@@ -155,6 +155,10 @@ let
       };
 in
 {
+  # A NixOS module: the module system refuses it, saying so, in a
+  # home-manager, nix-darwin or flake-parts evaluation.
+  _class = "nixos";
+
   options.services.microvm-workspaces = {
     enable = lib.mkEnableOption ''
       microvm-workspaces: every share source of a microvm.nix VM exists when

@@ -39,6 +39,10 @@ let
   );
 in
 {
+  # A NixOS module: the module system refuses it, saying so, in a
+  # home-manager, nix-darwin or flake-parts evaluation.
+  _class = "nixos";
+
   options.services.microvm-workspaces.guest = {
     workspaceDir = lib.mkOption {
       type = lib.types.coercedTo lib.types.path toString absolutePath // {

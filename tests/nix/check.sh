@@ -232,6 +232,35 @@ else
     fail "live link check: a directory in the way" "$out"
 fi
 
+# 2f. The modules say they are NixOS modules (`_class = "nixos"`), and the
+# flake's per-system outputs cover x86_64-linux and aarch64-linux: flake.nix's
+# outputs evaluated with a stub nixpkgs that has nothing but lib.genAttrs
+# (only the names of each output's systems are forced).
+for module in nixos-module/default.nix nixos-module/guest.nix; do
+    if grep -qE '^  _class = "nixos";$' "$root/$module"; then
+        pass "$module: _class = \"nixos\""
+    else
+        fail "$module: _class = \"nixos\"" "no top-level _class = \"nixos\"; line"
+    fi
+done
+want='{"checks":["aarch64-linux","x86_64-linux"],"devShells":["aarch64-linux","x86_64-linux"],"formatter":["aarch64-linux","x86_64-linux"],"packages":["aarch64-linux","x86_64-linux"]}'
+if systems=$(eval_json -E "let
+  o = (import $root/flake.nix).outputs {
+    self = o;
+    nixpkgs = {
+      lib.genAttrs = names: f: builtins.listToAttrs (map (n: { name = n; value = f n; }) names);
+      legacyPackages = { };
+    };
+    microvm = { };
+  };
+in builtins.mapAttrs (_: builtins.attrNames) { inherit (o) packages checks devShells formatter; }" 2>&1) &&
+    [ "$systems" = "$want" ]; then
+    pass "flake outputs for x86_64-linux and aarch64-linux"
+else
+    fail "flake outputs for x86_64-linux and aarch64-linux" "want $want
+got  $systems"
+fi
+
 # 2e. One package: the module builds the flake's packages.default, so
 # package.nix bakes no sudo path and the module overrides nothing but
 # systemd (tests/nix/eval-with-nixpkgs-lib.sh checks the override itself).
