@@ -112,6 +112,7 @@
                     hostName,
                     shares,
                     live,
+                    vsockCid,
                   }:
                   lib.nixosSystem {
                     modules = [
@@ -122,6 +123,7 @@
                         networking.hostName = hostName;
                         microvm.hypervisor = "qemu";
                         microvm.shares = shares;
+                        microvm.vsock.cid = vsockCid;
                         services.microvm-workspaces.guest.shares = live;
                         system.stateVersion = lib.trivial.release;
                       }

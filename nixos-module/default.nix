@@ -2,7 +2,7 @@
 #
 # Needs microvm.nix's host module (microvm.nixosModules.host) in the same
 # configuration: it reads `microvm.stateDir` and the guests of `microvm.vms`.
-# Needs nixpkgs 24.11 or later (see `minNixpkgs`): both are asserted with a
+# Needs nixpkgs 25.11 or later (see `minNixpkgs`): both are asserted with a
 # message that says what to do.
 {
   config,
@@ -21,12 +21,18 @@ let
 
   hasMicrovmHost = options ? microvm.vms && options ? microvm.stateDir && options ? microvm.host.enable;
 
-  # The oldest nixpkgs release this module and package are made for: the
-  # package needs rustc >= 1.80 (Cargo.toml's rust-version; nixpkgs 24.11
-  # ships 1.82, 24.05 ships 1.77), the module `systemd.tmpfiles.settings`
-  # (23.11) and lib.getExe' (23.11). With an older one the configuration
-  # fails on an assertion saying so, instead of on an unknown option.
-  minNixpkgs = "24.11";
+  # The oldest nixpkgs release this module and package are made for. The
+  # package needs rustc >= Cargo.toml's rust-version, the highest
+  # rust-version of the locked dependencies (tests/nix/rust-floor.nix checks
+  # it): 1.89, for uuid 1.29 through libsystemd. nixpkgs 25.05 ships rustc
+  # 1.86 (1.89 came out in August 2025); nixos-unstable had 1.91 when 25.11
+  # branched off (nixpkgs PRs #460575 "rust: 1.91.0 -> 1.91.1", 2025-11-11,
+  # and #470993 "rust: 1.91.1 -> 1.92.0", 2025-12-15). The module needs
+  # `systemd.tmpfiles.settings` and lib.getExe' (23.11). With an older
+  # nixpkgs the configuration fails on an assertion saying so, instead of on
+  # the package's build or an unknown option.
+  minNixpkgs = "25.11";
+  rustVersion = (builtins.fromTOML (builtins.readFile ../Cargo.toml)).package.rust-version;
   nixpkgsOk = lib.versionAtLeast lib.trivial.release minNixpkgs;
 
   # microvm.nix's host module writes tmpfiles lines for share sources under
@@ -39,10 +45,6 @@ let
     inherit (cfg) workspaceDir;
     inherit vms;
   };
-
-  # Where microvm-link finds sudo: the setuid wrapper, which is the same
-  # for security.sudo and security.sudo-rs.
-  sudoWrapper = "${config.security.wrapperDir or "/run/wrappers/bin"}/sudo";
 
   sudoState =
     name:
@@ -61,11 +63,44 @@ let
 
   microvmVmNames = if hasMicrovmHost then builtins.attrNames config.microvm.vms else [ ];
 
+  # Did the user set ssh.destination, or is it the option's default? A
+  # default enters the module system as lib.mkOptionDefault (priority 1500);
+  # any definition, even `ssh.destination = "%n"` or lib.mkDefault, has a
+  # higher one (a lower number), and so does a definition in another module.
+  sshTemplateExplicit =
+    options.services.microvm-workspaces.ssh.destination.highestPrio
+    < (lib.mkOptionDefault null).priority;
+
   # config.json's vms: every guest's shares (live ones included), and each
-  # VM's SSH destination.
+  # VM's SSH destination: `ssh` when the user chose it (ssh.perVm, or an
+  # explicit ssh.destination), which microvm-link waits for and fails on;
+  # else `sshDefault`, a guess that microvm-link waits for only briefly and
+  # never fails on.
+  #
+  # The guess (lib.nix sshGuess) is `vsock/<cid>` for a guest with
+  # microvm.vsock.cid on qemu, crosvm or kvmtool, else the VM's name. Facts
+  # it rests on (checked 2026-12):
+  #  * systemd >= 256 ships systemd-ssh-proxy and the ssh_config snippet
+  #    lib/systemd/ssh_config.d/20-systemd-ssh-proxy.conf (`Host unix/*
+  #    vsock/* ...` -> ProxyCommand systemd-ssh-proxy); NixOS includes it in
+  #    /etc/ssh/ssh_config under `Host *` while programs.ssh.systemd-ssh-proxy
+  #    .enable (default true; nixos/modules/programs/ssh.nix, since nixpkgs
+  #    PR #372979, 25.05) is on. The module warns when it is off.
+  #  * In the guest, systemd-ssh-generator binds sshd to vsock port 22
+  #    (sshd-vsock.socket) by itself when sshd is installed (NixOS puts it on
+  #    the manager's PATH with services.openssh.enable, PR #372979) and a
+  #    vsock transport is there when generators run: microvm.nix adds
+  #    vmw_vsock_virtio_transport to the guest's initrd modules (PR #572) and
+  #    offers microvm.vsock.ssh.enable, which only enables openssh
+  #    (nixos-modules/microvm/vsock-ssh.nix at 71beea0). A guest without
+  #    sshd answers on neither address: the guess is waited for briefly.
+  #  * cloud-hypervisor and firecracker put a unix socket in front of the
+  #    guest's vsock (`vsock-mux/<path>`), so `vsock/<cid>` does not reach them.
   vms = mw.withSsh {
     template = cfg.ssh.destination;
+    explicit = sshTemplateExplicit;
     perVm = cfg.ssh.perVm;
+    guesses = if hasMicrovmHost then mw.sshGuesses config.microvm.vms else { };
     vms = if hasMicrovmHost then mw.collectVms config.microvm.vms else { };
   };
 
@@ -75,6 +110,9 @@ let
     placeholder = {
       inherit (cfg.placeholder) user group mode;
     };
+    # microvm.nix runs hypervisors as microvm:kvm, fixed in its host module
+    # (not options): see lib.nix hypervisorIds.
+    hypervisor = mw.hypervisorIds;
     inherit vms;
   };
 
@@ -104,14 +142,23 @@ let
     description = "relative path";
   };
 
+  # The flake's packages.default, built with the host's pkgs. Only systemd
+  # is passed (systemctl's path is compiled in): with NixOS's default
+  # systemd.package, which is pkgs.systemd, that is callPackage's own
+  # argument and the derivation is the same; a host with another systemd
+  # gets systemctl from it. sudo is found at run time
+  # (/run/wrappers/bin/sudo, then PATH), so nothing else differs.
   defaultPackage =
     (pkgs.microvm-workspaces or (pkgs.callPackage ./package.nix { })).override
       {
         systemd = config.systemd.package;
-        sudoPath = sudoWrapper;
       };
 in
 {
+  # A NixOS module: the module system refuses it, saying so, in a
+  # home-manager, nix-darwin or flake-parts evaluation.
+  _class = "nixos";
+
   options.services.microvm-workspaces = {
     enable = lib.mkEnableOption ''
       microvm-workspaces: every share source of a microvm.nix VM exists when
@@ -124,9 +171,8 @@ in
       default = defaultPackage;
       defaultText = lib.literalMD ''
         `pkgs.microvm-workspaces` when this flake's overlay is applied, else the
-        package built from this repository; in both cases with `systemctl` taken
-        from {option}`systemd.package` and sudo from
-        {file}`/run/wrappers/bin/sudo` ({option}`security.wrapperDir`)
+        package built from this repository (the flake's `packages.default`);
+        in both cases with `systemctl` taken from {option}`systemd.package`
       '';
       description = ''
         The microvm-workspaces package. Its `microvm-link` goes on the system
@@ -134,9 +180,8 @@ in
         the path of its `microvm-workspaces-prepare` is compiled into that
         generator. The sudo rule of {option}`services.microvm-workspaces.linkGroup`
         names this package's `microvm-link`. A package of your own is used
-        as it is: build it with `sudoPath = "/run/wrappers/bin/sudo"` (its
-        default is `sudo` from `PATH`) if its `microvm-link` runs where
-        `PATH` may not hold the wrapper.
+        as it is. `microvm-link` finds sudo when it runs:
+        {file}`/run/wrappers/bin/sudo` first, then `PATH`.
       '';
     };
 
@@ -219,16 +264,26 @@ in
         example = "root@%n.vm.internal";
         description = ''
           How `microvm-link` reaches a VM over SSH (to wait for it after a
-          restart, and for its shell), written to {file}`config.json` as
-          `vms.<vm>.ssh` for every VM of `microvm.vms`: a template in which
-          `%n` is the VM's name and `%%` a `%`, giving an ssh destination
-          (`host`, `user@host`, `ssh://user@host:port`). The default, the VM's
-          bare name, is what reaches a microvm.nix VM whose host name is its
-          VM name (microvm.nix's convention) through DNS or `/etc/hosts`, or
-          through a `Host <vm>` alias in the caller's ssh configuration.
-          `null` writes no destination. A destination must not start with `-`
-          or contain white space or control characters (an assertion names
-          the VM).
+          restart, and for its shell): a template in which `%n` is the VM's
+          name and `%%` a `%`, giving an ssh destination (`host`,
+          `user@host`, `ssh://user@host:port`, `vsock/<cid>`).
+
+          Set (even to `"%n"`), it is written to {file}`config.json` as
+          `vms.<vm>.ssh` for every VM of `microvm.vms`: `microvm-link` waits
+          for that destination after a restart and fails when it does not
+          answer. Left at its default, the module guesses instead and writes
+          `vms.<vm>.sshDefault`, which `microvm-link` waits for only briefly
+          and never fails on: `vsock/<cid>` for a guest with
+          `microvm.vsock.cid` on qemu, crosvm or kvmtool (systemd's
+          `systemd-ssh-proxy` on the host, {option}`programs.ssh.systemd-ssh-proxy.enable`;
+          sshd in the guest, e.g. `microvm.vsock.ssh.enable`), else the VM's
+          name (microvm.nix's convention for host names, reached through DNS,
+          {file}`/etc/hosts` or a `Host <vm>` alias in the caller's ssh
+          configuration).
+
+          `null` writes no destination. A destination must not start with
+          `-` or contain white space or control characters (an assertion
+          names the VM; a guess that would is left out).
         '';
       };
 
@@ -241,8 +296,9 @@ in
         };
         description = ''
           SSH destinations of single VMs, taken as they are instead of
-          {option}`services.microvm-workspaces.ssh.destination`'s template;
-          `null` writes none for that VM. A name that is not in
+          {option}`services.microvm-workspaces.ssh.destination`'s template
+          and written as `vms.<vm>.ssh` (chosen by you: waited for, and a
+          failure when it does not answer); `null` writes none for that VM. A name that is not in
           `microvm.vms` (a VM made imperatively) gets an entry of its own in
           {file}`config.json`, with a warning in case it is a typo.
         '';
@@ -279,7 +335,7 @@ in
         assertions = [
           {
             assertion = false;
-            message = "services.microvm-workspaces needs nixpkgs ${minNixpkgs} or later (this is ${lib.trivial.release}): its package needs rustc 1.80 or later and the module systemd.tmpfiles.settings. Update the nixpkgs input of this host.";
+            message = "services.microvm-workspaces needs nixpkgs ${minNixpkgs} or later (this is ${lib.trivial.release}): its package needs rustc ${rustVersion} or later. Update the nixpkgs input of this host.";
           }
         ];
       }
@@ -311,6 +367,7 @@ in
           mw.vmProblems vms
           ++ mw.sshProblems {
             template = cfg.ssh.destination;
+            explicit = sshTemplateExplicit;
             perVm = cfg.ssh.perVm;
             vmNames = microvmVmNames;
           }
@@ -349,6 +406,14 @@ in
         ++ mw.sshWarnings {
           perVm = cfg.ssh.perVm;
           vmNames = microvmVmNames;
+        }
+        ++ mw.vsockProxyWarnings {
+          inherit vms;
+          proxy =
+            if options ? programs.ssh.systemd-ssh-proxy.enable then
+              config.programs.ssh.systemd-ssh-proxy.enable
+            else
+              null;
         };
 
         environment.etc."microvm-workspaces/config.json".source =

@@ -7,7 +7,8 @@
 #     36 bytes), source the live root <workspaceDir>/.live/<entry>[/<path>],
 #     mounted at /run/microvm-workspaces/<share>;
 #   * a symlink mountPoint -> /run/microvm-workspaces/<share>/current
-#     (systemd-tmpfiles `L+`).
+#     (systemd-tmpfiles `L`: never `L+`, which deletes a directory in the way
+#     with its contents; a unit says at boot when something is in the way).
 # The host module finds these shares in microvm.vms like any other and lists
 # them in config.json, so microvm-link knows every live root to keep in step.
 # Needs microvm.nix's guest module (microvm.nixosModules.microvm).
@@ -38,6 +39,10 @@ let
   );
 in
 {
+  # A NixOS module: the module system refuses it, saying so, in a
+  # home-manager, nix-darwin or flake-parts evaluation.
+  _class = "nixos";
+
   options.services.microvm-workspaces.guest = {
     workspaceDir = lib.mkOption {
       type = lib.types.coercedTo lib.types.path toString absolutePath // {
@@ -99,9 +104,12 @@ in
               example = "/nixfiles";
               description = ''
                 Where the guest sees the share: a symlink made at boot and on
-                every switch, replacing whatever is at that path (tmpfiles `L+`).
-                An absolute path without white space, quotes or backslashes,
-                apart from every other share's mount point.
+                every switch where nothing is at that path (tmpfiles `L`).
+                Something else there (a directory with data) is never
+                removed: the unit `microvm-workspaces-live-links` fails and
+                says to move it away. An absolute path without white space,
+                quotes or backslashes, apart from every other share's mount
+                point and every file system's.
               '';
             };
             readOnly = lib.mkOption {
@@ -138,11 +146,25 @@ in
               mw.liveClashes {
                 inherit (cfg) shares;
                 allShares = config.microvm.shares;
+                fileSystems = lib.mapAttrsToList (name: fs: toString (fs.mountPoint or name)) (config.fileSystems or { });
               }
             )
           );
 
         systemd.tmpfiles.settings."10-microvm-workspaces-live" = mw.liveSymlinks cfg.shares;
+
+        # tmpfiles leaves whatever is at a mountPoint alone (`L`, not `L+`):
+        # this says so at boot and on every switch, as a failed unit.
+        systemd.services.microvm-workspaces-live-links = {
+          description = "Check the symlinks of microvm-workspaces' live shares";
+          wantedBy = [ "multi-user.target" ];
+          after = [ "systemd-tmpfiles-setup.service" ];
+          serviceConfig = {
+            Type = "oneshot";
+            RemainAfterExit = true;
+          };
+          script = mw.liveLinkCheck cfg.shares;
+        };
       }
       (lib.optionalAttrs hasMicrovmGuest {
         microvm.shares = liveShares;

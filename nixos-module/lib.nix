@@ -143,6 +143,16 @@ rec {
       }) withGuest
     );
 
+  # The user and group microvm.nix's host module runs every VM's hypervisor
+  # (microvm@<vm>.service) as. They are not options: microvm.nix's
+  # nixos-modules/host/default.nix fixes them in a `let` (user = "microvm";
+  # group = "kvm"; read at 71beea0, 2026-08). The guest's `microvm.user` is
+  # something else: the user a runner started by hand as root switches to.
+  hypervisorIds = {
+    user = "microvm";
+    group = "kvm";
+  };
+
   # The whole of config.json.
   mkConfig =
     {
@@ -151,6 +161,7 @@ rec {
       placeholder,
       vms,
       companions,
+      hypervisor ? hypervisorIds,
     }:
     {
       enable = true;
@@ -158,6 +169,9 @@ rec {
       workspaceDir = toString workspaceDir;
       placeholder = {
         inherit (placeholder) user group mode;
+      };
+      hypervisor = {
+        inherit (hypervisor) user group;
       };
       inherit vms companions;
     };
@@ -478,24 +492,56 @@ rec {
       }
     ) (attrNames shares);
 
-  # systemd.tmpfiles.settings entries for the guest module's shares: an `L+`
-  # line (replace whatever is there by the symlink) at each mountPoint,
-  # pointing into the mounted live root.
+  # systemd.tmpfiles.settings entries for the guest module's shares: an `L`
+  # line at each mountPoint, pointing into the mounted live root. Not `L+`:
+  # that removes whatever is at the path first, a directory with all its
+  # contents. `L` creates the symlink where nothing is, and leaves anything
+  # else alone without a word (systemd-tmpfiles 252, tried: an existing
+  # directory is kept, exit 0); liveLinkCheck says so at boot.
   liveSymlinks =
     shares:
     listToAttrs (
       map (name: {
         name = shares.${name}.mountPoint;
-        value."L+".argument = "${guestLiveDir}/${name}/current";
+        value."L".argument = "${guestLiveDir}/${name}/current";
       }) (attrNames shares)
     );
+
+  # A shell script for a oneshot unit after systemd-tmpfiles-setup: for each
+  # share whose mountPoint is not the symlink liveSymlinks makes (something
+  # else was there, which tmpfiles kept), one line saying what to do, and
+  # exit 1 so that the unit shows as failed; nothing is moved or deleted.
+  # Mount points are absolute paths without white space, quotes or
+  # backslashes (liveShareProblems).
+  liveLinkCheck =
+    shares:
+    builtins.concatStringsSep "\n" (
+      [ "status=0" ]
+      ++ map (
+        name:
+        let
+          mp = shares.${name}.mountPoint;
+          target = "${guestLiveDir}/${name}/current";
+        in
+        "if [ \"$(readlink '${mp}')\" != '${target}' ]; then echo '${mp} is in the way of live share ${name}: it should be a symlink to ${target}, and it is left as it is. Move it away, then run systemd-tmpfiles --create.' >&2; status=1; fi"
+      ) (attrNames shares)
+      ++ [ "exit $status" ]
+    )
+    + "\n";
 
   # Clashes between the guest module's shares and every share of the guest
   # (`allShares`: its whole microvm.shares, theirs included): a tag used by
   # another share, a symlink on, inside or around another mount point or
   # symlink. A list of messages.
   liveClashes =
-    { shares, allShares }:
+    {
+      shares,
+      allShares,
+      # mount points of the guest's fileSystems (microvm.nix adds its
+      # shares' there too): a symlink cannot stand where one is mounted,
+      # nor around one
+      fileSystems ? [ ],
+    }:
     let
       names = attrNames shares;
       own = name: "${guestLiveDir}/${name}";
@@ -510,7 +556,14 @@ rec {
           path = shares.${n}.mountPoint;
           what = "the mountPoint of services.microvm-workspaces.guest.shares.${showAttr n}";
           skip = n;
-        }) names;
+        }) names
+        ++ map (fs: {
+          path = fs;
+          what = "the file system mounted at fileSystems.${quote fs}";
+          skip = null;
+          below = true;
+        }) (filter (fs: !builtins.elem fs shareMounts) fileSystems);
+      shareMounts = map (s: toString (s.mountPoint or "")) allShares;
     in
     concatMap (
       name:
@@ -519,8 +572,12 @@ rec {
         tag = liveTag name;
         sameTag = filter (s: s.tag == tag && toString (s.mountPoint or "") != own name) allShares;
         mp = shares.${name}.mountPoint;
+        # a file system only counts on or below the symlink ("/" holds it)
         near = filter (
-          p: p.skip != name && p.path != own name && (isUnder p.path mp || isUnder mp p.path)
+          p:
+          p.skip != name
+          && p.path != own name
+          && (isUnder mp p.path || (!(p.below or false) && isUnder p.path mp))
         ) places;
       in
       (
@@ -598,41 +655,95 @@ rec {
     else
       null;
 
-  # vms of config.json with an `ssh` destination for each VM: `perVm.<vm>`
-  # as it is when the VM is there (null: none), else `template` applied to
-  # the VM's name (null: none). A name in perVm but not in `vms` (a VM made
-  # imperatively) gets an entry with no shares and its destination.
+  # Hypervisors of microvm.nix whose vsock the host reaches as AF_VSOCK at
+  # the guest's CID, so that `ssh vsock/<cid>` works (microvm.nix's
+  # nixos-modules/microvm/vsock-ssh.nix says so for qemu, crosvm and
+  # kvmtool). cloud-hypervisor and firecracker put a unix socket in front of
+  # the guest's vsock instead (`vsock-mux/<path>`, a socket the hypervisor's
+  # user owns): their VMs get the VM's name.
+  vsockHypervisors = [
+    "qemu"
+    "crosvm"
+    "kvmtool"
+  ];
+
+  # The SSH destination the module guesses for VM `name` whose destination
+  # the user did not choose: `vsock/<cid>` when the guest sets
+  # microvm.vsock.cid and its hypervisor reaches it as AF_VSOCK (systemd >=
+  # 256's systemd-ssh-proxy on the host; sshd in the guest, which systemd's
+  # ssh generator binds to vsock port 22 by itself), else the VM's name
+  # (the template default "%n"). `guest` is the guest configuration.
+  sshGuess =
+    name: guest:
+    let
+      mvm = guest.microvm or { };
+      cid = (mvm.vsock or { }).cid or null;
+      hypervisor = mvm.hypervisor or "qemu";
+    in
+    if cid != null && builtins.elem hypervisor vsockHypervisors then "vsock/${toString cid}" else name;
+
+  # sshGuess for every VM of microvm.nix's `microvm.vms` that has a guest
+  # configuration: attrs of VM name -> destination.
+  sshGuesses =
+    microvmVms:
+    listToAttrs (
+      map (n: {
+        name = n;
+        value = sshGuess n (guestConfigOf n microvmVms.${n});
+      }) (filter (n: guestConfigOf n microvmVms.${n} != null) (attrNames microvmVms))
+    );
+
+  # vms of config.json with each VM's SSH destination, under one of two
+  # keys. `ssh`: a destination the user chose, which microvm-link waits for
+  # and fails on: `perVm.<vm>` as it is when the VM is there (null: none),
+  # else `template` applied to the VM's name when `explicit` (the user set
+  # the template). `sshDefault`: a destination the module guessed, which
+  # microvm-link waits for only briefly and never fails on: when the
+  # template was not set (`explicit` false) and is not null, `guesses.<vm>`
+  # (sshGuesses), or `template` applied to the name for a VM without a
+  # guess; left out when ssh would refuse it (a VM named "-x"). Never both
+  # keys. A name in perVm but not in `vms` (a VM made imperatively) gets an
+  # entry with no shares and its destination.
   withSsh =
     {
       template,
       perVm,
       vms,
+      explicit ? true,
+      guesses ? { },
     }:
     let
       dest =
         vm:
         if perVm ? ${vm} then
-          perVm.${vm}
+          (if perVm.${vm} == null then { } else { ssh = perVm.${vm}; })
         else if template == null then
-          null
+          { }
+        else if explicit then
+          { ssh = sshDestination template vm; }
         else
-          sshDestination template vm;
+          let
+            guess = guesses.${vm} or (sshDestination template vm);
+          in
+          if sshDestinationProblem guess == null then { sshDefault = guess; } else { };
     in
     listToAttrs (
       map (vm: {
         name = vm;
-        value = (vms.${vm} or { shares = [ ]; }) // (if dest vm == null then { } else { ssh = dest vm; });
+        value = (vms.${vm} or { shares = [ ]; }) // dest vm;
       }) (unique (attrNames vms ++ attrNames perVm))
     );
 
   # Problems with services.microvm-workspaces.ssh for the VMs `vmNames`: an
   # unknown %-token in the template, or a destination ssh would refuse. A
-  # list of messages.
+  # list of messages. A template the user did not set (`explicit` false)
+  # only guesses: withSsh leaves out what it would give ssh to refuse.
   sshProblems =
     {
       template,
       perVm,
       vmNames,
+      explicit ? true,
     }:
     let
       opt = "services.microvm-workspaces.ssh";
@@ -650,7 +761,11 @@ rec {
       vm:
       let
         fromTemplate = !(perVm ? ${vm});
-        dest = if fromTemplate then (if template == null then null else sshDestination template vm) else perVm.${vm};
+        dest =
+          if fromTemplate then
+            (if template == null || !explicit then null else sshDestination template vm)
+          else
+            perVm.${vm};
         problem = if dest == null then null else sshDestinationProblem dest;
       in
       if problem == null then
@@ -671,6 +786,31 @@ rec {
       vm:
       "services.microvm-workspaces.ssh.perVm.${showAttr vm}: there is no VM ${quote vm} in microvm.vms, so config.json gains an entry for a VM of that name made imperatively (microvm -c); check the name."
     ) (filter (vm: !builtins.elem vm vmNames) (attrNames perVm));
+
+  # A warning when config.json gives some VM a `vsock/<cid>` destination
+  # (under either key) but the host's ssh client cannot follow it: `proxy`
+  # is programs.ssh.systemd-ssh-proxy.enable, or null where NixOS has no
+  # such option (nixpkgs before 25.05), so /etc/ssh/ssh_config does not
+  # include systemd's `Host vsock/*` ProxyCommand. A list of messages.
+  vsockProxyWarnings =
+    { vms, proxy }:
+    let
+      isVsock = d: isString d && substring 0 6 d == "vsock/";
+      vsockVms = filter (vm: isVsock (vms.${vm}.ssh or null) || isVsock (vms.${vm}.sshDefault or null)) (
+        attrNames vms
+      );
+      list = builtins.concatStringsSep ", " vsockVms;
+    in
+    if vsockVms == [ ] || proxy == true then
+      [ ]
+    else if proxy == false then
+      [
+        "services.microvm-workspaces: VMs ${list} are reached over SSH at vsock/<cid>, but programs.ssh.systemd-ssh-proxy.enable is false, so ssh does not know that host name form; microvm-link waits for them in vain (briefly, for a guessed destination). Set it to true, or set services.microvm-workspaces.ssh.destination."
+      ]
+    else
+      [
+        "services.microvm-workspaces: VMs ${list} are reached over SSH at vsock/<cid>, which needs systemd's ssh proxy in the host's ssh configuration (programs.ssh.systemd-ssh-proxy.enable, NixOS 25.05 or later; systemd 256 or later): this NixOS has no such option. Include ${"$"}{systemd}/lib/systemd/ssh_config.d/20-systemd-ssh-proxy.conf in programs.ssh.extraConfig, or set services.microvm-workspaces.ssh.destination."
+      ];
 
   # Problems the Rust parser would reject config.json for, found in the
   # collected VMs: names, share tags and sources. A list of messages.

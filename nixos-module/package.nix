@@ -4,23 +4,19 @@
   rustPlatform,
   installShellFiles,
   systemd,
-  # How microvm-link runs sudo when it re-executes itself as a normal user: a
-  # command looked up in PATH, or an absolute path. The NixOS module passes
-  # the setuid wrapper (/run/wrappers/bin/sudo); the default suits `nix run`
-  # and hosts where sudo lives elsewhere.
-  sudoPath ? "sudo",
 }:
 
 let
   cargoToml = lib.importTOML ../Cargo.toml;
 
-  # Cargo.toml's rust-version; nixpkgs 24.11 is the first release whose
-  # rustc (1.82) meets it.
+  # Cargo.toml's rust-version (the highest of the locked dependencies,
+  # tests/nix/rust-floor.nix); nixpkgs 25.11 is the first release whose
+  # rustc meets it (see minNixpkgs in default.nix).
   rustc = rustPlatform.rust.rustc or null;
   rustcOk =
     rustc == null || lib.versionAtLeast rustc.version cargoToml.package.rust-version;
 in
-assert lib.assertMsg rustcOk "microvm-workspaces needs rustc ${cargoToml.package.rust-version} or later (nixpkgs 24.11 or later); this nixpkgs has rustc ${rustc.version}. Update nixpkgs.";
+assert lib.assertMsg rustcOk "microvm-workspaces needs rustc ${cargoToml.package.rust-version} or later (nixpkgs 25.11 or later); this nixpkgs has rustc ${rustc.version}. Update nixpkgs.";
 rustPlatform.buildRustPackage {
   pname = "microvm-workspaces";
   inherit (cargoToml.package) version;
@@ -42,15 +38,12 @@ rustPlatform.buildRustPackage {
 
   nativeBuildInputs = [ installShellFiles ];
 
-  # Read with option_env! at compile time.
+  # Read with option_env! at compile time. No sudo path: microvm-link finds
+  # sudo when it runs (NixOS's setuid wrapper /run/wrappers/bin/sudo first,
+  # then PATH), so the NixOS module and `nix run` use this same derivation.
   env = {
     MICROVM_WORKSPACES_PREPARE = "${placeholder "out"}/libexec/microvm-workspaces-prepare";
     MICROVM_WORKSPACES_SYSTEMCTL = lib.getExe' systemd "systemctl";
-    MICROVM_WORKSPACES_SUDO = sudoPath;
-  };
-
-  passthru = {
-    inherit sudoPath;
   };
 
   # Only the library's unit tests (pure: path normalization, unit name

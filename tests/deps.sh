@@ -13,7 +13,7 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 command -v cargo >/dev/null || {
-  echo "deps.sh: no cargo: install a Rust toolchain (1.80 or later, e.g. with rustup) for root" >&2
+  echo "deps.sh: no cargo: install a Rust toolchain (1.89 or later, e.g. with rustup) for root" >&2
   exit 1
 }
 

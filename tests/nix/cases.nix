@@ -700,6 +700,44 @@ in
 
     # Tags and mount points that clash, given the guest's whole
     # microvm.shares (the module's own included): the first word of each.
+    # A live share's symlink against the guest's file systems: one mounted
+    # at the mountPoint or below it is refused (tmpfiles would leave the
+    # mount point alone, and the data under it); "/" and file systems
+    # beside it are fine; a share's own mount (in fileSystems too, as
+    # microvm.nix adds it) is reported once, as the share.
+    live-clashes-filesystems =
+      let
+        firstWords = ms: map (m: builtins.head (builtins.match "([^ ]*) .*" m)) ms;
+        shares = {
+          a = {
+            entry = "nixfiles";
+            mountPoint = "/data";
+          };
+        };
+        run =
+          fileSystems:
+          firstWords (mw.liveClashes {
+            inherit shares fileSystems;
+            allShares = mw.liveMicrovmShares {
+              workspaceDir = ws;
+              inherit shares;
+            };
+          });
+      in
+      {
+        beside = run [
+          "/"
+          "/nix/store"
+          "/run/microvm-workspaces/a"
+          "/datastore"
+        ];
+        on = run [
+          "/"
+          "/data"
+        ];
+        below = run [ "/data/cache" ];
+      };
+
     live-clashes =
       let
         firstWords = ms: map (m: builtins.head (builtins.match "([^ ]*) .*" m)) ms;
@@ -831,6 +869,104 @@ in
       };
     };
 
+    # ssh.destination left at its default: the module guesses, under
+    # sshDefault (never `ssh`, which microvm-link fails on): the vsock guess,
+    # else the name; perVm stays `ssh`; a guess ssh would refuse is left out.
+    with-ssh-guessed = mw.withSsh {
+      template = "%n";
+      explicit = false;
+      perVm = {
+        b = "ssh://root@10.0.0.5:2222";
+        c = null;
+      };
+      guesses = {
+        a = "vsock/3";
+        d = "d";
+      };
+      vms = {
+        a.shares = [ ];
+        b.shares = [ ];
+        c.shares = [ ];
+        d.shares = [ ];
+        # no guess (an imperative VM): the template's name
+        e.shares = [ ];
+        "-x".shares = [ ];
+      };
+    };
+
+    # ssh.destination = "%n" written by the user: the same text as the
+    # default, but chosen, so `ssh`.
+    with-ssh-explicit-default = mw.withSsh {
+      template = "%n";
+      explicit = true;
+      perVm = { };
+      guesses.a = "vsock/3";
+      vms.a.shares = [ ];
+    };
+
+    # The guesses from guest configurations: vsock/<cid> only where the
+    # hypervisor reaches the CID as AF_VSOCK (qemu is microvm.nix's default).
+    ssh-guesses =
+      let
+        withVsock =
+          hypervisor: cid:
+          declarative (
+            guest "x" [ ]
+            // {
+              microvm = {
+                shares = [ ];
+                vsock.cid = cid;
+              }
+              // (if hypervisor == null then { } else { inherit hypervisor; });
+            }
+          );
+      in
+      mw.sshGuesses {
+        qemu = withVsock "qemu" 3;
+        default-hypervisor = withVsock null 4;
+        crosvm = withVsock "crosvm" 5;
+        kvmtool = withVsock "kvmtool" 6;
+        cloud-hypervisor = withVsock "cloud-hypervisor" 7;
+        firecracker = withVsock "firecracker" 8;
+        no-cid = withVsock "qemu" null;
+        plain = declarative (guest "plain" [ ]);
+        imperative = {
+          flake = null;
+          evaluatedConfig = null;
+          config = null;
+        };
+      };
+
+    # The host's ssh client must know vsock/<cid>: no warning when the proxy
+    # is on or no VM uses vsock; one line (first words) otherwise.
+    vsock-proxy-warnings =
+      let
+        vms = {
+          a.sshDefault = "vsock/3";
+          b.ssh = "vsock/4";
+          c.ssh = "c";
+        };
+        firstWords = ws: map (w: builtins.head (builtins.match "([^:]*):.*" w)) ws;
+      in
+      {
+        on = mw.vsockProxyWarnings {
+          inherit vms;
+          proxy = true;
+        };
+        off = firstWords (mw.vsockProxyWarnings {
+          inherit vms;
+          proxy = false;
+        });
+        missing = builtins.length (mw.vsockProxyWarnings {
+          inherit vms;
+          proxy = null;
+        });
+        no-vsock = mw.vsockProxyWarnings {
+          vms.c.ssh = "c";
+          proxy = false;
+        };
+      };
+
     # The first word (the option) of each problem.
     ssh-problems =
       let
@@ -844,6 +980,13 @@ in
       {
         default = firstWords {
           template = "%n";
+          perVm = { };
+          inherit vmNames;
+        };
+        # the template's default guesses: a bad guess is left out, not refused
+        guessed = firstWords {
+          template = "%n";
+          explicit = false;
           perVm = { };
           inherit vmNames;
         };

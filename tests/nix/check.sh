@@ -9,7 +9,10 @@
 #      among them the guest module's live shares (tags within 36 bytes and
 #      unique, live roots, the refusals) and the SSH destination template;
 #   3. the README section lists every option the host module
-#      (nixos-module/default.nix) and the guest module (guest.nix) declare.
+#      (nixos-module/default.nix) and the guest module (guest.nix) declare;
+#   4. with cargo: the rustc floor of Cargo.lock is Cargo.toml's
+#      rust-version at most, and the README, tests/deps.sh and the module's
+#      minNixpkgs agree with it (tests/nix/rust-floor.nix).
 # What needs nixpkgs' lib and microvm.nix (the module evaluated beside
 # microvm.nix's host module, the generated options table) is in
 # tests/nix/eval-with-nixpkgs-lib.sh, run by hand with checkouts of both.
@@ -194,6 +197,79 @@ else
     pass "report filter: a failing grep still fails"
 fi
 
+# 2d. The VM test's Python (nixos-module/test.nix testScript) compiles. The
+# NixOS driver also type-checks and lints it (checks.vm-test-driver), which
+# needs nixpkgs; this catches syntax errors where only python3 is at hand.
+if command -v python3 >/dev/null 2>&1; then
+    if script=$(eval_json -E "(import $root/nixos-module/test.nix { self = { }; microvm = { }; }).testScript" 2>&1) &&
+        out=$(printf '%s' "$script" | python3 -c '
+import json, sys
+compile(json.load(sys.stdin), "testScript", "exec")' 2>&1); then
+        pass "VM test script compiles"
+    else
+        fail "VM test script compiles" "${out:-$script}"
+    fi
+else
+    echo "skip VM test script compiles (no python3)"
+fi
+
+# 2e2. The guest's boot check of its live symlinks (lib.nix liveLinkCheck),
+# run with bash on a tree here: a directory in the way is reported (exit 1)
+# and kept with its contents, a symlink already made passes.
+mkdir -p "$tmp/guest/in-the-way/sub" "$tmp/guest/run"
+echo data >"$tmp/guest/in-the-way/sub/file"
+ln -s /run/microvm-workspaces/made/current "$tmp/guest/made"
+check=$(eval_json --argstr g "$tmp/guest" -E "{ g }: (import $root/nixos-module/lib.nix).liveLinkCheck {
+  way = { entry = \"e\"; mountPoint = g + \"/in-the-way\"; };
+  made = { entry = \"e\"; mountPoint = g + \"/made\"; };
+}" | python3 -c 'import json,sys; print(json.load(sys.stdin))' 2>&1) || true
+if out=$(bash -c "$check" 2>&1); then
+    fail "live link check: a directory in the way" "exit 0: $out"
+elif [[ "$out" == *"in-the-way is in the way of live share way"* ]] && [[ "$out" != *"made is in"* ]] &&
+    [ "$(cat "$tmp/guest/in-the-way/sub/file")" = data ]; then
+    pass "live link check: a directory in the way is reported and kept"
+else
+    fail "live link check: a directory in the way" "$out"
+fi
+
+# 2f. The modules say they are NixOS modules (`_class = "nixos"`), and the
+# flake's per-system outputs cover x86_64-linux and aarch64-linux: flake.nix's
+# outputs evaluated with a stub nixpkgs that has nothing but lib.genAttrs
+# (only the names of each output's systems are forced).
+for module in nixos-module/default.nix nixos-module/guest.nix; do
+    if grep -qE '^  _class = "nixos";$' "$root/$module"; then
+        pass "$module: _class = \"nixos\""
+    else
+        fail "$module: _class = \"nixos\"" "no top-level _class = \"nixos\"; line"
+    fi
+done
+want='{"checks":["aarch64-linux","x86_64-linux"],"devShells":["aarch64-linux","x86_64-linux"],"formatter":["aarch64-linux","x86_64-linux"],"packages":["aarch64-linux","x86_64-linux"]}'
+if systems=$(eval_json -E "let
+  o = (import $root/flake.nix).outputs {
+    self = o;
+    nixpkgs = {
+      lib.genAttrs = names: f: builtins.listToAttrs (map (n: { name = n; value = f n; }) names);
+      legacyPackages = { };
+    };
+    microvm = { };
+  };
+in builtins.mapAttrs (_: builtins.attrNames) { inherit (o) packages checks devShells formatter; }" 2>&1) &&
+    [ "$systems" = "$want" ]; then
+    pass "flake outputs for x86_64-linux and aarch64-linux"
+else
+    fail "flake outputs for x86_64-linux and aarch64-linux" "want $want
+got  $systems"
+fi
+
+# 2e. One package: the module builds the flake's packages.default, so
+# package.nix bakes no sudo path and the module overrides nothing but
+# systemd (tests/nix/eval-with-nixpkgs-lib.sh checks the override itself).
+if grep -nE 'sudoPath|MICROVM_WORKSPACES_SUDO' "$root/nixos-module/package.nix" "$root/nixos-module/default.nix" >"$tmp/sudo.txt"; then
+    fail "one package: no baked sudo path" "$(cat "$tmp/sudo.txt")"
+else
+    pass "one package: no baked sudo path"
+fi
+
 # 3. The options each module declares are exactly these, and the README
 # section (docs/nixos.md, or README.md once merged) names each of them.
 doc=$root/docs/nixos.md
@@ -223,6 +299,42 @@ check_options nixos-module/default.nix services.microvm-workspaces \
 check_options nixos-module/guest.nix services.microvm-workspaces.guest \
     workspaceDir shares 'shares.<name>.entry' 'shares.<name>.path' \
     'shares.<name>.mountPoint' 'shares.<name>.readOnly'
+
+# 4. The rustc floor: the highest rust-version over what the crate builds
+# from Cargo.lock (tests/nix/rust-floor.nix) is at most Cargo.toml's
+# rust-version, and README.md and tests/deps.sh name that version. Needs
+# cargo (CI has it; the flake's nix-lib check, in the build sandbox, does
+# not and skips it). Offline first; cargo's registry cache holds what a
+# build fetched.
+if command -v cargo >/dev/null 2>&1 && [ -f "$root/Cargo.lock" ]; then
+    metadata_files=()
+    meta_err=
+    for target in x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu; do
+        out=$tmp/metadata-$target.json
+        if (cd "$root" && { cargo metadata --format-version 1 --locked --offline --filter-platform "$target" ||
+            cargo metadata --format-version 1 --locked --filter-platform "$target"; }) >"$out" 2>"$tmp/metadata.err"; then
+            metadata_files+=("\"$out\"")
+        else
+            meta_err+="$target: $(tail -n 3 "$tmp/metadata.err")"$'\n'
+        fi
+    done
+    if [ -n "$meta_err" ]; then
+        fail "rustc floor" "cargo metadata failed: $meta_err"
+    elif floor=$("${nix[@]}" --eval --strict --json --argstr root "$root" \
+        -E "{ root }: import $here/rust-floor.nix { metadata = [ ${metadata_files[*]} ]; inherit root; }" 2>&1); then
+        name=$(printf '%s' "$floor" | sed -e 's/.*"floor":"\([^"]*\)".*/\1/')
+        stated=$(printf '%s' "$floor" | sed -e 's/.*"stated":"\([^"]*\)".*/\1/')
+        if printf '%s' "$floor" | grep -q '"problems":\[\]'; then
+            pass "rustc floor $name (Cargo.lock) <= rust-version $stated, named in README.md and tests/deps.sh"
+        else
+            fail "rustc floor" "$floor"
+        fi
+    else
+        fail "rustc floor" "$floor"
+    fi
+else
+    echo "skip rustc floor (no cargo or Cargo.lock)"
+fi
 
 echo "nix: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

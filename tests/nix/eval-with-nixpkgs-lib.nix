@@ -181,6 +181,9 @@ let
           execWheelOnly = bool false;
           extraRules = anyList;
         };
+        # nixos/modules/programs/ssh.nix: includes systemd's ssh proxy
+        # snippet (Host vsock/* ...) in /etc/ssh/ssh_config
+        programs.ssh.systemd-ssh-proxy.enable = bool true;
         # what the flake's module-eval check sets and reads
         nixpkgs.hostPlatform = mkOption {
           type = types.str;
@@ -252,6 +255,12 @@ let
       environment.etc = anyAttrs;
       nix.enable = bool false;
       systemd.tmpfiles.settings = tmpfilesSettings;
+      # read by microvm.nix's store-disk.nix, whose fileSystems the guest
+      # module checks the live symlinks against
+      security.virtualisation.flushL1DataCache = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+      };
     };
   };
 
@@ -275,11 +284,13 @@ let
       hostName,
       shares,
       live ? { },
+      vsockCid ? null,
     }:
     evalGuest [
       {
         networking.hostName = hostName;
         microvm.shares = shares;
+        microvm.vsock.cid = vsockCid;
         services.microvm-workspaces.guest.shares = live;
       }
     ];
@@ -405,6 +416,7 @@ let
             networking.hostName = mkOption { type = types.str; };
             microvm.hypervisor = mkOption { type = types.str; };
             microvm.shares = mkOption { type = types.listOf (types.attrsOf types.anything); };
+            microvm.vsock.cid = mkOption { type = types.nullOr types.int; };
             system.stateVersion = mkOption { type = types.str; };
           };
         };
@@ -441,12 +453,12 @@ let
   failedAssertions =
     e: map (a: a.message) (lib.filter (a: !a.assertion) e.config.assertions);
 
-  # The clean host on a nixpkgs that calls itself 24.05.
+  # The clean host on a nixpkgs that calls itself 25.05.
   oldNixpkgs =
     let
       oldLib = lib // {
         trivial = lib.trivial // {
-          release = "24.05";
+          release = "25.05";
         };
       };
     in
@@ -563,11 +575,14 @@ in
         [ ]
       else
         [ "expected ${builtins.toJSON host.clean.configJson}, got ${builtins.toJSON actual}" ];
-    "clean host: the default package gets systemd and the sudo wrapper" =
+    # One package: the module overrides nothing but systemd (the host's
+    # systemd.package, by default pkgs.systemd, callPackage's own argument),
+    # so it builds the derivation of the flake's packages.default.
+    "clean host: the default package is packages.default, with the host's systemd" =
       let
         got = clean.config.services.microvm-workspaces.package.overriddenWith;
       in
-      if got.sudoPath == "/run/wrappers/bin/sudo" && got.systemd == pkgs.systemd then
+      if builtins.attrNames got == [ "systemd" ] && got.systemd == pkgs.systemd then
         [ ]
       else
         [ "override arguments: ${builtins.toJSON got}" ];
@@ -595,6 +610,42 @@ in
         [ ]
       else
         [ "failed assertions: ${builtins.toJSON got}" ];
+    # The same text as the default, but set: the user chose it, so `ssh`
+    # (waited for, a failure when it does not answer), for vm1's vsock too.
+    "ssh: the default template set explicitly gives ssh, not sshDefault" =
+      let
+        vms = (configJsonOf (withSsh { destination = "%n"; })).vms;
+      in
+      if
+        vms.vm1.ssh or null == "vm1"
+        && vms.dev.ssh or null == "dev"
+        && !(vms.vm1 ? sshDefault)
+        && vms.nixfiles.ssh == "ssh://root@10.0.0.2:2222"
+      then
+        [ ]
+      else
+        [ "vms: ${builtins.toJSON vms}" ];
+    "ssh: a guessed vsock destination warns when the host's ssh lacks systemd's proxy" =
+      let
+        got = (withSsh { }).config.warnings or [ ];
+        off = eval (
+          host.clean
+          // {
+            module = {
+              imports = [ host.clean.module ];
+              programs.ssh.systemd-ssh-proxy.enable = false;
+            };
+          }
+        );
+        gotOff = off.config.warnings;
+      in
+      if
+        !(lib.any (lib.hasInfix "vsock/<cid>") got)
+        && lib.any (lib.hasInfix "VMs vm1 are reached over SSH at vsock/<cid>, but programs.ssh.systemd-ssh-proxy.enable is false") gotOff
+      then
+        [ ]
+      else
+        [ "warnings with the proxy on: ${builtins.toJSON got}; off: ${builtins.toJSON gotOff}" ];
     "ssh: destination = null leaves only the perVm destinations" =
       let
         vms = (configJsonOf (withSsh { destination = null; })).vms;
@@ -603,13 +654,13 @@ in
         [ "vms: ${builtins.toJSON vms}" ]
       else
         [ ];
-    "nixpkgs older than 24.11: one assertion that says so, and nothing else defined" =
+    "nixpkgs older than 25.11: one assertion that says so, and nothing else defined" =
       let
         got = failedAssertions oldNixpkgs;
       in
       if
         builtins.length got == 1
-        && lib.hasInfix "needs nixpkgs 24.11 or later (this is 24.05)" (builtins.head got)
+        && lib.hasInfix "needs nixpkgs 25.11 or later (this is 25.05)" (builtins.head got)
         && !(oldNixpkgs.config.environment.etc ? "microvm-workspaces/config.json")
       then
         [ ]
@@ -718,7 +769,7 @@ in
           let
             s = shareOf w.tag;
             fs = c.fileSystems.${w.mountPoint} or null;
-            line = (lines.${w.link} or { })."L+" or null;
+            line = (lines.${w.link} or { })."L" or null;
           in
           if s == null then
             [ "no microvm.shares entry with tag ${w.tag}: ${builtins.toJSON (map (s: s.tag) c.microvm.shares)}" ]
@@ -743,7 +794,7 @@ in
                 [ "fileSystems.${w.mountPoint}: ${builtins.toJSON fs}" ]
             )
             ++ (
-              if line != null && line.type == "L+" && line.argument == "${w.mountPoint}/current" then
+              if line != null && line.type == "L" && line.argument == "${w.mountPoint}/current" then
                 [ ]
               else
                 [ "tmpfiles line for ${w.link}: ${builtins.toJSON line}" ]

@@ -4,9 +4,10 @@
 # (nixpkgs' lib.evalModules with stub NixOS options, run by hand where only
 # nixpkgs.lib and microvm.nix are at hand). Builtins only.
 #
-# `mkGuest { hostName, shares, live }` returns what goes into
+# `mkGuest { hostName, shares, live, vsockCid }` returns what goes into
 # `microvm.vms.<vm>.evaluatedConfig` (something whose `.config` is a guest
-# NixOS configuration with those microvm.shares, and with our guest module,
+# NixOS configuration with those microvm.shares, with microvm.vsock.cid =
+# `vsockCid` (null or an integer), and with our guest module,
 # nixosModules.guest, given `live` as services.microvm-workspaces.guest.shares);
 # `shares` list tag, proto, source, mountPoint and readOnly.
 { mkGuest }:
@@ -58,12 +59,17 @@ let
     };
   };
 
+  # vm1 has a vsock CID (on qemu, microvm.nix's default hypervisor), so the
+  # module guesses vsock/<cid> for it.
+  vsockCids.vm1 = 3;
+
   microvmVms = builtins.mapAttrs (name: shares: {
     autostart = false;
     evaluatedConfig = mkGuest {
       hostName = name;
       inherit shares;
       live = live.${name} or { };
+      vsockCid = vsockCids.${name} or null;
     };
   }) (vms // { dev = [ ]; });
 
@@ -83,7 +89,8 @@ in
         workspaceDir = /var/lib/microvm-workspaces;
         linkGroup = "microvm-link";
         companions.nixfiles.nix-secrets = "../nix-secrets";
-        # vm1 keeps the default template ("%n")
+        # ssh.destination stays unset: vm1 and dev get guesses
+        # (sshDefault), vsock/3 and "dev"
         ssh.perVm.nixfiles = "ssh://root@10.0.0.2:2222";
       };
       users.users.alice = {
@@ -103,9 +110,19 @@ in
         group = "root";
         mode = "0555";
       };
+      hypervisor = {
+        user = "microvm";
+        group = "kvm";
+      };
       vms =
         builtins.mapAttrs (name: shares: {
-          ssh = if name == "nixfiles" then "ssh://root@10.0.0.2:2222" else name;
+          ${if name == "nixfiles" then "ssh" else "sshDefault"} =
+            if name == "nixfiles" then
+              "ssh://root@10.0.0.2:2222"
+            else if vsockCids ? ${name} then
+              "vsock/${toString vsockCids.${name}}"
+            else
+              name;
           shares = map (s: {
             inherit (s)
               tag
@@ -120,7 +137,7 @@ in
           # the live shares: sources under .live, mounted below
           # /run/microvm-workspaces in the guest
           dev = {
-            ssh = "dev";
+            sshDefault = "dev";
             shares = [
               {
                 tag = "live-hostcfg";
