@@ -579,26 +579,6 @@ s_ssh_guest() {
 
 LIVE=$E2E_WS/.live
 
-# number of MVW lines VM's console holds now: lines after it are new
-e2e_mvw_count() { local n; n=$(e2e_mvw_lines "$1" | wc -l); echo "${n:-0}"; }
-
-# e2e_line_after VM FROM REGEX: a MVW line after the first FROM matches (ERE)
-e2e_line_after() { e2e_mvw_lines "$1" | tail -n +$(($2 + 1)) | grep -Eq "$3"; }
-
-# e2e_wait_line VM FROM REGEX TIMEOUT: poll every 0.1 s (the console is a
-# file on this host: no nsenter, so fine-grained polling is cheap)
-e2e_wait_line() {
-    local vm=$1 from=$2 re=$3 deadline
-    deadline=$(( $(date +%s%N) + $4 * 1000000000 ))
-    while :; do
-        e2e_line_after "$vm" "$from" "$re" && return 0
-        [ "$(date +%s%N)" -lt "$deadline" ] || break
-        sleep 0.1
-    done
-    echo "timed out after $4 s waiting for guest $vm to report /$re/; its last reports: $(e2e_mvw_lines "$vm" | tail -n +$((from + 1)) | grep -v tick= | tail -n 6 | tr '\n' '|')"
-    return 1
-}
-
 # the marker a live view line reports (everything after " marker=")
 e2e_view_marker() { e2e_guest_value "$1" "$2" view | sed 's/.* marker=//'; }
 

@@ -39,6 +39,10 @@ declare -gA E2E_SSH_PORTS=(
     [vmssh]=2201
     [testvm]=2202
 )
+# config.json's "companions" (JSON). E2E_VMS, E2E_SSH_PORTS and this are
+# the fixture's parameters: a caller with VMs of its own (demo.sh) sets
+# all three after sourcing this file, before e2e_fixture.
+E2E_COMPANIONS='{ "nixfiles": { "nix-secrets": "../nix-secrets" } }'
 E2E_SSH_USER=alice
 E2E_SSH_KEY=/home/alice/.ssh/id_ed25519
 E2E_SSH_HOME=/home/alice      # the guest user's home: `pwd` of a login there
@@ -253,7 +257,7 @@ e2e_config() {
         done
         printf ' ] }'
     done
-    printf '\n  },\n  "companions": { "nixfiles": { "nix-secrets": "../nix-secrets" } }\n}\n'
+    printf '\n  },\n  "companions": %s\n}\n' "$E2E_COMPANIONS"
 }
 
 # e2e_config_ssh ROOT: in config.json, each VM of E2E_SSH_PORTS gets its
