@@ -687,7 +687,9 @@ impl<'t> Workspace<'t> {
         self.displaced_dir()?;
         let old = placeholder::swap_in(&self.node, name, self.spec)?;
         let to = self.move_aside(&old, name)?;
-        tracing::warn!(path = %show(&at), "moved the directory {} of {} aside to {}", show(&at), user_label(entry.uid()), show(&to));
+        // The report says it to the caller; the journal keeps it (info, not a second line
+        // on the caller's terminal).
+        tracing::info!(path = %show(&at), "moved the directory {} of {} aside to {}", show(&at), user_label(entry.uid()), show(&to));
         out.displaced.push(Displaced {
             from: show(&at),
             to: show(&to),

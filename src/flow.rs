@@ -487,13 +487,8 @@ impl Outcome {
 
     /// The report for people, one line per fact.
     pub fn lines(&self) -> Vec<String> {
-        let mut out: Vec<String> = self
-            .relinked
-            .steps
-            .iter()
-            .chain(&self.ensured)
-            .cloned()
-            .collect();
+        let mut out: Vec<String> = Vec::new();
+        // What was in the way first: it was moved before anything was linked.
         for d in &self.relinked.displaced {
             let whose = match d.owner == self.caller {
                 true => "your directory".to_string(),
@@ -504,6 +499,7 @@ impl Outcome {
                 d.from, d.to
             ));
         }
+        out.extend(self.relinked.steps.iter().chain(&self.ensured).cloned());
         out.extend(self.restart.line(&self.vm));
         out.extend(self.ssh.line(&self.vm));
         for (vm, tags) in self.live.iter().filter(|(v, _)| *v != self.vm) {

@@ -30,7 +30,8 @@ s_upgraded_host_link() {
     e2e_start_ok vmssh
     e2e_ssh_wait vmssh >/dev/null || fail "vmssh gave no SSH banner after its start"
     step "the guest's root writes into its workspace"
-    e2e_ssh_root vmssh sh -c 'echo "written by the guest" > /mnt/workspace/guest-data' ||
+    # (one word: ssh joins its arguments into one remote command line)
+    e2e_ssh_root vmssh 'echo "written by the guest" > /mnt/workspace/guest-data' ||
         fail "the guest's root could not write into /mnt/workspace"
     out=$(e2e_stat '%U:%G %a' "$E2E_WS/vmssh") && [ "$out" = "microvm:kvm 775" ] ||
         fail "$E2E_WS/vmssh is $out, expected microvm:kvm 775 (left as it was by prepare)"
@@ -144,18 +145,19 @@ s_ssh_shared() {
 
     step "timing: $n x plain ssh vmssh true, shell first call (no master), shell following call"
     for i in $(seq 1 "$n"); do
-        plain+=("$(e2e_alice_in /home/alice/vmssh/sub bash -c 't=$EPOCHREALTIME; ssh vmssh true || exit; echo "$t $EPOCHREALTIME" | awk "{ print \$2 - \$1 }"')")
+        plain+=("$(e2e_alice_in /home/alice/vmssh/sub bash -c 't=$EPOCHREALTIME; ssh vmssh true || exit; echo "$t $EPOCHREALTIME" | awk "{ printf \"%d\\n\", (\$2 - \$1) * 1000 }"')")
         e2e_alice_in /home/alice ssh -o ControlPath="/run/user/1000/microvm-workspaces/$sock" -O exit vmssh >/dev/null 2>&1
-        first+=("$(e2e_alice_in /home/alice/vmssh/sub bash -c 't=$EPOCHREALTIME; microvm-link shell -- true || exit; echo "$t $EPOCHREALTIME" | awk "{ print \$2 - \$1 }"')")
-        follow+=("$(e2e_alice_in /home/alice/vmssh/sub bash -c 't=$EPOCHREALTIME; microvm-link shell -- true || exit; echo "$t $EPOCHREALTIME" | awk "{ print \$2 - \$1 }"')")
+        first+=("$(e2e_alice_in /home/alice/vmssh/sub bash -c 't=$EPOCHREALTIME; microvm-link shell -- true || exit; echo "$t $EPOCHREALTIME" | awk "{ printf \"%d\\n\", (\$2 - \$1) * 1000 }"')")
+        follow+=("$(e2e_alice_in /home/alice/vmssh/sub bash -c 't=$EPOCHREALTIME; microvm-link shell -- true || exit; echo "$t $EPOCHREALTIME" | awk "{ printf \"%d\\n\", (\$2 - \$1) * 1000 }"')")
     done
-    echo "plain ssh:     ${plain[*]}"
-    echo "shell, first:  ${first[*]}"
-    echo "shell, follow: ${follow[*]}"
+    echo "plain ssh, ms:     ${plain[*]}"
+    echo "shell, first, ms:  ${first[*]}"
+    echo "shell, follow, ms: ${follow[*]}"
     [ ${#plain[@]} = "$n" ] && [ ${#first[@]} = "$n" ] && [ ${#follow[@]} = "$n" ] || fail "a timed call failed"
-    e2e_timing shell-plain-ssh-median "$(printf '%s\n' "${plain[@]}" | e2e_median)"
-    e2e_timing shell-first-call-median "$(printf '%s\n' "${first[@]}" | e2e_median)"
-    e2e_timing shell-following-call-median "$(printf '%s\n' "${follow[@]}" | e2e_median)"
+    # milliseconds (e2e_timing says "s": these are ms)
+    e2e_timing shell-plain-ssh-median-ms "$(printf '%s\n' "${plain[@]}" | e2e_median)"
+    e2e_timing shell-first-call-median-ms "$(printf '%s\n' "${first[@]}" | e2e_median)"
+    e2e_timing shell-following-call-median-ms "$(printf '%s\n' "${follow[@]}" | e2e_median)"
 
     step "a restart of the VM: a new master on a new socket, the old one out of the way"
     b=$(e2e_boot_count vmssh)
