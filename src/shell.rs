@@ -131,10 +131,26 @@ pub fn serving(env: &Env, plan: &Plan) -> bool {
 /// How long a shared connection outlives its last session.
 const CONTROL_PERSIST: Duration = Duration::from_secs(300);
 
+/// A VM that has run this long is past its boot: its sshd listens, no banner to wait for.
+const SETTLED: Duration = Duration::from_secs(60);
+
+/// When `vm` last started: the mtime of its /run record, which prepare writes at every start.
+fn start_record(env: &Env, vm: &str) -> Option<std::fs::Metadata> {
+    std::fs::metadata(env.root.real(&crate::record::record_path(vm))).ok()
+}
+
 /// Waits for the VM's SSH banner as the user's ssh resolves the destination, unless a shared
-/// connection to this start of the VM is open already. Returns the control socket to share
-/// connections through, if any.
-pub fn wait(env: &Env, plan: &Plan, timeout: Duration, progress: bool) -> Result<Option<PathBuf>> {
+/// connection to this start of the VM is open already, or the VM was serving the repo before
+/// this call and started more than [`SETTLED`] ago (the probe is a connection of its own:
+/// on a slow guest it costs what the ssh after it costs). Returns the control socket to
+/// share connections through, if any.
+pub fn wait(
+    env: &Env,
+    plan: &Plan,
+    serving: bool,
+    timeout: Duration,
+    progress: bool,
+) -> Result<Option<PathBuf>> {
     let target = ssh::resolve(&plan.destination, plan.user)?;
     let control = match target.own_control || plan.user.is_some() {
         true => None,
@@ -142,7 +158,12 @@ pub fn wait(env: &Env, plan: &Plan, timeout: Duration, progress: bool) -> Result
     };
     // A master's socket is there: ssh asks it (and starts afresh if it is dead).
     let master = control.as_deref().is_some_and(Path::exists);
-    if !target.proxied && !master {
+    let settled = serving
+        && start_record(env, &plan.vm)
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > SETTLED);
+    if !target.proxied && !master && !settled {
         let took = ssh::wait_for_banner(&target, timeout, progress)?;
         if progress {
             eprintln!(
@@ -182,7 +203,7 @@ pub fn control_path(env: &Env, plan: &Plan) -> Option<PathBuf> {
     if !private(&dir) {
         return None;
     }
-    let start = std::fs::metadata(env.root.real(&crate::record::record_path(&plan.vm)))
+    let start = start_record(env, &plan.vm)
         .map(|m| (m.ino() as u32) ^ (m.mtime_nsec() as u32))
         .unwrap_or(0);
     let mut key = std::collections::hash_map::DefaultHasher::new();

@@ -14,7 +14,7 @@ fn imports() -> BTreeMap<String, BTreeSet<String>> {
         let Some(name) = p.file_stem().and_then(|s| s.to_str()) else {
             continue;
         };
-        if p.extension().map_or(true, |x| x != "rs") || name == "lib" {
+        if p.extension().is_none_or(|x| x != "rs") || name == "lib" {
             continue;
         }
         // Code only: comments may name modules freely (doc links).

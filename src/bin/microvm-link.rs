@@ -52,6 +52,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         Some(Cmd::Shell { vm, ssh, command }) => {
             let user_env = env(false)?;
             let plan = shell::plan(&user_env, vm.as_deref(), ssh.as_deref())?;
+            let serving = shell::serving(&user_env, &plan);
             if nix::unistd::Uid::effective().is_root() {
                 let opts = Options {
                     if_needed: true,
@@ -62,10 +63,10 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                 let out = flow::link(&env(true)?, Some(&plan.vm), None, opts)?;
                 out.lines().iter().for_each(|l| eprintln!("{l}"));
                 anyhow::ensure!(out.success(), "linking and starting {} failed", plan.vm);
-            } else if !shell::serving(&user_env, &plan) {
+            } else if !serving {
                 shell::link_through_sudo(&plan.vm, ssh.as_deref())?;
             }
-            let control = shell::wait(&user_env, &plan, ssh_timeout, progress)?;
+            let control = shell::wait(&user_env, &plan, serving, ssh_timeout, progress)?;
             return Err(shell::exec(&plan, control.as_deref(), command));
         }
         Some(Cmd::Doctor { json }) => {

@@ -124,7 +124,7 @@ s_ssh_default() {
 # sudo; a restart of the VM starts a new master on a new socket. Medians of
 # E2E_SHELL_RUNS (10) calls each against plain `ssh vmssh true`, same run.
 s_ssh_shared() {
-    local n=${E2E_SHELL_RUNS:-10} i t0 plain=() first=() follow=() sock sock2 sudos
+    local n=${E2E_SHELL_RUNS:-10} i b plain=() first=() follow=() sock sock2 sudos
     [[ $n =~ ^[1-9][0-9]*$ ]] || fail "E2E_SHELL_RUNS must be a positive number, not '$n'"
     e2e_vmssh_repo
     e2e_ct install -d -o alice -g alice -m 0700 /run/user/1000 || fail "could not make alice's runtime dir"
@@ -143,10 +143,22 @@ s_ssh_shared() {
     [ "$(e2e_ct journalctl -q --no-pager _COMM=sudo | grep -c 'COMMAND=/usr/bin/microvm-link')" = "$sudos" ] ||
         fail "shell on a running VM that serves the repo ran sudo"
 
+    step "a restart of the VM: a new master on a new socket, the old one out of the way"
+    b=$(e2e_boot_count vmssh)
+    e2e_ct systemctl restart microvm@vmssh.service || fail "systemctl restart microvm@vmssh failed"
+    e2e_wait_restarted vmssh "$b"
+    e2e_mvl_alice /home/alice/vmssh/sub shell -- cat /proc/sys/kernel/random/boot_id || fail "shell after the restart exited $?: $(e2e_mvl_all | tail -n 2 | tr '\n' ' ')"
+    sock2=$(e2e_ct sh -c 'ls -t /run/user/1000/microvm-workspaces/ | head -n 1')
+    [ "$sock2" != "$sock" ] || fail "the restarted VM is reached through the old socket $sock"
+    [ "${sock2#*-}" = "${sock#*-}" ] || fail "the new socket $sock2 is not for the same VM and destination as $sock"
+
+    step "a running VM past its boot (its start more than 60 s ago): no banner probe before ssh"
+    e2e_poll 90 "vmssh's start more than 61 s ago" e2e_ct sh -c '[ $(( $(date +%s) - $(stat -c %Y /run/microvm-workspaces/vmssh.json) )) -gt 61 ]' >/dev/null ||
+        fail "vmssh's /run record did not age"
     step "timing: $n x plain ssh vmssh true, shell first call (no master), shell following call"
     for i in $(seq 1 "$n"); do
         plain+=("$(e2e_alice_in /home/alice/vmssh/sub bash -c 't=$EPOCHREALTIME; ssh vmssh true || exit; echo "$t $EPOCHREALTIME" | awk "{ printf \"%d\\n\", (\$2 - \$1) * 1000 }"')")
-        e2e_alice_in /home/alice ssh -o ControlPath="/run/user/1000/microvm-workspaces/$sock" -O exit vmssh >/dev/null 2>&1
+        e2e_alice_in /home/alice ssh -o ControlPath="/run/user/1000/microvm-workspaces/$sock2" -O exit vmssh >/dev/null 2>&1
         first+=("$(e2e_alice_in /home/alice/vmssh/sub bash -c 't=$EPOCHREALTIME; microvm-link shell -- true || exit; echo "$t $EPOCHREALTIME" | awk "{ printf \"%d\\n\", (\$2 - \$1) * 1000 }"')")
         follow+=("$(e2e_alice_in /home/alice/vmssh/sub bash -c 't=$EPOCHREALTIME; microvm-link shell -- true || exit; echo "$t $EPOCHREALTIME" | awk "{ printf \"%d\\n\", (\$2 - \$1) * 1000 }"')")
     done
@@ -158,13 +170,4 @@ s_ssh_shared() {
     e2e_timing shell-plain-ssh-median-ms "$(printf '%s\n' "${plain[@]}" | e2e_median)"
     e2e_timing shell-first-call-median-ms "$(printf '%s\n' "${first[@]}" | e2e_median)"
     e2e_timing shell-following-call-median-ms "$(printf '%s\n' "${follow[@]}" | e2e_median)"
-
-    step "a restart of the VM: a new master on a new socket, the old one out of the way"
-    b=$(e2e_boot_count vmssh)
-    e2e_ct systemctl restart microvm@vmssh.service || fail "systemctl restart microvm@vmssh failed"
-    e2e_wait_restarted vmssh "$b"
-    e2e_mvl_alice /home/alice/vmssh/sub shell -- cat /proc/sys/kernel/random/boot_id || fail "shell after the restart exited $?: $(e2e_mvl_all | tail -n 2 | tr '\n' ' ')"
-    sock2=$(e2e_ct sh -c 'ls -t /run/user/1000/microvm-workspaces/ | head -n 1')
-    [ "$sock2" != "$sock" ] || fail "the restarted VM is reached through the old socket $sock"
-    [ "${sock2#*-}" = "${sock#*-}" ] || fail "the new socket $sock2 is not for the same VM and destination as $sock"
 }
