@@ -127,6 +127,10 @@ pub enum Cmd {
         #[arg(last = true, value_name = "COMMAND")]
         command: Vec<String>,
     },
+    /// Internal: one SSH banner probe of HOST:PORT, run by microvm-link as the invoking user
+    /// (root connects nowhere for a caller). Refused through sudo.
+    #[command(name = "__probe-ssh", hide = true)]
+    ProbeSsh { host: String, port: u16 },
     /// Print a shell completion script.
     #[command(
         after_help = "Examples:\n  microvm-link completions bash > /etc/bash_completion.d/microvm-link\n  microvm-link completions fish > ~/.config/fish/completions/microvm-link.fish"

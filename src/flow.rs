@@ -369,13 +369,13 @@ pub fn wait_for_ssh(env: &Env, vm: &str, opts: &Options) -> SshWait {
     let timeout = match dest.chosen {
         true => opts.ssh_timeout,
         false => {
-            if let Err(e) = ssh::address(&target) {
+            if let Err(e) = ssh::address(&target.host, target.port) {
                 return failed(e);
             }
             opts.ssh_timeout.min(DEFAULT_DESTINATION_WAIT)
         }
     };
-    match ssh::wait_for_banner(&target, timeout, opts.progress) {
+    match ssh::wait_for_banner(&target, ssh::as_user(env.user), timeout, opts.progress) {
         Ok(d) => SshWait::Ready {
             target,
             secs: d.as_secs_f64(),
@@ -453,6 +453,8 @@ pub struct Outcome {
     #[serde(serialize_with = "stale_json")]
     pub stale: Vec<VmStatus>,
     pub restarted_stale: Vec<(String, Restart)>,
+    /// Stale VMs `--restart-stale` left alone for this caller, and why.
+    pub stale_kept: Vec<(String, String)>,
     /// Running VMs that see the change now through live shares: (VM, tags).
     pub live: Vec<(String, Vec<String>)>,
     pub ssh: SshWait,
@@ -510,11 +512,17 @@ impl Outcome {
         }
         for s in &self.stale {
             let tags = stale_tags(s).join(", ");
+            let kept = self.stale_kept.iter().find(|(v, _)| *v == s.vm);
             match self.restarted_stale.iter().find(|(v, _)| *v == s.vm) {
                 Some((_, r)) => out.push(format!(
                     "{} was stale ({tags}): {}",
                     s.vm,
                     r.line(&s.vm).unwrap_or_default()
+                )),
+                None if kept.is_some() => out.push(format!(
+                    "stale: {} still sees the old directory for {tags}; not restarted: {}; only they or root may restart it",
+                    s.vm,
+                    kept.map(|(_, why)| why.as_str()).unwrap_or_default()
                 )),
                 None => out.push(format!(
                     "stale: {} still sees the old directory for {tags}; restart it (systemctl restart {}) or use --restart-stale",
@@ -642,6 +650,19 @@ fn run(
         Restart::NotNeeded {
             why: "nothing changed".into(),
         }
+    } else if !affected.iter().any(|(v, _)| v == vm) && (!opts.if_needed || is_running(env, vm)) {
+        // No share of the VM passes through a changed entry: a restart would show it
+        // nothing new (and anyone could restart any VM by naming it).
+        Restart::NotNeeded {
+            why: format!(
+                "no share of {vm} passes through {}",
+                changes
+                    .iter()
+                    .map(|c| show(&env.cfg.workspace_dir.join(&c.name)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
     } else if relinked.changed == 0 && is_running(env, vm) && !is_stale(env, vm) {
         // `--if-needed`, already linked, running and seeing it: leave it be.
         Restart::Unchanged
@@ -654,9 +675,14 @@ fn run(
     };
     let stale = stale_others(env, vm);
     let mut restarted_stale = Vec::new();
+    let mut stale_kept = Vec::new();
     if opts.restart_stale && !opts.dry_run {
         for s in &stale {
-            restarted_stale.push((s.vm.clone(), restart_vm(env, &s.vm, false, opts.progress)));
+            match stale_by_others(env, &changes, s) {
+                None => restarted_stale
+                    .push((s.vm.clone(), restart_vm(env, &s.vm, false, opts.progress))),
+                Some(why) => stale_kept.push((s.vm.clone(), why)),
+            }
         }
     }
     Ok(Outcome {
@@ -672,9 +698,51 @@ fn run(
         restart,
         stale,
         restarted_stale,
+        stale_kept,
         live,
         ssh,
     })
+}
+
+/// Why `--restart-stale` leaves `s` alone for this caller: a stale share of it passes
+/// through an entry that someone else links, and this run did not change (only they, or root,
+/// restart VMs for their links). `None`: the caller may restart it.
+fn stale_by_others(env: &Env, changes: &[Change], s: &VmStatus) -> Option<String> {
+    if env.user == 0 {
+        return None;
+    }
+    let ws = Workspace::find(&env.tree, &env.cfg).ok().flatten()?;
+    let links = ws.links().ok().flatten();
+    for share in s.shares.iter().filter(|x| x.stale) {
+        let Some(name) = entry_name_of(&env.cfg.workspace_dir, Path::new(&share.path)) else {
+            return Some(format!(
+                "its share {} is outside the workspace dir",
+                share.tag
+            ));
+        };
+        if changes.iter().any(|c| OsStr::new(&c.name) == name) {
+            continue;
+        }
+        match crate::entry::read_record(links.as_ref(), &name) {
+            Ok(Some(rec)) if rec.owner == env.user => {}
+            Ok(Some(rec)) => {
+                return Some(format!(
+                    "its share {} passes through {}, linked by {}",
+                    share.tag,
+                    show(&env.cfg.workspace_dir.join(&name)),
+                    crate::entry::user_label(rec.owner)
+                ))
+            }
+            _ => {
+                return Some(format!(
+                    "its share {} went stale through {}, which this run did not change",
+                    share.tag,
+                    show(&env.cfg.workspace_dir.join(&name))
+                ))
+            }
+        }
+    }
+    None
 }
 
 fn is_stale(env: &Env, vm: &str) -> bool {

@@ -114,11 +114,17 @@ pub fn parse_g(destination: &str, text: &str) -> Result<Target> {
 }
 
 /// Waits until `t` answers with an SSH banner (`SSH-`), at most `timeout`; returns how long
-/// it took. Progress on stderr when `progress`.
-pub fn wait_for_banner(t: &Target, timeout: Duration, progress: bool) -> Result<Duration> {
+/// it took. Each probe connects as `user` (see [`probe_as`]). Progress on stderr when
+/// `progress`.
+pub fn wait_for_banner(
+    t: &Target,
+    user: Option<As>,
+    timeout: Duration,
+    progress: bool,
+) -> Result<Duration> {
     let start = Instant::now();
     loop {
-        let last = match probe(t, Duration::from_secs(2)) {
+        let last = match probe_as(t, user) {
             Ok(()) => {
                 if progress {
                     eprintln!();
@@ -153,10 +159,40 @@ pub fn wait_for_banner(t: &Target, timeout: Duration, progress: bool) -> Result<
     }
 }
 
+/// How long one probe may take.
+pub const PROBE_LIMIT: Duration = Duration::from_secs(2);
+
+/// One probe, connecting as `user`: root acting for someone connects nowhere itself (an
+/// owner-based firewall rule, or what a port answers, is the caller's business), so the
+/// probe runs in a child with the caller's ids (`microvm-link __probe-ssh HOST PORT`).
+fn probe_as(t: &Target, user: Option<As>) -> Result<()> {
+    let Some((uid, gid)) = user else {
+        return probe(&t.host, t.port, PROBE_LIMIT);
+    };
+    let exe = std::env::current_exe().context("cannot find microvm-link's own executable")?;
+    let out = std::process::Command::new(exe)
+        .args(["__probe-ssh", "--", &t.host, &t.port.to_string()])
+        .uid(uid)
+        .gid(gid)
+        .env_remove("SUDO_UID")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .context("cannot run the SSH probe as the caller")?;
+    match out.status.success() {
+        true => Ok(()),
+        false => bail!(
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+                .trim()
+                .trim_start_matches("microvm-link: ")
+        ),
+    }
+}
+
 /// One attempt: connect and read the first bytes. (A hypervisor's port forward accepts
 /// before the guest listens, so a connection alone proves nothing.)
-fn probe(t: &Target, limit: Duration) -> Result<()> {
-    let addr = address(t)?;
+pub fn probe(host: &str, port: u16, limit: Duration) -> Result<()> {
+    let addr = address(host, port)?;
     let mut s = TcpStream::connect_timeout(&addr, limit).context("connect")?;
     s.set_read_timeout(Some(limit))?;
     let mut buf = [0u8; 4];
@@ -167,13 +203,13 @@ fn probe(t: &Target, limit: Duration) -> Result<()> {
     Ok(())
 }
 
-/// The first address `t`'s host name resolves to.
-pub fn address(t: &Target) -> Result<std::net::SocketAddr> {
-    (t.host.as_str(), t.port)
+/// The first address `host` resolves to.
+pub fn address(host: &str, port: u16) -> Result<std::net::SocketAddr> {
+    (host, port)
         .to_socket_addrs()
-        .with_context(|| format!("cannot resolve {}", t.host))?
+        .with_context(|| format!("cannot resolve {host}"))?
         .next()
-        .with_context(|| format!("{} has no address", t.host))
+        .with_context(|| format!("{host} has no address"))
 }
 
 /// `word` quoted for a POSIX shell: safe whatever it holds.

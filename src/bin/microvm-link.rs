@@ -9,7 +9,7 @@ use anyhow::Result;
 use clap::{CommandFactory, Parser};
 use microvm_workspaces::cli::{Cli, Cmd};
 use microvm_workspaces::flow::{self, Env, Options};
-use microvm_workspaces::{doctor, logging, paths, shell, status};
+use microvm_workspaces::{doctor, logging, paths, shell, ssh, status};
 
 fn main() -> ExitCode {
     flow::harden();
@@ -38,6 +38,14 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         Some(Cmd::Completions { shell }) => {
             let mut cmd = Cli::command();
             clap_complete::generate(*shell, &mut cmd, "microvm-link", &mut std::io::stdout());
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(Cmd::ProbeSsh { host, port }) => {
+            anyhow::ensure!(
+                !nix::unistd::Uid::effective().is_root() || paths::sudo_uid().is_none(),
+                "__probe-ssh is internal and refused through sudo"
+            );
+            ssh::probe(host, *port, ssh::PROBE_LIMIT)?;
             return Ok(ExitCode::SUCCESS);
         }
         Some(Cmd::Status { vm, json }) => {

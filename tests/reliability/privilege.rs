@@ -1224,3 +1224,126 @@ fn a_repo_that_cannot_be_reached_safely_is_gone_for_everyone_else() {
     );
     assert!(is_marked(&entry), "the placeholder does not serve");
 }
+
+// ---- issue 18: what one link-group member can do to another's VMs ----
+
+/// Issue 18, 2: `microvm-link testvm` from any directory restarted testvm although no share
+/// of testvm passes through the entry `testvm` (the NixOS module writes every VM into
+/// config.json, so any member could restart any VM). Only a VM with a share through a changed
+/// entry restarts; under a re-rooted tree "would restart" shows as `skipped`.
+#[test]
+fn a_link_restarts_only_vms_with_a_share_through_a_changed_entry() {
+    in_mount_ns!(a_link_restarts_only_vms_with_a_share_through_a_changed_entry);
+    attack();
+    let fx = vm1();
+    // testvm shares only nixfiles, not its own entry.
+    fx.runner(
+        "testvm",
+        &[("nixfiles", b"/var/lib/microvm-workspaces/nixfiles")],
+    );
+    fx.repo("/home/alice/scratch", ALICE);
+    let run = |vm: &str, args: &[&str]| -> serde_json::Value {
+        let out = Run::link(&fx)
+            .user(ALICE)
+            .cwd("/home/alice/scratch")
+            .args([vm, "--json"])
+            .args(args)
+            .stdin_null()
+            .output_within(LIMIT);
+        assert_ok(&out);
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    for (vm, args) in [("testvm", &[][..]), ("testvm", &["--restart-stale"][..])] {
+        let v = run(vm, args);
+        assert_eq!(v["restart"]["result"], "not-needed", "{vm} {args:?}: {v}");
+        let why = v["restart"]["why"].as_str().unwrap_or_default();
+        assert!(
+            why.contains("no share of testvm passes through /var/lib/microvm-workspaces/testvm"),
+            "{v}"
+        );
+    }
+    // The control: vm1 shares its own entry, so linking it restarts it.
+    let v = run("vm1", &[]);
+    assert_eq!(v["restart"]["result"], "skipped", "{v}");
+    let v = Run::link(&fx)
+        .user(ALICE)
+        .cwd("/")
+        .args(["unlink", "testvm", "--json"])
+        .stdin_null()
+        .output_within(LIMIT);
+    assert_ok(&v);
+    let v: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
+    assert_eq!(v["restart"]["result"], "not-needed", "{v}");
+}
+
+/// Issue 18, 3: `--restart-stale` restarted every stale VM, whoever's link made it stale.
+/// For a caller other than root, a VM is restarted only when its stale shares pass through
+/// entries the caller links (or this run changed); the others are listed, not restarted.
+#[test]
+fn restart_stale_restarts_only_what_the_callers_links_made_stale() {
+    in_mount_ns!(restart_stale_restarts_only_what_the_callers_links_made_stale);
+    attack();
+    let fx = vm1();
+    fx.runner("bobs", &[("ws", b"/var/lib/microvm-workspaces/bobs")]);
+    fx.runner("watch-bob", &[("b", b"/var/lib/microvm-workspaces/bobs")]);
+    fx.runner("watch-alice", &[("a", b"/var/lib/microvm-workspaces/vm1")]);
+    fx.repo("/home/bob/bobs", BOB);
+    for vm in ["watch-bob", "watch-alice"] {
+        assert_ok(&Run::prepare(&fx, vm).output_within(LIMIT));
+    }
+    // bob's link leaves watch-bob stale; alice's leaves watch-alice stale.
+    assert_ok(
+        &Run::link(&fx)
+            .user(BOB)
+            .cwd("/home/bob/bobs")
+            .args(["bobs", "--no-restart"])
+            .stdin_null()
+            .output_within(LIMIT),
+    );
+    let out = Run::link(&fx)
+        .user(ALICE)
+        .cwd("/home/alice/vm1")
+        .args(["vm1", "--restart-stale", "--json"])
+        .stdin_null()
+        .output_within(LIMIT);
+    assert_ok(&out);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stale: Vec<&str> = v["stale"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["vm"].as_str())
+        .collect();
+    assert!(
+        stale.contains(&"watch-bob") && stale.contains(&"watch-alice"),
+        "{v}"
+    );
+    let restarted: Vec<&str> = v["restartedStale"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r[0].as_str())
+        .collect();
+    assert_eq!(restarted, ["watch-alice"], "{v}");
+    let kept = v["staleKept"].to_string();
+    assert!(
+        kept.contains("watch-bob") && kept.contains("linked by uid 4343"),
+        "{v}"
+    );
+    let text = Run::link(&fx)
+        .user(ALICE)
+        .cwd("/home/alice/vm1")
+        .args(["vm1", "--restart-stale"])
+        .stdin_null()
+        .ok_stdout();
+    assert!(text.contains("stale: watch-bob still sees the old directory for b; not restarted: its share b passes through /var/lib/microvm-workspaces/bobs, linked by uid 4343; only they or root may restart it"), "{text}");
+    // Root restarts both.
+    let out = Run::link(&fx)
+        .user(0)
+        .cwd("/home/alice/vm1")
+        .args(["vm1", "--restart-stale", "--json"])
+        .stdin_null()
+        .ok_stdout();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["restartedStale"].as_array().unwrap().len(), 2, "{v}");
+}
