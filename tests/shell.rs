@@ -57,6 +57,32 @@ fn banner_server() -> u16 {
     port
 }
 
+/// A listener that greets like an SSH server and records, for each connection, the uid that
+/// owns the connecting socket (from /proc/net/tcp: who connected, root or the caller).
+fn banner_server_recording_uids() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<u32>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let uids = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = uids.clone();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let peer = c.peer_addr().unwrap().port();
+            let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap();
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid ...
+            let uid = tcp.lines().skip(1).find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let local_port = u16::from_str_radix(f[1].rsplit(':').next()?, 16).ok()?;
+                (local_port == peer)
+                    .then(|| f[7].parse::<u32>().ok())
+                    .flatten()
+            });
+            seen.lock().unwrap().push(uid.unwrap_or(u32::MAX));
+            let _ = c.write_all(b"SSH-2.0-test\r\n");
+        }
+    });
+    (port, uids)
+}
+
 /// A port nothing listens on (bound, then closed).
 fn dead_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -225,4 +251,34 @@ fn shell_refuses_what_link_refuses() {
     fx.config(r#"{"vms": {"vm1": {}}}"#);
     let out = shell(&fx, &ssh, "/home/alice/vm1", &["shell", "--", "pwd"]);
     assert_one_line_error(&out, &["vm1 has no SSH destination", "--ssh DEST"]);
+}
+
+/// Issue 18, 6: root acting for a user (sudo, or `--user`) probed the SSH banner itself,
+/// connecting from root to whatever host:port the caller's ssh config names (past
+/// owner-based firewall rules; the answer tells ports apart). The probe connects as the caller.
+#[test]
+fn the_ssh_banner_probe_connects_as_the_caller() {
+    in_mount_ns!(the_ssh_banner_probe_connects_as_the_caller);
+    let fx = fixture();
+    let (port, uids) = banner_server_recording_uids();
+    let ssh = FakeSsh::new(port);
+    let out = shell(&fx, &ssh, "/home/alice/vm1", &["shell", "--", "true"]);
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let uids = uids.lock().unwrap().clone();
+    assert!(!uids.is_empty(), "nothing probed the banner");
+    assert!(
+        uids.iter().all(|&u| u == ALICE),
+        "connected as {uids:?}, not as alice ({ALICE})"
+    );
+    // Through sudo the internal probe is refused: root connects nowhere for a caller.
+    let out = Run::link(&fx)
+        .env("SUDO_UID", ALICE.to_string())
+        .args(["__probe-ssh", "--", "127.0.0.1", &port.to_string()])
+        .output();
+    assert_one_line_error(&out, &["__probe-ssh is internal and refused through sudo"]);
 }
