@@ -80,6 +80,8 @@ pub trait Host {
     fn own_exe(&self) -> Option<PathBuf>;
     /// Where `destination` leads as the caller's ssh resolves it (`ssh -G`, run as them).
     fn ssh_target(&self, destination: &str, caller: u32) -> Result<crate::ssh::Target>;
+    /// From here on, look as `caller` (root acting for someone gives up root).
+    fn drop_to(&self, caller: u32) -> Result<()>;
 }
 
 /// The real system: `systemctl`, child processes, `PATH`.
@@ -152,6 +154,10 @@ impl Host for System {
     fn ssh_target(&self, destination: &str, caller: u32) -> Result<crate::ssh::Target> {
         crate::ssh::resolve(destination, crate::ssh::as_user(caller))
     }
+
+    fn drop_to(&self, caller: u32) -> Result<()> {
+        crate::flow::drop_to(caller)
+    }
 }
 
 /// Where systemd looks for system generators (systemd.generator(7)); NixOS links them into
@@ -172,6 +178,11 @@ const PREPARE_NAME: &str = "microvm-workspaces-prepare";
 pub fn run(root: &Root, caller: u32, host: &dyn Host) -> Result<Vec<Finding>> {
     let tree = Tree::open(root)?;
     let mut out = Vec::new();
+    // The sudoers files are root's to read; everything after looks at paths a caller can
+    // influence (symlinked sources, records, repos), so it looks with the caller's rights.
+    let mut sudo = Vec::new();
+    check_sudo(root, &tree, caller, host, &mut sudo);
+    host.drop_to(caller)?;
     let cfg = check_config(&tree, &mut out);
     let vms = runner::known_vms(&tree, &cfg);
     check_generator(&tree, &cfg, &vms, &mut out);
@@ -180,7 +191,7 @@ pub fn run(root: &Root, caller: u32, host: &dyn Host) -> Result<Vec<Finding>> {
     let versions = check_virtiofsd(root, &tree, &cfg, &shares, host, &mut out);
     check_symlinked_sources(&tree, &cfg, &shares, &versions, &mut out);
     check_private_tmp(&cfg, &shares, &mut out);
-    check_sudo(root, &tree, caller, host, &mut out);
+    out.append(&mut sudo);
     check_link_records(&tree, &cfg, &mut out);
     check_stale(&tree, &cfg, root, &mut out);
     check_vsock(&cfg, caller, host, &mut out);
@@ -1044,6 +1055,9 @@ mod tests {
         }
         fn own_exe(&self) -> Option<PathBuf> {
             None
+        }
+        fn drop_to(&self, _: u32) -> Result<()> {
+            Ok(())
         }
         fn ssh_target(&self, destination: &str, _: u32) -> Result<crate::ssh::Target> {
             // "vsock/1" has the proxy (systemd 256+), any other vsock/ name does not.

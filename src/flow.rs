@@ -110,6 +110,30 @@ pub fn sudo_command() -> (std::process::Command, String) {
     (cmd, sudo)
 }
 
+/// Gives up root for good and becomes `uid` (with its primary and supplementary groups), for
+/// commands that only look (`status`, `doctor`) at paths a caller can influence: a symlink in
+/// their repo must not make root reveal what lies where they cannot look. A no-op unless
+/// root is acting for someone else (`uid` not 0).
+pub fn drop_to(uid: u32) -> Result<()> {
+    use nix::unistd::{getgrouplist, setgid, setgroups, setuid, Gid, Uid, User};
+    if uid == 0 || !Uid::effective().is_root() {
+        return Ok(());
+    }
+    let user = User::from_uid(Uid::from_raw(uid)).ok().flatten();
+    let gid = user.as_ref().map_or(Gid::from_raw(uid), |u| u.gid);
+    let groups = user
+        .as_ref()
+        .and_then(|u| {
+            let name = std::ffi::CString::new(u.name.as_bytes()).ok()?;
+            getgrouplist(&name, gid).ok()
+        })
+        .unwrap_or_else(|| vec![gid]);
+    setgroups(&groups)
+        .and_then(|_| setgid(gid))
+        .and_then(|_| setuid(Uid::from_raw(uid)))
+        .with_context(|| format!("cannot drop to uid {uid}"))
+}
+
 /// A VM left out, and why.
 pub type Skipped = (String, String);
 

@@ -50,6 +50,8 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         }
         Some(Cmd::Status { vm, json }) => {
             let env = env(false)?;
+            // Root for a caller looks with the caller's eyes (docs/design.md#sudo-boundary).
+            flow::drop_to(env.user)?;
             let rows = status::collect(&env.tree, &env.cfg, &env.root, vm.as_deref())?;
             match json {
                 true => println!("{:#}", serde_json::json!({ "vms": rows })),

@@ -389,7 +389,7 @@ fn a_spoofed_sudo_uid_is_never_trusted() {
         &sudo,
         format!(
             "#!/bin/sh\necho \"uid=$(id -u) SUDO_UID=$SUDO_UID $*\" >> {log}\n\
-             [ $(wc -l < {log}) -gt 3 ] && exit 97\n[ \"$1\" = -- ] && shift\nexec \"$@\"\n",
+             [ $(wc -l < {log}) -gt 3 ] && exit 97\n[ \"$1\" = -n ] && shift\n[ \"$1\" = -- ] && shift\nexec \"$@\"\n",
             log = log.display()
         ),
     )
@@ -415,7 +415,8 @@ fn a_spoofed_sudo_uid_is_never_trusted() {
     let calls = std::fs::read_to_string(&log).unwrap();
     assert_eq!(calls.lines().count(), 1, "sudo was asked {calls:?}");
     assert!(
-        calls.starts_with("uid=4242 SUDO_UID=0 -- ") && calls.contains(link.to_str().unwrap()),
+        // `-n`: no terminal to ask a password on (flow::sudo_command)
+        calls.starts_with("uid=4242 SUDO_UID=0 -n -- ") && calls.contains(link.to_str().unwrap()),
         "{calls}"
     );
     assert_eq!(before, fx.snapshot());
@@ -1346,4 +1347,46 @@ fn restart_stale_restarts_only_what_the_callers_links_made_stale() {
         .ok_stdout();
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["restartedStale"].as_array().unwrap().len(), 2, "{v}");
+}
+
+/// Issue 18, 5: a symlink in the caller's repo into a directory only root may read made
+/// `sudo microvm-link status --json` print what is there (its device:inode), where the caller's
+/// own `status` says "missing". Status (and doctor) look with the caller's rights.
+#[test]
+fn status_for_a_caller_looks_with_the_callers_rights() {
+    in_mount_ns!(status_for_a_caller_looks_with_the_callers_rights);
+    attack();
+    let fx = vm1();
+    chmod(fx.root(), 0o755);
+    fx.runner("peek", &[("p", b"/var/lib/microvm-workspaces/vm1/secret")]);
+    fx.mkdir("/root", 0, 0o700);
+    fx.mkdir("/root/secretdir", 0, 0o755);
+    assert_ok(
+        &Run::link(&fx)
+            .user(ALICE)
+            .cwd("/home/alice/vm1")
+            .args(["vm1", "--no-restart"])
+            .stdin_null()
+            .output_within(LIMIT),
+    );
+    // After the link (which would refuse it): alice's symlink in her repo, into root's.
+    std::fs::remove_dir(fx.p("/home/alice/vm1/secret")).ok();
+    user_symlink(&fx, "/root/secretdir", "/home/alice/vm1/secret", ALICE);
+    let now = |who: u32| -> serde_json::Value {
+        let out = Run::link(&fx)
+            .user(who)
+            .cwd("/")
+            .args(["status", "peek", "--json"])
+            .stdin_null()
+            .output_within(LIMIT);
+        assert_ok(&out);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["vms"][0]["shares"][0].clone()
+    };
+    // Root itself sees it (the control: the secret is there to be seen).
+    assert!(now(0)["now"].is_object(), "{}", now(0));
+    // Root acting for alice (as through sudo) sees what alice sees: nothing.
+    let share = now(ALICE);
+    assert!(share["now"].is_null(), "revealed to alice: {share}");
+    assert_eq!(share["showsNow"], "missing", "{share}");
 }
