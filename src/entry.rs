@@ -300,15 +300,40 @@ impl<'t> Workspace<'t> {
     /// (missing, not a directory, through a dangling link; or not reachable safely any more:
     /// its owner put a link into someone else's tree in its place, which is as good as gone,
     /// so the placeholder serves and other users' VMs sharing the entry still start).
+    /// A repo is also gone when it is no longer a repo of the link's maker (its owner
+    /// changed, or it became something of root's) or lies in the workspace dir (an entry, a
+    /// live root, a mount of ours): a link must not outlive its maker's repos, nor point into
+    /// what this tool makes.
     pub fn repo_now(&self, rec: &Record) -> RepoNow {
         match self.tree.walk(&rec.target, Trust::Owners) {
-            Ok(Walk::Found(n)) if n.is_dir() => RepoNow::Found(n),
+            Ok(Walk::Found(n)) if n.is_dir() => match self.not_a_repo_of(&n, rec.owner) {
+                Some(why) => RepoNow::Gone(why),
+                None => RepoNow::Found(n),
+            },
             Ok(_) => RepoNow::Gone(String::new()),
             Err(e) if e.downcast_ref::<crate::chase::Dangling>().is_some() => {
                 RepoNow::Gone(String::new())
             }
             Err(e) => RepoNow::Gone(crate::logging::one_line(&e)),
         }
+    }
+
+    /// Why directory `n` cannot be a repo linked by `owner` (0: root), if it cannot.
+    fn not_a_repo_of(&self, n: &Node, owner: u32) -> Option<String> {
+        if n.path.starts_with(self.path()) {
+            return Some(format!(
+                "{} is inside the workspace dir {}",
+                show(&n.path),
+                show(self.path())
+            ));
+        }
+        (owner != 0 && n.uid() != owner).then(|| {
+            format!(
+                "{} is owned by uid {}, but the link was made by uid {owner}",
+                show(&n.path),
+                n.uid()
+            )
+        })
     }
 
     /// Entry `name`'s record and the repo it shows right now (the recorded repo mounted on
@@ -390,14 +415,6 @@ impl<'t> Workspace<'t> {
         // A record: first the repo (so any refusal comes before any change), then the entry,
         // which must be a placeholder to mount on.
         let repo = self.repo_of(&rec, &at)?;
-        if let Some(repo) = &repo {
-            if rec.owner != 0 && repo.uid() != rec.owner {
-                bail!(
-                    "repo {} of link {} is owned by uid {}, but the link was made by uid {}; refusing to mount it",
-                    show(&repo.path), show(&at), repo.uid(), rec.owner
-                );
-            }
-        }
         let entry = match entry {
             Some(e) => e,
             None => {
@@ -519,6 +536,11 @@ impl<'t> Workspace<'t> {
                 continue;
             };
             let entry = self.make_mountpoint(&links, name, caller, &mut out)?;
+            // The record first (a mount never stands without one: a crash after it leaves a
+            // record the next start mounts), then the mount. A mount that fails rolls the
+            // record back and puts the old link back: no record names what is not mounted
+            // because mounting it failed.
+            let before = read_record(Some(&links), name)?;
             write_record(
                 &links,
                 name,
@@ -528,7 +550,16 @@ impl<'t> Workspace<'t> {
                 },
             )?;
             let entry = self.unmount_entry(name, entry)?;
-            bind(&repo, &entry)?;
+            if let Err(e) = bind(&repo, &entry) {
+                let _ = match &before {
+                    Some(rec) => write_record(&links, name, rec),
+                    None => remove_record(&links, name),
+                };
+                if let Some(RepoNow::Found(old)) = before.as_ref().map(|r| self.repo_now(r)) {
+                    let _ = bind(&old, &entry);
+                }
+                return Err(e);
+            }
             self.sync_live(name, Some(&repo), &mut Steps::new("", false));
             out.changed += 1;
             out.steps
@@ -564,6 +595,13 @@ impl<'t> Workspace<'t> {
             repos.push(match &c.target {
                 None => None,
                 Some(t) => match self.tree.walk(t, Trust::Owners)? {
+                    // Not even root's: a link into an entry, a live root or a mount of ours
+                    // would point the tool at itself (and outlive every repo of its maker).
+                    Walk::Found(n) if n.path.starts_with(self.path()) => bail!(
+                        "{} is inside the workspace dir {}: a repo is never an entry, a live root or a mount made by microvm-link",
+                        show(&n.path),
+                        show(self.path())
+                    ),
                     Walk::Found(n) if n.is_dir() && caller != 0 && n.uid() != caller => bail!(
                         "{} is owned by uid {}, not by the linking user (uid {caller})",
                         show(&n.path),

@@ -1390,3 +1390,108 @@ fn status_for_a_caller_looks_with_the_callers_rights() {
     assert!(share["now"].is_null(), "revealed to alice: {share}");
     assert_eq!(share["showsNow"], "missing", "{share}");
 }
+
+/// Issue 18, 1: a repo path through the workspace dir was accepted. `--repo
+/// <ws>/malvm` (an entry mallory links) into the shared entry `nixfiles`, then unlinking
+/// malvm, left `.links/nixfiles` naming a root-owned placeholder: every VM sharing nixfiles
+/// failed to start, and only root could undo it; `malvm --repo <ws>/malvm` wrote a record and
+/// detached the mount before a bind that failed. A repo is never inside the workspace dir; a
+/// record left so by an older version serves the placeholder, and anyone may relink it.
+#[test]
+fn a_repo_is_never_inside_the_workspace_dir() {
+    in_mount_ns!(a_repo_is_never_inside_the_workspace_dir);
+    const MALLORY: u32 = 4444;
+    let fx = vm1();
+    fx.runner(
+        "nixfiles",
+        &[("n", b"/var/lib/microvm-workspaces/nixfiles")],
+    );
+    fx.runner("web", &[("n", b"/var/lib/microvm-workspaces/nixfiles")]);
+    fx.runner("malvm", &[("m", b"/var/lib/microvm-workspaces/malvm")]);
+    fx.mkdir("/home/mallory", MALLORY, 0o755);
+    fx.repo("/home/mallory/malvm", MALLORY);
+    fx.mkdir("/home/mallory/malvm/sub", MALLORY, 0o755);
+    let mallory = |args: &[&str]| {
+        Run::link(&fx)
+            .user(MALLORY)
+            .cwd("/home/mallory/malvm")
+            .args(args)
+            .stdin_null()
+            .output_within(LIMIT)
+    };
+    assert_ok(&mallory(&["malvm", "--no-restart"]));
+    let before = fx.snapshot();
+    // --repo takes real paths (re-rooted: below the fixture's root).
+    let real = |p: &str| fx.p(p).to_str().unwrap().to_string();
+    let (malvm, sub) = (
+        real(&format!("{WS}/malvm")),
+        real(&format!("{WS}/malvm/sub")),
+    );
+    for args in [
+        ["nixfiles", "--repo", &malvm, "--no-restart"],
+        ["malvm", "--repo", &malvm, "--no-restart"],
+        ["malvm", "--repo", &sub, "--no-restart"],
+    ] {
+        attack();
+        let out = mallory(&args);
+        assert_one_line_error(
+            &out,
+            &["is inside the workspace dir", "a repo is never an entry"],
+        );
+        assert_eq!(
+            before,
+            fx.snapshot(),
+            "{args:?}: a refused link changed something"
+        );
+        assert!(
+            fx.p(&format!("{WS}/malvm/sub")).exists(),
+            "{args:?}: mallory's own link was undone"
+        );
+    }
+    // Root is refused too: the tool never points at itself.
+    let out = Run::link(&fx)
+        .user(0)
+        .cwd("/")
+        .args(["nixfiles", "--repo", &malvm, "--no-restart"])
+        .stdin_null()
+        .output_within(LIMIT);
+    assert_one_line_error(&out, &["is inside the workspace dir"]);
+
+    // What an older version left: nixfiles' record naming a placeholder in the workspace dir,
+    // made by mallory. Starts of every VM sharing nixfiles go on with the placeholder, and
+    // the entry is anyone's to relink.
+    attack();
+    assert_ok(&mallory(&["unlink", "malvm", "--no-restart"]));
+    fx.mkdir(&format!("{WS}/.links"), 0, 0o755);
+    user_symlink(
+        &fx,
+        "/var/lib/microvm-workspaces/malvm",
+        &format!("{WS}/.links/nixfiles"),
+        MALLORY,
+    );
+    let out = Run::prepare(&fx, "web").output_within(LIMIT);
+    assert_ok(&out);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is inside the workspace dir"),
+        "no warning naming why: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        is_marked(&fx.p(&format!("{WS}/nixfiles"))),
+        "the placeholder does not serve"
+    );
+    assert!(!is_mountpoint(&fx.p(&format!("{WS}/nixfiles"))));
+    fx.repo("/home/alice/nixfiles", ALICE);
+    assert_ok(
+        &Run::link(&fx)
+            .user(ALICE)
+            .cwd("/home/alice/nixfiles")
+            .args(["nixfiles", "--no-restart"])
+            .stdin_null()
+            .output_within(LIMIT),
+    );
+    assert_eq!(
+        std::fs::read_link(fx.p(&format!("{WS}/.links/nixfiles"))).unwrap(),
+        Path::new("/home/alice/nixfiles")
+    );
+}
