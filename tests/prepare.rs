@@ -644,11 +644,17 @@ fn a_repo_not_owned_by_the_linker_is_not_mounted() {
     fx.repo("/home/bob/secret", BOB);
     link_record(&fx, "vm1", "/home/bob/secret", ALICE);
     fx.runner("vm1", &[("ws", b"/var/lib/microvm-workspaces/vm1")]);
-    assert_one_line_error(
-        &fx.prepare("vm1"),
-        &["owned by uid 4343", "made by uid 4242"],
+    // Not a repo of the link's maker any more: as good as gone (issue 18). The placeholder
+    // serves and the start goes on, with a warning naming both.
+    let out = fx.prepare("vm1");
+    assert_ok(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("owned by uid 4343") && err.contains("made by uid 4242"),
+        "{err}"
     );
     assert!(!is_mountpoint(&fx.p(&format!("{WS}/vm1"))));
+    assert!(is_marked(&fx.p(&format!("{WS}/vm1"))));
 }
 
 #[test]
