@@ -229,6 +229,32 @@ impl Config {
     }
 }
 
+/// A user named in the config (`placeholder.user`, `hypervisor.user`) as a uid: a number as
+/// it is, `root` as 0 without asking NSS (as systemd does: every start would pay a user
+/// database lookup), else through the host's user database; `None` when there is no such user.
+pub fn uid_of(name: &str) -> Option<u32> {
+    match name.parse::<u32>() {
+        Ok(n) => Some(n),
+        Err(_) if name == "root" => Some(0),
+        Err(_) => nix::unistd::User::from_name(name)
+            .ok()
+            .flatten()
+            .map(|u| u.uid.as_raw()),
+    }
+}
+
+/// A group named in the config as a gid, as [`uid_of`] does users.
+pub fn gid_of(name: &str) -> Option<u32> {
+    match name.parse::<u32>() {
+        Ok(n) => Some(n),
+        Err(_) if name == "root" => Some(0),
+        Err(_) => nix::unistd::Group::from_name(name)
+            .ok()
+            .flatten()
+            .map(|g| g.gid.as_raw()),
+    }
+}
+
 /// An SSH destination as given to ssh: never an option (`-...`), no control characters or
 /// spaces, not empty.
 pub fn check_ssh_destination(dest: &str) -> Result<()> {

@@ -663,23 +663,11 @@ impl<'t> Workspace<'t> {
     /// [`FIRST_PERSON_UID`]: a service's, such as a renumbered or removed hypervisor user).
     /// A person's directory stays theirs whatever its group.
     fn hypervisor_owns(&self, dir: &Node) -> bool {
-        use nix::unistd::{Group, User};
         let uid = dir.uid();
-        let hv_uid = match self.hypervisor.user.parse::<u32>() {
-            Ok(n) => Some(n),
-            Err(_) => User::from_name(&self.hypervisor.user)
-                .ok()
-                .flatten()
-                .map(|u| u.uid.as_raw()),
-        };
-        let hv_gid = match self.hypervisor.group.parse::<u32>() {
-            Ok(n) => Some(n),
-            Err(_) => Group::from_name(&self.hypervisor.group)
-                .ok()
-                .flatten()
-                .map(|g| g.gid.as_raw()),
-        };
-        uid == 0 || hv_uid == Some(uid) || (uid < FIRST_PERSON_UID && hv_gid == Some(dir.st.st_gid))
+        uid == 0
+            || config::uid_of(&self.hypervisor.user) == Some(uid)
+            || (uid < FIRST_PERSON_UID
+                && config::gid_of(&self.hypervisor.group) == Some(dir.st.st_gid))
     }
 
     /// Makes entry `name` a placeholder that may carry our mount, whatever it was.

@@ -52,28 +52,10 @@ impl PlaceholderSpec {
     /// The configured owner resolved to numbers (names through the host's user database).
     pub fn from_config(cfg: &Config) -> Result<PlaceholderSpec> {
         let p = &cfg.placeholder;
-        // `root` (the default) is 0 without asking NSS, as systemd resolves it: every start
-        // would otherwise pay for user and group database lookups (an nscd round trip).
-        let uid = match p.user.parse::<u32>() {
-            Ok(n) => n,
-            Err(_) if p.user == "root" => 0,
-            Err(_) => nix::unistd::User::from_name(&p.user)
-                .ok()
-                .flatten()
-                .with_context(|| format!("placeholder.user {:?}: no such user", p.user))?
-                .uid
-                .as_raw(),
-        };
-        let gid = match p.group.parse::<u32>() {
-            Ok(n) => n,
-            Err(_) if p.group == "root" => 0,
-            Err(_) => nix::unistd::Group::from_name(&p.group)
-                .ok()
-                .flatten()
-                .with_context(|| format!("placeholder.group {:?}: no such group", p.group))?
-                .gid
-                .as_raw(),
-        };
+        let uid = crate::config::uid_of(&p.user)
+            .with_context(|| format!("placeholder.user {:?}: no such user", p.user))?;
+        let gid = crate::config::gid_of(&p.group)
+            .with_context(|| format!("placeholder.group {:?}: no such group", p.group))?;
         Ok(PlaceholderSpec {
             uid,
             gid,
