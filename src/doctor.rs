@@ -948,7 +948,7 @@ fn check_vsock(cfg: &Config, caller: u32, host: &dyn Host, out: &mut Vec<Finding
         if !dest.starts_with("vsock/") {
             continue;
         }
-        let fix = "use systemd 256 or later on the host with its ssh_config snippet for vsock/* (NixOS 24.11+: programs.ssh.systemd-ssh-proxy.enable, on by default), or set services.microvm-workspaces.ssh.destination";
+        let fix = "use systemd 256 or later on the host with its ssh_config snippet for vsock/* (NixOS 25.05+: programs.ssh.systemd-ssh-proxy.enable, on by default), or set services.microvm-workspaces.ssh.destination";
         match host.ssh_target(dest, caller) {
             Ok(t) if t.proxied => out.push(ok(
                 "vsock",
