@@ -529,8 +529,13 @@ impl Outcome {
         out.extend(self.restart.line(&self.vm));
         out.extend(self.ssh.line(&self.vm));
         for (vm, tags) in self.live.iter().filter(|(v, _)| *v != self.vm) {
+            // A VM with pinned shares left stale as well is not done: the stale line follows.
+            let done = match self.stale.iter().any(|s| s.vm == *vm) {
+                true => "",
+                false => "; no restart needed",
+            };
             out.push(format!(
-                "{vm} sees it now through its live shares ({}); no restart needed",
+                "{vm} sees it now through its live shares ({}){done}",
                 tags.join(", ")
             ));
         }
