@@ -142,6 +142,9 @@ pub struct Relinked {
     pub steps: Vec<String>,
     /// Directories moved aside into `.displaced/`.
     pub displaced: Vec<Displaced>,
+    /// The entries that really changed (not those left as they were).
+    #[serde(skip)]
+    pub changed_names: Vec<String>,
 }
 
 /// A directory that was in the way of a link, and where it went.
@@ -532,6 +535,7 @@ impl<'t> Workspace<'t> {
                 remove_record(&links, name)?;
                 self.sync_live(name, None, &mut Steps::new("", false));
                 out.changed += 1;
+                out.changed_names.push(c.name.clone());
                 out.steps.push(format!("unlinked {}", show(&at)));
                 continue;
             };
@@ -558,10 +562,17 @@ impl<'t> Workspace<'t> {
                 if let Some(RepoNow::Found(old)) = before.as_ref().map(|r| self.repo_now(r)) {
                     let _ = bind(&old, &entry);
                 }
-                return Err(e);
+                // What was moved aside stays there: say so, or the caller never hears of it.
+                return Err(match out.displaced.last() {
+                    Some(d) if d.from == show(&at) => {
+                        e.context(format!("moved {} aside to {} first", d.from, d.to))
+                    }
+                    _ => e,
+                });
             }
             self.sync_live(name, Some(&repo), &mut Steps::new("", false));
             out.changed += 1;
+            out.changed_names.push(c.name.clone());
             out.steps
                 .push(format!("linked {} -> {}", show(&at), show(&repo.path)));
         }

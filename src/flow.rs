@@ -94,9 +94,9 @@ const WRAPPER_SUDO: &str = "/run/wrappers/bin/sudo";
 
 /// `sudo` for a user asking for root, found when it runs (one package for every host): a
 /// packager's fixed path if built with one, else NixOS's wrapper, else sudo from PATH. With
-/// no terminal to ask a password on, `-n`: a refusal is at once and says so, never a hang.
+/// no terminal to ask a password on (sudo asks on /dev/tty, not stdin), `-n`: a refusal is at
+/// once and says so, never a hang.
 pub fn sudo_command() -> (std::process::Command, String) {
-    use std::io::IsTerminal;
     let sudo = option_env!("MICROVM_WORKSPACES_SUDO")
         .map(str::to_string)
         .unwrap_or_else(|| match Path::new(WRAPPER_SUDO).exists() {
@@ -104,7 +104,11 @@ pub fn sudo_command() -> (std::process::Command, String) {
             false => "sudo".to_string(),
         });
     let mut cmd = std::process::Command::new(&sudo);
-    if !std::io::stdin().is_terminal() {
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty");
+    if tty.is_err() {
         cmd.arg("-n");
     }
     (cmd, sudo)
@@ -392,14 +396,16 @@ pub fn wait_for_ssh(env: &Env, vm: &str, opts: &Options) -> SshWait {
     }
     let timeout = match dest.chosen {
         true => opts.ssh_timeout,
-        false => {
-            if let Err(e) = ssh::address(&target.host, target.port) {
-                return failed(e);
-            }
-            opts.ssh_timeout.min(DEFAULT_DESTINATION_WAIT)
-        }
+        false => opts.ssh_timeout.min(DEFAULT_DESTINATION_WAIT),
     };
-    match ssh::wait_for_banner(&target, ssh::as_user(env.user), timeout, opts.progress) {
+    // A default that does not resolve is not waited for at all (asked as the caller).
+    match ssh::wait_for_banner(
+        &target,
+        ssh::as_user(env.user),
+        timeout,
+        opts.progress,
+        !dest.chosen,
+    ) {
         Ok(d) => SshWait::Ready {
             target,
             secs: d.as_secs_f64(),
@@ -424,6 +430,10 @@ pub enum Restart {
     },
     /// `--if-needed`, and nothing was: already linked, running and seeing it (said nothing).
     Unchanged,
+    /// No share of the VM passes through what changed: a restart would show it nothing new.
+    Unaffected {
+        why: String,
+    },
     Active {
         unit: String,
         secs: f64,
@@ -446,6 +456,7 @@ impl Restart {
             Restart::NotAsked | Restart::Unchanged => None,
             Restart::Skipped { why } => Some(format!("not restarting {vm}: {why}")),
             Restart::NotNeeded { why } => Some(format!("{vm} sees it now: {why}; not restarted")),
+            Restart::Unaffected { why } => Some(format!("not restarting {vm}: {why}")),
             Restart::Active { unit, secs } => {
                 Some(format!("restarted {unit}: active after {secs:.1} s"))
             }
@@ -549,7 +560,7 @@ impl Outcome {
                     r.line(&s.vm).unwrap_or_default()
                 )),
                 None if kept.is_some() => out.push(format!(
-                    "stale: {} still sees the old directory for {tags}; not restarted: {}; only they or root may restart it",
+                    "stale: {} still sees the old directory for {tags}; not restarted for you: {}",
                     s.vm,
                     kept.map(|(_, why)| why.as_str()).unwrap_or_default()
                 )),
@@ -657,6 +668,7 @@ fn run(
                     show(&env.cfg.workspace_dir)
                 )],
                 displaced: Vec::new(),
+                changed_names: Vec::new(),
             },
         }
     } else {
@@ -679,10 +691,11 @@ fn run(
         Restart::NotNeeded {
             why: "nothing changed".into(),
         }
-    } else if !affected.iter().any(|(v, _)| v == vm) && (!opts.if_needed || is_running(env, vm)) {
-        // No share of the VM passes through a changed entry: a restart would show it
-        // nothing new (and anyone could restart any VM by naming it).
-        Restart::NotNeeded {
+    } else if !changes.is_empty() && !affected.iter().any(|(v, _)| v == vm) {
+        // No share of the VM passes through a changed entry: a restart (or a start, with
+        // --if-needed) would show it nothing of the change, and anyone could restart any VM by
+        // naming it. (With no changes, --if-needed found the entry linked already: below.)
+        Restart::Unaffected {
             why: format!(
                 "no share of {vm} passes through {}",
                 changes
@@ -707,7 +720,7 @@ fn run(
     let mut stale_kept = Vec::new();
     if opts.restart_stale && !opts.dry_run {
         for s in &stale {
-            match stale_by_others(env, &changes, s) {
+            match stale_by_others(env, &relinked.changed_names, s) {
                 None => restarted_stale
                     .push((s.vm.clone(), restart_vm(env, &s.vm, false, opts.progress))),
                 Some(why) => stale_kept.push((s.vm.clone(), why)),
@@ -734,14 +747,19 @@ fn run(
 }
 
 /// Why `--restart-stale` leaves `s` alone for this caller: a stale share of it passes
-/// through an entry that someone else links, and this run did not change (only they, or root,
-/// restart VMs for their links). `None`: the caller may restart it.
-fn stale_by_others(env: &Env, changes: &[Change], s: &VmStatus) -> Option<String> {
+/// through an entry that someone else links, or that this run did not change (only they, or
+/// root, restart VMs for their links). `None`: the caller may restart it.
+fn stale_by_others(env: &Env, changed: &[String], s: &VmStatus) -> Option<String> {
     if env.user == 0 {
         return None;
     }
-    let ws = Workspace::find(&env.tree, &env.cfg).ok().flatten()?;
-    let links = ws.links().ok().flatten();
+    let unreadable = || Some("the workspace dir cannot be read".to_string());
+    let Ok(Some(ws)) = Workspace::find(&env.tree, &env.cfg) else {
+        return unreadable();
+    };
+    let Ok(links) = ws.links() else {
+        return unreadable();
+    };
     for share in s.shares.iter().filter(|x| x.stale) {
         let Some(name) = entry_name_of(&env.cfg.workspace_dir, Path::new(&share.path)) else {
             return Some(format!(
@@ -749,7 +767,7 @@ fn stale_by_others(env: &Env, changes: &[Change], s: &VmStatus) -> Option<String
                 share.tag
             ));
         };
-        if changes.iter().any(|c| OsStr::new(&c.name) == name) {
+        if changed.iter().any(|c| OsStr::new(c) == name) {
             continue;
         }
         match crate::entry::read_record(links.as_ref(), &name) {

@@ -164,7 +164,7 @@ pub fn wait(
             .and_then(|t| t.elapsed().ok())
             .is_some_and(|age| age > SETTLED);
     if !target.proxied && !master && !settled {
-        let took = ssh::wait_for_banner(&target, plan.user, timeout, progress)?;
+        let took = ssh::wait_for_banner(&target, plan.user, timeout, progress, false)?;
         if progress {
             eprintln!(
                 "ssh {} ({}:{}) answered after {:.1} s",

@@ -5,6 +5,7 @@
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -116,21 +117,26 @@ pub fn parse_g(destination: &str, text: &str) -> Result<Target> {
 /// Waits until `t` answers with an SSH banner (`SSH-`), at most `timeout`; returns how long
 /// it took. Each probe connects as `user` (see [`probe_as`]). Progress on stderr when
 /// `progress`.
+/// With `give_up_unresolved`, a host name that does not resolve ends the wait at once
+/// (the error is then an [`Unresolved`]).
 pub fn wait_for_banner(
     t: &Target,
     user: Option<As>,
     timeout: Duration,
     progress: bool,
+    give_up_unresolved: bool,
 ) -> Result<Duration> {
     let start = Instant::now();
+    let exe = std::env::current_exe().context("cannot find microvm-link's own executable")?;
     loop {
-        let last = match probe_as(t, user) {
+        let last = match probe_as(&exe, t, user) {
             Ok(()) => {
                 if progress {
                     eprintln!();
                 }
                 return Ok(start.elapsed());
             }
+            Err(e) if give_up_unresolved && e.is::<Unresolved>() => return Err(e),
             Err(e) => format!("{e:#}"),
         };
         if start.elapsed() > timeout {
@@ -165,29 +171,93 @@ pub const PROBE_LIMIT: Duration = Duration::from_secs(2);
 /// One probe, connecting as `user`: root acting for someone connects nowhere itself (an
 /// owner-based firewall rule, or what a port answers, is the caller's business), so the
 /// probe runs in a child with the caller's ids (`microvm-link __probe-ssh HOST PORT`).
-fn probe_as(t: &Target, user: Option<As>) -> Result<()> {
+///
+/// The child is the caller's (they may stop it or make it talk): it gets `PROBE_LIMIT` and a
+/// second, then it is killed; of what it says, one line of at most 512 bytes is kept, its
+/// control characters escaped. Exit status 2 means its host name did not resolve.
+fn probe_as(exe: &Path, t: &Target, user: Option<As>) -> Result<()> {
+    use std::process::Stdio;
     let Some((uid, gid)) = user else {
         return probe(&t.host, t.port, PROBE_LIMIT);
     };
-    let exe = std::env::current_exe().context("cannot find microvm-link's own executable")?;
-    let out = std::process::Command::new(exe)
+    let mut child = std::process::Command::new(exe)
         .args(["__probe-ssh", "--", &t.host, &t.port.to_string()])
         .uid(uid)
         .gid(gid)
         .env_remove("SUDO_UID")
-        .stdin(std::process::Stdio::null())
-        .output()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .context("cannot run the SSH probe as the caller")?;
-    match out.status.success() {
-        true => Ok(()),
-        false => bail!(
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-                .trim()
-                .trim_start_matches("microvm-link: ")
+    let deadline = Instant::now() + PROBE_LIMIT + Duration::from_secs(1);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut said = Vec::new();
+    if let Some(err) = child.stderr.take() {
+        let _ = err.take(512).read_to_end(&mut said);
+    }
+    let said = crate::logging::one_line(&anyhow::anyhow!(
+        "{}",
+        String::from_utf8_lossy(&said)
+            .trim()
+            .trim_start_matches("microvm-link: ")
+    ));
+    match status {
+        Some(s) if s.success() => Ok(()),
+        Some(s) if s.code() == Some(UNRESOLVED_EXIT) => Err(Unresolved(said).into()),
+        Some(_) => bail!("{said}"),
+        None => bail!(
+            "the probe did not finish in {} s",
+            PROBE_LIMIT.as_secs() + 1
         ),
     }
 }
+
+/// `microvm-link __probe-ssh HOST PORT`: one probe, run as the caller by [`probe_as`]; exit 0
+/// on a banner, [`UNRESOLVED_EXIT`] when the name does not resolve, 1 otherwise, with one
+/// line on stderr. Refused through sudo: root connects nowhere for a caller.
+pub fn probe_command(host: &str, port: u16) -> Result<std::process::ExitCode> {
+    use std::process::ExitCode;
+    anyhow::ensure!(
+        !nix::unistd::Uid::effective().is_root() || crate::paths::sudo_uid().is_none(),
+        "__probe-ssh is internal and refused through sudo"
+    );
+    Ok(match probe(host, port, PROBE_LIMIT) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("microvm-link: {}", crate::logging::one_line(&e));
+            match e.is::<Unresolved>() {
+                true => ExitCode::from(UNRESOLVED_EXIT as u8),
+                false => ExitCode::FAILURE,
+            }
+        }
+    })
+}
+
+/// `__probe-ssh`'s exit status when the host name does not resolve.
+pub const UNRESOLVED_EXIT: i32 = 2;
+
+/// A host name that does not resolve (a wait may give up at once on it).
+#[derive(Debug)]
+pub struct Unresolved(pub String);
+
+impl std::fmt::Display for Unresolved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unresolved {}
 
 /// One attempt: connect and read the first bytes. (A hypervisor's port forward accepts
 /// before the guest listens, so a connection alone proves nothing.)
@@ -203,13 +273,13 @@ pub fn probe(host: &str, port: u16, limit: Duration) -> Result<()> {
     Ok(())
 }
 
-/// The first address `host` resolves to.
+/// The first address `host` resolves to; an [`Unresolved`] when it does not.
 pub fn address(host: &str, port: u16) -> Result<std::net::SocketAddr> {
-    (host, port)
-        .to_socket_addrs()
-        .with_context(|| format!("cannot resolve {host}"))?
-        .next()
-        .with_context(|| format!("{host} has no address"))
+    match (host, port).to_socket_addrs().map(|mut a| a.next()) {
+        Ok(Some(a)) => Ok(a),
+        Ok(None) => Err(Unresolved(format!("{host} has no address")).into()),
+        Err(e) => Err(Unresolved(format!("cannot resolve {host}: {e}")).into()),
+    }
 }
 
 /// `word` quoted for a POSIX shell: safe whatever it holds.

@@ -40,14 +40,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             clap_complete::generate(*shell, &mut cmd, "microvm-link", &mut std::io::stdout());
             return Ok(ExitCode::SUCCESS);
         }
-        Some(Cmd::ProbeSsh { host, port }) => {
-            anyhow::ensure!(
-                !nix::unistd::Uid::effective().is_root() || paths::sudo_uid().is_none(),
-                "__probe-ssh is internal and refused through sudo"
-            );
-            ssh::probe(host, *port, ssh::PROBE_LIMIT)?;
-            return Ok(ExitCode::SUCCESS);
-        }
+        Some(Cmd::ProbeSsh { host, port }) => return ssh::probe_command(host, *port),
         Some(Cmd::Status { vm, json }) => {
             let env = env(false)?;
             // Root for a caller looks with the caller's eyes (docs/design.md#sudo-boundary).
