@@ -138,6 +138,8 @@ s_ssh_shared() {
 
     step "following calls: through the master, no sudo"
     sudos=$(e2e_ct journalctl -q --no-pager _COMM=sudo | grep -c 'COMMAND=/usr/bin/microvm-link')
+    # the first shell (which linked and started) went through sudo: the count can tell
+    [ "${sudos:-0}" -ge 1 ] || fail "sudo's journal shows no run of microvm-link, though the first shell needed one"
     e2e_mvl_alice /home/alice/vmssh/sub shell -- pwd || fail "shell -- pwd exited $?"
     [ "$(cat "$E2E_RUN/mvl.out")" = /mnt/workspace/sub ] || fail "shell -- pwd printed '$(cat "$E2E_RUN/mvl.out")'"
     [ "$(e2e_ct journalctl -q --no-pager _COMM=sudo | grep -c 'COMMAND=/usr/bin/microvm-link')" = "$sudos" ] ||
@@ -152,7 +154,20 @@ s_ssh_shared() {
     [ "$sock2" != "$sock" ] || fail "the restarted VM is reached through the old socket $sock"
     [ "${sock2#*-}" = "${sock#*-}" ] || fail "the new socket $sock2 is not for the same VM and destination as $sock"
 
-    step "a running VM past its boot (its start more than 60 s ago): no banner probe before ssh"
+    step "a running VM left stale (relinked with --no-restart): shell restarts it, then runs"
+    e2e_ct_as alice sh -c 'mkdir -p ~/other/vmssh/sub && echo "the other checkout" > ~/other/vmssh/MARKER' || fail "could not make ~/other/vmssh"
+    e2e_mvl_alice /home/alice/other/vmssh --no-restart || fail "the relink with --no-restart failed"
+    b=$(e2e_boot_count vmssh)
+    e2e_mvl_alice /home/alice/other/vmssh/sub shell -- cat /mnt/workspace/MARKER || fail "shell on the stale VM exited $?: $(e2e_mvl_all | tail -n 2 | tr '\n' ' ')"
+    [ "$(tail -n 1 "$E2E_RUN/mvl.out")" = "the other checkout" ] || fail "shell on the stale VM read '$(tail -n 1 "$E2E_RUN/mvl.out")', not the other checkout"
+    [ "$(e2e_boot_count vmssh)" -gt "$b" ] || fail "shell did not restart the stale VM"
+    e2e_mvl_alice /home/alice/vmssh --no-restart >/dev/null || fail "the relink back to ~/vmssh failed"
+    e2e_ct systemctl restart microvm@vmssh.service || fail "systemctl restart microvm@vmssh failed"
+    e2e_ssh_wait vmssh >/dev/null || fail "vmssh gave no banner after its restart"
+    e2e_mvl_alice /home/alice/vmssh/sub shell -- true || fail "shell after relinking back exited $?"
+    sock2=$(e2e_ct sh -c 'ls -t /run/user/1000/microvm-workspaces/ | head -n 1')
+
+    step "wait until vmssh's start is over 60 s ago (a VM past its boot: shell makes no banner probe)"
     e2e_poll 90 "vmssh's start more than 61 s ago" e2e_ct sh -c '[ $(( $(date +%s) - $(stat -c %Y /run/microvm-workspaces/vmssh.json) )) -gt 61 ]' >/dev/null ||
         fail "vmssh's /run record did not age"
     step "timing: $n x plain ssh vmssh true, shell first call (no master), shell following call"
