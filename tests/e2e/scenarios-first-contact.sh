@@ -155,7 +155,7 @@ s_ssh_shared() {
     [ "${sock2#*-}" = "${sock#*-}" ] || fail "the new socket $sock2 is not for the same VM and destination as $sock"
 
     step "a running VM left stale (relinked with --no-restart): shell restarts it, then runs"
-    e2e_ct_as alice sh -c 'mkdir -p ~/other/vmssh/sub && echo "the other checkout" > ~/other/vmssh/MARKER' || fail "could not make ~/other/vmssh"
+    e2e_ct_as alice sh -c 'mkdir -p ~/other/vmssh/sub ~/other/vmssh/.git && echo "the other checkout" > ~/other/vmssh/MARKER' || fail "could not make ~/other/vmssh"
     e2e_mvl_alice /home/alice/other/vmssh --no-restart || fail "the relink with --no-restart failed"
     b=$(e2e_boot_count vmssh)
     e2e_mvl_alice /home/alice/other/vmssh/sub shell -- cat /mnt/workspace/MARKER || fail "shell on the stale VM exited $?: $(e2e_mvl_all | tail -n 2 | tr '\n' ' ')"
