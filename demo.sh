@@ -172,8 +172,8 @@ out=$(as_alice '~/vm1/sub' "microvm-link shell -- sh -c 'pwd; ls'" 2>&1) || die 
 show <<<"$out"
 grep -qx /mnt/workspace/sub <<<"$out" || die "microvm-link shell did not land in /mnt/workspace/sub"
 note "ssh ran as alice (her key, her ssh config) in the guest directory matching ~/vm1/sub, $(since "$t") s."
-note "First shell made sure, through sudo, that vm1 runs and sees this repo: it did, so nothing was linked"
-note "or restarted (what is stale is said again). Without '-- COMMAND' it opens a login shell there."
+note "vm1 already ran and saw this repo, so shell needed no sudo and linked or restarted nothing; the next"
+note "calls share its SSH connection. Without '-- COMMAND' it opens a login shell there."
 end
 
 begin "4. Live: alice relinks vm1 to a second checkout; vm2 follows without a restart"
