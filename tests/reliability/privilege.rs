@@ -1228,6 +1228,28 @@ fn a_repo_that_cannot_be_reached_safely_is_gone_for_everyone_else() {
 
 // ---- issue 18: what one link-group member can do to another's VMs ----
 
+/// `microvm-link ARGS --json` as `uid` in `cwd`, which must succeed; its JSON.
+fn link_json(fx: &Fx, uid: u32, cwd: &str, args: &[&str]) -> serde_json::Value {
+    let out = Run::link(fx)
+        .user(uid)
+        .cwd(cwd)
+        .args(args)
+        .arg("--json")
+        .stdin_null()
+        .output_within(LIMIT);
+    assert_ok(&out);
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The VMs named in a JSON list of `[vm, ...]` pairs or `{"vm": ...}` objects.
+fn vms_in(list: &serde_json::Value) -> Vec<String> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|x| x[0].as_str().or(x["vm"].as_str()).map(str::to_string))
+        .collect()
+}
+
 /// Issue 18, 2: `microvm-link testvm` from any directory restarted testvm although no share
 /// of testvm passes through the entry `testvm` (the NixOS module writes every VM into
 /// config.json, so any member could restart any VM). Only a VM with a share through a changed
@@ -1243,16 +1265,13 @@ fn a_link_restarts_only_vms_with_a_share_through_a_changed_entry() {
         &[("nixfiles", b"/var/lib/microvm-workspaces/nixfiles")],
     );
     fx.repo("/home/alice/scratch", ALICE);
-    let run = |vm: &str, args: &[&str]| -> serde_json::Value {
-        let out = Run::link(&fx)
-            .user(ALICE)
-            .cwd("/home/alice/scratch")
-            .args([vm, "--json"])
-            .args(args)
-            .stdin_null()
-            .output_within(LIMIT);
-        assert_ok(&out);
-        serde_json::from_slice(&out.stdout).unwrap()
+    let run = |vm: &str, args: &[&str]| {
+        link_json(
+            &fx,
+            ALICE,
+            "/home/alice/scratch",
+            &[&[vm][..], args].concat(),
+        )
     };
     for (vm, args) in [("testvm", &[][..]), ("testvm", &["--restart-stale"][..])] {
         let v = run(vm, args);
@@ -1266,14 +1285,7 @@ fn a_link_restarts_only_vms_with_a_share_through_a_changed_entry() {
     // The control: vm1 shares its own entry, so linking it restarts it.
     let v = run("vm1", &[]);
     assert_eq!(v["restart"]["result"], "skipped", "{v}");
-    let v = Run::link(&fx)
-        .user(ALICE)
-        .cwd("/")
-        .args(["unlink", "testvm", "--json"])
-        .stdin_null()
-        .output_within(LIMIT);
-    assert_ok(&v);
-    let v: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
+    let v = link_json(&fx, ALICE, "/", &["unlink", "testvm"]);
     assert_eq!(v["restart"]["result"], "unaffected", "{v}");
 }
 
@@ -1301,31 +1313,13 @@ fn restart_stale_restarts_only_what_the_callers_links_made_stale() {
             .stdin_null()
             .output_within(LIMIT),
     );
-    let out = Run::link(&fx)
-        .user(ALICE)
-        .cwd("/home/alice/vm1")
-        .args(["vm1", "--restart-stale", "--json"])
-        .stdin_null()
-        .output_within(LIMIT);
-    assert_ok(&out);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let stale: Vec<&str> = v["stale"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|s| s["vm"].as_str())
-        .collect();
+    let v = link_json(&fx, ALICE, "/home/alice/vm1", &["vm1", "--restart-stale"]);
+    let stale = vms_in(&v["stale"]);
     assert!(
-        stale.contains(&"watch-bob") && stale.contains(&"watch-alice"),
+        stale.contains(&"watch-bob".into()) && stale.contains(&"watch-alice".into()),
         "{v}"
     );
-    let restarted: Vec<&str> = v["restartedStale"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|r| r[0].as_str())
-        .collect();
-    assert_eq!(restarted, ["watch-alice"], "{v}");
+    assert_eq!(vms_in(&v["restartedStale"]), ["watch-alice"], "{v}");
     let kept = v["staleKept"].to_string();
     assert!(
         kept.contains("watch-bob") && kept.contains("linked by uid 4343"),
@@ -1342,28 +1336,15 @@ fn restart_stale_restarts_only_what_the_callers_links_made_stale() {
     // --restart-stale restarts watch-alice (stale through vm1, her record), not watch-bob.
     fx.runner("alice2", &[("ws", b"/var/lib/microvm-workspaces/alice2")]);
     fx.repo("/home/alice/alice2", ALICE);
-    let out = Run::link(&fx)
-        .user(ALICE)
-        .cwd("/home/alice/alice2")
-        .args(["alice2", "--restart-stale", "--json"])
-        .stdin_null()
-        .ok_stdout();
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let restarted: Vec<&str> = v["restartedStale"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|r| r[0].as_str())
-        .collect();
-    assert_eq!(restarted, ["watch-alice"], "{v}");
+    let v = link_json(
+        &fx,
+        ALICE,
+        "/home/alice/alice2",
+        &["alice2", "--restart-stale"],
+    );
+    assert_eq!(vms_in(&v["restartedStale"]), ["watch-alice"], "{v}");
     // Root restarts both.
-    let out = Run::link(&fx)
-        .user(0)
-        .cwd("/home/alice/vm1")
-        .args(["vm1", "--restart-stale", "--json"])
-        .stdin_null()
-        .ok_stdout();
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let v = link_json(&fx, 0, "/home/alice/vm1", &["vm1", "--restart-stale"]);
     assert_eq!(v["restartedStale"].as_array().unwrap().len(), 2, "{v}");
 }
 
