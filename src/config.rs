@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
 use crate::chase::{self, Tree};
+use crate::idmap::{Guest, DEFAULT_GUEST_UID};
 use crate::paths::{self, check_name, show};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -73,6 +74,27 @@ pub struct VmConfig {
     /// (docs/design.md#ssh-wait).
     #[serde(default)]
     pub ssh_default: Option<String>,
+    /// The guest user whose files are the linker's (docs/design.md#idmap); no other guest id
+    /// maps, root included.
+    #[serde(default = "default_guest_uid")]
+    pub guest_uid: u32,
+    /// `false`: link mounts are plain clones, the guest's ids are the host's (its root is
+    /// root on the repo). `status` and `doctor` say so.
+    #[serde(default = "yes")]
+    pub idmap: bool,
+}
+
+impl VmConfig {
+    /// How this VM's guest sees linked repos.
+    pub fn guest(&self) -> Guest {
+        if self.idmap {
+            Guest::Mapped {
+                uid: self.guest_uid,
+            }
+        } else {
+            Guest::Plain
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -104,6 +126,9 @@ fn default_state_dir() -> PathBuf {
 }
 fn default_workspace_dir() -> PathBuf {
     PathBuf::from(paths::WORKSPACE_DIR)
+}
+fn default_guest_uid() -> u32 {
+    DEFAULT_GUEST_UID
 }
 fn root_name() -> String {
     "root".into()
@@ -205,6 +230,9 @@ impl Config {
                 if let Some(dest) = dest {
                     check_ssh_destination(dest).with_context(|| format!("vms.{vm}.{key}"))?;
                 }
+            }
+            if v.idmap && v.guest_uid == 0 {
+                bail!("vms.{vm}.guestUid is 0: the guest's root is never the linker (set idmap = false for that)");
             }
             for s in &v.shares {
                 if s.tag.is_empty() || s.tag.contains('/') || s.tag.chars().any(char::is_control) {

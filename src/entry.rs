@@ -8,19 +8,20 @@
 //! what a VM is given. Two operations keep entry and record in step, under the workspace lock:
 //! [`Workspace::reconcile`] at every VM start, [`Workspace::relink`] for microvm-link.
 
+use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use nix::errno::Errno;
-use nix::mount::{mount, MsFlags};
 
 use crate::action::{Act, Steps};
 use crate::chase::{self, is_mount_root, is_symlink, proc_path, Node, Tree, Trust, Walk};
 use crate::config::{self, Config};
 use crate::dirs;
 use crate::failpoint::step;
+use crate::idmap::{self, Guest, Ids};
 use crate::paths::{self, show, tmp_name};
 use crate::placeholder::{self, PlaceholderSpec};
 
@@ -200,6 +201,16 @@ pub fn entry_name_of(workspace_dir: &Path, path: &Path) -> Option<OsString> {
         .or_else(|| live_of(workspace_dir, path)?.ok().map(|(n, _)| n))
 }
 
+/// The refusal of a repo path inside the workspace dir `ws` (checked before anything else
+/// about it: through an idmapped entry its owner is the guest's uid, not the linker's).
+pub fn inside_workspace(repo: &Path, ws: &Path) -> anyhow::Error {
+    anyhow!(
+        "{} is inside the workspace dir {}: a repo is never an entry, a live root or a mount made by microvm-link",
+        show(repo),
+        show(ws)
+    )
+}
+
 /// Where people's uids start (NixOS `isNormalUser`, Debian's `UID_MIN`); below are services'.
 pub const FIRST_PERSON_UID: u32 = 1000;
 
@@ -209,6 +220,25 @@ pub struct Workspace<'t> {
     pub node: Node,
     spec: PlaceholderSpec,
     hypervisor: config::Hypervisor,
+    /// Entry name -> the VMs whose configured shares pass through it, and how each one's
+    /// guest is to see a linked repo (docs/design.md#idmap).
+    guests: BTreeMap<OsString, Vec<(String, Guest)>>,
+}
+
+/// Which configured VM shares pass through which entry, with each VM's guest mapping.
+fn guests_by_entry(cfg: &Config) -> BTreeMap<OsString, Vec<(String, Guest)>> {
+    let mut out: BTreeMap<OsString, Vec<(String, Guest)>> = BTreeMap::new();
+    for (vm, v) in &cfg.vms {
+        for s in &v.shares {
+            if let Some(name) = entry_name_of(&cfg.workspace_dir, Path::new(&s.source)) {
+                let list = out.entry(name).or_default();
+                if !list.iter().any(|(n, _)| n == vm) {
+                    list.push((vm.clone(), v.guest()));
+                }
+            }
+        }
+    }
+    out
 }
 
 impl<'t> Workspace<'t> {
@@ -219,6 +249,7 @@ impl<'t> Workspace<'t> {
             node: dirs::ensure_root_dir(tree, &cfg.workspace_dir)?,
             spec: PlaceholderSpec::from_config(cfg)?,
             hypervisor: cfg.hypervisor.clone(),
+            guests: guests_by_entry(cfg),
         })
     }
 
@@ -235,7 +266,30 @@ impl<'t> Workspace<'t> {
             node,
             spec: PlaceholderSpec::from_config(cfg)?,
             hypervisor: cfg.hypervisor.clone(),
+            guests: guests_by_entry(cfg),
         }))
+    }
+
+    /// How the guests of entry `name` see a linked repo: the one mapping every VM sharing it
+    /// asks for (the default when none is configured); VMs that disagree are an error naming
+    /// two of them, since one mount cannot show a repo two ways.
+    pub fn guest_of(&self, name: &OsStr) -> Result<Guest> {
+        let Some(list) = self.guests.get(name) else {
+            return Ok(Guest::default());
+        };
+        let (vm, g) = &list[0];
+        if let Some((other, h)) = list.iter().find(|(_, h)| h != g) {
+            bail!(
+                "VMs {vm} ({g}) and {other} ({h}) share entry {}: one mount cannot show it both ways; make their guestUid and idmap agree",
+                paths::show_bytes(name)
+            );
+        }
+        Ok(*g)
+    }
+
+    /// The ids a mount of `repo` for entry `name` gets.
+    fn ids_for(&self, name: &OsStr, repo: &Node) -> Result<Ids> {
+        self.guest_of(name)?.ids_for(repo)
     }
 
     pub fn path(&self) -> &Path {
@@ -461,8 +515,40 @@ impl<'t> Workspace<'t> {
             };
             return Ok((done, None));
         };
+        let ids = match self.ids_for(name, &repo) {
+            Ok(ids) => ids,
+            Err(e) => {
+                // Never mounted the wrong way: the placeholder serves, the journal says why.
+                tracing::warn!(path = %show(&at), action = "no-mapping", "link {} is not mounted: {}; the placeholder serves", show(&at), crate::logging::one_line(&e));
+                if mounted && !steps.dry_run {
+                    unmount(&entry)?;
+                }
+                return Ok((Reconciled::is(State::Dangling), None));
+            }
+        };
         if mounted && entry.id() == repo.id() && entry.st.st_nlink > 0 {
-            return Ok((Reconciled::is(State::Linked), Some(repo)));
+            if idmap::mounted_as(&entry, &repo, &ids)? {
+                return Ok((Reconciled::is(State::Linked), Some(repo)));
+            }
+            steps.act(
+                Act::Unmount,
+                &at,
+                format!("mounted otherwise than as {}", ids),
+            );
+            if steps.dry_run {
+                return Ok((
+                    Reconciled {
+                        would_mount: Some(repo.path.clone()),
+                        ..Reconciled::is(State::Linked)
+                    },
+                    Some(repo),
+                ));
+            }
+            unmount(&entry)?;
+            let entry = self.node.child(name)?;
+            return self
+                .mount_entry(&at, &repo, entry, &ids, steps)
+                .map(|d| (d, Some(repo)));
         }
         let would_mount = Reconciled {
             would_create,
@@ -489,12 +575,37 @@ impl<'t> Workspace<'t> {
             tracing::warn!(path = %show(&at), "{} is a directory of its own, not a placeholder; not mounting the link over it (microvm-link moves it aside)", show(&at));
             return Ok((Reconciled::is(State::Directory), None));
         }
-        steps.act(Act::Mount, &at, format!("repo {}", show(&repo.path)));
         if steps.dry_run {
+            steps.act(
+                Act::Mount,
+                &at,
+                format!("repo {}, {}", show(&repo.path), ids),
+            );
             return Ok((would_mount, Some(repo)));
         }
-        bind(&repo, &entry)?;
-        Ok((Reconciled::is(State::Linked), Some(repo)))
+        self.mount_entry(&at, &repo, entry, &ids, steps)
+            .map(|d| (d, Some(repo)))
+    }
+
+    /// Mounts `repo` on the placeholder `entry` (not a dry run).
+    fn mount_entry(
+        &self,
+        at: &Path,
+        repo: &Node,
+        entry: Node,
+        ids: &Ids,
+        steps: &mut Steps,
+    ) -> Result<Reconciled> {
+        if !entry.is_placeholder() {
+            bail!("{} is not a placeholder under its mount", show(at));
+        }
+        steps.act(
+            Act::Mount,
+            at,
+            format!("repo {}, {}", show(&repo.path), ids),
+        );
+        bind(repo, &entry, ids)?;
+        Ok(Reconciled::is(State::Linked))
     }
 
     /// Applies `changes` for `caller` (0: root) under the workspace lock: every change
@@ -554,13 +665,16 @@ impl<'t> Workspace<'t> {
                 },
             )?;
             let entry = self.unmount_entry(name, entry)?;
-            if let Err(e) = bind(&repo, &entry) {
+            let ids = self.ids_for(name, &repo)?;
+            if let Err(e) = bind(&repo, &entry, &ids) {
                 let _ = match &before {
                     Some(rec) => write_record(&links, name, rec),
                     None => remove_record(&links, name),
                 };
                 if let Some(RepoNow::Found(old)) = before.as_ref().map(|r| self.repo_now(r)) {
-                    let _ = bind(&old, &entry);
+                    if let Ok(ids) = self.ids_for(name, &old) {
+                        let _ = bind(&old, &entry, &ids);
+                    }
                 }
                 // What was moved aside stays there: say so, or the caller never hears of it.
                 return Err(match out.displaced.last() {
@@ -608,22 +722,42 @@ impl<'t> Workspace<'t> {
                 Some(t) => match self.tree.walk(t, Trust::Owners)? {
                     // Not even root's: a link into an entry, a live root or a mount of ours
                     // would point the tool at itself (and outlive every repo of its maker).
-                    Walk::Found(n) if n.path.starts_with(self.path()) => bail!(
-                        "{} is inside the workspace dir {}: a repo is never an entry, a live root or a mount made by microvm-link",
-                        show(&n.path),
-                        show(self.path())
-                    ),
+                    Walk::Found(n) if n.path.starts_with(self.path()) => {
+                        return Err(inside_workspace(&n.path, self.path()))
+                    }
                     Walk::Found(n) if n.is_dir() && caller != 0 && n.uid() != caller => bail!(
                         "{} is owned by uid {}, not by the linking user (uid {caller})",
                         show(&n.path),
                         n.uid()
                     ),
-                    Walk::Found(n) if n.is_dir() => Some(n),
+                    Walk::Found(n) if n.is_dir() => {
+                        self.check_mappable(OsStr::new(&c.name), &n)?;
+                        Some(n)
+                    }
                     _ => bail!("{} is not a directory", show(t)),
                 },
             });
         }
         Ok(repos)
+    }
+
+    /// A repo the guests of entry `name` could not work in through its mount is refused at
+    /// link time, saying why: a repo of root's (never mapped), or one whose group is not the
+    /// owner's primary group (the only group that maps: the guest could create nothing).
+    fn check_mappable(&self, name: &OsStr, repo: &Node) -> Result<()> {
+        if let Ids::Mapped(m) = self.ids_for(name, repo)? {
+            if repo.st.st_gid != m.host_gid {
+                bail!(
+                    "{} belongs to group {}, not to {}'s primary group {}: through the idmapped mount the guest could create nothing in it; chgrp -R {} it, or set idmap = false for the VM",
+                    show(&repo.path),
+                    repo.st.st_gid,
+                    user_label(m.host_uid),
+                    m.host_gid,
+                    m.host_gid
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Owners decide: a caller other than root may change entry `c.name` only when it is not
@@ -892,8 +1026,19 @@ impl<'t> Workspace<'t> {
                 return;
             }
         };
+        let ids = match repo.map(|r| self.ids_for(name, r)).transpose() {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!(
+                    "the live roots of {} are left as they are: {}",
+                    paths::show_bytes(name),
+                    crate::logging::one_line(&e)
+                );
+                return;
+            }
+        };
         for (root, rel) in roots {
-            if let Err(e) = self.sync_live_root(&root, &rel, repo, steps) {
+            if let Err(e) = self.sync_live_root(&root, &rel, repo.zip(ids.as_ref()), steps) {
                 tracing::warn!(path = %show(&root.path), "live root {} left as it is: {}", show(&root.path), crate::logging::one_line(&e));
             }
         }
@@ -940,13 +1085,12 @@ impl<'t> Workspace<'t> {
                 dirs::ensure_root_dir(self.tree, &at)?
             }
         };
-        match assume {
-            Some(repo) => self.sync_live_root(&root, rel, repo, steps),
-            None => {
-                let repo = self.linked_repo(name)?;
-                self.sync_live_root(&root, rel, repo.as_ref(), steps)
-            }
-        }
+        let repo = match assume {
+            Some(repo) => repo.map(Node::try_clone).transpose()?,
+            None => self.linked_repo(name)?,
+        };
+        let ids = repo.as_ref().map(|r| self.ids_for(name, r)).transpose()?;
+        self.sync_live_root(&root, rel, repo.as_ref().zip(ids.as_ref()), steps)
     }
 
     /// The repo entry `name` is linked to (its record, the repo a directory now).
@@ -964,7 +1108,7 @@ impl<'t> Workspace<'t> {
         &self,
         root: &Node,
         rel: &Path,
-        repo: Option<&Node>,
+        repo: Option<(&Node, &Ids)>,
         steps: &mut Steps,
     ) -> Result<()> {
         let at = root.path.join(LIVE_CURRENT);
@@ -991,11 +1135,14 @@ impl<'t> Workspace<'t> {
             );
         }
         let want = match repo {
-            Some(repo) => self.repo_path(repo, rel, steps)?,
+            Some((repo, ids)) => self.repo_path(repo, rel, steps)?.map(|t| (t, ids)),
             None => None,
         };
-        if let (true, Some(t)) = (mounted, &want) {
-            if current.id() == t.id() && current.st.st_nlink > 0 {
+        if let (true, Some((t, ids))) = (mounted, &want) {
+            if current.id() == t.id()
+                && current.st.st_nlink > 0
+                && idmap::mounted_as(&current, t, ids)?
+            {
                 return Ok(());
             }
         }
@@ -1005,14 +1152,18 @@ impl<'t> Workspace<'t> {
                 unmount(&current)?;
             }
         }
-        if let Some(t) = want {
-            steps.act(Act::Mount, &at, format!("live view of {}", show(&t.path)));
+        if let Some((t, ids)) = want {
+            steps.act(
+                Act::Mount,
+                &at,
+                format!("live view of {}, {}", show(&t.path), ids),
+            );
             if !steps.dry_run {
                 let current = root.child(OsStr::new(LIVE_CURRENT))?;
                 if !current.is_placeholder() {
                     bail!("{} is not a placeholder under its mount", show(&at));
                 }
-                bind(&t, &current)?;
+                bind(&t, &current, ids)?;
             }
         }
         Ok(())
@@ -1174,24 +1325,10 @@ pub fn remove_record(links: &Node, name: &OsStr) -> Result<()> {
     }
 }
 
-/// Bind-mounts `repo` onto `target`, both named by descriptor so no path can be swapped.
-pub fn bind(repo: &Node, target: &Node) -> Result<()> {
-    mount(
-        Some(&repo.proc_path()),
-        &target.proc_path(),
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .with_context(|| {
-        format!(
-            "cannot bind-mount {} on {}",
-            show(&repo.path),
-            show(&target.path)
-        )
-    })?;
-    step("bind-mount");
-    Ok(())
+/// Mounts `repo` on `target` for guests, both named by descriptor so no path can be swapped
+/// ([`idmap::mount_repo`]: a private clone, `nosuid,nodev`, mapped as `ids` says).
+pub fn bind(repo: &Node, target: &Node, ids: &Ids) -> Result<()> {
+    idmap::mount_repo(repo, target, ids)
 }
 
 /// Detaches the mount whose root `node` is (lazily: a busy mount goes when its last user

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::chase::{Node, Tree, Trust, Walk};
 use crate::config::Config;
-use crate::entry::{entry_name_of, live_of, Change, Relinked, Workspace};
+use crate::entry::{self, entry_name_of, live_of, Change, Relinked, Workspace};
 use crate::paths::{self, show, Root};
 use crate::status::{self, VmStatus};
 use crate::{logging, prepare, record, runner, ssh, systemd, units};
@@ -211,6 +211,13 @@ impl Env {
             Walk::Found(n) if n.is_dir() => n,
             _ => bail!("repo {} is not a directory", show(&inside)),
         };
+        // Checked first, but only in a workspace dir that is a trusted place (finding it says
+        // why not): through an idmapped entry the owner seen is the guest's uid.
+        if node.path.starts_with(&self.cfg.workspace_dir)
+            && Workspace::find(&self.tree, &self.cfg)?.is_some()
+        {
+            return Err(entry::inside_workspace(&node.path, &self.cfg.workspace_dir));
+        }
         if self.user != 0 && node.uid() != self.user {
             bail!(
                 "repo {} is owned by uid {}, not by you (uid {}); you may only link your own repos",

@@ -7,6 +7,7 @@
 //! * [`logging`]: journal or stderr, and one-line errors;
 //! * [`failpoint`]: crash-test failpoints (a cargo feature; empty in release builds);
 //! * [`chase`]: resolving paths as root without being tricked (descriptors, owner rules);
+//! * [`idmap`]: link mounts: clones, `nosuid,nodev`, idmapped so the guest user is the linker;
 //! * [`config`]: the optional `config.json`;
 //! * [`placeholder`]: the directories standing in for missing sources, known by their mark;
 //! * [`dirs`]: trusted places, the lock, leftovers, directories made with a user's credentials;
@@ -35,6 +36,7 @@ pub mod doctor;
 pub mod entry;
 pub mod failpoint;
 pub mod flow;
+pub mod idmap;
 pub mod logging;
 pub mod paths;
 pub mod placeholder;

@@ -108,7 +108,11 @@ fn a_live_share_follows_link_relink_and_unlink_without_going_stale() {
     assert_eq!(marker(&root.join("current")).as_deref(), Some("A"));
     let made = fx.p("/home/alice/nixfiles/hosts/microvms/testvm");
     assert_eq!(meta(&made).0, ALICE);
-    std::fs::write(host.join("current/written"), b"x").unwrap();
+    // Through the idmapped view the guest user writes as alice; the guest's root cannot.
+    write_as(GUEST_UID, ALICE, &host.join("current/written"), "x").unwrap();
+    let err = std::fs::write(host.join("current/by-root"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc_eoverflow()), "{err}");
+    assert_eq!(meta(&made.join("written")).0, ALICE);
     assert!(
         made.join("written").exists(),
         "the host view is not the repo's directory"
@@ -251,4 +255,8 @@ fn bad_live_sources_and_tricks_are_refused_in_one_line() {
             assert!(!fx.p(p).exists(), "{target}: {p} was made");
         }
     }
+}
+
+fn libc_eoverflow() -> i32 {
+    nix::errno::Errno::EOVERFLOW as i32
 }

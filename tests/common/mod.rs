@@ -619,3 +619,34 @@ impl Run {
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// The guest user the tests' VMs map (config `guestUid`'s default).
+pub const GUEST_UID: u32 = 1000;
+
+/// Runs `sh -c script` as `uid:gid` (no supplementary groups), as virtiofsd acts for a guest
+/// caller: with the caller's ids. Returns the shell's output.
+pub fn sh_as(uid: u32, gid: u32, script: &str) -> Output {
+    Command::new("setpriv")
+        .args([
+            format!("--reuid={uid}"),
+            format!("--regid={gid}"),
+            "--clear-groups".into(),
+        ])
+        .args(["sh", "-c", script])
+        .output()
+        .expect("setpriv (util-linux)")
+}
+
+/// Creates `path` with `text` as `uid:gid`; the error text when that fails.
+pub fn write_as(uid: u32, gid: u32, path: &Path, text: &str) -> Result<(), String> {
+    let out = sh_as(
+        uid,
+        gid,
+        &format!("printf %s '{text}' > '{}'", path.display()),
+    );
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
