@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::chase::Tree;
 use crate::config::Config;
 use crate::entry::{live_of, EntryView, State, Workspace};
+use crate::idmap::Guest;
 use crate::paths::Root;
 use crate::prepare::Kind;
 use crate::record::{self, ShareRecord};
@@ -79,6 +80,45 @@ pub struct VmStatus {
     pub workspace: EntryView,
     pub shares: Vec<ShareStatus>,
     pub stale: bool,
+    /// How the guest sees linked repos (docs/design.md#idmap).
+    pub guest: GuestView,
+}
+
+/// `vms.<vm>.guestUid` / `idmap`, as status reports them.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct GuestView {
+    /// Link mounts are idmapped: guest `uid` is the linker, no other id maps.
+    pub idmap: bool,
+    /// The guest user that is the linker (`null` when unmapped).
+    pub uid: Option<u32>,
+}
+
+impl GuestView {
+    pub fn of(g: Guest) -> GuestView {
+        match g {
+            Guest::Mapped { uid } => GuestView {
+                idmap: true,
+                uid: Some(uid),
+            },
+            Guest::Plain => GuestView {
+                idmap: false,
+                uid: None,
+            },
+        }
+    }
+
+    /// For the table: `uid 1000` or `unmapped`.
+    pub fn words(&self) -> String {
+        match self.uid {
+            Some(u) if self.idmap => format!("uid {u}"),
+            _ => "unmapped".into(),
+        }
+    }
+}
+
+/// How `vm`'s guest sees linked repos: its config, else the default.
+pub fn guest_of(cfg: &Config, vm: &str) -> Guest {
+    cfg.vms.get(vm).map(|v| v.guest()).unwrap_or_default()
 }
 
 /// The status of `vm`: its workspace entry, and each share at start vs now.
@@ -155,6 +195,7 @@ pub fn status_of(tree: &Tree, cfg: &Config, root: &Root, vm: &str) -> anyhow::Re
         workspace,
         shares,
         stale,
+        guest: GuestView::of(guest_of(cfg, vm)),
     })
 }
 
@@ -208,6 +249,7 @@ pub fn table(rows: &[VmStatus], verbose: bool) -> String {
     let mut table = vec![[
         "VM",
         "RUNNING",
+        "GUEST",
         "WORKSPACE",
         "SHARE",
         "SOURCE",
@@ -233,6 +275,7 @@ pub fn table(rows: &[VmStatus], verbose: bool) -> String {
             table.push(vec![
                 r.vm.clone(),
                 running.into(),
+                r.guest.words(),
                 ws.clone(),
                 "-".into(),
                 "".into(),
@@ -246,6 +289,11 @@ pub fn table(rows: &[VmStatus], verbose: bool) -> String {
             table.push(vec![
                 if first { r.vm.clone() } else { String::new() },
                 if first { running.into() } else { String::new() },
+                if first {
+                    r.guest.words()
+                } else {
+                    String::new()
+                },
                 if first { ws.clone() } else { String::new() },
                 s.tag.clone(),
                 crate::paths::show(std::path::Path::new(&s.source)),
@@ -260,7 +308,7 @@ pub fn table(rows: &[VmStatus], verbose: bool) -> String {
             ]);
         }
     }
-    let widths: Vec<usize> = (0..8)
+    let widths: Vec<usize> = (0..9)
         .map(|c| {
             table
                 .iter()
@@ -278,6 +326,12 @@ pub fn table(rows: &[VmStatus], verbose: bool) -> String {
             .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
+    }
+    for r in rows.iter().filter(|r| !r.guest.idmap) {
+        out.push_str(&format!(
+            "{}: guest ids unmapped (idmap = false): the guest's root is root on linked repos\n",
+            r.vm
+        ));
     }
     out
 }

@@ -1,0 +1,291 @@
+//! The guest is not trusted (docs/design.md#idmap): every link mount is an idmapped,
+//! `nosuid,nodev`, private clone, so that what a guest does through it, as any uid, is at most
+//! what the linker could do. virtiofsd acts for a guest caller with the caller's ids; these
+//! tests act with those ids on the host side of the mount, as virtiofsd would. The real
+//! guest's view is proven by the end-to-end suite (`18-guest-contained`).
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::Output;
+
+use common::*;
+
+const WS: &str = "/var/lib/microvm-workspaces";
+
+fn link(fx: &Fx, cwd: &str, uid: u32, args: &[&str]) -> Output {
+    Run::link(fx).user(uid).cwd(cwd).args(args).output()
+}
+
+fn eoverflow() -> i32 {
+    nix::errno::Errno::EOVERFLOW as i32
+}
+
+/// VM `vm1` shares entry `vm1`; `vm2` (guest uid 2000) shares entry `vm2`; alice's and bob's
+/// repos, each with a file of their own.
+fn fixture(extra_vm_config: &str) -> Fx {
+    let fx = Fx::new();
+    for vm in ["vm1", "vm2"] {
+        fx.runner(vm, &[("workspace", format!("{WS}/{vm}").as_bytes())]);
+    }
+    fx.config(&format!(
+        r#"{{"vms": {{
+            "vm1": {{"shares": [{{"tag": "workspace", "proto": "virtiofs", "source": "{WS}/vm1"}}]{extra_vm_config}}},
+            "vm2": {{"guestUid": 2000, "shares": [{{"tag": "workspace", "proto": "virtiofs", "source": "{WS}/vm2"}}]}}
+        }}}}"#
+    ));
+    for (who, uid) in [("alice", ALICE), ("bob", BOB)] {
+        fx.mkdir(&format!("/home/{who}"), uid, 0o755);
+        let repo = format!("/home/{who}/repo");
+        fx.repo(&repo, uid);
+        fx.mkdir(&format!("{repo}/.git"), uid, 0o755);
+        let f = fx.write(&format!("{repo}/file"), who.as_bytes());
+        std::os::unix::fs::chown(&f, Some(uid), Some(uid)).unwrap();
+    }
+    fx
+}
+
+/// Nothing under `dir` is root's, by user or group: a set-id bit there is at most the
+/// linker's own (which they could set themselves).
+fn nothing_of_roots(dir: &Path) {
+    for (p, m) in walk(dir) {
+        assert_ne!(m.uid(), 0, "{} is root's", p.display());
+        assert_ne!(m.gid(), 0, "{} is group root's", p.display());
+    }
+}
+
+#[test]
+fn through_a_link_the_guest_user_is_the_linker_and_guest_root_is_nobody() {
+    in_mount_ns!(through_a_link_the_guest_user_is_the_linker_and_guest_root_is_nobody);
+    let fx = fixture("");
+    assert_ok(&link(
+        &fx,
+        "/home/alice/repo",
+        ALICE,
+        &["vm1", "--no-restart"],
+    ));
+    let entry = fx.p(WS).join("vm1");
+    let repo = fx.p("/home/alice/repo");
+
+    // The guest sees alice's files as its user's (guest uid 1000, gid the same number as
+    // alice's group); root's directory of nothing is nobody's.
+    assert_eq!(meta(&entry.join("file")).0, GUEST_UID);
+    assert_eq!(meta(&repo.join("file")).0, ALICE);
+
+    // The guest user creates, renames, hard-links, chmods: all of it is alice's on the host.
+    let out = sh_as(
+        GUEST_UID,
+        ALICE,
+        &format!(
+            "cd '{}' && echo g > new && mv new renamed && ln renamed hard && mkdir d && echo x > d/f && chmod 4755 renamed && setfattr -n user.k -v v renamed 2>/dev/null; ls -ln",
+            entry.display()
+        ),
+    );
+    assert_ok(&out);
+    for f in ["renamed", "hard", "d", "d/f"] {
+        assert_eq!(
+            meta(&repo.join(f)).0,
+            ALICE,
+            "{f} is not alice's on the host"
+        );
+    }
+    // chmod 4755 by the owner is allowed, but it is alice's file: set-uid alice at most.
+    assert_eq!(
+        std::fs::metadata(repo.join("renamed")).unwrap().uid(),
+        ALICE
+    );
+
+    // The guest's root: no create, no chown to root, no mkdir.
+    let err = std::fs::write(entry.join("by-root"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(eoverflow()), "{err}");
+    let err = std::fs::create_dir(entry.join("dir-by-root")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(eoverflow()), "{err}");
+    let err = std::os::unix::fs::chown(entry.join("renamed"), Some(0), Some(0)).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(eoverflow()), "{err}");
+    // Another guest uid is nobody too.
+    let err = write_as(1001, 1001, &entry.join("by-1001"), "x").unwrap_err();
+    assert!(err.contains("Value too large"), "{err}");
+    nothing_of_roots(&repo);
+    let stray: Vec<_> = ["by-root", "dir-by-root", "by-1001"]
+        .iter()
+        .filter(|f| repo.join(f).exists())
+        .collect();
+    assert!(stray.is_empty(), "{stray:?} landed in the repo");
+
+    // The mount: idmapped, nosuid, nodev; nothing mounted under the repo's own path.
+    let opts = mount_options(&entry);
+    for o in ["idmapped", "nosuid", "nodev"] {
+        assert!(opts.contains(&o.to_string()), "{o} missing: {opts:?}");
+    }
+    assert!(mounts_under(&repo).is_empty(), "{:?}", mounts_under(&repo));
+}
+
+#[test]
+fn a_second_user_and_a_second_guest_uid_map_to_their_own() {
+    in_mount_ns!(a_second_user_and_a_second_guest_uid_map_to_their_own);
+    let fx = fixture("");
+    // bob links vm2, whose guest user is 2000: 2000 writes as bob; 1000 is nobody there.
+    assert_ok(&link(&fx, "/home/bob/repo", BOB, &["vm2", "--no-restart"]));
+    let entry = fx.p(WS).join("vm2");
+    write_as(2000, BOB, &entry.join("from-guest"), "x").unwrap();
+    assert_eq!(meta(&fx.p("/home/bob/repo/from-guest")).0, BOB);
+    let err = write_as(GUEST_UID, BOB, &entry.join("from-1000"), "x").unwrap_err();
+    assert!(err.contains("Value too large"), "{err}");
+    // The status says how each VM's guest sees its links.
+    let out = link(&fx, "/", 0, &["status", "--json"]);
+    assert_ok(&out);
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let vm = |name: &str| {
+        st["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["vm"] == name)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(vm("vm2")["guest"]["uid"], 2000, "{st}");
+    assert_eq!(vm("vm2")["guest"]["idmap"], true, "{st}");
+    assert_eq!(vm("vm1")["guest"]["uid"], GUEST_UID, "{st}");
+}
+
+#[test]
+fn idmap_false_keeps_the_ids_and_says_so() {
+    in_mount_ns!(idmap_false_keeps_the_ids_and_says_so);
+    let fx = fixture(r#", "idmap": false"#);
+    assert_ok(&link(
+        &fx,
+        "/home/alice/repo",
+        ALICE,
+        &["vm1", "--no-restart"],
+    ));
+    let entry = fx.p(WS).join("vm1");
+    // Ids pass through: root writes as root (what the VM's admin chose), still nosuid.
+    std::fs::write(entry.join("by-root"), b"x").unwrap();
+    assert_eq!(meta(&fx.p("/home/alice/repo/by-root")).0, 0);
+    let opts = mount_options(&entry);
+    assert!(!opts.contains(&"idmapped".to_string()), "{opts:?}");
+    assert!(opts.contains(&"nosuid".to_string()), "{opts:?}");
+    let out = link(&fx, "/", 0, &["status"]);
+    assert_ok(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(
+            "vm1: guest ids unmapped (idmap = false): the guest's root is root on linked repos"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_plain_mount_left_by_an_older_version_is_remounted_idmapped_at_start() {
+    in_mount_ns!(a_plain_mount_left_by_an_older_version_is_remounted_idmapped_at_start);
+    let fx = fixture("");
+    assert_ok(&link(
+        &fx,
+        "/home/alice/repo",
+        ALICE,
+        &["vm1", "--no-restart"],
+    ));
+    let entry = fx.p(WS).join("vm1");
+    // What the previous version left: a plain bind of the repo on the entry.
+    let st = std::process::Command::new("umount")
+        .arg(&entry)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let st = std::process::Command::new("mount")
+        .arg("--bind")
+        .arg(fx.p("/home/alice/repo"))
+        .arg(&entry)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(std::fs::write(entry.join("root-can"), b"x").is_ok());
+    std::fs::remove_file(entry.join("root-can")).unwrap();
+
+    fx.prepare_ok("vm1");
+    assert_eq!(mount_count(&entry), 1, "one mount on the entry, not two");
+    let err = std::fs::write(entry.join("root-cannot"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(eoverflow()), "{err}");
+    // Once right, a start changes nothing.
+    let before = mount_options(&entry);
+    fx.prepare_ok("vm1");
+    assert_eq!(mount_options(&entry), before);
+}
+
+#[test]
+fn a_mount_made_on_a_link_never_appears_at_the_repos_own_path() {
+    in_mount_ns!(a_mount_made_on_a_link_never_appears_at_the_repos_own_path);
+    let fx = fixture("");
+    // /home shared, as under systemd: a plain bind would join its peer group.
+    let home = fx.p("/home");
+    for args in [
+        vec!["--bind".into(), home.clone(), home.clone()],
+        vec!["--make-shared".into(), home.clone()],
+    ] {
+        assert!(std::process::Command::new("mount")
+            .args(&args)
+            .status()
+            .unwrap()
+            .success());
+    }
+    assert_ok(&link(
+        &fx,
+        "/home/alice/repo",
+        ALICE,
+        &["vm1", "--no-restart"],
+    ));
+    let entry = fx.p(WS).join("vm1");
+    // Something mounted on the link (what a guest-only view of .git would be)...
+    let on = entry.join(".git");
+    assert!(std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "guest-only"])
+        .arg(&on)
+        .status()
+        .unwrap()
+        .success());
+    // ...stays off the repo's own path, which the user keeps as it was.
+    let repo = fx.p("/home/alice/repo");
+    assert!(mounts_under(&repo).is_empty(), "{:?}", mounts_under(&repo));
+    std::fs::write(repo.join(".git/config"), b"[core]\n").unwrap();
+    assert!(!on.join("config").exists());
+}
+
+#[test]
+fn repos_the_guest_could_not_work_in_are_refused_in_one_line() {
+    in_mount_ns!(repos_the_guest_could_not_work_in_are_refused_in_one_line);
+    let fx = fixture("");
+    // A repo of root's: the guest user would be root on it.
+    fx.repo("/srv/rootrepo", 0);
+    let out = link(&fx, "/srv/rootrepo", 0, &["vm1", "--no-restart"]);
+    assert_one_line_error(&out, &["/srv/rootrepo is root's", "idmap = false"]);
+    // Two VMs sharing one entry with different guest uids: one mount cannot serve both.
+    fx.config(&format!(
+        r#"{{"vms": {{
+            "vm1": {{"shares": [{{"tag": "workspace", "proto": "virtiofs", "source": "{WS}/vm1"}}]}},
+            "vm2": {{"guestUid": 2000, "shares": [{{"tag": "workspace", "proto": "virtiofs", "source": "{WS}/vm1"}}]}}
+        }}}}"#
+    ));
+    let out = link(&fx, "/home/alice/repo", ALICE, &["vm1", "--no-restart"]);
+    assert_one_line_error(&out, &["VMs vm1", "vm2", "share entry vm1", "guestUid"]);
+    assert!(!fx.p(WS).join(".links/vm1").exists());
+}
+
+/// The options of the mount at `p` (the last one there), from /proc/self/mountinfo.
+fn mount_options(p: &Path) -> Vec<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let want = p.to_str().unwrap();
+    info.lines()
+        .rfind(|l| l.split(' ').nth(4) == Some(want))
+        .map(|l| {
+            l.split(' ')
+                .nth(5)
+                .unwrap()
+                .split(',')
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
