@@ -76,6 +76,15 @@ impl Node {
         Ok(Node { fd, st, path })
     }
 
+    /// Sets the mode of exactly this object (an O_PATH descriptor: through /proc).
+    pub fn chmod(&self, mode: u32) -> Result<()> {
+        std::fs::set_permissions(
+            self.proc_path(),
+            std::os::unix::fs::PermissionsExt::from_mode(mode),
+        )
+        .with_context(|| format!("cannot chmod {}", crate::paths::show(&self.path)))
+    }
+
     /// The child `name` of this directory, not following a final symlink.
     pub fn child(&self, name: &OsStr) -> nix::Result<Node> {
         Node::open_at(self.fd.as_fd(), name, self.path.join(name))
@@ -84,6 +93,10 @@ impl Node {
 
 pub fn is_dir(st: &FileStat) -> bool {
     SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFDIR
+}
+
+pub fn is_regular(st: &FileStat) -> bool {
+    SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFREG
 }
 
 pub fn is_symlink(st: &FileStat) -> bool {

@@ -127,6 +127,18 @@ pub enum Cmd {
         #[arg(last = true, value_name = "COMMAND")]
         command: Vec<String>,
     },
+    /// Bring the guest's branches home: from the VM's own git dir (git = private) into the
+    /// repo as remote-tracking refs refs/remotes/<entry>/<branch>. Runs as you.
+    ///
+    /// Without VM: every VM that sees the repo you are in. Reads nothing of the guest's but
+    /// objects and refs; the host repo's .git is never written by a guest.
+    #[command(
+        after_help = "Examples:\n  cd ~/src/vm1 && microvm-link fetch\n  microvm-link fetch vm1 && git log vm1/main"
+    )]
+    Fetch {
+        /// The VM (default: every VM that sees the repo of the working directory).
+        vm: Option<String>,
+    },
     /// Internal: one SSH banner probe of HOST:PORT, run by microvm-link as the invoking user
     /// (root connects nowhere for a caller). Refused through sudo.
     #[command(name = "__probe-ssh", hide = true)]

@@ -82,10 +82,58 @@ pub struct VmConfig {
     /// root on the repo). `status` and `doctor` say so.
     #[serde(default = "yes")]
     pub idmap: bool,
+    /// The git metadata the guest sees of a linked repo (docs/design.md#guest-git).
+    #[serde(default)]
+    pub git: GitMode,
+}
+
+/// `vms.<vm>.git`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GitMode {
+    /// The VM's own git dir in place of the repo's `.git`: objects read from the repo, refs,
+    /// HEAD and index copied at link time; `microvm-link fetch` brings its branches home.
+    #[default]
+    Private,
+    /// The repo's `.git`, read-only (a mount point: it cannot be renamed either).
+    Readonly,
+    /// The repo's own `.git`, writable: the guest can make the user's git run commands.
+    Shared,
+}
+
+impl GitMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GitMode::Private => "private",
+            GitMode::Readonly => "readonly",
+            GitMode::Shared => "shared",
+        }
+    }
+}
+
+/// How one VM's guest sees a linked repo: whose ids, and what of git.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Seen {
+    pub ids: Guest,
+    pub git: GitMode,
+}
+
+impl std::fmt::Display for Seen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}, git {}", self.ids, self.git.as_str())
+    }
 }
 
 impl VmConfig {
     /// How this VM's guest sees linked repos.
+    pub fn seen(&self) -> Seen {
+        Seen {
+            ids: self.guest(),
+            git: self.git,
+        }
+    }
+
+    /// Whose ids this VM's guest has on linked repos.
     pub fn guest(&self) -> Guest {
         if self.idmap {
             Guest::Mapped {

@@ -18,10 +18,11 @@ use nix::errno::Errno;
 
 use crate::action::{Act, Steps};
 use crate::chase::{self, is_mount_root, is_symlink, proc_path, Node, Tree, Trust, Walk};
-use crate::config::{self, Config};
+use crate::config::{self, Config, GitMode, Seen};
 use crate::dirs;
 use crate::failpoint::step;
-use crate::idmap::{self, Guest, Ids};
+use crate::gitview;
+use crate::idmap::{self, Ids};
 use crate::paths::{self, show, tmp_name};
 use crate::placeholder::{self, PlaceholderSpec};
 
@@ -222,18 +223,18 @@ pub struct Workspace<'t> {
     hypervisor: config::Hypervisor,
     /// Entry name -> the VMs whose configured shares pass through it, and how each one's
     /// guest is to see a linked repo (docs/design.md#idmap).
-    guests: BTreeMap<OsString, Vec<(String, Guest)>>,
+    guests: BTreeMap<OsString, Vec<(String, Seen)>>,
 }
 
 /// Which configured VM shares pass through which entry, with each VM's guest mapping.
-fn guests_by_entry(cfg: &Config) -> BTreeMap<OsString, Vec<(String, Guest)>> {
-    let mut out: BTreeMap<OsString, Vec<(String, Guest)>> = BTreeMap::new();
+fn guests_by_entry(cfg: &Config) -> BTreeMap<OsString, Vec<(String, Seen)>> {
+    let mut out: BTreeMap<OsString, Vec<(String, Seen)>> = BTreeMap::new();
     for (vm, v) in &cfg.vms {
         for s in &v.shares {
             if let Some(name) = entry_name_of(&cfg.workspace_dir, Path::new(&s.source)) {
                 let list = out.entry(name).or_default();
                 if !list.iter().any(|(n, _)| n == vm) {
-                    list.push((vm.clone(), v.guest()));
+                    list.push((vm.clone(), v.seen()));
                 }
             }
         }
@@ -273,14 +274,14 @@ impl<'t> Workspace<'t> {
     /// How the guests of entry `name` see a linked repo: the one mapping every VM sharing it
     /// asks for (the default when none is configured); VMs that disagree are an error naming
     /// two of them, since one mount cannot show a repo two ways.
-    pub fn guest_of(&self, name: &OsStr) -> Result<Guest> {
+    pub fn guest_of(&self, name: &OsStr) -> Result<Seen> {
         let Some(list) = self.guests.get(name) else {
-            return Ok(Guest::default());
+            return Ok(Seen::default());
         };
         let (vm, g) = &list[0];
         if let Some((other, h)) = list.iter().find(|(_, h)| h != g) {
             bail!(
-                "VMs {vm} ({g}) and {other} ({h}) share entry {}: one mount cannot show it both ways; make their guestUid and idmap agree",
+                "VMs {vm} ({g}) and {other} ({h}) share entry {}: one mount cannot show it both ways; make their guestUid, idmap and git agree",
                 paths::show_bytes(name)
             );
         }
@@ -289,7 +290,29 @@ impl<'t> Workspace<'t> {
 
     /// The ids a mount of `repo` for entry `name` gets.
     fn ids_for(&self, name: &OsStr, repo: &Node) -> Result<Ids> {
-        self.guest_of(name)?.ids_for(repo)
+        self.guest_of(name)?.ids.ids_for(repo)
+    }
+
+    /// Mounts the guests' view of `repo` on `target` for entry `name`: at the entry (or a
+    /// live root of the whole repo, `whole`) with the configured git view; a live root of a
+    /// path below gets a read-only `.git` if it has one, unless git is shared.
+    fn attach(
+        &self,
+        name: &OsStr,
+        repo: &Node,
+        target: &Node,
+        ids: &Ids,
+        whole: bool,
+    ) -> Result<()> {
+        let git = self.git_at(name, whole)?;
+        gitview::mount(self.tree, &self.node, name, repo, target, ids, git)
+    }
+
+    fn git_at(&self, name: &OsStr, whole: bool) -> Result<GitMode> {
+        Ok(match self.guest_of(name)?.git {
+            GitMode::Private if !whole => GitMode::Readonly,
+            g => g,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -327,6 +350,7 @@ impl<'t> Workspace<'t> {
         if let Some(links) = self.links()? {
             dirs::remove_leftovers(&links)?;
         }
+        gitview::clear_leftovers(&self.node)?;
         Ok(lock)
     }
 
@@ -527,7 +551,9 @@ impl<'t> Workspace<'t> {
             }
         };
         if mounted && entry.id() == repo.id() && entry.st.st_nlink > 0 {
-            if idmap::mounted_as(&entry, &repo, &ids)? {
+            if idmap::mounted_as(&entry, &repo, &ids)?
+                && gitview::view_is(self.tree, &entry, &repo, self.git_at(name, true)?)?
+            {
                 return Ok((Reconciled::is(State::Linked), Some(repo)));
             }
             steps.act(
@@ -547,7 +573,7 @@ impl<'t> Workspace<'t> {
             unmount(&entry)?;
             let entry = self.node.child(name)?;
             return self
-                .mount_entry(&at, &repo, entry, &ids, steps)
+                .mount_entry(name, &at, &repo, entry, &ids, steps)
                 .map(|d| (d, Some(repo)));
         }
         let would_mount = Reconciled {
@@ -583,13 +609,14 @@ impl<'t> Workspace<'t> {
             );
             return Ok((would_mount, Some(repo)));
         }
-        self.mount_entry(&at, &repo, entry, &ids, steps)
+        self.mount_entry(name, &at, &repo, entry, &ids, steps)
             .map(|d| (d, Some(repo)))
     }
 
     /// Mounts `repo` on the placeholder `entry` (not a dry run).
     fn mount_entry(
         &self,
+        name: &OsStr,
         at: &Path,
         repo: &Node,
         entry: Node,
@@ -604,7 +631,7 @@ impl<'t> Workspace<'t> {
             at,
             format!("repo {}, {}", show(&repo.path), ids),
         );
-        bind(repo, &entry, ids)?;
+        self.attach(name, repo, &entry, ids, true)?;
         Ok(Reconciled::is(State::Linked))
     }
 
@@ -666,14 +693,14 @@ impl<'t> Workspace<'t> {
             )?;
             let entry = self.unmount_entry(name, entry)?;
             let ids = self.ids_for(name, &repo)?;
-            if let Err(e) = bind(&repo, &entry, &ids) {
+            if let Err(e) = self.attach(name, &repo, &entry, &ids, true) {
                 let _ = match &before {
                     Some(rec) => write_record(&links, name, rec),
                     None => remove_record(&links, name),
                 };
                 if let Some(RepoNow::Found(old)) = before.as_ref().map(|r| self.repo_now(r)) {
                     if let Ok(ids) = self.ids_for(name, &old) {
-                        let _ = bind(&old, &entry, &ids);
+                        let _ = self.attach(name, &old, &entry, &ids, true);
                     }
                 }
                 // What was moved aside stays there: say so, or the caller never hears of it.
@@ -1038,7 +1065,7 @@ impl<'t> Workspace<'t> {
             }
         };
         for (root, rel) in roots {
-            if let Err(e) = self.sync_live_root(&root, &rel, repo.zip(ids.as_ref()), steps) {
+            if let Err(e) = self.sync_live_root(name, &root, &rel, repo.zip(ids.as_ref()), steps) {
                 tracing::warn!(path = %show(&root.path), "live root {} left as it is: {}", show(&root.path), crate::logging::one_line(&e));
             }
         }
@@ -1090,7 +1117,7 @@ impl<'t> Workspace<'t> {
             None => self.linked_repo(name)?,
         };
         let ids = repo.as_ref().map(|r| self.ids_for(name, r)).transpose()?;
-        self.sync_live_root(&root, rel, repo.as_ref().zip(ids.as_ref()), steps)
+        self.sync_live_root(name, &root, rel, repo.as_ref().zip(ids.as_ref()), steps)
     }
 
     /// The repo entry `name` is linked to (its record, the repo a directory now).
@@ -1106,6 +1133,7 @@ impl<'t> Workspace<'t> {
     /// created as the repo's owner; it must stay inside the repo.
     fn sync_live_root(
         &self,
+        name: &OsStr,
         root: &Node,
         rel: &Path,
         repo: Option<(&Node, &Ids)>,
@@ -1142,6 +1170,12 @@ impl<'t> Workspace<'t> {
             if current.id() == t.id()
                 && current.st.st_nlink > 0
                 && idmap::mounted_as(&current, t, ids)?
+                && gitview::view_is(
+                    self.tree,
+                    &current,
+                    t,
+                    self.git_at(name, rel.as_os_str().is_empty())?,
+                )?
             {
                 return Ok(());
             }
@@ -1163,7 +1197,7 @@ impl<'t> Workspace<'t> {
                 if !current.is_placeholder() {
                     bail!("{} is not a placeholder under its mount", show(&at));
                 }
-                bind(&t, &current, ids)?;
+                self.attach(name, &t, &current, ids, rel.as_os_str().is_empty())?;
             }
         }
         Ok(())
@@ -1323,12 +1357,6 @@ pub fn remove_record(links: &Node, name: &OsStr) -> Result<()> {
         Err(e) => Err(anyhow!(e))
             .with_context(|| format!("cannot remove record {}", show(&links.path.join(name)))),
     }
-}
-
-/// Mounts `repo` on `target` for guests, both named by descriptor so no path can be swapped
-/// ([`idmap::mount_repo`]: a private clone, `nosuid,nodev`, mapped as `ids` says).
-pub fn bind(repo: &Node, target: &Node, ids: &Ids) -> Result<()> {
-    idmap::mount_repo(repo, target, ids)
 }
 
 /// Detaches the mount whose root `node` is (lazily: a busy mount goes when its last user

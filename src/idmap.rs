@@ -232,10 +232,11 @@ pub fn userns(m: &IdMap) -> Result<OwnedFd> {
     made
 }
 
-/// Mounts a clone of `repo` (named by descriptor) on `target` (by descriptor): `nosuid,nodev`,
-/// idmapped as `ids` says. The clone is private: nothing mounted later on or under it
-/// travels back to the repo's own path, and nothing from there comes in.
-pub fn mount_repo(repo: &Node, target: &Node, ids: &Ids) -> Result<()> {
+/// Mounts a clone of `repo` (named by descriptor; a directory or a file) on `target` (by
+/// descriptor): `nosuid,nodev`, read-only if `ro`, idmapped as `ids` says. The clone is
+/// private: nothing mounted later on or under it travels back to the repo's own path, and
+/// nothing from there comes in. Returns a descriptor of the new mount's root.
+pub fn mount_repo(repo: &Node, target: &Node, ids: &Ids, ro: bool) -> Result<OwnedFd> {
     let what = || {
         format!(
             "cannot mount {} on {}",
@@ -287,16 +288,21 @@ pub fn mount_repo(repo: &Node, target: &Node, ids: &Ids) -> Result<()> {
         None::<&str>,
     )
     .with_context(what)?;
-    mount(
-        None::<&str>,
-        &at,
-        None::<&str>,
-        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        None::<&str>,
-    )
-    .with_context(what)?;
+    // What the repo's own mount has (read-only, noexec) stays; atime settings are kept by
+    // the kernel.
+    let have = rustix::fs::fstatvfs(repo.fd.as_fd())
+        .context("statvfs")?
+        .f_flag;
+    let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    if ro || have.contains(rustix::fs::StatVfsMountFlags::RDONLY) {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    if have.contains(rustix::fs::StatVfsMountFlags::NOEXEC) {
+        flags |= MsFlags::MS_NOEXEC;
+    }
+    mount(None::<&str>, &at, None::<&str>, flags, None::<&str>).with_context(what)?;
     step("mount flags");
-    Ok(())
+    Ok(tree)
 }
 
 fn libc_einval() -> i32 {

@@ -11,6 +11,7 @@
 //! * [`config`]: the optional `config.json`;
 //! * [`placeholder`]: the directories standing in for missing sources, known by their mark;
 //! * [`dirs`]: trusted places, the lock, leftovers, directories made with a user's credentials;
+//! * [`gitview`]: the guest's view of a repo's git metadata; the VM's own git dir;
 //! * [`action`]: the steps a run takes, as logged;
 //! * [`entry`]: a workspace entry (placeholder + record + mount): reconcile and relink;
 //! * [`runner`]: a VM's shares, from microvm.nix's runner and the config;
@@ -22,6 +23,7 @@
 //! * [`status`]: each VM's shares at start vs now, staleness, the table;
 //! * [`ssh`]: where an SSH destination goes, waiting for its banner, the remote command;
 //! * [`flow`]: microvm-link's link and unlink, with typed outcomes;
+//! * [`fetch`]: `microvm-link fetch`: the guest's branches into the host repo, as the user;
 //! * [`shell`]: `microvm-link shell`, from a repo to a shell in its VM;
 //! * [`doctor`]: `microvm-link doctor`: checks of the host, each finding with its fix;
 //! * [`cli`]: microvm-link's command line.
@@ -35,7 +37,9 @@ pub mod dirs;
 pub mod doctor;
 pub mod entry;
 pub mod failpoint;
+pub mod fetch;
 pub mod flow;
+pub mod gitview;
 pub mod idmap;
 pub mod logging;
 pub mod paths;

@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::chase::Tree;
-use crate::config::Config;
+use crate::config::{Config, GitMode, Seen};
 use crate::entry::{live_of, EntryView, State, Workspace};
 use crate::idmap::Guest;
 use crate::paths::Root;
@@ -91,34 +91,48 @@ pub struct GuestView {
     pub idmap: bool,
     /// The guest user that is the linker (`null` when unmapped).
     pub uid: Option<u32>,
+    /// What the guest sees of git: `private`, `readonly` or `shared`.
+    pub git: GitMode,
 }
 
 impl GuestView {
-    pub fn of(g: Guest) -> GuestView {
-        match g {
-            Guest::Mapped { uid } => GuestView {
-                idmap: true,
-                uid: Some(uid),
-            },
-            Guest::Plain => GuestView {
-                idmap: false,
-                uid: None,
-            },
+    pub fn of(s: Seen) -> GuestView {
+        let (idmap, uid) = match s.ids {
+            Guest::Mapped { uid } => (true, Some(uid)),
+            Guest::Plain => (false, None),
+        };
+        GuestView {
+            idmap,
+            uid,
+            git: s.git,
         }
     }
 
-    /// For the table: `uid 1000` or `unmapped`.
+    /// For the table: `uid 1000, git private` or `unmapped, git shared`.
     pub fn words(&self) -> String {
-        match self.uid {
+        let ids = match self.uid {
             Some(u) if self.idmap => format!("uid {u}"),
             _ => "unmapped".into(),
+        };
+        format!("{ids}, git {}", self.git.as_str())
+    }
+
+    /// What a person must know of this guest, if anything (one line each).
+    pub fn warnings(&self, vm: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.idmap {
+            out.push(format!("{vm}: guest ids unmapped (idmap = false): the guest's root is root on linked repos"));
         }
+        if self.git == GitMode::Shared {
+            out.push(format!("{vm}: git = shared: the guest can make your git run commands (it writes .git/config and hooks)"));
+        }
+        out
     }
 }
 
 /// How `vm`'s guest sees linked repos: its config, else the default.
-pub fn guest_of(cfg: &Config, vm: &str) -> Guest {
-    cfg.vms.get(vm).map(|v| v.guest()).unwrap_or_default()
+pub fn seen_by(cfg: &Config, vm: &str) -> Seen {
+    cfg.vms.get(vm).map(|v| v.seen()).unwrap_or_default()
 }
 
 /// The status of `vm`: its workspace entry, and each share at start vs now.
@@ -195,7 +209,7 @@ pub fn status_of(tree: &Tree, cfg: &Config, root: &Root, vm: &str) -> anyhow::Re
         workspace,
         shares,
         stale,
-        guest: GuestView::of(guest_of(cfg, vm)),
+        guest: GuestView::of(seen_by(cfg, vm)),
     })
 }
 
@@ -327,11 +341,11 @@ pub fn table(rows: &[VmStatus], verbose: bool) -> String {
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }
-    for r in rows.iter().filter(|r| !r.guest.idmap) {
-        out.push_str(&format!(
-            "{}: guest ids unmapped (idmap = false): the guest's root is root on linked repos\n",
-            r.vm
-        ));
+    for r in rows {
+        for w in r.guest.warnings(&r.vm) {
+            out.push_str(&w);
+            out.push('\n');
+        }
     }
     out
 }

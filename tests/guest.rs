@@ -191,6 +191,7 @@ fn a_plain_mount_left_by_an_older_version_is_remounted_idmapped_at_start() {
     let entry = fx.p(WS).join("vm1");
     // What the previous version left: a plain bind of the repo on the entry.
     let st = std::process::Command::new("umount")
+        .arg("-R")
         .arg(&entry)
         .status()
         .unwrap();
@@ -288,4 +289,183 @@ fn mount_options(p: &Path) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// `git` as `uid:gid` in `dir`, with a throw-away home and an identity.
+fn git_as(uid: u32, gid: u32, dir: &Path, args: &str) -> Output {
+    sh_as(
+        uid,
+        gid,
+        &format!(
+            "export HOME=/nonexistent GIT_CONFIG_NOSYSTEM=1 GIT_AUTHOR_NAME=g GIT_AUTHOR_EMAIL=g@x GIT_COMMITTER_NAME=g GIT_COMMITTER_EMAIL=g@x; cd '{}' && git {args}",
+            dir.display()
+        ),
+    )
+}
+
+/// alice's repo as a real git repo with one commit on `main`.
+fn real_repo(fx: &Fx) -> std::path::PathBuf {
+    let repo = fx.p("/home/alice/repo");
+    std::fs::remove_dir_all(repo.join(".git")).unwrap();
+    for cmd in ["init -q -b main", "add file", "commit -q -m host-commit"] {
+        assert_ok(&git_as(ALICE, ALICE, &repo, cmd));
+    }
+    repo
+}
+
+#[test]
+fn the_guest_commits_in_its_own_git_dir_and_fetch_brings_it_home() {
+    in_mount_ns!(the_guest_commits_in_its_own_git_dir_and_fetch_brings_it_home);
+    let fx = fixture("");
+    let repo = real_repo(&fx);
+    let config_before = std::fs::read(repo.join(".git/config")).unwrap();
+    assert_ok(&link(
+        &fx,
+        "/home/alice/repo",
+        ALICE,
+        &["vm1", "--no-restart"],
+    ));
+    let entry = fx.p(WS).join("vm1");
+
+    // The guest's git works in its view: status clean, log shows the host's commit.
+    let out = git_as(GUEST_UID, ALICE, &entry, "status --porcelain");
+    assert_ok(&out);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+    let out = git_as(GUEST_UID, ALICE, &entry, "log --format=%s");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "host-commit");
+    // It commits, branches, amends freely...
+    std::fs::write(entry.join("file"), b"changed in the guest").unwrap_or_else(|_| {
+        write_as(
+            GUEST_UID,
+            ALICE,
+            &entry.join("file"),
+            "changed in the guest",
+        )
+        .unwrap()
+    });
+    for cmd in [
+        "commit -q -am guest-commit",
+        "checkout -q -b topic",
+        "commit -q --allow-empty -m topic-commit",
+        "commit -q --amend --allow-empty -m topic-amended",
+    ] {
+        assert_ok(&git_as(GUEST_UID, ALICE, &entry, cmd));
+    }
+    // ...but cannot touch what the host's git would run: config and hooks are read-only,
+    // .git cannot be renamed away, the repo's own .git never changes.
+    let attacks = git_as(
+        GUEST_UID,
+        ALICE,
+        &entry,
+        "echo '[core] fsmonitor = touch /tmp/pwned' >> .git/config; echo x > .git/hooks/post-checkout; mv .git .git-old; rm -rf .git/hooks; true",
+    );
+    assert_ok(&attacks);
+    assert_eq!(
+        std::fs::read(repo.join(".git/config")).unwrap(),
+        config_before
+    );
+    assert!(!repo.join(".git/hooks/post-checkout").exists());
+    assert!(!entry.join(".git-old").exists(), "the guest renamed .git");
+    let guest_config = std::fs::read_to_string(entry.join(".git/config")).unwrap();
+    assert!(!guest_config.contains("fsmonitor"), "{guest_config}");
+    // The host repo: its branch did not move; the host edits its own config and commits
+    // while the link stands.
+    let host_log = git_as(ALICE, ALICE, &repo, "log --format=%s main");
+    assert_eq!(
+        String::from_utf8_lossy(&host_log.stdout).trim(),
+        "host-commit"
+    );
+    assert_ok(&git_as(
+        ALICE,
+        ALICE,
+        &repo,
+        "config user.name alice-on-host",
+    ));
+    assert_ok(&git_as(
+        ALICE,
+        ALICE,
+        &repo,
+        "commit -q --allow-empty -m host-two",
+    ));
+    assert!(mounts_under(&repo).is_empty(), "{:?}", mounts_under(&repo));
+
+    // fetch, as alice (no root): the guest's branches arrive as refs/remotes/vm1/*.
+    let out = Run::link(&fx)
+        .drop_to(ALICE)
+        .cwd("/home/alice/repo")
+        .args(["fetch"])
+        .output();
+    assert_ok(&out);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("vm1: 2 branches new or moved (main, topic)"),
+        "{said}"
+    );
+    let log = git_as(ALICE, ALICE, &repo, "log --format=%s vm1/topic");
+    assert_eq!(
+        String::from_utf8_lossy(&log.stdout).trim(),
+        "topic-amended\nguest-commit\nhost-commit"
+    );
+    // Again: nothing new.
+    let out = Run::link(&fx)
+        .drop_to(ALICE)
+        .cwd("/home/alice/repo")
+        .args(["fetch", "vm1"])
+        .output();
+    assert_ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("vm1: up to date (2 branches"));
+}
+
+#[test]
+fn readonly_and_shared_git_modes() {
+    in_mount_ns!(readonly_and_shared_git_modes);
+    let fx = fixture(r#", "git": "readonly""#);
+    let repo = real_repo(&fx);
+    assert_ok(&link(
+        &fx,
+        "/home/alice/repo",
+        ALICE,
+        &["vm1", "--no-restart"],
+    ));
+    let entry = fx.p(WS).join("vm1");
+    assert_ok(&git_as(GUEST_UID, ALICE, &entry, "status --porcelain"));
+    let out = git_as(GUEST_UID, ALICE, &entry, "commit -q --allow-empty -m nope");
+    assert!(!out.status.success(), "a commit through a read-only .git");
+    let out = sh_as(
+        GUEST_UID,
+        ALICE,
+        &format!("mv '{0}/.git' '{0}/.git-old'", entry.display()),
+    );
+    assert!(!out.status.success(), "renamed a read-only .git");
+    let out = Run::link(&fx)
+        .drop_to(ALICE)
+        .cwd("/home/alice/repo")
+        .args(["fetch"])
+        .output();
+    assert_ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("git = readonly"));
+
+    // shared: the repo's own .git, and status says what that means.
+    fx.config(&format!(
+        r#"{{"vms": {{"vm1": {{"git": "shared", "shares": [{{"tag": "workspace", "proto": "virtiofs", "source": "{WS}/vm1"}}]}}}}}}"#
+    ));
+    fx.prepare_ok("vm1");
+    assert!(
+        !is_mountpoint(&entry.join(".git")),
+        "shared: no mount on .git"
+    );
+    assert_ok(&git_as(
+        GUEST_UID,
+        ALICE,
+        &entry,
+        "commit -q --allow-empty -m shared",
+    ));
+    let log = git_as(ALICE, ALICE, &repo, "log -1 --format=%s");
+    assert_eq!(String::from_utf8_lossy(&log.stdout).trim(), "shared");
+    let out = link(&fx, "/", 0, &["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("vm1: git = shared: the guest can make your git run commands"),
+        "{text}"
+    );
 }

@@ -9,7 +9,7 @@ use anyhow::Result;
 use clap::{CommandFactory, Parser};
 use microvm_workspaces::cli::{Cli, Cmd};
 use microvm_workspaces::flow::{self, Env, Options};
-use microvm_workspaces::{doctor, logging, paths, shell, ssh, status};
+use microvm_workspaces::{doctor, fetch, logging, paths, shell, ssh, status};
 
 fn main() -> ExitCode {
     flow::harden();
@@ -50,6 +50,14 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                 true => println!("{:#}", serde_json::json!({ "vms": rows })),
                 false => print!("{}", status::table(&rows, cli.verbose > 0)),
             }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(Cmd::Fetch { vm }) => {
+            let env = env(false)?;
+            flow::drop_to(env.user)?;
+            fetch::run(&env, vm.as_deref())?
+                .iter()
+                .for_each(|f| println!("{}", f.line));
             return Ok(ExitCode::SUCCESS);
         }
         Some(Cmd::Shell { vm, ssh, command }) => {

@@ -405,8 +405,8 @@ s_resilience() {
     e2e_link_as_alice vm1 --no-restart || fail "microvm-link --no-restart failed: $(tail -n 3 "$E2E_RUN/link.out" | tr '\n' ' ')"
     e2e_start_ok vm1
     e2e_expect_guest vm1 workspace "read marker" "alice's vm1 repo"
-    step "alice deletes the repo while it is linked and the VM runs"
-    e2e_ct_as alice rm -rf /home/alice/vm1 || fail "could not delete the repo"
+    step "alice moves the repo away while it is linked and the VM runs (its .git, a mount point in the guest's view, cannot be removed while linked)"
+    e2e_ct_as alice mv /home/alice/vm1 /home/alice/vm1.trash || fail "could not move the repo away"
     b=$(e2e_boot_count vm1)
     out=$(e2e_ct systemctl restart microvm@vm1.service 2>&1) || fail "restart after deleting the repo failed: $out"
     e2e_wait_restarted vm1 "$b"
@@ -887,9 +887,9 @@ s_live_deleted_reboot() {
     e2e_expect_guest testvm nixfiles "read marker" "nixfiles A"
     e2e_expect_live_views /home/alice/nixfiles
     ids=$(e2e_vm_ids testvm); boots=$(e2e_boot_count testvm)
-    step "alice deletes ~/nixfiles while it is linked and testvm runs"
+    step "alice moves ~/nixfiles away while it is linked and testvm runs"
     from=$(e2e_mvw_count testvm)
-    e2e_ct_as alice rm -rf /home/alice/nixfiles || fail "could not delete the repo"
+    e2e_ct_as alice mv /home/alice/nixfiles /home/alice/nixfiles.trash || fail "could not move the repo away"
     if out=$(e2e_wait_line testvm "$from" '^MVW tag=nixfiles view: .* marker=none$' 30); then
         echo "until the next start, testvm sees the deleted directory: $(e2e_guest_value testvm nixfiles view)"
     else

@@ -264,7 +264,7 @@ fn scenarios() -> Vec<Scenario> {
             setup: || {
                 let fx = linked_to(A);
                 // A reboot: mounts gone, records kept; and a source to create in the repo.
-                for m in mounts_under(fx.root()) {
+                for m in mounts_under(fx.root()).into_iter().rev() {
                     nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH).unwrap();
                 }
                 std::fs::remove_dir_all(fx.p(&format!("{A}/hosts"))).unwrap();

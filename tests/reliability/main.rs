@@ -89,7 +89,16 @@ fn link_base() -> Rig {
         fx.write(&format!("{r}/marker"), r.as_bytes());
     }
     fx.mkdir(&format!("{A}/.git"), ALICE, 0o755);
-    fx.mkdir(&format!("{B}/.git"), ALICE, 0o755);
+    // B's .git is a git dir (HEAD, a branch, objects): linking B makes the entry's private
+    // git dir, so every step of that is crashed at too.
+    for d in ["", "refs", "refs/heads", "objects"] {
+        fx.mkdir(&format!("{B}/.git/{d}"), ALICE, 0o755);
+    }
+    fx.write(&format!("{B}/.git/HEAD"), b"ref: refs/heads/main\n");
+    fx.write(
+        &format!("{B}/.git/refs/heads/main"),
+        format!("{}\n", "a".repeat(40)).as_bytes(),
+    );
     fx
 }
 

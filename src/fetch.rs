@@ -1,0 +1,327 @@
+//! `microvm-link fetch [VM]` (docs/design.md#guest-git): the guest's branches, from the VM's
+//! own git dir, into the host repo as remote-tracking refs `refs/remotes/<entry>/<branch>`.
+//!
+//! Runs as the user, never as root. It reads nothing the guest controls but objects and refs:
+//! the refs are parsed here (a name and an object id per branch, checked), and git is given a
+//! temporary git dir of ours whose config we wrote and whose objects are the guest's (and the
+//! repo's) through alternates: no config, hook or attribute of the guest's is ever read.
+
+use std::ffi::OsStr;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use crate::config::GitMode;
+use crate::entry::{entry_name_of, read_record, Workspace};
+use crate::flow::Env;
+use crate::gitview;
+use crate::paths::{self, show};
+
+/// What one fetch did, in one line.
+#[derive(Debug)]
+pub struct Fetched {
+    pub entry: String,
+    pub line: String,
+}
+
+/// Fetches from every private git dir that `vm` (or, without one, every VM that sees the repo
+/// of the working directory) serves to its guest.
+pub fn run(env: &Env, vm: Option<&str>) -> Result<Vec<Fetched>> {
+    let ws = Workspace::find(&env.tree, &env.cfg)?
+        .with_context(|| format!("no workspace dir {}", show(&env.cfg.workspace_dir)))?;
+    let links = ws.links()?;
+    // (entry, repo inside path)
+    let mut todo: Vec<(String, PathBuf)> = Vec::new();
+    match vm {
+        Some(vm) => {
+            paths::check_name("VM", vm)?;
+            crate::runner::check_known(&env.tree, &env.cfg, vm)?;
+            for s in crate::runner::shares(&env.tree, &env.cfg, vm)? {
+                let Some(name) = entry_name_of(&env.cfg.workspace_dir, &s.path) else {
+                    continue;
+                };
+                if let Some(rec) = read_record(links.as_ref(), &name)? {
+                    let name = name.to_string_lossy().into_owned();
+                    if !todo.iter().any(|(n, _)| *n == name) {
+                        todo.push((name, rec.target));
+                    }
+                }
+            }
+            if todo.is_empty() {
+                bail!("VM {vm} has no linked entry: nothing to fetch");
+            }
+        }
+        None => {
+            let repo = env.repo(None)?;
+            for name in crate::chase::list_dir(&links_or_empty(&ws)?)? {
+                if let Some(rec) = read_record(links.as_ref(), &name)? {
+                    if rec.target == repo.path {
+                        todo.push((name.to_string_lossy().into_owned(), rec.target));
+                    }
+                }
+            }
+            if todo.is_empty() {
+                bail!(
+                    "{} is not linked into any VM: nothing to fetch",
+                    show(&repo.path)
+                );
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (entry, repo) in todo {
+        let line = match ws.guest_of(OsStr::new(&entry))?.git {
+            GitMode::Shared => format!(
+                "{entry}: nothing to fetch: git = shared, the guest writes the repo's own .git"
+            ),
+            GitMode::Readonly => {
+                format!("{entry}: nothing to fetch: git = readonly, the guest cannot commit")
+            }
+            GitMode::Private => fetch_one(env, &entry, &repo)
+                .with_context(|| format!("fetching from {entry} into {}", show(&repo)))?,
+        };
+        out.push(Fetched { entry, line });
+    }
+    Ok(out)
+}
+
+fn links_or_empty(ws: &Workspace) -> Result<crate::chase::Node> {
+    ws.links()?.context("no link records yet: nothing to fetch")
+}
+
+/// One entry's private git dir into `repo` (an inside path).
+fn fetch_one(env: &Env, entry: &str, repo: &Path) -> Result<String> {
+    let own = env.root.real(&gitview::private_path(
+        &env.cfg.workspace_dir,
+        OsStr::new(entry),
+    ));
+    let repo_real = env.root.real(repo);
+    if !own.is_dir() {
+        return Ok(format!("{entry}: nothing to fetch: no private git dir yet (the VM has not started with this link)"));
+    }
+    let refs = guest_branches(&own)?;
+    let tmp = tempfile::Builder::new()
+        .prefix("microvm-link-fetch.")
+        .tempdir()
+        .context("cannot make a temporary git dir")?;
+    let t = tmp.path();
+    std::fs::create_dir_all(t.join("refs"))?;
+    std::fs::create_dir_all(t.join("objects/info"))?;
+    std::fs::write(t.join("HEAD"), "ref: refs/heads/none\n")?;
+    std::fs::write(
+        t.join("config"),
+        "[core]\n\trepositoryformatversion = 0\n\tbare = true\n",
+    )?;
+    let mut alt = std::fs::File::create(t.join("objects/info/alternates"))?;
+    for dir in [own.join("objects"), repo_real.join(".git/objects")] {
+        alt.write_all(dir.as_os_str().as_encoded_bytes())?;
+        alt.write_all(b"\n")?;
+    }
+    let mut packed = String::from("# pack-refs with: sorted \n");
+    for (name, id) in &refs {
+        packed.push_str(&format!("{id} refs/heads/{name}\n"));
+    }
+    std::fs::write(t.join("packed-refs"), packed)?;
+    let prefix = format!("refs/remotes/{entry}");
+    let before = remote_refs(&repo_real, &prefix)?;
+    let out = git(&repo_real)
+        .args([
+            "fetch",
+            "--no-tags",
+            "--no-write-fetch-head",
+            "--prune",
+            "--quiet",
+        ])
+        .arg(t)
+        .arg(format!("+refs/heads/*:{prefix}/*"))
+        .output()
+        .context("cannot run git")?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        bail!(
+            "git fetch failed: {}",
+            err.lines().last().unwrap_or("").trim()
+        );
+    }
+    let after = remote_refs(&repo_real, &prefix)?;
+    let changed: Vec<&str> = after
+        .iter()
+        .filter(|(n, id)| before.iter().all(|(m, old)| m != n || old != id))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    let gone = before
+        .iter()
+        .filter(|(n, _)| after.iter().all(|(m, _)| m != n))
+        .count();
+    Ok(match (changed.len(), gone) {
+        (0, 0) => format!(
+            "{entry}: up to date ({} branches under {prefix}/)",
+            after.len()
+        ),
+        _ => format!(
+            "{entry}: {} branch{} new or moved ({}){}, under {prefix}/",
+            changed.len(),
+            if changed.len() == 1 { "" } else { "es" },
+            changed.join(", "),
+            if gone > 0 {
+                format!(", {gone} gone")
+            } else {
+                String::new()
+            }
+        ),
+    })
+}
+
+/// `git -C repo` with nothing of the environment's git settings.
+fn git(repo: &Path) -> Command {
+    let mut c = Command::new("git");
+    for (k, _) in std::env::vars_os() {
+        if k.as_encoded_bytes().starts_with(b"GIT_") {
+            c.env_remove(k);
+        }
+    }
+    c.arg("-C").arg(repo);
+    c
+}
+
+/// `(short name, object id)` of every ref under `prefix` in `repo`.
+fn remote_refs(repo: &Path, prefix: &str) -> Result<Vec<(String, String)>> {
+    let out = git(repo)
+        .args(["for-each-ref", "--format=%(objectname) %(refname)", prefix])
+        .output()
+        .context("cannot run git")?;
+    if !out.status.success() {
+        bail!(
+            "git for-each-ref failed in {}: {}",
+            show(repo),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (id, name) = l.split_once(' ')?;
+            Some((
+                name.strip_prefix(prefix)?
+                    .trim_start_matches('/')
+                    .to_string(),
+                id.to_string(),
+            ))
+        })
+        .collect())
+}
+
+/// The guest's branches: loose refs under `refs/heads` (regular files only, never a
+/// symlink) over `packed-refs`, each name and object id checked; anything else is skipped.
+pub fn guest_branches(own: &Path) -> Result<Vec<(String, String)>> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    if let Some(text) = read_regular(&own.join("packed-refs"), 64 << 20)? {
+        for line in String::from_utf8_lossy(&text).lines() {
+            let Some((id, name)) = line.split_once(' ') else {
+                continue;
+            };
+            if let Some(branch) = name.strip_prefix("refs/heads/") {
+                if valid_id(id) && valid_branch(branch) {
+                    out.push((branch.to_string(), id.to_string()));
+                }
+            }
+        }
+    }
+    let heads = own.join("refs/heads");
+    let mut todo = vec![(heads.clone(), 0u32)];
+    while let Some((dir, depth)) = todo.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let Ok(m) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            if m.is_dir() && depth < 16 {
+                todo.push((p, depth + 1));
+            } else if m.is_file() {
+                let Some(text) = read_regular(&p, 4096)? else {
+                    continue;
+                };
+                let id = String::from_utf8_lossy(&text).trim().to_string();
+                let name = p
+                    .strip_prefix(&heads)
+                    .unwrap_or(&p)
+                    .to_string_lossy()
+                    .into_owned();
+                if valid_id(&id) && valid_branch(&name) {
+                    out.retain(|(n, _)| *n != name);
+                    out.push((name, id));
+                }
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// A regular file's bytes (not following a symlink), at most `max`; `None` if missing or not
+/// a regular file.
+fn read_regular(p: &Path, max: u64) -> Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits() | nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(p)
+    {
+        Ok(f) => f,
+        Err(_) => return Ok(None),
+    };
+    let m = f.metadata()?;
+    if !m.is_file() || m.size() > max {
+        return Ok(None);
+    }
+    let mut out = Vec::new();
+    f.take(max).read_to_end(&mut out)?;
+    Ok(Some(out))
+}
+
+/// A SHA-1 or SHA-256 object id in lower-case hex.
+pub fn valid_id(id: &str) -> bool {
+    (id.len() == 40 || id.len() == 64) && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// A branch name we pass on: what `git check-ref-format` accepts, narrowed to characters
+/// that are never an option, a glob or a path trick.
+pub fn valid_branch(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 200
+        && name.split('/').all(|c| {
+            !c.is_empty()
+                && !c.starts_with('.')
+                && !c.starts_with('-')
+                && !c.ends_with(".lock")
+                && c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'+'))
+        })
+        && !name.contains("..")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_names_and_ids_pass() {
+        assert!(valid_branch("main"));
+        assert!(valid_branch("feature/x-1.2"));
+        for bad in [
+            "", "-x", "a/../b", ".hidden", "a.lock", "a b", "a/", "x*", "a\nb", "@{1}",
+        ] {
+            assert!(!valid_branch(bad), "{bad:?}");
+        }
+        assert!(valid_id(&"a".repeat(40)));
+        assert!(!valid_id(&"A".repeat(40)));
+        assert!(!valid_id("abc"));
+    }
+}

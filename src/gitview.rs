@@ -1,0 +1,505 @@
+//! What the guest sees of a linked repo's git metadata (docs/design.md#guest-git), and the
+//! VM's own git dir of the `private` mode.
+//!
+//! The guest and the linker are one uid through the idmap, so ownership cannot keep a guest
+//! from rewriting `.git/config` or hooks, which the user's next `git status` on the host would
+//! run. The guest's view is therefore built apart from the host's: the repo is mounted on a
+//! slot in a private staging mount, the chosen `.git` is mounted on the slot's `.git`, and the
+//! whole tree is moved onto the entry (or a live `current`) in one step, so it reaches
+//! virtiofsd's mount namespace whole, and nothing of it ever appears at the repo's own path.
+//! A mount on `.git` as a whole (never on `.git/config`: git replaces that file by rename,
+//! which a mount point forbids) cannot be renamed away by the guest.
+//!
+//! The private git dir, `<workspaceDir>/.git-private/<entry>/git`, kept per entry (one mount
+//! serves every VM sharing the entry):
+//!
+//! ```text
+//! .git-private/            root 0711
+//!   <entry>/               the linker's, 0700 (only they and root get in)
+//!     git/                 root 1777: the guest makes HEAD, index, logs...; cannot remove
+//!                          or replace what is root's (sticky)
+//!       config, hooks/     root's, read-only to the guest; no hook, no filter, no fsmonitor
+//!       origin             root's: which repo (path, device:inode) this was made from
+//!       HEAD, index, packed-refs, refs/, shallow   copied from the repo at link time, the linker's
+//!       objects/           root 1777 (info/alternates root's: ../host-objects)
+//!       host-objects/      mount point: the repo's objects, read-only
+//! ```
+//! The host reads nothing of it but objects and refs (`microvm-link fetch`, [`crate::fetch`]).
+
+use std::ffi::OsStr;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use nix::errno::Errno;
+use nix::fcntl::{openat, OFlag};
+use nix::sys::stat::{fchmod, Mode};
+use rustix::mount::MoveMountFlags;
+
+use crate::chase::{self, is_mount_root, Node, Tree, Trust, Walk};
+use crate::config::GitMode;
+use crate::dirs;
+use crate::failpoint::step;
+use crate::idmap::{self, Ids};
+use crate::paths::{show, tmp_name};
+
+/// `<workspaceDir>/.git-private`.
+pub const PRIVATE_DIR: &str = ".git-private";
+/// `<workspaceDir>/.stage`: a private mount where a guest's view is put together.
+pub const STAGE_DIR: &str = ".stage";
+/// The private git dir inside `.git-private/<entry>`.
+const GIT: &str = "git";
+const HOST_OBJECTS: &str = "host-objects";
+const ORIGIN: &str = "origin";
+/// A copied ref file, HEAD or packed-refs larger than this is not a git file.
+const SMALL: u64 = 64 << 20;
+/// The index may be large (one entry per tracked file).
+const INDEX_MAX: u64 = 1 << 30;
+
+/// The `.git` mount the guest gets for `repo` in mode `git`: `None` when the repo's own
+/// `.git` is seen as it is (`shared`, or no `.git` at all).
+pub fn wanted(tree: &Tree, repo: &Node, git: GitMode) -> Result<Option<Node>> {
+    if git == GitMode::Shared {
+        return Ok(None);
+    }
+    match tree.walk_within(repo, Path::new(".git"), Trust::Owners)? {
+        Walk::Found(n) => Ok(Some(n)),
+        Walk::Missing { .. } => Ok(None),
+    }
+}
+
+/// Does the mount on `entry` show `.git` as `git` wants? (`.git` a mount point exactly when
+/// the mode puts one there.)
+pub fn view_is(tree: &Tree, entry: &Node, repo: &Node, git: GitMode) -> Result<bool> {
+    let want = wanted(tree, repo, git)?.is_some();
+    let have = match entry.child(OsStr::new(".git")) {
+        Ok(n) => is_mount_root(n.fd.as_fd())?,
+        Err(_) => false,
+    };
+    Ok(want == have)
+}
+
+/// Mounts the guest's view of `repo` on `target`: the repo (see [`idmap::mount_repo`]) with,
+/// unless `git` is `shared`, the mode's `.git` on top, all attached in one move. `name` is
+/// the entry (for the private git dir).
+pub fn mount(
+    tree: &Tree,
+    ws: &Node,
+    name: &OsStr,
+    repo: &Node,
+    target: &Node,
+    ids: &Ids,
+    git: GitMode,
+) -> Result<()> {
+    let Some(dotgit) = wanted(tree, repo, git)? else {
+        return idmap::mount_repo(repo, target, ids, false).map(drop);
+    };
+    let stage = stage(tree, ws)?;
+    let slot_name = tmp_name();
+    let slot = dirs::mkdir_as(&stage, &slot_name, 0, 0)?;
+    let made = (|| -> Result<()> {
+        let top = idmap::mount_repo(repo, &slot, ids, false)?;
+        let on = Node::open_at(top.as_fd(), OsStr::new(".git"), slot.path.join(".git"))
+            .context("the slot's .git")?;
+        match git {
+            GitMode::Readonly => {
+                idmap::mount_repo(&dotgit, &on, ids, true)?;
+            }
+            GitMode::Private => {
+                if !dotgit.is_dir() || read_opt(&dotgit, OsStr::new("HEAD"), SMALL)?.is_none() {
+                    // A worktree's `.git` file names a git dir outside the repo, which the
+                    // guest does not see; a `.git` without HEAD is no git dir to start from:
+                    // read-only is what can be given (docs/design.md#guest-git).
+                    idmap::mount_repo(&dotgit, &on, ids, true)?;
+                } else {
+                    let own = private_dir(tree, ws, name, repo, &dotgit)?;
+                    let g = idmap::mount_repo(&own, &on, ids, false)?;
+                    // What is root's in it stays so in the guest's view: each a read-only
+                    // mount point, which the guest can neither write nor rename away.
+                    for rel in ROOTS_OWN {
+                        let theirs = own_child(&own, rel)?;
+                        let view = Node::open_at(g.as_fd(), OsStr::new("."), on.path.clone())?;
+                        let at = own_child(&view, rel)?;
+                        idmap::mount_repo(&theirs, &at, ids, true)?;
+                    }
+                    let objects =
+                        match tree.walk_within(&dotgit, Path::new("objects"), Trust::Owners)? {
+                            Walk::Found(n) if n.is_dir() => n,
+                            _ => bail!("{} has no objects directory", show(&dotgit.path)),
+                        };
+                    let ho = Node::open_at(
+                        g.as_fd(),
+                        OsStr::new(HOST_OBJECTS),
+                        own.path.join(HOST_OBJECTS),
+                    )
+                    .context("host-objects")?;
+                    idmap::mount_repo(&objects, &ho, ids, true)?;
+                }
+            }
+            GitMode::Shared => unreachable!("shared mounts no .git"),
+        }
+        rustix::mount::move_mount(
+            top.as_fd(),
+            "",
+            target.fd.as_fd(),
+            "",
+            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+        )
+        .with_context(|| format!("cannot move the guest's view onto {}", show(&target.path)))?;
+        step("move view");
+        Ok(())
+    })();
+    if made.is_err() {
+        // Whatever got mounted on the slot goes with it.
+        let _ = rustix::mount::unmount(slot.proc_path(), rustix::mount::UnmountFlags::DETACH);
+    }
+    let _ = nix::unistd::unlinkat(
+        &stage.fd,
+        &*slot_name,
+        nix::unistd::UnlinkatFlags::RemoveDir,
+    );
+    made
+}
+
+/// `<workspaceDir>/.stage`, root 0700, a private mount of itself (so what is mounted in it
+/// reaches no other namespace and may be moved out). Leftover slots of a killed run are
+/// detached and removed.
+fn stage(tree: &Tree, ws: &Node) -> Result<Node> {
+    let at = ws.path.join(STAGE_DIR);
+    let dir = dirs::ensure_root_dir(tree, &at)?;
+    if dir.st.st_mode & 0o077 != 0 {
+        dir.chmod(0o700)?;
+    }
+    if !is_mount_root(dir.fd.as_fd())? {
+        use nix::mount::{mount, MsFlags};
+        mount(
+            Some(&dir.proc_path()),
+            &dir.proc_path(),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .with_context(|| format!("cannot make {} a mount", show(&at)))?;
+        step("stage mount");
+    }
+    let dir = ws.child(OsStr::new(STAGE_DIR))?;
+    {
+        use nix::mount::{mount, MsFlags};
+        mount(
+            None::<&str>,
+            &dir.proc_path(),
+            None::<&str>,
+            MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .with_context(|| format!("cannot make {} private", show(&at)))?;
+    }
+    clear_slots(&dir)?;
+    Ok(dir)
+}
+
+/// Detaches and removes the slots of `.stage` (only root makes them, only while holding the
+/// workspace lock).
+fn clear_slots(stage: &Node) -> Result<()> {
+    for leftover in chase::list_dir(stage)? {
+        if let Ok(n) = stage.child(&leftover) {
+            if n.is_dir() && is_mount_root(n.fd.as_fd())? {
+                let _ = rustix::mount::unmount(n.proc_path(), rustix::mount::UnmountFlags::DETACH);
+            }
+        }
+        let _ = nix::unistd::unlinkat(&stage.fd, &*leftover, nix::unistd::UnlinkatFlags::RemoveDir);
+        step("clear slot");
+    }
+    Ok(())
+}
+
+/// What a killed run left (under the workspace lock): slots in `.stage`, detached and
+/// removed; a private git dir made halfway, kept as `unfinished-<name>` (nothing a guest may
+/// have written is deleted).
+pub fn clear_leftovers(ws: &Node) -> Result<()> {
+    if let Ok(stage) = ws.child(OsStr::new(STAGE_DIR)) {
+        if stage.is_dir() && stage.uid() == 0 {
+            clear_slots(&stage)?;
+        }
+    }
+    if let Ok(top) = ws.child(OsStr::new(PRIVATE_DIR)) {
+        if top.is_dir() && top.uid() == 0 {
+            for name in chase::list_dir(&top)? {
+                let b = name.as_encoded_bytes();
+                if let Some(rest) = b.strip_prefix(crate::paths::TMP_PREFIX.as_bytes()) {
+                    let mut to = std::ffi::OsString::from("unfinished-");
+                    to.push(String::from_utf8_lossy(rest).as_ref());
+                    nix::fcntl::renameat(&top.fd, &*name, &top.fd, &*to)?;
+                    step("unfinished private git dir");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What `origin` says: the repo a private git dir was made from.
+fn origin_of(repo: &Node) -> String {
+    format!(
+        "{}\n{}:{}\n",
+        repo.path.display(),
+        repo.st.st_dev,
+        repo.st.st_ino
+    )
+}
+
+/// The private git dir of entry `name` for `repo` (whose `.git` is `dotgit`): the existing one
+/// when it was made from this repo (the guest's commits survive restarts and relinks), else
+/// a new one, the old one moved aside (`<entry>.<time>`), never deleted.
+pub fn private_dir(
+    tree: &Tree,
+    ws: &Node,
+    name: &OsStr,
+    repo: &Node,
+    dotgit: &Node,
+) -> Result<Node> {
+    let top = dirs::ensure_root_dir(tree, &ws.path.join(PRIVATE_DIR))?;
+    if top.st.st_mode & 0o7777 != 0o711 {
+        top.chmod(0o711)?;
+    }
+    let owner = (repo.st.st_uid, repo.st.st_gid);
+    if let Ok(mine) = top.child(name) {
+        let same = mine.is_dir()
+            && mine.uid() == owner.0
+            && mine
+                .child(OsStr::new(GIT))
+                .ok()
+                .filter(|g| g.is_dir())
+                .and_then(|g| read_small(&g, OsStr::new(ORIGIN), 4096).ok())
+                .is_some_and(|o| o == origin_of(repo).as_bytes());
+        if same {
+            return Ok(mine.child(OsStr::new(GIT))?);
+        }
+        let mut aside = name.to_os_string();
+        aside.push(format!(
+            ".{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        ));
+        nix::fcntl::renameat(&top.fd, name, &top.fd, &*aside)
+            .with_context(|| format!("cannot move {} aside", show(&top.path.join(name))))?;
+        step("private git dir aside");
+    }
+    // Made under a temporary name and renamed into place: a killed run leaves no half dir
+    // under the entry's name.
+    let tmp = tmp_name();
+    let made = make_private(&top, &tmp, repo, dotgit, owner);
+    if made.is_err() {
+        // Nothing of a guest's is in it yet: what was made goes (a full disk leaves nothing).
+        if let Ok(half) = top.child(&tmp) {
+            let _ = remove_tree(&half, 0);
+        }
+        let _ = nix::unistd::unlinkat(&top.fd, &*tmp, nix::unistd::UnlinkatFlags::RemoveDir);
+    }
+    made?;
+    nix::fcntl::renameat(&top.fd, &*tmp, &top.fd, name)
+        .with_context(|| format!("cannot put {} in place", show(&top.path.join(name))))?;
+    step("private git dir");
+    let mine = top.child(name)?;
+    Ok(mine.child(OsStr::new(GIT))?)
+}
+
+/// Removes what is in `dir` (by descriptor, never following a symlink).
+fn remove_tree(dir: &Node, depth: u32) -> Result<()> {
+    if depth > 64 {
+        bail!("{} is nested too deep", show(&dir.path));
+    }
+    for name in chase::list_dir(dir)? {
+        let n = dir.child(&name)?;
+        let flag = if n.is_dir() {
+            remove_tree(&n, depth + 1)?;
+            nix::unistd::UnlinkatFlags::RemoveDir
+        } else {
+            nix::unistd::UnlinkatFlags::NoRemoveDir
+        };
+        nix::unistd::unlinkat(&dir.fd, &*name, flag)?;
+    }
+    Ok(())
+}
+
+/// Makes a new private git dir `<top>/<tmp>/git` (see the module's layout).
+fn make_private(
+    top: &Node,
+    tmp: &OsStr,
+    repo: &Node,
+    dotgit: &Node,
+    owner: (u32, u32),
+) -> Result<()> {
+    let mine = dirs::mkdir_as(top, tmp, 0, 0)?;
+    mine.chmod(0o700)?;
+    rustix::fs::chownat(
+        &mine.fd,
+        "",
+        Some(rustix::fs::Uid::from_raw(owner.0)),
+        Some(rustix::fs::Gid::from_raw(owner.1)),
+        rustix::fs::AtFlags::EMPTY_PATH | rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .with_context(|| format!("cannot chown {}", show(&mine.path)))?;
+    // The git dir itself is the linker's (git in the guest insists on owning its git dir).
+    let git = dirs::mkdir_as(&mine, OsStr::new(GIT), owner.0, owner.1)?;
+    write_new(&git, "config", 0, 0, 0o644, CONFIG.as_bytes())?;
+    write_new(&git, ORIGIN, 0, 0, 0o644, origin_of(repo).as_bytes())?;
+    dirs::mkdir_as(&git, OsStr::new("hooks"), 0, 0)?;
+    dirs::mkdir_as(&git, OsStr::new(HOST_OBJECTS), 0, 0)?;
+    let objects = dirs::mkdir_as(&git, OsStr::new("objects"), owner.0, owner.1)?;
+    let info = dirs::mkdir_as(&objects, OsStr::new("info"), 0, 0)?;
+    write_new(
+        &info,
+        "alternates",
+        0,
+        0,
+        0o644,
+        format!("../{HOST_OBJECTS}\n").as_bytes(),
+    )?;
+    dirs::mkdir_as(&objects, OsStr::new("pack"), owner.0, owner.1)?;
+    // What the guest starts from, the linker's: HEAD, index, refs.
+    for (file, max) in [
+        ("HEAD", SMALL),
+        ("packed-refs", SMALL),
+        ("shallow", SMALL),
+        ("index", INDEX_MAX),
+    ] {
+        if let Some(bytes) = read_opt(dotgit, OsStr::new(file), max)? {
+            write_new(&git, file, owner.0, owner.1, 0o644, &bytes)?;
+        }
+    }
+    if read_opt(dotgit, OsStr::new("HEAD"), SMALL)?.is_none() {
+        bail!("{} has no HEAD: not a git dir", show(&dotgit.path));
+    }
+    let refs = dirs::mkdir_as(&git, OsStr::new("refs"), owner.0, owner.1)?;
+    for sub in ["heads", "tags"] {
+        dirs::mkdir_as(&refs, OsStr::new(sub), owner.0, owner.1)?;
+    }
+    if let Ok(theirs) = dotgit.child(OsStr::new("refs")) {
+        if theirs.is_dir() {
+            copy_refs(&theirs, &refs, owner, 0)?;
+        }
+    }
+    Ok(())
+}
+
+/// What root keeps in a private git dir, read-only in the guest's view.
+const ROOTS_OWN: [&str; 3] = ["config", "hooks", "objects/info"];
+
+/// `dir/rel`, not following symlinks.
+fn own_child(dir: &Node, rel: &str) -> Result<Node> {
+    let mut n = dir.try_clone()?;
+    for part in rel.split('/') {
+        n = n
+            .child(OsStr::new(part))
+            .with_context(|| show(&n.path.join(part)))?;
+    }
+    Ok(n)
+}
+
+/// The private git dir's config: a plain non-bare repo; nothing that runs a program.
+const CONFIG: &str = "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = false\n\tlogallrefupdates = true\n";
+
+/// Copies the loose refs under `from` into `to` (a directory of `owner`'s), as `owner`:
+/// directories and small regular files only, no deeper than git goes.
+fn copy_refs(from: &Node, to: &Node, owner: (u32, u32), depth: u32) -> Result<()> {
+    if depth > 32 {
+        bail!("{} is nested too deep for refs", show(&from.path));
+    }
+    for name in chase::list_dir(from)? {
+        let Ok(n) = from.child(&name) else { continue };
+        if n.is_dir() {
+            let d = dirs::mkdir_as(to, &name, owner.0, owner.1)?;
+            copy_refs(&n, &d, owner, depth + 1)?;
+        } else if chase::is_regular(&n.st) {
+            if let Some(bytes) = read_opt(from, &name, 4096)? {
+                write_new(to, &name, owner.0, owner.1, 0o644, &bytes)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The content of regular file `name` in `dir` (not following a symlink), at most `max`
+/// bytes; `None` when there is none.
+fn read_opt(dir: &Node, name: &OsStr, max: u64) -> Result<Option<Vec<u8>>> {
+    match read_small(dir, name, max) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.downcast_ref::<Errno>() == Some(&Errno::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn read_small(dir: &Node, name: &OsStr, max: u64) -> Result<Vec<u8>> {
+    let fd = openat(
+        &dir.fd,
+        name,
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+        Mode::empty(),
+    )?;
+    let st = nix::sys::stat::fstat(&fd)?;
+    if !chase::is_regular(&st) {
+        bail!("{} is not a regular file", show(&dir.path.join(name)));
+    }
+    if st.st_size as u64 > max {
+        bail!("{} is larger than {max} bytes", show(&dir.path.join(name)));
+    }
+    let mut out = Vec::new();
+    std::fs::File::from(fd)
+        .take(max + 1)
+        .read_to_end(&mut out)?;
+    Ok(out)
+}
+
+/// Creates `name` in `dir` (never an existing one), owned `uid:gid` with `mode`.
+fn write_new(
+    dir: &Node,
+    name: impl AsRef<OsStr>,
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    bytes: &[u8],
+) -> Result<()> {
+    let name = name.as_ref();
+    let at = dir.path.join(name);
+    let fd: OwnedFd = openat(
+        &dir.fd,
+        name,
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    )
+    .with_context(|| format!("cannot create {}", show(&at)))?;
+    rustix::fs::fchown(
+        &fd,
+        Some(rustix::fs::Uid::from_raw(uid)),
+        Some(rustix::fs::Gid::from_raw(gid)),
+    )
+    .with_context(|| format!("cannot chown {}", show(&at)))?;
+    fchmod(&fd, Mode::from_bits_truncate(mode))?;
+    let mut f = std::fs::File::from(fd);
+    f.write_all(bytes)
+        .with_context(|| format!("cannot write {}", show(&at)))?;
+    step("git file");
+    Ok(())
+}
+
+/// The private git dir of entry `name`, if there is one: `<workspaceDir>/.git-private/<name>/git`.
+pub fn private_path(workspace_dir: &Path, name: &OsStr) -> PathBuf {
+    workspace_dir.join(PRIVATE_DIR).join(name).join(GIT)
+}
+
+/// One line on what the guests of an entry see of git, for status and doctor.
+pub fn words(git: GitMode) -> &'static str {
+    match git {
+        GitMode::Private => {
+            "private (the VM's own git dir; microvm-link fetch brings its branches)"
+        }
+        GitMode::Readonly => "readonly (the repo's .git, read-only)",
+        GitMode::Shared => {
+            "shared (the repo's own .git, writable: the guest can make your git run commands)"
+        }
+    }
+}
