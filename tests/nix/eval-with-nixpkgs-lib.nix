@@ -526,6 +526,23 @@ let
 
   configJsonOf = e: builtins.fromJSON e.config.environment.etc."microvm-workspaces/config.json".source.text;
 
+  # nixos-module/package.nix called with stubs: the arguments it gives
+  # buildRustPackage.
+  packageArgs = import ../../nixos-module/package.nix {
+    inherit lib;
+    stdenv = {
+      buildPlatform.canExecute = _: true;
+      hostPlatform = { };
+    };
+    rustPlatform.buildRustPackage = args: args;
+    installShellFiles = fakeDrv "install-shell-files";
+    systemd = fakeDrv "systemd";
+    # unshare is in the bin output
+    util-linux = fakeDrv "util-linux-2.41" // {
+      bin = fakeDrv "util-linux-2.41-bin";
+    };
+  };
+
   # The options table of the README's "On NixOS" section, from the option
   # declarations: name, type, default, description.
   oneLine =
@@ -654,6 +671,14 @@ in
         [ "vms: ${builtins.toJSON vms}" ]
       else
         [ ];
+    "package: util-linux's unshare is compiled in" =
+      let
+        got = packageArgs.env.MICROVM_WORKSPACES_UNSHARE or null;
+      in
+      if got == "/nix/store/00000000000000000000000000000000-util-linux-2.41-bin/bin/unshare" then
+        [ ]
+      else
+        [ "env.MICROVM_WORKSPACES_UNSHARE: ${builtins.toJSON got}" ];
     "nixpkgs older than 25.11: one assertion that says so, and nothing else defined" =
       let
         got = failedAssertions oldNixpkgs;
