@@ -96,12 +96,18 @@ let
   #    sshd answers on neither address: the guess is waited for briefly.
   #  * cloud-hypervisor and firecracker put a unix socket in front of the
   #    guest's vsock (`vsock-mux/<path>`), so `vsock/<cid>` does not reach them.
-  vms = mw.withSsh {
-    template = cfg.ssh.destination;
-    explicit = sshTemplateExplicit;
-    perVm = cfg.ssh.perVm;
-    guesses = if hasMicrovmHost then mw.sshGuesses config.microvm.vms else { };
-    vms = if hasMicrovmHost then mw.collectVms config.microvm.vms else { };
+  #
+  # And each VM's guest ids and git view (services.microvm-workspaces.vms),
+  # always written, defaults included.
+  vms = mw.withGuest {
+    settings = cfg.vms;
+    vms = mw.withSsh {
+      template = cfg.ssh.destination;
+      explicit = sshTemplateExplicit;
+      perVm = cfg.ssh.perVm;
+      guesses = if hasMicrovmHost then mw.sshGuesses config.microvm.vms else { };
+      vms = if hasMicrovmHost then mw.collectVms config.microvm.vms else { };
+    };
   };
 
   settings = mw.mkConfig {
@@ -305,6 +311,62 @@ in
       };
     };
 
+    vms = lib.mkOption {
+      type = lib.types.attrsOf (
+        lib.types.submodule {
+          options = {
+            guestUid = lib.mkOption {
+              type = lib.types.ints.u32;
+              default = mw.guestDefaults.guestUid;
+              example = 1001;
+              description = ''
+                The guest user whose files are the linker's: link mounts are
+                idmapped so that this guest uid is the linker's uid on the
+                host; no other guest id maps (guest root is nobody). Must not
+                be 0 while `idmap` is on.
+              '';
+            };
+            idmap = lib.mkOption {
+              type = lib.types.bool;
+              default = mw.guestDefaults.idmap;
+              example = false;
+              description = ''
+                Idmap the VM's link mounts. `false` keeps plain mounts: the
+                guest's ids are the host's, its root is root on the repository
+                (`status` and `doctor` say so).
+              '';
+            };
+            git = lib.mkOption {
+              type = lib.types.enum mw.gitModes;
+              default = mw.guestDefaults.git;
+              example = "readonly";
+              description = ''
+                The git metadata the guest sees of a linked repository:
+                `private`, a git dir of the VM's own (`microvm-link fetch`
+                brings its branches home); `readonly`, the repository's `.git`
+                read-only; `shared`, the repository's own `.git`, writable
+                (`status` and `doctor` warn).
+              '';
+            };
+          };
+        }
+      );
+      default = { };
+      example = {
+        dev = {
+          guestUid = 1001;
+          git = "readonly";
+        };
+      };
+      description = ''
+        How each VM's guest sees linked repositories, written to
+        {file}`config.json` as `vms.<vm>.guestUid`, `idmap` and `git` for
+        every VM, with these defaults for a VM not named here. A name that is
+        not in `microvm.vms` (a VM made imperatively) gets an entry of its own
+        in {file}`config.json`, with a warning in case it is a typo.
+      '';
+    };
+
     linkGroup = lib.mkOption {
       type = lib.types.nullOr (lib.types.strMatching mw.groupNameRegex);
       default = null;
@@ -360,6 +422,10 @@ in
                 '';
           }
         ]
+        ++ lib.mapAttrsToList (vm: v: {
+          assertion = !(v.idmap && v.guestUid == 0);
+          message = "services.microvm-workspaces.vms.${lib.strings.escapeNixIdentifier vm}.guestUid = 0 with idmap on: the guest's root is never the linker. Use the guest user's uid (default ${toString mw.guestDefaults.guestUid}), or set idmap = false for plain mounts.";
+        }) cfg.vms
         ++ map (message: {
           assertion = false;
           inherit message;
@@ -405,6 +471,10 @@ in
         }
         ++ mw.sshWarnings {
           perVm = cfg.ssh.perVm;
+          vmNames = microvmVmNames;
+        }
+        ++ mw.guestWarnings {
+          settings = cfg.vms;
           vmNames = microvmVmNames;
         }
         ++ mw.vsockProxyWarnings {

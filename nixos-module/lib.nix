@@ -812,6 +812,51 @@ rec {
         "services.microvm-workspaces: VMs ${list} are reached over SSH at vsock/<cid>, which needs systemd's ssh proxy in the host's ssh configuration (programs.ssh.systemd-ssh-proxy.enable, NixOS 25.05 or later; systemd 256 or later): this NixOS has no such option. Include ${"$"}{systemd}/lib/systemd/ssh_config.d/20-systemd-ssh-proxy.conf in programs.ssh.extraConfig, or set services.microvm-workspaces.ssh.destination."
       ];
 
+  # ---- The guest is not trusted (the guest-containment issue):
+  # config.json's vms.<vm>.guestUid, idmap and git ----
+
+  # What src/config.rs assumes when a key is absent (DEFAULT_GUEST_UID,
+  # `yes`, GitMode::Private); the module's option defaults are these, and it
+  # writes every key for every VM, so the Rust defaults never decide.
+  guestDefaults = {
+    guestUid = 1000;
+    idmap = true;
+    git = "private";
+  };
+
+  # The values of vms.<vm>.git (src/config.rs GitMode, lowercase).
+  gitModes = [
+    "private"
+    "readonly"
+    "shared"
+  ];
+
+  # vms of config.json with guestUid, idmap and git on every VM: from
+  # `settings.<vm>` (services.microvm-workspaces.vms) where it has the key,
+  # else guestDefaults. Other keys of `settings.<vm>` are not written. A
+  # name in `settings` but not in `vms` (a VM made imperatively) gets an
+  # entry with no shares, as in withSsh.
+  withGuest =
+    { settings, vms }:
+    listToAttrs (
+      map (vm: {
+        name = vm;
+        value =
+          (vms.${vm} or { shares = [ ]; })
+          // builtins.mapAttrs (key: default: (settings.${vm} or { }).${key} or default) guestDefaults;
+      }) (unique (attrNames vms ++ attrNames settings))
+    );
+
+  # Names in services.microvm-workspaces.vms that are no VM of microvm.vms:
+  # fine for a VM made imperatively, else a typo that leaves the real VM at
+  # the defaults. Messages.
+  guestWarnings =
+    { settings, vmNames }:
+    map (
+      vm:
+      "services.microvm-workspaces.vms.${showAttr vm}: there is no VM ${quote vm} in microvm.vms, so config.json gains an entry for a VM of that name made imperatively (microvm -c); check the name."
+    ) (filter (vm: !builtins.elem vm vmNames) (attrNames settings));
+
   # Problems the Rust parser would reject config.json for, found in the
   # collected VMs: names, share tags and sources. A list of messages.
   vmProblems =

@@ -4,6 +4,7 @@
   rustPlatform,
   installShellFiles,
   systemd,
+  util-linux,
 }:
 
 let
@@ -41,9 +42,12 @@ rustPlatform.buildRustPackage {
   # Read with option_env! at compile time. No sudo path: microvm-link finds
   # sudo when it runs (NixOS's setuid wrapper /run/wrappers/bin/sudo first,
   # then PATH), so the NixOS module and `nix run` use this same derivation.
+  # util-linux's unshare makes the user namespaces of idmapped link mounts
+  # (src/idmap.rs); compiled in, so root's PATH never decides which one runs.
   env = {
     MICROVM_WORKSPACES_PREPARE = "${placeholder "out"}/libexec/microvm-workspaces-prepare";
     MICROVM_WORKSPACES_SYSTEMCTL = lib.getExe' systemd "systemctl";
+    MICROVM_WORKSPACES_UNSHARE = lib.getExe' util-linux "unshare";
   };
 
   # Only the library's unit tests (pure: path normalization, unit name

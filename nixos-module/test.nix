@@ -334,7 +334,10 @@ in
         assert cfg["companions"] == {"nixfiles": {"nix-secrets": "../nix-secrets"}}, cfg
         assert sorted(cfg["vms"]) == ["nixfiles", "vm1"], cfg
         assert cfg["hypervisor"] == {"user": "microvm", "group": "kvm"}, cfg
-        assert sorted(cfg["vms"]["vm1"]) == ["shares", "sshDefault"], cfg
+        assert sorted(cfg["vms"]["vm1"]) == ["git", "guestUid", "idmap", "shares", "sshDefault"], cfg
+        # the guest keys, written although they are the defaults: the guest
+        # user (dev, uid 1000) is the linker, through idmapped mounts
+        assert [cfg["vms"]["vm1"][k] for k in ["guestUid", "idmap", "git"]] == [1000, True, "private"], cfg
         # ssh.destination is not set: the module's guess (no vsock CID, so
         # the VM's name), which microvm-link waits for only briefly and never
         # fails on; these guests run no sshd

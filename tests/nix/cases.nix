@@ -1022,6 +1022,58 @@ in
       };
       vmNames = [ "vm1" ];
     };
+
+    # guestUid, idmap and git on every VM, written even when they are the
+    # defaults (a VM not in settings, and a key its settings lack); other
+    # keys of an entry stay; a name only in settings (an imperative VM) gets
+    # an entry with no shares.
+    with-guest = mw.withGuest {
+      settings = {
+        b = {
+          guestUid = 1001;
+          idmap = false;
+          git = "shared";
+        };
+        c.git = "readonly";
+        imperative = {
+          guestUid = 2000;
+          idmap = true;
+          git = "private";
+        };
+      };
+      vms = {
+        a = {
+          shares = [ ];
+          sshDefault = "vsock/3";
+        };
+        b.shares = [
+          {
+            tag = "workspace";
+            proto = "virtiofs";
+            source = "${ws}/b";
+            readOnly = false;
+            mountPoint = "/workspace";
+          }
+        ];
+        c = {
+          shares = [ ];
+          ssh = "c.example";
+        };
+      };
+    };
+
+    # The defaults are src/config.rs's, and git's values its GitMode's.
+    guest-defaults = {
+      inherit (mw) guestDefaults gitModes;
+    };
+
+    guest-warnings = mw.guestWarnings {
+      settings = {
+        vm1.git = "readonly";
+        "imperative vm".guestUid = 1001;
+      };
+      vmNames = [ "vm1" ];
+    };
   };
 
   failures = {

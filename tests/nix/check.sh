@@ -270,6 +270,16 @@ else
     pass "one package: no baked sudo path"
 fi
 
+# 2g. The package compiles in util-linux's unshare (src/idmap.rs reads
+# MICROVM_WORKSPACES_UNSHARE with option_env!), so the idmapped mounts never
+# run an unshare found on root's PATH. tests/nix/eval-with-nixpkgs-lib.sh
+# checks the value with nixpkgs' lib.
+if grep -qE '^    MICROVM_WORKSPACES_UNSHARE = lib\.getExe'"'"' util-linux "unshare";$' "$root/nixos-module/package.nix"; then
+    pass "package: util-linux's unshare compiled in"
+else
+    fail "package: util-linux's unshare compiled in" "nixos-module/package.nix sets no env.MICROVM_WORKSPACES_UNSHARE = lib.getExe' util-linux \"unshare\""
+fi
+
 # 3. The options each module declares are exactly these, and the README
 # section (docs/nixos.md, or README.md once merged) names each of them.
 doc=$root/docs/nixos.md
@@ -295,7 +305,8 @@ check_options() { # module prefix option...
 }
 check_options nixos-module/default.nix services.microvm-workspaces \
     enable package workspaceDir placeholder.user placeholder.group placeholder.mode \
-    companions ssh.destination ssh.perVm linkGroup
+    companions ssh.destination ssh.perVm linkGroup \
+    vms 'vms.<name>.guestUid' 'vms.<name>.idmap' 'vms.<name>.git'
 check_options nixos-module/guest.nix services.microvm-workspaces.guest \
     workspaceDir shares 'shares.<name>.entry' 'shares.<name>.path' \
     'shares.<name>.mountPoint' 'shares.<name>.readOnly'

@@ -526,6 +526,41 @@ let
 
   configJsonOf = e: builtins.fromJSON e.config.environment.etc."microvm-workspaces/config.json".source.text;
 
+  # The clean host with services.microvm-workspaces.vms.vm1 set.
+  withVm1 =
+    settings:
+    eval (
+      host.clean
+      // {
+        module = {
+          imports = [ host.clean.module ];
+          services.microvm-workspaces.vms.vm1 = settings;
+        };
+      }
+    );
+
+  # Whether services.microvm-workspaces.vms of an evaluation has no value (an
+  # option's type refused a definition: the module system throws).
+  refused =
+    e: !(builtins.tryEval (builtins.deepSeq e.config.services.microvm-workspaces.vms null)).success;
+
+  # nixos-module/package.nix called with stubs: the arguments it gives
+  # buildRustPackage.
+  packageArgs = import ../../nixos-module/package.nix {
+    inherit lib;
+    stdenv = {
+      buildPlatform.canExecute = _: true;
+      hostPlatform = { };
+    };
+    rustPlatform.buildRustPackage = args: args;
+    installShellFiles = fakeDrv "install-shell-files";
+    systemd = fakeDrv "systemd";
+    # unshare is in the bin output
+    util-linux = fakeDrv "util-linux-2.41" // {
+      bin = fakeDrv "util-linux-2.41-bin";
+    };
+  };
+
   # The options table of the README's "On NixOS" section, from the option
   # declarations: name, type, default, description.
   oneLine =
@@ -654,6 +689,56 @@ in
         [ "vms: ${builtins.toJSON vms}" ]
       else
         [ ];
+    "guest: guestUid = 0 with idmap is an assertion naming the VM; with idmap = false it is not" =
+      let
+        got = failedAssertions (withVm1 { guestUid = 0; });
+        plain = withVm1 {
+          guestUid = 0;
+          idmap = false;
+        };
+        gotPlain = failedAssertions plain;
+      in
+      (
+        if
+          builtins.length got == 1
+          && lib.hasInfix "services.microvm-workspaces.vms.vm1.guestUid = 0 with idmap on" (builtins.head got)
+        then
+          [ ]
+        else
+          [ "failed assertions: ${builtins.toJSON got}" ]
+      )
+      ++ (if gotPlain == [ ] then [ ] else [ "idmap = false, failed assertions: ${builtins.toJSON gotPlain}" ])
+      ++ (
+        let
+          vm1 = (configJsonOf plain).vms.vm1;
+        in
+        if vm1.guestUid == 0 && vm1.idmap == false && vm1.git == "private" then
+          [ ]
+        else
+          [ "idmap = false, vms.vm1: ${builtins.toJSON vm1}" ]
+      );
+    "guest: the option types refuse an unknown git mode and a uid that is no u32" =
+      let
+        gitType = (clean.options.services.microvm-workspaces.vms.type.getSubOptions [ ]).git.type;
+      in
+      (if refused (withVm1 { git = "rw"; }) then [ ] else [ "git = \"rw\" was taken" ])
+      ++ (if refused (withVm1 { guestUid = -1; }) then [ ] else [ "guestUid = -1 was taken" ])
+      ++ (if refused (withVm1 { guestUid = 4294967296; }) then [ ] else [ "guestUid = 4294967296 was taken" ])
+      ++ (if refused (withVm1 { git = "readonly"; }) then [ "git = \"readonly\" was refused" ] else [ ])
+      ++ (
+        if map gitType.check [ "private" "readonly" "shared" "Private" "" ] == [ true true true false false ] then
+          [ ]
+        else
+          [ "git's type: ${gitType.description}" ]
+      );
+    "package: util-linux's unshare is compiled in" =
+      let
+        got = packageArgs.env.MICROVM_WORKSPACES_UNSHARE or null;
+      in
+      if got == "/nix/store/00000000000000000000000000000000-util-linux-2.41-bin/bin/unshare" then
+        [ ]
+      else
+        [ "env.MICROVM_WORKSPACES_UNSHARE: ${builtins.toJSON got}" ];
     "nixpkgs older than 25.11: one assertion that says so, and nothing else defined" =
       let
         got = failedAssertions oldNixpkgs;

@@ -63,6 +63,17 @@ let
   # module guesses vsock/<cid> for it.
   vsockCids.vm1 = 3;
 
+  # config.json's guest keys: the defaults, and nixfiles' own.
+  guestKeys = {
+    guestUid = 1000;
+    idmap = true;
+    git = "private";
+  };
+  nixfilesGuestKeys = guestKeys // {
+    guestUid = 1001;
+    git = "readonly";
+  };
+
   microvmVms = builtins.mapAttrs (name: shares: {
     autostart = false;
     evaluatedConfig = mkGuest {
@@ -92,6 +103,11 @@ in
         # ssh.destination stays unset: vm1 and dev get guesses
         # (sshDefault), vsock/3 and "dev"
         ssh.perVm.nixfiles = "ssh://root@10.0.0.2:2222";
+        # vm1 and dev keep the defaults (written all the same)
+        vms.nixfiles = {
+          guestUid = 1001;
+          git = "readonly";
+        };
       };
       users.users.alice = {
         isNormalUser = true;
@@ -115,28 +131,32 @@ in
         group = "kvm";
       };
       vms =
-        builtins.mapAttrs (name: shares: {
-          ${if name == "nixfiles" then "ssh" else "sshDefault"} =
-            if name == "nixfiles" then
-              "ssh://root@10.0.0.2:2222"
-            else if vsockCids ? ${name} then
-              "vsock/${toString vsockCids.${name}}"
-            else
-              name;
-          shares = map (s: {
-            inherit (s)
-              tag
-              proto
-              source
-              readOnly
-              mountPoint
-              ;
-          }) shares;
-        }) vms
+        builtins.mapAttrs (
+          name: shares:
+          (if name == "nixfiles" then nixfilesGuestKeys else guestKeys)
+          // {
+            ${if name == "nixfiles" then "ssh" else "sshDefault"} =
+              if name == "nixfiles" then
+                "ssh://root@10.0.0.2:2222"
+              else if vsockCids ? ${name} then
+                "vsock/${toString vsockCids.${name}}"
+              else
+                name;
+            shares = map (s: {
+              inherit (s)
+                tag
+                proto
+                source
+                readOnly
+                mountPoint
+                ;
+            }) shares;
+          }
+        ) vms
         // {
           # the live shares: sources under .live, mounted below
           # /run/microvm-workspaces in the guest
-          dev = {
+          dev = guestKeys // {
             sshDefault = "dev";
             shares = [
               {
@@ -251,6 +271,8 @@ in
         placeholder.group = "nogroup-here";
         # no VM "ghost-vm" in microvm.vms
         ssh.perVm.ghost-vm = "ghost.example";
+        # nor "ghost-guest"
+        vms.ghost-guest.git = "shared";
       };
       security.sudo.execWheelOnly = true;
       users.users.alice = {
@@ -278,6 +300,7 @@ in
       "services.microvm-workspaces.placeholder.group"
       "systemd.tmpfiles.settings.\"20-microvm-renamed\""
       "services.microvm-workspaces.ssh.perVm.ghost-vm:"
+      "services.microvm-workspaces.vms.ghost-guest:"
     ];
   };
 
