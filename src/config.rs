@@ -78,6 +78,10 @@ pub struct VmConfig {
     /// maps, root included.
     #[serde(default = "default_guest_uid")]
     pub guest_uid: u32,
+    /// The guest group that is the linker's primary group; default: the same number as that
+    /// group (NixOS: `users`, 100, on both sides).
+    #[serde(default)]
+    pub guest_gid: Option<u32>,
     /// `false`: link mounts are plain clones, the guest's ids are the host's (its root is
     /// root on the repo). `status` and `doctor` say so.
     #[serde(default = "yes")]
@@ -138,6 +142,7 @@ impl VmConfig {
         if self.idmap {
             Guest::Mapped {
                 uid: self.guest_uid,
+                gid: self.guest_gid,
             }
         } else {
             Guest::Plain

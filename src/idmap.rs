@@ -31,8 +31,9 @@ pub const DEFAULT_GUEST_UID: u32 = 1000;
 /// How a VM's guest is to see linked repos (from `vms.<vm>.guestUid` and `idmap`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Guest {
-    /// Its user `uid` is the repo's owner; nobody else is anybody.
-    Mapped { uid: u32 },
+    /// Its user `uid` is the repo's owner, its group `gid` (default: the number of the
+    /// owner's primary group) the owner's primary group; nobody else is anybody.
+    Mapped { uid: u32, gid: Option<u32> },
     /// Ids pass through as they are (`idmap = false`).
     Plain,
 }
@@ -41,6 +42,7 @@ impl Default for Guest {
     fn default() -> Self {
         Guest::Mapped {
             uid: DEFAULT_GUEST_UID,
+            gid: None,
         }
     }
 }
@@ -48,7 +50,10 @@ impl Default for Guest {
 impl std::fmt::Display for Guest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Guest::Mapped { uid } => write!(f, "guest uid {uid} as the linker"),
+            Guest::Mapped { uid, gid: None } => write!(f, "guest uid {uid} as the linker"),
+            Guest::Mapped { uid, gid: Some(g) } => {
+                write!(f, "guest uid {uid} gid {g} as the linker")
+            }
             Guest::Plain => f.write_str("unmapped (idmap = false)"),
         }
     }
@@ -61,7 +66,7 @@ impl Guest {
     pub fn ids_for(&self, repo: &Node) -> Result<Ids> {
         match *self {
             Guest::Plain => Ok(Ids::Plain),
-            Guest::Mapped { uid } => {
+            Guest::Mapped { uid, gid } => {
                 if repo.st.st_uid == 0 {
                     bail!(
                         "{} is root's: the guest's user would be root on it; link a user's repo, or set idmap = false for the VM",
@@ -72,6 +77,7 @@ impl Guest {
                     repo.st.st_uid,
                     repo.st.st_gid,
                     uid,
+                    gid,
                 )))
             }
         }
@@ -97,7 +103,12 @@ impl IdMap {
     /// primary group (from the user database) maps to the guest's gid of the same number. An
     /// owner with no entry there (only root can link such a repo: sudo needs one) gets
     /// `repo_gid`, the repo's own group, which root chose by linking it.
-    pub fn for_linker(host_uid: u32, repo_gid: u32, guest_uid: u32) -> IdMap {
+    pub fn for_linker(
+        host_uid: u32,
+        repo_gid: u32,
+        guest_uid: u32,
+        guest_gid: Option<u32>,
+    ) -> IdMap {
         let gid = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(host_uid))
             .ok()
             .flatten()
@@ -106,7 +117,7 @@ impl IdMap {
             host_uid,
             host_gid: gid,
             guest_uid,
-            guest_gid: gid,
+            guest_gid: guest_gid.unwrap_or(gid),
         }
     }
 

@@ -98,7 +98,7 @@ pub struct GuestView {
 impl GuestView {
     pub fn of(s: Seen) -> GuestView {
         let (idmap, uid) = match s.ids {
-            Guest::Mapped { uid } => (true, Some(uid)),
+            Guest::Mapped { uid, .. } => (true, Some(uid)),
             Guest::Plain => (false, None),
         };
         GuestView {

@@ -39,6 +39,7 @@ declare -A want=(
   [zstd]=/usr/bin/zstd
   [gcc]=/usr/bin/cc
   [dropbear-bin]=/usr/sbin/dropbear
+  [git]=/usr/bin/git
 )
 missing=()
 for pkg in "${!want[@]}"; do

@@ -32,7 +32,7 @@ fn fixture(extra_vm_config: &str) -> Fx {
     fx.config(&format!(
         r#"{{"vms": {{
             "vm1": {{"shares": [{{"tag": "workspace", "proto": "virtiofs", "source": "{WS}/vm1"}}]{extra_vm_config}}},
-            "vm2": {{"guestUid": 2000, "shares": [{{"tag": "workspace", "proto": "virtiofs", "source": "{WS}/vm2"}}]}}
+            "vm2": {{"guestUid": 2000, "guestGid": 2000, "shares": [{{"tag": "workspace", "proto": "virtiofs", "source": "{WS}/vm2"}}]}}
         }}}}"#
     ));
     for (who, uid) in [("alice", ALICE), ("bob", BOB)] {
@@ -125,11 +125,15 @@ fn through_a_link_the_guest_user_is_the_linker_and_guest_root_is_nobody() {
 fn a_second_user_and_a_second_guest_uid_map_to_their_own() {
     in_mount_ns!(a_second_user_and_a_second_guest_uid_map_to_their_own);
     let fx = fixture("");
-    // bob links vm2, whose guest user is 2000: 2000 writes as bob; 1000 is nobody there.
+    // bob links vm2, whose guest user is 2000:2000: it writes as bob (uid and group); 1000
+    // is nobody there, and so is the guest group of bob's group's number.
     assert_ok(&link(&fx, "/home/bob/repo", BOB, &["vm2", "--no-restart"]));
     let entry = fx.p(WS).join("vm2");
-    write_as(2000, BOB, &entry.join("from-guest"), "x").unwrap();
-    assert_eq!(meta(&fx.p("/home/bob/repo/from-guest")).0, BOB);
+    write_as(2000, 2000, &entry.join("from-guest"), "x").unwrap();
+    let m = std::fs::metadata(fx.p("/home/bob/repo/from-guest")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (BOB, BOB));
+    let err = write_as(2000, BOB, &entry.join("bobs-gid"), "x").unwrap_err();
+    assert!(err.contains("Value too large"), "{err}");
     let err = write_as(GUEST_UID, BOB, &entry.join("from-1000"), "x").unwrap_err();
     assert!(err.contains("Value too large"), "{err}");
     // The status says how each VM's guest sees its links.

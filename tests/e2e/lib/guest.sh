@@ -17,6 +17,8 @@ E2E_GUEST_MODULES="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_de
 # the kernel's randomness (no RDRAND under TCG's default CPU)
 E2E_GUEST_SSH_MODULES="failover net_failover virtio_net virtio-rng"
 E2E_DROPBEAR=${E2E_DROPBEAR:-/usr/sbin/dropbear}
+# git in the guest (the guest-containment scenario commits there): the binary and its libraries
+E2E_GUEST_GIT=${E2E_GUEST_GIT:-/usr/bin/git}
 
 # newest kernel in /boot that has the modules we need
 e2e_guest_kver() {
@@ -31,9 +33,10 @@ e2e_guest_kver() {
 e2e_guest() {
     local kver key dir tmp m f lockfd
     kver=$(e2e_guest_kver) || e2e_die "no kernel in /boot with a matching /lib/modules/<ver>/.../virtiofs.ko (apt-get install linux-image-amd64)"
+    [ -x "$E2E_GUEST_GIT" ] || e2e_die "git missing at $E2E_GUEST_GIT, needed in the guest (apt-get install git)"
     [ -x "$E2E_DROPBEAR" ] || e2e_die "dropbear missing at $E2E_DROPBEAR, needed for the SSH guest (apt-get install dropbear-bin)"
     command -v dropbearkey >/dev/null || e2e_die "dropbearkey missing, needed for the SSH guest's host key (apt-get install dropbear-bin)"
-    key=$({ cat "${BASH_SOURCE[0]}" "$E2E_LIB/guest-init"; echo "$kver"; sha256sum < "/boot/vmlinuz-$kver"; sha256sum < "$(command -v busybox)"; sha256sum < "$E2E_DROPBEAR"; } | e2e_hash)
+    key=$({ cat "${BASH_SOURCE[0]}" "$E2E_LIB/guest-init"; echo "$kver"; sha256sum < "/boot/vmlinuz-$kver"; sha256sum < "$(command -v busybox)"; sha256sum < "$E2E_DROPBEAR"; sha256sum < "$E2E_GUEST_GIT"; } | e2e_hash)
     dir=$E2E_CACHE/guest-$key
     mkdir -p "$E2E_CACHE"
     # one builder at a time: the host key is random, so two runs racing to
@@ -61,6 +64,7 @@ e2e_guest() {
         printf 'root:x:0:\nalice:x:1000:\n' > "$tmp/initrd/etc/group"
         printf '/bin/sh\n' > "$tmp/initrd/etc/shells"
         e2e_guest_add_dropbear "$tmp"
+        e2e_guest_add_binary "$tmp/initrd" "$E2E_GUEST_GIT"
         (cd "$tmp/initrd" && find . | LC_ALL=C sort | cpio -o -H newc --quiet | gzip -9) > "$tmp/initrd.gz"
         install -m 0644 "/boot/vmlinuz-$kver" "$tmp/bzImage"
         rm -rf "$tmp/initrd"
@@ -75,6 +79,16 @@ e2e_guest() {
     fi
     exec {lockfd}>&-
     printf '%s\n' "$dir"
+}
+
+# e2e_guest_add_binary ROOT BIN: BIN and the shared libraries ldd names, at the same paths
+e2e_guest_add_binary() {
+    local root=$1 bin=$2 lib
+    install -D -m 0755 "$bin" "$root$bin"
+    for lib in $(LC_ALL=C ldd "$bin" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }'); do
+        mkdir -p "$root$(dirname "$lib")"
+        cp -L "$lib" "$root$lib"
+    done
 }
 
 # e2e_guest_add_dropbear TMP: dropbear and its libraries into TMP/initrd,

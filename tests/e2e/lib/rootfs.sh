@@ -15,7 +15,7 @@
 # shared cache from being reused across machines with different mirrors. What
 # a tree was built from is written to <rootfs>/.e2e-source and logged.
 
-E2E_ROOTFS_PACKAGES=systemd,systemd-sysv,dbus,sudo,qemu-system-x86,libseccomp2,libcap-ng0,jq,procps,openssh-client
+E2E_ROOTFS_PACKAGES=systemd,systemd-sysv,dbus,sudo,qemu-system-x86,libseccomp2,libcap-ng0,jq,procps,openssh-client,git
 
 e2e_rootfs_key() {
     { cat "${BASH_SOURCE[0]}"; sha256sum < "$E2E_VIRTIOFSD"; echo "$E2E_SUITE $(dpkg --print-architecture)"; } | e2e_hash

@@ -1,0 +1,74 @@
+# shellcheck shell=bash
+# Issue 17's proof in the real stack: the guest is not trusted. A real qemu
+# guest behind virtiofsd 1.14 (microvm.nix's flags), with git in it, attacks
+# the linked repo as its root; the host's repo, its .git and the user's git
+# stay the user's. Sourced by run after the other scenario files.
+
+# the repo's state as the host sees it, for before/after comparisons
+e2e_repo_state() {
+    e2e_ct sh -c 'cd "$1" && sha256sum .git/config && stat -c "%i %U" .git && ls .git/hooks | sort' sh "$1"
+}
+
+# ---------- the guest's root is nobody; git stays the host's ---------------
+
+s_guest_contained() {
+    local out before after repo=/home/alice/vmssh b
+    e2e_vmssh_repo
+    e2e_ct rm -rf "$repo/.git"
+    e2e_ct_as alice sh -c 'cd ~/vmssh && git init -q -b main && git add -A && git -c user.name=alice -c user.email=a@h commit -q -m host-commit' ||
+        fail "could not make ~alice/vmssh a git repo"
+    before=$(e2e_repo_state "$repo")
+    b=$(e2e_boot_count vmssh)
+    step "alice links ~/vmssh (defaults: idmapped, git private) and the VM starts"
+    e2e_mvl_alice "$repo" || fail "alice's link failed: $(e2e_mvl_all | tail -n 2 | tr '\n' ' ')"
+    e2e_wait_restarted vmssh "$b"
+    e2e_ssh_wait vmssh >/dev/null || fail "vmssh gave no SSH banner"
+    e2e_ct findmnt -o TARGET,PROPAGATION,OPTIONS -R "$E2E_WS/vmssh" || true
+
+    step "the guest's root attacks the repo: root files, chown, setuid, .git/config, hooks, mv .git"
+    out=$(e2e_ssh_root vmssh 'cd /mnt/workspace; for a in "echo x > by-root" "mkdir dir-by-root" "chown 0:0 MARKER" "cp /bin/busybox suid && chmod 4755 suid" "echo [core] >> .git/config" "echo x > .git/hooks/post-checkout" "mv .git .git-old"; do if sh -c "$a" 2>/dev/null; then echo "ok: $a"; else echo "denied: $a"; fi; done; ls -ln /mnt/workspace' 2>&1) ||
+        fail "ssh as the guest's root failed: $out"
+    printf '%s\n' "$out"
+    if grep '^ok: ' <<<"$out"; then fail "the guest's root could do the above"; fi
+    step "the host: nothing root's, no set-id bit, .git/config and hooks as they were, no mount under the repo"
+    out=$(e2e_ct find "$repo" \( -uid 0 -o -gid 0 -o -perm /6000 \) -print) || fail "find failed"
+    [ -z "$out" ] || fail "root's or set-id files in the repo: $out"
+    after=$(e2e_repo_state "$repo")
+    [ "$before" = "$after" ] || fail ".git changed: before [$before] after [$after]"
+    out=$(e2e_ct findmnt -rn -o TARGET | grep "^$repo" || true)
+    [ -z "$out" ] || fail "mounts under the repo's own path: $out"
+
+    step "the guest's user commits in its own git dir; the host's branch does not move"
+    out=$(e2e_ssh vmssh 'cd /mnt/workspace && ls -ln MARKER && git status --short && echo guest >> MARKER && git -c user.name=guest -c user.email=g@vm commit -q -am guest-commit && git log --format=%s' 2>&1) ||
+        fail "git in the guest failed: $out"
+    printf '%s\n' "$out"
+    out=$(e2e_ssh vmssh 'cd /mnt/workspace; for a in "echo x >> .git/config" "echo x > .git/hooks/pre-commit" "mv .git .git-old" "rm -rf .git/hooks"; do if sh -c "$a" 2>/dev/null; then echo "ok: $a"; else echo "denied: $a"; fi; done' 2>&1)
+    printf '%s\n' "$out"
+    if grep '^ok: ' <<<"$out"; then fail "the guest's user could do the above"; fi
+    grep -q '^guest-commit$' <<<"$out" || fail "the guest's commit is not in its log: $out"
+    grep -q ' 1000 *1000 .* MARKER$' <<<"$out" || fail "the guest does not see alice's file as its user's: $out"
+    [ "$(e2e_ct_as alice git -C "$repo" log -1 --format=%s main)" = host-commit ] || fail "the host's main moved"
+    out=$(e2e_stat '%U:%G' "$repo/MARKER") && [ "$out" = alice:alice ] || fail "the guest's write left MARKER $out"
+
+    step "alice edits .git/config and commits on the host while the VM runs"
+    e2e_ct_as alice sh -c "cd $repo && git config user.name alice-host && git -c user.email=a@h commit -q --allow-empty -m host-two" ||
+        fail "git config / commit on the host failed while linked"
+
+    step "microvm-link fetch (as alice, no sudo): the guest's commit arrives as vmssh/main"
+    out=$(e2e_ct_as alice sh -c "cd $repo && microvm-link fetch" 2>&1) || fail "fetch failed: $out"
+    printf '%s\n' "$out"
+    [ "$out" = "vmssh: 1 branch new or moved (main), under refs/remotes/vmssh/" ] || fail "fetch said: $out"
+    [ "$(e2e_ct_as alice git -C "$repo" log -1 --format=%s vmssh/main)" = guest-commit ] || fail "vmssh/main is not the guest's commit"
+
+    step "bob (uid 1001, group 1001; the guest's user is 1000:1000, guestGid 1000) links vmssh; the guest user's files are bob's"
+    trap e2e_config_restore EXIT
+    e2e_config_edit '.vms.vmssh.guestGid = 1000'
+    e2e_ct sh -c "id bob >/dev/null 2>&1 || useradd -m -u 1001 -U bob" || fail "could not add bob"
+    e2e_ct_as bob sh -c 'mkdir -p ~/work && echo "bob'"'"'s" > ~/work/MARKER' || fail "could not make bob's repo"
+    b=$(e2e_boot_count vmssh)
+    out=$(e2e_ct microvm-link vmssh --user bob --repo /home/bob/work --no-wait 2>&1) || fail "linking bob's repo failed: $out"
+    e2e_wait_restarted vmssh "$b"
+    e2e_ssh_wait vmssh >/dev/null || fail "vmssh gave no SSH banner after bob's link"
+    out=$(e2e_ssh vmssh 'echo from-guest > /mnt/workspace/from-guest && ls -ln /mnt/workspace' 2>&1) || fail "the guest user could not write into bob's repo: $out"
+    out=$(e2e_stat '%u:%g %U' /home/bob/work/from-guest) && [ "$out" = "1001:1001 bob" ] || fail "the guest's file is $out on the host, not bob's"
+}
