@@ -34,7 +34,7 @@ pub enum Severity {
 #[derive(Debug, Clone, Serialize)]
 pub struct Finding {
     /// Which check: `config`, `generator`, `drop-ins`, `virtiofsd`, `symlinked-source`,
-    /// `private-tmp`, `runner`, `sudo`, `link-records`, `stale`, `vsock`.
+    /// `private-tmp`, `runner`, `sudo`, `link-records`, `stale`, `vsock`, `idmap`, `guest`.
     pub check: &'static str,
     pub severity: Severity,
     pub what: String,
@@ -182,6 +182,9 @@ pub fn run(root: &Root, caller: u32, host: &dyn Host) -> Result<Vec<Finding>> {
     // influence (symlinked sources, records, repos), so it looks with the caller's rights.
     let mut sudo = Vec::new();
     check_sudo(root, &tree, caller, host, &mut sudo);
+    // Trying an idmapped mount takes root; the workspace dir is root's, not the caller's.
+    let mut idmap = Vec::new();
+    check_idmap_support(&tree, &mut idmap);
     host.drop_to(caller)?;
     let cfg = check_config(&tree, &mut out);
     let vms = runner::known_vms(&tree, &cfg);
@@ -195,7 +198,76 @@ pub fn run(root: &Root, caller: u32, host: &dyn Host) -> Result<Vec<Finding>> {
     check_link_records(&tree, &cfg, &mut out);
     check_stale(&tree, &cfg, root, &mut out);
     check_vsock(&cfg, caller, host, &mut out);
+    out.append(&mut idmap);
+    check_guests(&cfg, &mut out);
     Ok(out)
+}
+
+/// Can the workspace dir's file system make idmapped mounts? (A detached clone is idmapped
+/// and dropped; nothing is attached.) A repo on a file system that cannot is refused at link
+/// time, naming it.
+fn check_idmap_support(tree: &Tree, out: &mut Vec<Finding>) {
+    let Ok(cfg) = Config::load(tree) else { return };
+    if !cfg.vms.values().any(|v| v.idmap) && !cfg.vms.is_empty() {
+        return;
+    }
+    if !nix::unistd::Uid::effective().is_root() {
+        out.push(warn(
+            "idmap",
+            "could not try an idmapped mount (that takes root)".into(),
+            "run microvm-link doctor through sudo to check that the workspace dir's file system supports idmapped mounts",
+        ));
+        return;
+    }
+    let dir = match tree.walk(&cfg.workspace_dir, crate::chase::Trust::RootOwned) {
+        Ok(crate::chase::Walk::Found(n)) => n,
+        _ => return,
+    };
+    match crate::idmap::try_idmap(&dir) {
+        Ok(()) => out.push(ok(
+            "idmap",
+            format!(
+                "{} can carry idmapped mounts ({})",
+                show(&dir.path),
+                crate::idmap::fs_type(&dir)
+            ),
+        )),
+        Err(e) => out.push(fail(
+            "idmap",
+            format!(
+                "{} cannot carry idmapped mounts: {}",
+                show(&dir.path),
+                crate::logging::one_line(&e)
+            ),
+            "use Linux 5.12+ and ext4, xfs, btrfs, tmpfs (6.3+) or ZFS 2.2+ for repos and the workspace dir, or set idmap = false for the VMs (their guests' root is then root on linked repos)",
+        )),
+    }
+}
+
+/// How each configured VM's guest sees linked repos; the unsafe choices say what they cost.
+fn check_guests(cfg: &Config, out: &mut Vec<Finding>) {
+    for (vm, v) in &cfg.vms {
+        let seen = v.seen();
+        let view = crate::status::GuestView::of(seen);
+        let warnings = view.warnings(vm);
+        if warnings.is_empty() {
+            out.push(ok(
+                "guest",
+                format!(
+                    "VM {vm}: {}; git {}",
+                    seen.ids,
+                    crate::gitview::words(seen.git)
+                ),
+            ));
+        }
+        for w in warnings {
+            out.push(warn(
+                "guest",
+                format!("VM {w}"),
+                "unless you trust everything that runs in the guest, set idmap = true and git = \"private\" (the defaults)",
+            ));
+        }
+    }
 }
 
 /// Does any finding mean a VM will fail?

@@ -88,6 +88,19 @@ pub fn run(env: &Env, vm: Option<&str>) -> Result<Vec<Fetched>> {
     Ok(out)
 }
 
+/// What `microvm-link shell` says when its session ends: what arrived from the VM's own git
+/// dirs, in one line; `None` when the VM keeps none (or nothing could be read: the session's
+/// exit status is what matters then, and `microvm-link fetch` says why).
+pub fn after_shell(env: &Env, vm: &str) -> Option<String> {
+    let done = run(env, Some(vm)).ok()?;
+    let lines: Vec<String> = done
+        .into_iter()
+        .filter(|f| !f.line.contains(": nothing to fetch"))
+        .map(|f| f.line)
+        .collect();
+    (!lines.is_empty()).then(|| format!("fetched {}", lines.join("; ")))
+}
+
 fn links_or_empty(ws: &Workspace) -> Result<crate::chase::Node> {
     ws.links()?.context("no link records yet: nothing to fetch")
 }

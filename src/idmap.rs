@@ -320,12 +320,48 @@ fn libc_einval() -> i32 {
     nix::errno::Errno::EINVAL as i32
 }
 
+/// Tries an idmapped clone of `dir` (never attached; gone when dropped): `Ok` when its file
+/// system and the kernel can make one.
+pub fn try_idmap(dir: &Node) -> Result<()> {
+    let tree = rustix::mount::open_tree(
+        dir.fd.as_fd(),
+        "",
+        OpenTreeFlags::OPEN_TREE_CLONE
+            | OpenTreeFlags::OPEN_TREE_CLOEXEC
+            | OpenTreeFlags::AT_EMPTY_PATH,
+    )
+    .context("open_tree")?;
+    let ns = userns(&IdMap {
+        host_uid: 0,
+        host_gid: 0,
+        guest_uid: 1,
+        guest_gid: 1,
+    })?;
+    composefs_ioctls::mount::mount_setattr_idmap(&tree, &ns)
+        .with_context(|| format!("mount_setattr on {}", fs_type(dir)))?;
+    Ok(())
+}
+
 /// The file system type of `n`, in words (for the one-line refusal).
 pub fn fs_type(n: &Node) -> String {
-    match rustix::fs::fstatfs(n.fd.as_fd()) {
-        Ok(s) => format!("type {:#x}", s.f_type),
-        Err(e) => format!("unknown type: {e}"),
-    }
+    let t = match rustix::fs::fstatfs(n.fd.as_fd()) {
+        Ok(s) => s.f_type as u64,
+        Err(e) => return format!("unknown type: {e}"),
+    };
+    let name = match t {
+        0xEF53 => "ext4",
+        0x5846_5342 => "xfs",
+        0x9123_683E => "btrfs",
+        0x0102_1994 => "tmpfs",
+        0x2FC1_2FC1 => "zfs",
+        0x794C_7630 => "overlay",
+        0x6969 => "nfs",
+        0x6573_5546 => "fuse",
+        0x0102_1997 => "9p",
+        0xF2F5_2010 => "f2fs",
+        _ => return format!("file system type {t:#x}"),
+    };
+    name.to_string()
 }
 
 /// Is the mount whose root `n` is idmapped? (The `idmapped` option in /proc/self/mountinfo,

@@ -4,7 +4,6 @@
 
 use std::io::IsTerminal;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -216,10 +215,11 @@ pub fn control_path(env: &Env, plan: &Plan) -> Option<PathBuf> {
     (text.len() + 17 <= 107 && plain).then_some(path)
 }
 
-/// Replaces this process with `ssh DEST -- <cd DIR && COMMAND>` as the user; returns only
-/// if that cannot start. Its exit status is the remote command's. With `control`, through
-/// one shared connection, kept for a while after the last session.
-pub fn exec(plan: &Plan, control: Option<&Path>, command: &[String]) -> anyhow::Error {
+/// Runs `ssh DEST -- <cd DIR && COMMAND>` as the user and waits for it; its exit status is
+/// the remote command's (ssh's own 255 on a connection failure). With `control`, through one
+/// shared connection, kept for a while after the last session. (Not exec: when the session
+/// ends, what the guest committed is fetched.)
+pub fn run(plan: &Plan, control: Option<&Path>, command: &[String]) -> anyhow::Result<u8> {
     let mut c = ssh::command(plan.user);
     if command.is_empty() && std::io::stdin().is_terminal() {
         c.arg("-t");
@@ -230,12 +230,13 @@ pub fn exec(plan: &Plan, control: Option<&Path>, command: &[String]) -> anyhow::
         c.arg("-o")
             .arg(format!("ControlPersist={}", CONTROL_PERSIST.as_secs()));
     }
-    let err = c
+    let st = c
         .arg("--")
         .arg(&plan.destination)
         .arg(ssh::remote_command(plan.dir.as_deref(), command))
-        .exec();
-    anyhow::anyhow!("cannot run ssh: {err}")
+        .status()
+        .map_err(|e| anyhow::anyhow!("cannot run ssh: {e}"))?;
+    Ok(st.code().map_or(255, |c| c as u8))
 }
 
 #[cfg(test)]

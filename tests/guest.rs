@@ -473,3 +473,34 @@ fn readonly_and_shared_git_modes() {
         "{text}"
     );
 }
+
+#[test]
+fn doctor_says_how_each_guest_sees_links_and_whether_idmapped_mounts_work() {
+    in_mount_ns!(doctor_says_how_each_guest_sees_links_and_whether_idmapped_mounts_work);
+    let fx = fixture(r#", "idmap": false, "git": "shared""#);
+    fx.mkdir(WS, 0, 0o755);
+    let out = link(&fx, "/", 0, &["doctor", "--json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let found = |check: &str, needle: &str| {
+        doc["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["check"] == check && f["what"].as_str().unwrap().contains(needle))
+            .cloned()
+            .unwrap_or_else(|| panic!("no {check} finding with {needle:?} in {doc:#}"))
+    };
+    assert_eq!(
+        found("idmap", "can carry idmapped mounts")["severity"],
+        "ok"
+    );
+    assert_eq!(
+        found("guest", "vm1: guest ids unmapped")["severity"],
+        "warn"
+    );
+    assert_eq!(found("guest", "vm1: git = shared")["severity"], "warn");
+    assert_eq!(
+        found("guest", "VM vm2: guest uid 2000 gid 2000 as the linker")["severity"],
+        "ok"
+    );
+}

@@ -78,7 +78,12 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                 shell::link_through_sudo(&plan.vm, ssh.as_deref())?;
             }
             let control = shell::wait(&user_env, &plan, serving, ssh_timeout, progress)?;
-            return Err(shell::exec(&plan, control.as_deref(), command));
+            let code = shell::run(&plan, control.as_deref(), command)?;
+            flow::drop_to(user_env.user)?;
+            if let Some(line) = fetch::after_shell(&user_env, &plan.vm) {
+                eprintln!("microvm-link: {line}");
+            }
+            return Ok(ExitCode::from(code));
         }
         Some(Cmd::Doctor { json }) => {
             let root = paths::Root::from_args(cli.root.as_deref())?;
