@@ -224,6 +224,21 @@ pub struct Workspace<'t> {
     /// Entry name -> the VMs whose configured shares pass through it, and how each one's
     /// guest is to see a linked repo (docs/design.md#idmap).
     guests: BTreeMap<OsString, Vec<(String, Seen)>>,
+    /// Entry name -> a VM sharing it over 9p (qemu's own server: see `check_mappable`).
+    nine_p: BTreeMap<OsString, String>,
+}
+
+/// Which entries a configured 9p share passes through, and the VM of one.
+fn nine_p_by_entry(cfg: &Config) -> BTreeMap<OsString, String> {
+    let mut out = BTreeMap::new();
+    for (vm, v) in &cfg.vms {
+        for s in v.shares.iter().filter(|s| s.proto == config::Proto::NineP) {
+            if let Some(name) = entry_name_of(&cfg.workspace_dir, Path::new(&s.source)) {
+                out.entry(name).or_insert_with(|| vm.clone());
+            }
+        }
+    }
+    out
 }
 
 /// Which configured VM shares pass through which entry, with each VM's guest mapping.
@@ -251,6 +266,7 @@ impl<'t> Workspace<'t> {
             spec: PlaceholderSpec::from_config(cfg)?,
             hypervisor: cfg.hypervisor.clone(),
             guests: guests_by_entry(cfg),
+            nine_p: nine_p_by_entry(cfg),
         })
     }
 
@@ -268,6 +284,7 @@ impl<'t> Workspace<'t> {
             spec: PlaceholderSpec::from_config(cfg)?,
             hypervisor: cfg.hypervisor.clone(),
             guests: guests_by_entry(cfg),
+            nine_p: nine_p_by_entry(cfg),
         }))
     }
 
@@ -772,7 +789,14 @@ impl<'t> Workspace<'t> {
     /// link time, saying why: a repo of root's (never mapped), or one whose group is not the
     /// owner's primary group (the only group that maps: the guest could create nothing).
     fn check_mappable(&self, name: &OsStr, repo: &Node) -> Result<()> {
-        if let Ids::Mapped(m) = self.ids_for(name, repo)? {
+        let ids = self.ids_for(name, repo)?;
+        if let (Ids::Mapped(_), Some(vm)) = (&ids, self.nine_p.get(name)) {
+            bail!(
+                "VM {vm} shares entry {} over 9p: qemu's 9p server writes as the hypervisor user, whom an idmapped link does not map, so the guest could write nothing; share it over virtiofs, or set idmap = false for {vm}",
+                paths::show_bytes(name)
+            );
+        }
+        if let Ids::Mapped(m) = ids {
             if repo.st.st_gid != m.host_gid {
                 bail!(
                     "{} belongs to group {}, not to {}'s primary group {}: through the idmapped mount the guest could create nothing in it; chgrp -R {} it, or set idmap = false for the VM",

@@ -276,6 +276,12 @@ fn repos_the_guest_could_not_work_in_are_refused_in_one_line() {
     let out = link(&fx, "/home/alice/repo", ALICE, &["vm1", "--no-restart"]);
     assert_one_line_error(&out, &["VMs vm1", "vm2", "share entry vm1", "guestUid"]);
     assert!(!fx.p(WS).join(".links/vm1").exists());
+    // A 9p share of the entry: qemu writes as the hypervisor user, whom the idmap does not map.
+    fx.config(&format!(
+        r#"{{"vms": {{"vm1": {{"shares": [{{"tag": "workspace", "proto": "9p", "source": "{WS}/vm1"}}]}}}}}}"#
+    ));
+    let out = link(&fx, "/home/alice/repo", ALICE, &["vm1", "--no-restart"]);
+    assert_one_line_error(&out, &["VM vm1 shares entry vm1 over 9p", "idmap = false"]);
 }
 
 /// The options of the mount at `p` (the last one there), from /proc/self/mountinfo.
