@@ -813,13 +813,16 @@ rec {
       ];
 
   # ---- The guest is not trusted (the guest-containment issue):
-  # config.json's vms.<vm>.guestUid, idmap and git ----
+  # config.json's vms.<vm>.guestUid, guestGid, idmap and git ----
 
   # What src/config.rs assumes when a key is absent (DEFAULT_GUEST_UID,
-  # `yes`, GitMode::Private); the module's option defaults are these, and it
-  # writes every key for every VM, so the Rust defaults never decide.
+  # None, `yes`, GitMode::Private); the module's option defaults are these,
+  # and it writes every key for every VM, so the Rust defaults never decide,
+  # except guestGid: null is left out (Rust's None, the number of the
+  # linker's primary group), which keeps config.json free of nulls.
   guestDefaults = {
     guestUid = 1000;
+    guestGid = null;
     idmap = true;
     git = "private";
   };
@@ -831,20 +834,27 @@ rec {
     "shared"
   ];
 
-  # vms of config.json with guestUid, idmap and git on every VM: from
-  # `settings.<vm>` (services.microvm-workspaces.vms) where it has the key,
-  # else guestDefaults. Other keys of `settings.<vm>` are not written. A
-  # name in `settings` but not in `vms` (a VM made imperatively) gets an
-  # entry with no shares, as in withSsh.
+  # vms of config.json with guestUid, idmap and git on every VM, and
+  # guestGid where it is not null: from `settings.<vm>`
+  # (services.microvm-workspaces.vms) where it has the key, else
+  # guestDefaults. Other keys of `settings.<vm>` are not written. A name in
+  # `settings` but not in `vms` (a VM made imperatively) gets an entry with
+  # no shares, as in withSsh.
   withGuest =
     { settings, vms }:
     listToAttrs (
-      map (vm: {
-        name = vm;
-        value =
-          (vms.${vm} or { shares = [ ]; })
-          // builtins.mapAttrs (key: default: (settings.${vm} or { }).${key} or default) guestDefaults;
-      }) (unique (attrNames vms ++ attrNames settings))
+      map (
+        vm:
+        let
+          guest = builtins.mapAttrs (key: default: (settings.${vm} or { }).${key} or default) guestDefaults;
+        in
+        {
+          name = vm;
+          value =
+            (vms.${vm} or { shares = [ ]; })
+            // builtins.removeAttrs guest (filter (key: guest.${key} == null) (attrNames guest));
+        }
+      ) (unique (attrNames vms ++ attrNames settings))
     );
 
   # Names in services.microvm-workspaces.vms that are no VM of microvm.vms:

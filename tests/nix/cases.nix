@@ -1024,19 +1024,22 @@ in
     };
 
     # guestUid, idmap and git on every VM, written even when they are the
-    # defaults (a VM not in settings, and a key its settings lack); other
-    # keys of an entry stay; a name only in settings (an imperative VM) gets
-    # an entry with no shares.
+    # defaults (a VM not in settings, and a key its settings lack); guestGid
+    # only where it is set, a null one (the option's default) left out;
+    # other keys of an entry stay; a name only in settings (an imperative
+    # VM) gets an entry with no shares.
     with-guest = mw.withGuest {
       settings = {
         b = {
           guestUid = 1001;
+          guestGid = 1001;
           idmap = false;
           git = "shared";
         };
         c.git = "readonly";
         imperative = {
           guestUid = 2000;
+          guestGid = null;
           idmap = true;
           git = "private";
         };
