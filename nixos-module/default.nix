@@ -98,7 +98,7 @@ let
   #    guest's vsock (`vsock-mux/<path>`), so `vsock/<cid>` does not reach them.
   #
   # And each VM's guest ids and git view (services.microvm-workspaces.vms),
-  # always written, defaults included.
+  # always written, defaults included; guestGid only when it is not null.
   vms = mw.withGuest {
     settings = cfg.vms;
     vms = mw.withSsh {
@@ -326,6 +326,19 @@ in
                 be 0 while `idmap` is on.
               '';
             };
+            guestGid = lib.mkOption {
+              type = lib.types.nullOr lib.types.ints.u32;
+              default = mw.guestDefaults.guestGid;
+              example = 1000;
+              description = ''
+                The guest group whose files are the linker's primary group's
+                on the host. `null`: the same number as that group, right
+                when host and guest use the same group numbers, as NixOS's
+                `users` (100) on both sides. Set it when the guest user's
+                primary group has another number, e.g. a Debian-style guest
+                with user private groups.
+              '';
+            };
             idmap = lib.mkOption {
               type = lib.types.bool;
               default = mw.guestDefaults.idmap;
@@ -361,7 +374,8 @@ in
       description = ''
         How each VM's guest sees linked repositories, written to
         {file}`config.json` as `vms.<vm>.guestUid`, `idmap` and `git` for
-        every VM, with these defaults for a VM not named here. A name that is
+        every VM, with these defaults for a VM not named here, and
+        `guestGid` where it is not `null`. A name that is
         not in `microvm.vms` (a VM made imperatively) gets an entry of its own
         in {file}`config.json`, with a warning in case it is a typo.
       '';

@@ -336,7 +336,8 @@ in
         assert cfg["hypervisor"] == {"user": "microvm", "group": "kvm"}, cfg
         assert sorted(cfg["vms"]["vm1"]) == ["git", "guestUid", "idmap", "shares", "sshDefault"], cfg
         # the guest keys, written although they are the defaults: the guest
-        # user (dev, uid 1000) is the linker, through idmapped mounts
+        # user (dev, uid 1000) is the linker, through idmapped mounts;
+        # guestGid is null, so left out (users, 100, on both sides)
         assert [cfg["vms"]["vm1"][k] for k in ["guestUid", "idmap", "git"]] == [1000, True, "private"], cfg
         # ssh.destination is not set: the module's guess (no vsock CID, so
         # the VM's name), which microvm-link waits for only briefly and never

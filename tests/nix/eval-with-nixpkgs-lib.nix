@@ -712,18 +712,21 @@ in
         let
           vm1 = (configJsonOf plain).vms.vm1;
         in
-        if vm1.guestUid == 0 && vm1.idmap == false && vm1.git == "private" then
+        if vm1.guestUid == 0 && !(vm1 ? guestGid) && vm1.idmap == false && vm1.git == "private" then
           [ ]
         else
           [ "idmap = false, vms.vm1: ${builtins.toJSON vm1}" ]
       );
-    "guest: the option types refuse an unknown git mode and a uid that is no u32" =
+    "guest: the option types refuse an unknown git mode and a uid or gid that is no u32" =
       let
         gitType = (clean.options.services.microvm-workspaces.vms.type.getSubOptions [ ]).git.type;
       in
       (if refused (withVm1 { git = "rw"; }) then [ ] else [ "git = \"rw\" was taken" ])
       ++ (if refused (withVm1 { guestUid = -1; }) then [ ] else [ "guestUid = -1 was taken" ])
       ++ (if refused (withVm1 { guestUid = 4294967296; }) then [ ] else [ "guestUid = 4294967296 was taken" ])
+      ++ (if refused (withVm1 { guestGid = -1; }) then [ ] else [ "guestGid = -1 was taken" ])
+      ++ (if refused (withVm1 { guestGid = 4294967296; }) then [ ] else [ "guestGid = 4294967296 was taken" ])
+      ++ (if refused (withVm1 { guestGid = "100"; }) then [ ] else [ "guestGid = \"100\" was taken" ])
       ++ (if refused (withVm1 { git = "readonly"; }) then [ "git = \"readonly\" was refused" ] else [ ])
       ++ (
         if map gitType.check [ "private" "readonly" "shared" "Private" "" ] == [ true true true false false ] then
@@ -731,6 +734,29 @@ in
         else
           [ "git's type: ${gitType.description}" ]
       );
+    # null (the default, or set) leaves the key out: Rust's None, the number
+    # of the linker's primary group. Any number is written, 0 too.
+    "guest: guestGid is written when it is a number and left out when null" =
+      let
+        vm1Of = settings: (configJsonOf (withVm1 settings)).vms.vm1;
+        got = map vm1Of [
+          { }
+          { guestGid = null; }
+          { guestGid = 1000; }
+          { guestGid = 0; }
+        ];
+      in
+      if
+        map (vm1: vm1.guestGid or "absent") got == [
+          "absent"
+          "absent"
+          1000
+          0
+        ]
+      then
+        [ ]
+      else
+        [ "vms.vm1: ${builtins.toJSON got}" ];
     "package: util-linux's unshare is compiled in" =
       let
         got = packageArgs.env.MICROVM_WORKSPACES_UNSHARE or null;

@@ -63,7 +63,8 @@ let
   # module guesses vsock/<cid> for it.
   vsockCids.vm1 = 3;
 
-  # config.json's guest keys: the defaults, and nixfiles' own.
+  # config.json's guest keys: the defaults (guestGid null, so left out),
+  # and nixfiles' own (a guest user with a group of its own, 1001).
   guestKeys = {
     guestUid = 1000;
     idmap = true;
@@ -71,6 +72,7 @@ let
   };
   nixfilesGuestKeys = guestKeys // {
     guestUid = 1001;
+    guestGid = 1001;
     git = "readonly";
   };
 
@@ -106,6 +108,7 @@ in
         # vm1 and dev keep the defaults (written all the same)
         vms.nixfiles = {
           guestUid = 1001;
+          guestGid = 1001;
           git = "readonly";
         };
       };
