@@ -277,15 +277,19 @@ pub fn private_dir(
             return Ok(mine.child(OsStr::new(GIT))?);
         }
         let mut aside = name.to_os_string();
-        aside.push(format!(
-            ".{}",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0)
-        ));
-        nix::fcntl::renameat(&top.fd, name, &top.fd, &*aside)
-            .with_context(|| format!("cannot move {} aside", show(&top.path.join(name))))?;
+        // Seconds for people, nanoseconds so two relinks in one second never collide.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        aside.push(format!(".{}.{:09}", t.as_secs(), t.subsec_nanos()));
+        nix::fcntl::renameat2(
+            &top.fd,
+            name,
+            &top.fd,
+            &*aside,
+            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+        )
+        .with_context(|| format!("cannot move {} aside", show(&top.path.join(name))))?;
         step("private git dir aside");
     }
     // Made under a temporary name and renamed into place: a killed run leaves no half dir

@@ -3,10 +3,11 @@
 //! user is the linker and nobody else is anybody.
 //!
 //! An idmapped mount shows a file whose owner on disk is `host_uid` as owned by `guest_uid`
-//! and creates what `guest_uid` creates as `host_uid`; every other id shows as the overflow
-//! id and cannot create, chown or own anything (EOVERFLOW). virtiofsd, root on the host,
-//! creates files with the guest caller's ids, so through such a mount the guest's root is
-//! nobody and the guest's user is the linker, whatever the numbers.
+//! and creates what `guest_uid` creates as `host_uid`; root is `nobody` (65534) on disk (see
+//! [`NOBODY`] for why not unmapped); every other id shows as the overflow id and cannot
+//! create, chown or own anything (EOVERFLOW). virtiofsd, root on the host, creates files with
+//! the guest caller's ids, so through such a mount the guest's user is the linker and the
+//! guest's root is nobody, whatever the numbers: no root-owned or set-uid-root file can land.
 //!
 //! The mapping lives in a user namespace, which only a single-threaded process can make
 //! (unshare(2)); without `unsafe` there is no fork here, so a short-lived `unshare --user
@@ -50,9 +51,11 @@ impl Default for Guest {
 impl std::fmt::Display for Guest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Guest::Mapped { uid, gid: None } => write!(f, "guest uid {uid} as the linker"),
+            Guest::Mapped { uid, gid: None } => {
+                write!(f, "guest uid {uid} as the linker, root as nobody")
+            }
             Guest::Mapped { uid, gid: Some(g) } => {
-                write!(f, "guest uid {uid} gid {g} as the linker")
+                write!(f, "guest uid {uid} gid {g} as the linker, root as nobody")
             }
             Guest::Plain => f.write_str("unmapped (idmap = false)"),
         }
@@ -123,16 +126,34 @@ impl IdMap {
 
     /// What a file owned by (uid, gid) on disk shows as through the mount.
     pub fn shown(&self, uid: u32, gid: u32) -> (u32, u32) {
-        let u = if uid == self.host_uid {
-            self.guest_uid
-        } else {
-            OVERFLOW_ID
+        let shown = |id: u32, host: u32, guest: u32| match id {
+            _ if id == host => guest,
+            NOBODY if self.maps_root() => 0,
+            _ => OVERFLOW_ID,
         };
-        let g = if gid == self.host_gid {
-            self.guest_gid
-        } else {
-            OVERFLOW_ID
-        };
+        (
+            shown(uid, self.host_uid, self.guest_uid),
+            shown(gid, self.host_gid, self.guest_gid),
+        )
+    }
+
+    /// Is the host's (and the guest's) root mapped to nobody? Always, but where nobody is a
+    /// side of the mapping already.
+    pub fn maps_root(&self) -> bool {
+        self.host_uid != NOBODY
+            && self.host_gid != NOBODY
+            && self.guest_uid != 0
+            && self.guest_gid != 0
+    }
+
+    /// The `uid_map` and `gid_map` lines of the mount's user namespace: `<on disk> <seen> 1`.
+    pub fn maps(&self) -> (String, String) {
+        let mut u = format!("{} {} 1\n", self.host_uid, self.guest_uid);
+        let mut g = format!("{} {} 1\n", self.host_gid, self.guest_gid);
+        if self.maps_root() {
+            u.push_str(&format!("{NOBODY} 0 1\n"));
+            g.push_str(&format!("{NOBODY} 0 1\n"));
+        }
         (u, g)
     }
 }
@@ -149,6 +170,14 @@ impl std::fmt::Display for IdMap {
 
 /// What the kernel shows for an id an idmapped mount does not map (`/proc/sys/fs/overflowuid`).
 pub const OVERFLOW_ID: u32 = 65534;
+
+/// On disk, what root through a link is: `nobody` (and `nogroup`/`nobody` group), 65534 on
+/// NixOS and Debian. virtiofsd 1.14 renames and hard-links with its own root credentials (only
+/// creating switches to the guest caller's), and the kernel refuses both on an idmapped mount
+/// whose mapping lacks the caller's fsuid (EOVERFLOW): with root unmapped, no guest could
+/// `mv a b` or commit. So root maps to nobody: what the guest's root creates is nobody's, never
+/// root's (docs/design.md#idmap).
+pub const NOBODY: u32 = 65534;
 
 /// How a link is mounted: idmapped (the default), or a plain clone (`vms.<vm>.idmap = false`).
 /// Both are `nosuid,nodev`.
@@ -223,16 +252,11 @@ pub fn userns(m: &IdMap) -> Result<OwnedFd> {
             .read_exact(&mut b)
             .context("unshare --user did not start (user namespaces disabled?)")?;
         let proc = PathBuf::from(format!("/proc/{}", child.id()));
-        std::fs::write(
-            proc.join("uid_map"),
-            format!("{} {} 1\n", m.host_uid, m.guest_uid),
-        )
-        .context("cannot write the uid map of the mount's user namespace")?;
-        std::fs::write(
-            proc.join("gid_map"),
-            format!("{} {} 1\n", m.host_gid, m.guest_gid),
-        )
-        .context("cannot write the gid map of the mount's user namespace")?;
+        let (uid_map, gid_map) = m.maps();
+        std::fs::write(proc.join("uid_map"), uid_map)
+            .context("cannot write the uid map of the mount's user namespace")?;
+        std::fs::write(proc.join("gid_map"), gid_map)
+            .context("cannot write the gid map of the mount's user namespace")?;
         let ns = std::fs::File::open(proc.join("ns/user"))
             .context("cannot open the mount's user namespace")?;
         Ok(ns.into())
@@ -422,6 +446,8 @@ mod tests {
         };
         assert_eq!(m.shown(1001, 100), (1000, 100));
         assert_eq!(m.shown(0, 0), (OVERFLOW_ID, OVERFLOW_ID));
+        assert_eq!(m.shown(NOBODY, NOBODY), (0, 0));
+        assert_eq!(m.maps().0, "1001 1000 1\n65534 0 1\n");
         assert_eq!(m.shown(1000, 1001), (OVERFLOW_ID, OVERFLOW_ID));
         assert_eq!(Ids::Plain.shown(0, 5), (0, 5));
     }

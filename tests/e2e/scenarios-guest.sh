@@ -25,14 +25,19 @@ s_guest_contained() {
     e2e_ssh_wait vmssh >/dev/null || fail "vmssh gave no SSH banner"
     e2e_ct findmnt -o TARGET,PROPAGATION,OPTIONS -R "$E2E_WS/vmssh" || true
 
-    step "the guest's root attacks the repo: root files, chown, setuid, .git/config, hooks, mv .git"
-    out=$(e2e_ssh_root vmssh 'cd /mnt/workspace; for a in "echo x > by-root" "mkdir dir-by-root" "chown 0:0 MARKER" "cp /bin/busybox suid && chmod 4755 suid" "echo [core] >> .git/config" "echo x > .git/hooks/post-checkout" "mv .git .git-old"; do if sh -c "$a" 2>/dev/null; then echo "ok: $a"; else echo "denied: $a"; fi; done; ls -ln /mnt/workspace' 2>&1) ||
+    step "the guest's root attacks the repo: root files, chown, setuid; .git/config, hooks, mv .git"
+    out=$(e2e_ssh_root vmssh 'cd /mnt/workspace; echo x > by-root; mkdir dir-by-root; chown 0:0 MARKER; cp /bin/busybox suid && chmod 4755 suid; mv by-root by-root-renamed; for a in "echo [core] >> .git/config" "echo x > .git/hooks/post-checkout" "mv .git .git-old"; do if sh -c "$a" 2>/dev/null; then echo "ok: $a"; else echo "denied: $a"; fi; done; ls -ln /mnt/workspace' 2>&1) ||
         fail "ssh as the guest's root failed: $out"
     printf '%s\n' "$out"
-    if grep '^ok: ' <<<"$out"; then fail "the guest's root could do the above"; fi
-    step "the host: nothing root's, no set-id bit, .git/config and hooks as they were, no mount under the repo"
-    out=$(e2e_ct find "$repo" \( -uid 0 -o -gid 0 -o -perm /6000 \) -print) || fail "find failed"
-    [ -z "$out" ] || fail "root's or set-id files in the repo: $out"
+    if grep '^ok: ' <<<"$out"; then fail "the guest's root could do the above to .git"; fi
+    step "the host: what the guest's root made or chowned is nobody's, nothing is root's, no set-uid-root; .git as it was; no mount under the repo"
+    e2e_ct ls -ln "$repo"
+    out=$(e2e_ct find "$repo" \( -uid 0 -o -gid 0 \) -print) || fail "find failed"
+    [ -z "$out" ] || fail "root's files in the repo: $out"
+    for f in by-root-renamed dir-by-root suid MARKER; do
+        [ "$(e2e_stat '%u:%g' "$repo/$f")" = 65534:65534 ] || fail "$repo/$f is $(e2e_stat '%u:%g' "$repo/$f"), not nobody's"
+    done
+    e2e_ct chown alice:alice "$repo/MARKER" || fail "alice's MARKER could not be given back"
     after=$(e2e_repo_state "$repo")
     [ "$before" = "$after" ] || fail ".git changed: before [$before] after [$after]"
     out=$(e2e_ct findmnt -rn -o TARGET | grep "^$repo" || true)

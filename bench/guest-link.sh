@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# What containing the guest costs a link (issue 17): `microvm-link VM --no-restart` relinking
+# between two checkouts of a real git repo (REPO_FILES tracked files, so an index of that many
+# entries), for a VM with the defaults (idmapped mounts, the VM's own git dir: each relink to
+# the other checkout makes a new one, copying HEAD, refs and the index) against the same VM
+# with `idmap = false` and `git = "shared"` (one plain mount), and against a static no-op
+# process (the floor). Same run, same tree, hyperfine medians.
+#
+# usage: sudo bench/guest-link.sh        BENCH_RUNS=N (default 30), REPO_FILES=N (default 2000)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(dirname "$here")
+[ "$(id -u)" = 0 ] || { echo "bench/guest-link.sh: run as root (it mounts)" >&2; exit 1; }
+if [ -z "${MVW_BENCH_NS:-}" ]; then
+    exec unshare --mount --propagation private env MVW_BENCH_NS=1 "$0" "$@"
+fi
+for t in hyperfine git gcc jq; do
+    command -v "$t" >/dev/null || { echo "bench/guest-link.sh: $t is missing" >&2; exit 1; }
+done
+RUNS=${BENCH_RUNS:-30}
+FILES=${REPO_FILES:-2000}
+(cd "$repo" && cargo build --release --quiet)
+LINK=$repo/target/release/microvm-link
+W=$(mktemp -d /var/tmp/mvw-guest-bench.XXXXXX)
+cleanup() {
+    findmnt -rn -o TARGET | grep "^$W" | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+    rm -rf "$W"
+}
+trap cleanup EXIT
+gcc -O2 -static -o "$W/noop" "$here/noop.c"
+
+R=$W/root
+mkdir -p "$R/etc/microvm-workspaces" "$R/home/u"
+chown 4242:4242 "$R/home/u"
+cat > "$R/etc/microvm-workspaces/config.json" <<'EOF'
+{"vms": {
+  "contained": {"shares": [{"tag": "w", "proto": "virtiofs", "source": "/var/lib/microvm-workspaces/contained"}]},
+  "plain": {"idmap": false, "git": "shared", "shares": [{"tag": "w", "proto": "virtiofs", "source": "/var/lib/microvm-workspaces/plain"}]}
+}}
+EOF
+for c in a b; do
+    setpriv --reuid=4242 --regid=4242 --clear-groups sh -c '
+        set -e; mkdir -p "$1" && cd "$1" && git init -q -b main
+        i=0; while [ $i -lt "$2" ]; do mkdir -p "d$((i % 50))"; echo "$i" > "d$((i % 50))/f$i"; i=$((i + 1)); done
+        git add -A && git -c user.name=u -c user.email=u@h commit -q -m base' sh "$R/home/u/$c" "$FILES"
+done
+relink() { # VM: link the other checkout than last time
+    local vm=$1 f=$W/last-$1 next=a
+    [ "$(cat "$f" 2>/dev/null)" = a ] && next=b
+    echo "$next" > "$f"
+    "$LINK" --root "$R" --user 4242 "$vm" --repo "/home/u/$next" --no-restart >/dev/null
+}
+export -f relink
+export LINK R W
+relink contained; relink plain   # first links outside the measurement
+out=$W/hf.json
+hyperfine -N --warmup 3 --runs "$RUNS" --export-json "$out" \
+    -n noop "$W/noop" \
+    -n plain "bash -c 'relink plain'" \
+    -n contained "bash -c 'relink contained'" >&2
+med() { jq -r --arg n "$1" '.results[] | select(.command == $n) | .median * 1000' "$out"; }
+noop=$(med noop); plain=$(med plain); contained=$(med contained)
+awk -v n="$noop" -v p="$plain" -v c="$contained" -v runs="$RUNS" -v files="$FILES" 'BEGIN {
+    printf "relink between two checkouts (%d tracked files), medians of %d runs, ms\n", files, runs
+    printf "  static no-op process                        %8.2f\n", n
+    printf "  idmap = false, git = shared (plain mount)   %8.2f\n", p
+    printf "  defaults: idmapped, the VM'"'"'s own git dir     %8.2f  (%.2fx plain, +%.2f ms)\n", c, c / p, c - p
+}'
