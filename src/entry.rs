@@ -569,7 +569,14 @@ impl<'t> Workspace<'t> {
         };
         if mounted && entry.id() == repo.id() && entry.st.st_nlink > 0 {
             if idmap::mounted_as(&entry, &repo, &ids)?
-                && gitview::view_is(self.tree, &entry, &repo, self.git_at(name, true)?)?
+                && gitview::view_is(
+                    self.tree,
+                    &self.node,
+                    name,
+                    &entry,
+                    &repo,
+                    self.git_at(name, true)?,
+                )?
             {
                 return Ok((Reconciled::is(State::Linked), Some(repo)));
             }
@@ -1196,6 +1203,8 @@ impl<'t> Workspace<'t> {
                 && idmap::mounted_as(&current, t, ids)?
                 && gitview::view_is(
                     self.tree,
+                    &self.node,
+                    name,
                     &current,
                     t,
                     self.git_at(name, rel.as_os_str().is_empty())?,

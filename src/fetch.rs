@@ -8,12 +8,15 @@
 
 use std::ffi::OsStr;
 use std::io::Write;
+use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+use nix::fcntl::OFlag;
 
+use crate::chase::{self, Node};
 use crate::config::GitMode;
 use crate::entry::{entry_name_of, read_record, Workspace};
 use crate::flow::Env;
@@ -107,32 +110,49 @@ fn links_or_empty(ws: &Workspace) -> Result<crate::chase::Node> {
 
 /// One entry's private git dir into `repo` (an inside path).
 fn fetch_one(env: &Env, entry: &str, repo: &Path) -> Result<String> {
-    let own = env.root.real(&gitview::private_path(
+    let own_path = env.root.real(&gitview::private_path(
         &env.cfg.workspace_dir,
         OsStr::new(entry),
     ));
     let repo_real = env.root.real(repo);
-    if !own.is_dir() {
+    let Some(own) = open_dir(&own_path)? else {
         return Ok(format!("{entry}: nothing to fetch: no private git dir yet (the VM has not started with this link)"));
+    };
+    // Made from this repo? (`origin` is root's: the guest cannot forge it.)
+    let origin = read_file(&own, "origin", 4096, Some(0))?.unwrap_or_default();
+    let made_from = String::from_utf8_lossy(&origin);
+    if made_from.lines().next() != Some(&*repo.to_string_lossy()) {
+        return Ok(format!(
+            "{entry}: nothing to fetch: its private git dir was made from another repo"
+        ));
     }
     let refs = guest_branches(&own)?;
+    // A git dir of ours beside the private one (same file system: the guest's objects are
+    // hard-linked in, not followed through an alternates file the guest could write).
+    let parent = own_path.parent().unwrap_or(&own_path);
     let tmp = tempfile::Builder::new()
-        .prefix("microvm-link-fetch.")
-        .tempdir()
+        .prefix("fetch.")
+        .tempdir_in(parent)
         .context("cannot make a temporary git dir")?;
     let t = tmp.path();
     std::fs::create_dir_all(t.join("refs"))?;
     std::fs::create_dir_all(t.join("objects/info"))?;
+    std::fs::create_dir_all(t.join("objects/pack"))?;
     std::fs::write(t.join("HEAD"), "ref: refs/heads/none\n")?;
+    let ours = read_file(&own, "config", 4096, Some(0))?.unwrap_or_default();
     std::fs::write(
         t.join("config"),
-        "[core]\n\trepositoryformatversion = 0\n\tbare = true\n",
+        gitview::config(true, gitview::is_sha256(&ours)),
     )?;
     let mut alt = std::fs::File::create(t.join("objects/info/alternates"))?;
-    for dir in [own.join("objects"), repo_real.join(".git/objects")] {
-        alt.write_all(dir.as_os_str().as_encoded_bytes())?;
-        alt.write_all(b"\n")?;
-    }
+    alt.write_all(
+        repo_real
+            .join(".git/objects")
+            .as_os_str()
+            .as_encoded_bytes(),
+    )?;
+    alt.write_all(b"\n")?;
+    take_objects(&own, &t.join("objects"))?;
     let mut packed = String::from("# pack-refs with: sorted \n");
     for (name, id) in &refs {
         packed.push_str(&format!("{id} refs/heads/{name}\n"));
@@ -227,11 +247,12 @@ fn remote_refs(repo: &Path, prefix: &str) -> Result<Vec<(String, String)>> {
         .collect())
 }
 
-/// The guest's branches: loose refs under `refs/heads` (regular files only, never a
-/// symlink) over `packed-refs`, each name and object id checked; anything else is skipped.
-pub fn guest_branches(own: &Path) -> Result<Vec<(String, String)>> {
+/// The guest's branches: loose refs under `refs/heads` over `packed-refs`, each name and object
+/// id checked; anything else (a symlink, a non-regular file, a bad name) is skipped. Every
+/// step is `openat` without following a symlink: the guest owns these directories.
+pub fn guest_branches(own: &Node) -> Result<Vec<(String, String)>> {
     let mut out: Vec<(String, String)> = Vec::new();
-    if let Some(text) = read_regular(&own.join("packed-refs"), 64 << 20)? {
+    if let Some(text) = read_file(own, "packed-refs", 64 << 20, None)? {
         for line in String::from_utf8_lossy(&text).lines() {
             let Some((id, name)) = line.split_once(' ') else {
                 continue;
@@ -243,32 +264,25 @@ pub fn guest_branches(own: &Path) -> Result<Vec<(String, String)>> {
             }
         }
     }
-    let heads = own.join("refs/heads");
-    let mut todo = vec![(heads.clone(), 0u32)];
-    while let Some((dir, depth)) = todo.pop() {
-        let Ok(rd) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            let Ok(m) = std::fs::symlink_metadata(&p) else {
+    let Some(heads) = child_dir(own, "refs").and_then(|r| child_dir(&r, "heads")) else {
+        out.sort();
+        return Ok(out);
+    };
+    let mut todo = vec![(heads, String::new(), 0u32)];
+    while let Some((dir, prefix, depth)) = todo.pop() {
+        for name in chase::list_dir(&dir).unwrap_or_default() {
+            let name = name.to_string_lossy().into_owned();
+            let full = format!("{prefix}{name}");
+            let Ok(n) = dir.child(OsStr::new(&name)) else {
                 continue;
             };
-            if m.is_dir() && depth < 16 {
-                todo.push((p, depth + 1));
-            } else if m.is_file() {
-                let Some(text) = read_regular(&p, 4096)? else {
-                    continue;
-                };
+            if n.is_dir() && depth < 16 {
+                todo.push((n, format!("{full}/"), depth + 1));
+            } else if let Some(text) = read_file(&dir, &name, 4096, None)? {
                 let id = String::from_utf8_lossy(&text).trim().to_string();
-                let name = p
-                    .strip_prefix(&heads)
-                    .unwrap_or(&p)
-                    .to_string_lossy()
-                    .into_owned();
-                if valid_id(&id) && valid_branch(&name) {
-                    out.retain(|(n, _)| *n != name);
-                    out.push((name, id));
+                if valid_id(&id) && valid_branch(&full) {
+                    out.retain(|(n, _)| *n != full);
+                    out.push((full, id));
                 }
             }
         }
@@ -277,26 +291,96 @@ pub fn guest_branches(own: &Path) -> Result<Vec<(String, String)>> {
     Ok(out)
 }
 
-/// A regular file's bytes (not following a symlink), at most `max`; `None` if missing or not
-/// a regular file.
-fn read_regular(p: &Path, max: u64) -> Result<Option<Vec<u8>>> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits() | nix::fcntl::OFlag::O_NONBLOCK.bits())
-        .open(p)
-    {
-        Ok(f) => f,
-        Err(_) => return Ok(None),
+/// The private git dir (or `None`), opened without following a final symlink.
+fn open_dir(p: &Path) -> Result<Option<Node>> {
+    let parent = p.parent().context("no parent")?;
+    let name = p.file_name().context("no name")?;
+    let Ok(dir) = std::fs::File::open(parent) else {
+        return Ok(None);
     };
+    match Node::open_at(dir.as_fd(), name, p.to_path_buf()) {
+        Ok(n) if n.is_dir() => Ok(Some(n)),
+        _ => Ok(None),
+    }
+}
+
+/// A subdirectory (not a symlink) of `dir`.
+fn child_dir(dir: &Node, name: &str) -> Option<Node> {
+    dir.child(OsStr::new(name)).ok().filter(Node::is_dir)
+}
+
+/// Regular file `name` of `dir` (not following a symlink), at most `max` bytes, owned by
+/// `owner` if given; `None` if it is anything else.
+fn read_file(dir: &Node, name: &str, max: u64, owner: Option<u32>) -> Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let Ok(fd) = nix::fcntl::openat(
+        &dir.fd,
+        name,
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    ) else {
+        return Ok(None);
+    };
+    let f = std::fs::File::from(fd);
     let m = f.metadata()?;
-    if !m.is_file() || m.size() > max {
+    if !m.is_file() || m.size() > max || owner.is_some_and(|o| o != m.uid()) {
         return Ok(None);
     }
     let mut out = Vec::new();
     f.take(max).read_to_end(&mut out)?;
     Ok(Some(out))
+}
+
+/// The guest's objects into `to` (our git dir's `objects`): loose objects (`xx/<hex>`) and
+/// packs (`pack/pack-<hex>.{pack,idx}`), regular files only, hard-linked (copied where a link
+/// is refused); nothing else of the guest's `objects` is read, its `info/alternates` least.
+fn take_objects(own: &Node, to: &Path) -> Result<()> {
+    let Some(objects) = child_dir(own, "objects") else {
+        return Ok(());
+    };
+    let hex = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit());
+    for sub in chase::list_dir(&objects)? {
+        let sub = sub.to_string_lossy().into_owned();
+        let Some(dir) = child_dir(&objects, &sub) else {
+            continue;
+        };
+        let keep = |f: &str| match sub.as_str() {
+            "pack" => f
+                .strip_prefix("pack-")
+                .and_then(|r| r.strip_suffix(".pack").or_else(|| r.strip_suffix(".idx")))
+                .is_some_and(hex),
+            s if s.len() == 2 && hex(s) => (f.len() == 38 || f.len() == 62) && hex(f),
+            _ => false,
+        };
+        for f in chase::list_dir(&dir)? {
+            let f = f.to_string_lossy().into_owned();
+            if !keep(&f) {
+                continue;
+            }
+            let Ok(n) = dir.child(OsStr::new(&f)) else {
+                continue;
+            };
+            if !chase::is_regular(&n.st) {
+                continue;
+            }
+            std::fs::create_dir_all(to.join(&sub))?;
+            let dest = to.join(&sub).join(&f);
+            if nix::unistd::linkat(
+                &dir.fd,
+                f.as_str(),
+                nix::fcntl::AT_FDCWD,
+                &dest,
+                nix::fcntl::AtFlags::empty(),
+            )
+            .is_err()
+            {
+                if let Some(bytes) = read_file(&dir, &f, u64::MAX, None)? {
+                    std::fs::write(&dest, bytes)?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A SHA-1 or SHA-256 object id in lower-case hex.
@@ -308,6 +392,7 @@ pub fn valid_id(id: &str) -> bool {
 /// that are never an option, a glob or a path trick.
 pub fn valid_branch(name: &str) -> bool {
     !name.is_empty()
+        && name != "HEAD"
         && name.len() <= 200
         && name.split('/').all(|c| {
             !c.is_empty()

@@ -16,13 +16,11 @@
 //! ```text
 //! .git-private/            root 0711
 //!   <entry>/               the linker's, 0700 (only they and root get in)
-//!     git/                 root 1777: the guest makes HEAD, index, logs...; cannot remove
-//!                          or replace what is root's (sticky)
-//!       config, hooks/     root's, read-only to the guest; no hook, no filter, no fsmonitor
-//!       origin             root's: which repo (path, device:inode) this was made from
-//!       HEAD, index, packed-refs, refs/, shallow   copied from the repo at link time, the linker's
-//!       objects/           root 1777 (info/alternates root's: ../host-objects)
-//!       host-objects/      mount point: the repo's objects, read-only
+//!     git/                 the linker's (git in the guest insists on owning its git dir)
+//!       config, hooks/, commondir ("."), origin     root's; read-only mount points in the view
+//!       HEAD, index, packed-refs, refs/, shallow   copied from the repo at creation, the linker's
+//!       objects/           the linker's (info/alternates root's, read-only: ../host-objects)
+//!       host-objects/      mount point in the view: the repo's objects, read-only
 //! ```
 //! The host reads nothing of it but objects and refs (`microvm-link fetch`, [`crate::fetch`]).
 
@@ -69,13 +67,34 @@ pub fn wanted(tree: &Tree, repo: &Node, git: GitMode) -> Result<Option<Node>> {
     }
 }
 
-/// Does the mount on `entry` show `.git` as `git` wants? (`.git` a mount point exactly when
-/// the mode puts one there.)
-pub fn view_is(tree: &Tree, entry: &Node, repo: &Node, git: GitMode) -> Result<bool> {
-    let want = wanted(tree, repo, git)?.is_some();
+/// Does the mount on `entry` show `.git` as `git` wants: no mount on it (shared, or no
+/// `.git`), or a mount of exactly the directory the mode shows (the repo's `.git` read-only,
+/// or entry `name`'s private git dir)? A mode switched in the config is seen at the next start.
+pub fn view_is(
+    tree: &Tree,
+    ws: &Node,
+    name: &OsStr,
+    entry: &Node,
+    repo: &Node,
+    git: GitMode,
+) -> Result<bool> {
     let have = match entry.child(OsStr::new(".git")) {
-        Ok(n) => is_mount_root(n.fd.as_fd())?,
-        Err(_) => false,
+        Ok(n) if is_mount_root(n.fd.as_fd())? => Some(n.id()),
+        _ => None,
+    };
+    let want = match wanted(tree, repo, git)? {
+        None => None,
+        Some(dotgit) if git == GitMode::Private && private_possible(&dotgit)? => {
+            let own = ws
+                .child(OsStr::new(PRIVATE_DIR))
+                .and_then(|p| p.child(name))
+                .and_then(|m| m.child(OsStr::new(GIT)));
+            match own {
+                Ok(g) => Some(g.id()),
+                Err(_) => return Ok(false),
+            }
+        }
+        Some(dotgit) => Some(dotgit.id()),
     };
     Ok(want == have)
 }
@@ -92,52 +111,16 @@ pub fn mount(
     ids: &Ids,
     git: GitMode,
 ) -> Result<()> {
-    let Some(dotgit) = wanted(tree, repo, git)? else {
-        return idmap::mount_repo(repo, target, ids, false).map(drop);
-    };
+    // Every view is put together on a slot (even one with no `.git` of its own): its flags
+    // and propagation are set before it is anywhere a guest or another namespace sees it.
+    let dotgit = wanted(tree, repo, git)?;
     let stage = stage(tree, ws)?;
     let slot_name = tmp_name();
     let slot = dirs::mkdir_as(&stage, &slot_name, 0, 0)?;
     let made = (|| -> Result<()> {
         let top = idmap::mount_repo(repo, &slot, ids, false)?;
-        let on = Node::open_at(top.as_fd(), OsStr::new(".git"), slot.path.join(".git"))
-            .context("the slot's .git")?;
-        match git {
-            GitMode::Readonly => {
-                idmap::mount_repo(&dotgit, &on, ids, true)?;
-            }
-            GitMode::Private => {
-                if !dotgit.is_dir() || read_opt(&dotgit, OsStr::new("HEAD"), SMALL)?.is_none() {
-                    // A worktree's `.git` file names a git dir outside the repo, which the
-                    // guest does not see; a `.git` without HEAD is no git dir to start from:
-                    // read-only is what can be given (docs/design.md#guest-git).
-                    idmap::mount_repo(&dotgit, &on, ids, true)?;
-                } else {
-                    let own = private_dir(tree, ws, name, repo, &dotgit)?;
-                    let g = idmap::mount_repo(&own, &on, ids, false)?;
-                    // What is root's in it stays so in the guest's view: each a read-only
-                    // mount point, which the guest can neither write nor rename away.
-                    for rel in ROOTS_OWN {
-                        let theirs = own_child(&own, rel)?;
-                        let view = Node::open_at(g.as_fd(), OsStr::new("."), on.path.clone())?;
-                        let at = own_child(&view, rel)?;
-                        idmap::mount_repo(&theirs, &at, ids, true)?;
-                    }
-                    let objects =
-                        match tree.walk_within(&dotgit, Path::new("objects"), Trust::Owners)? {
-                            Walk::Found(n) if n.is_dir() => n,
-                            _ => bail!("{} has no objects directory", show(&dotgit.path)),
-                        };
-                    let ho = Node::open_at(
-                        g.as_fd(),
-                        OsStr::new(HOST_OBJECTS),
-                        own.path.join(HOST_OBJECTS),
-                    )
-                    .context("host-objects")?;
-                    idmap::mount_repo(&objects, &ho, ids, true)?;
-                }
-            }
-            GitMode::Shared => unreachable!("shared mounts no .git"),
+        if let Some(dotgit) = dotgit {
+            view_git(tree, ws, name, repo, &dotgit, &top, &slot, ids, git)?;
         }
         rustix::mount::move_mount(
             top.as_fd(),
@@ -160,6 +143,58 @@ pub fn mount(
         nix::unistd::UnlinkatFlags::RemoveDir,
     );
     made
+}
+
+/// Mounts the mode's `.git` on the `.git` of the repo mounted on `slot` (`top`: its root).
+#[allow(clippy::too_many_arguments)]
+fn view_git(
+    tree: &Tree,
+    ws: &Node,
+    name: &OsStr,
+    repo: &Node,
+    dotgit: &Node,
+    top: &OwnedFd,
+    slot: &Node,
+    ids: &Ids,
+    git: GitMode,
+) -> Result<()> {
+    let on = Node::open_at(top.as_fd(), OsStr::new(".git"), slot.path.join(".git"))
+        .context("the slot's .git")?;
+    match git {
+        GitMode::Readonly => {
+            idmap::mount_repo(dotgit, &on, ids, true)?;
+        }
+        GitMode::Private => {
+            if !private_possible(dotgit)? {
+                // (docs/design.md#guest-git)
+                idmap::mount_repo(dotgit, &on, ids, true)?;
+            } else {
+                let own = private_dir(tree, ws, name, repo, dotgit)?;
+                let g = idmap::mount_repo(&own, &on, ids, false)?;
+                // What is root's in it stays so in the guest's view: each a read-only
+                // mount point, which the guest can neither write nor rename away.
+                for rel in ROOTS_OWN {
+                    let theirs = own_child(&own, rel)?;
+                    let view = Node::open_at(g.as_fd(), OsStr::new("."), on.path.clone())?;
+                    let at = own_child(&view, rel)?;
+                    idmap::mount_repo(&theirs, &at, ids, true)?;
+                }
+                let objects = match tree.walk_within(dotgit, Path::new("objects"), Trust::Owners)? {
+                    Walk::Found(n) if n.is_dir() => n,
+                    _ => bail!("{} has no objects directory", show(&dotgit.path)),
+                };
+                let ho = Node::open_at(
+                    g.as_fd(),
+                    OsStr::new(HOST_OBJECTS),
+                    own.path.join(HOST_OBJECTS),
+                )
+                .context("host-objects")?;
+                idmap::mount_repo(&objects, &ho, ids, true)?;
+            }
+        }
+        GitMode::Shared => unreachable!("shared mounts no .git"),
+    }
+    Ok(())
 }
 
 /// `<workspaceDir>/.stage`, root 0700, a private mount of itself (so what is mounted in it
@@ -215,8 +250,8 @@ fn clear_slots(stage: &Node) -> Result<()> {
 }
 
 /// What a killed run left (under the workspace lock): slots in `.stage`, detached and
-/// removed; a private git dir made halfway, kept as `unfinished-<name>` (nothing a guest may
-/// have written is deleted).
+/// removed; a private git dir made halfway (under its temporary name, so never mounted and
+/// holding nothing of a guest's), removed.
 pub fn clear_leftovers(ws: &Node) -> Result<()> {
     if let Ok(stage) = ws.child(OsStr::new(STAGE_DIR)) {
         if stage.is_dir() && stage.uid() == 0 {
@@ -227,11 +262,13 @@ pub fn clear_leftovers(ws: &Node) -> Result<()> {
         if top.is_dir() && top.uid() == 0 {
             for name in chase::list_dir(&top)? {
                 let b = name.as_encoded_bytes();
-                if let Some(rest) = b.strip_prefix(crate::paths::TMP_PREFIX.as_bytes()) {
-                    let mut to = std::ffi::OsString::from("unfinished-");
-                    to.push(String::from_utf8_lossy(rest).as_ref());
-                    nix::fcntl::renameat(&top.fd, &*name, &top.fd, &*to)?;
-                    step("unfinished private git dir");
+                if b.starts_with(crate::paths::TMP_PREFIX.as_bytes()) {
+                    // Never mounted, so nothing of a guest's is in it: it goes.
+                    if let Ok(half) = top.child(&name) {
+                        remove_tree(&half, 0)?;
+                    }
+                    nix::unistd::unlinkat(&top.fd, &*name, nix::unistd::UnlinkatFlags::RemoveDir)?;
+                    step("half-made private git dir");
                 }
             }
         }
@@ -265,12 +302,19 @@ pub fn private_dir(
     }
     let owner = (repo.st.st_uid, repo.st.st_gid);
     if let Ok(mine) = top.child(name) {
+        // Ours and whole: every root-kept file root's (an older layout, or one tampered
+        // with, is set aside and made anew), and made from this very repo.
         let same = mine.is_dir()
             && mine.uid() == owner.0
             && mine
                 .child(OsStr::new(GIT))
                 .ok()
                 .filter(|g| g.is_dir())
+                .filter(|g| {
+                    ROOTS_OWN
+                        .iter()
+                        .all(|r| own_child(g, r).is_ok_and(|n| n.uid() == 0))
+                })
                 .and_then(|g| read_small(&g, OsStr::new(ORIGIN), 4096).ok())
                 .is_some_and(|o| o == origin_of(repo).as_bytes());
         if same {
@@ -349,8 +393,17 @@ fn make_private(
     .with_context(|| format!("cannot chown {}", show(&mine.path)))?;
     // The git dir itself is the linker's (git in the guest insists on owning its git dir).
     let git = dirs::mkdir_as(&mine, OsStr::new(GIT), owner.0, owner.1)?;
-    write_new(&git, "config", 0, 0, 0o644, CONFIG.as_bytes())?;
+    let sha256 = read_opt(dotgit, OsStr::new("config"), SMALL)?.is_some_and(|c| is_sha256(&c));
+    write_new(
+        &git,
+        "config",
+        0,
+        0,
+        0o644,
+        config(false, sha256).as_bytes(),
+    )?;
     write_new(&git, ORIGIN, 0, 0, 0o644, origin_of(repo).as_bytes())?;
+    write_new(&git, "commondir", 0, 0, 0o644, b".\n")?;
     dirs::mkdir_as(&git, OsStr::new("hooks"), 0, 0)?;
     dirs::mkdir_as(&git, OsStr::new(HOST_OBJECTS), 0, 0)?;
     let objects = dirs::mkdir_as(&git, OsStr::new("objects"), owner.0, owner.1)?;
@@ -391,7 +444,10 @@ fn make_private(
 }
 
 /// What root keeps in a private git dir, read-only in the guest's view.
-const ROOTS_OWN: [&str; 3] = ["config", "hooks", "objects/info"];
+/// `commondir` (".") because git reads the config of whatever directory a `commondir` file
+/// names: one of the guest's would give host git, run in the entry's path, a config of the
+/// guest's (`core.fsmonitor`). `origin` because fetch and the reuse check believe it.
+const ROOTS_OWN: [&str; 5] = ["config", "hooks", "objects/info", "commondir", "origin"];
 
 /// `dir/rel`, not following symlinks.
 fn own_child(dir: &Node, rel: &str) -> Result<Node> {
@@ -405,7 +461,35 @@ fn own_child(dir: &Node, rel: &str) -> Result<Node> {
 }
 
 /// The private git dir's config: a plain non-bare repo; nothing that runs a program.
-const CONFIG: &str = "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = false\n\tlogallrefupdates = true\n";
+/// A git dir's config of ours: plain, nothing that runs a program; SHA-256 object ids when the
+/// repo has them.
+pub fn config(bare: bool, sha256: bool) -> String {
+    let mut c = format!(
+        "[core]\n\trepositoryformatversion = {}\n\tfilemode = true\n\tbare = {bare}\n",
+        u8::from(sha256)
+    );
+    if sha256 {
+        c.push_str("[extensions]\n\tobjectformat = sha256\n");
+    }
+    c
+}
+
+/// Does the config text name SHA-256 object ids? (Read from the repo's own config, only for
+/// this one key.)
+pub fn is_sha256(config: &[u8]) -> bool {
+    String::from_utf8_lossy(config).lines().any(|l| {
+        let l = l.trim().to_ascii_lowercase();
+        l.starts_with("objectformat") && l.split('=').nth(1).is_some_and(|v| v.trim() == "sha256")
+    })
+}
+
+/// What a private git dir cannot start from: a `.git` file (a worktree's, naming a git dir
+/// the guest does not see), a `.git` without `HEAD`, a reftable repo. The read-only view then.
+fn private_possible(dotgit: &Node) -> Result<bool> {
+    Ok(dotgit.is_dir()
+        && read_opt(dotgit, OsStr::new("HEAD"), SMALL)?.is_some()
+        && dotgit.child(OsStr::new("reftable")).is_err())
+}
 
 /// Copies the loose refs under `from` into `to` (a directory of `owner`'s), as `owner`:
 /// directories and small regular files only, no deeper than git goes.

@@ -221,7 +221,8 @@ fn unshare_program() -> Result<PathBuf> {
         "/sbin",
     ] {
         let p = Path::new(dir).join("unshare");
-        if std::fs::metadata(&p).is_ok_and(|m| m.uid() == 0 && m.is_file()) {
+        if std::fs::metadata(&p).is_ok_and(|m| m.uid() == 0 && m.is_file() && m.mode() & 0o022 == 0)
+        {
             return Ok(p);
         }
     }

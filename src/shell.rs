@@ -4,6 +4,7 @@
 
 use std::io::IsTerminal;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -236,7 +237,10 @@ pub fn run(plan: &Plan, control: Option<&Path>, command: &[String]) -> anyhow::R
         .arg(ssh::remote_command(plan.dir.as_deref(), command))
         .status()
         .map_err(|e| anyhow::anyhow!("cannot run ssh: {e}"))?;
-    Ok(st.code().map_or(255, |c| c as u8))
+    // Killed by a signal: the shell's convention, 128 + its number.
+    Ok(st
+        .code()
+        .map_or_else(|| 128 + st.signal().unwrap_or(0) as u8, |c| c as u8))
 }
 
 #[cfg(test)]

@@ -14,6 +14,8 @@ use crate::paths::{self, show, Root};
 
 const TEMPLATE_DROPIN: &str = include_str!("../units/50-microvm-workspaces.conf.in");
 const INSTANCE_DROPIN: &str = include_str!("../units/instance.conf.in");
+/// Added to virtiofsd's template drop-in (docs/design.md#idmap: device nodes).
+const VIRTIOFSD_EXTRA: &str = include_str!("../units/virtiofsd-nodevices.conf.in");
 /// Drop-in file name, systemd style: `50-<name>.conf`.
 pub const DROPIN_NAME: &str = "50-microvm-workspaces.conf";
 /// The per-VM drop-in must have another name: a drop-in in `microvm@vm1.service.d/` with
@@ -172,7 +174,11 @@ pub fn generate(root: &Root, env: &GenEnv, out: &Path, prepare: &Path) -> Result
     let mut wrote = Vec::new();
     for t in TEMPLATES {
         let rel = Path::new(&format!("{t}.service.d")).join(DROPIN_NAME);
-        write_new(out, &rel, &template)?;
+        let text = match t {
+            "microvm-virtiofsd@" => format!("{template}{VIRTIOFSD_EXTRA}"),
+            _ => template.clone(),
+        };
+        write_new(out, &rel, &text)?;
         wrote.push(rel);
     }
     let config = config?;

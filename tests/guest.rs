@@ -460,6 +460,22 @@ fn readonly_and_shared_git_modes() {
     assert_ok(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("git = readonly"));
 
+    // Switched to private in the config: the next start gives the guest its own git dir.
+    fx.config(&format!(
+        r#"{{"vms": {{"vm1": {{"git": "private", "shares": [{{"tag": "workspace", "proto": "virtiofs", "source": "{WS}/vm1"}}]}}}}}}"#
+    ));
+    fx.prepare_ok("vm1");
+    assert!(
+        entry.join(".git/origin").exists(),
+        "still the read-only view"
+    );
+    assert_ok(&git_as(
+        GUEST_UID,
+        ALICE,
+        &entry,
+        "commit -q --allow-empty -m private",
+    ));
+
     // shared: the repo's own .git, and status says what that means.
     fx.config(&format!(
         r#"{{"vms": {{"vm1": {{"git": "shared", "shares": [{{"tag": "workspace", "proto": "virtiofs", "source": "{WS}/vm1"}}]}}}}}}"#
@@ -514,4 +530,62 @@ fn doctor_says_how_each_guest_sees_links_and_whether_idmapped_mounts_work() {
         found("guest", "VM vm2: guest uid 2000 gid 2000 as the linker")["severity"],
         "ok"
     );
+}
+
+#[test]
+fn fetch_reads_nothing_the_guest_points_it_to() {
+    in_mount_ns!(fetch_reads_nothing_the_guest_points_it_to);
+    let fx = fixture("");
+    let repo = real_repo(&fx);
+    // Another repo of alice's, which the guest must never get into this one.
+    let secret = fx.p("/home/alice/secret");
+    fx.repo("/home/alice/secret", ALICE);
+    for cmd in [
+        "init -q -b main",
+        "commit -q --allow-empty -m secret-commit",
+    ] {
+        assert_ok(&git_as(ALICE, ALICE, &secret, cmd));
+    }
+    let secret_id =
+        String::from_utf8(git_as(ALICE, ALICE, &secret, "rev-parse HEAD").stdout).unwrap();
+    let secret_id = secret_id.trim();
+    assert_ok(&link(
+        &fx,
+        "/home/alice/repo",
+        ALICE,
+        &["vm1", "--no-restart"],
+    ));
+    let entry = fx.p(WS).join("vm1");
+    // The guest (its user is alice through the idmap) swaps its objects dir for one whose
+    // alternates name the secret repo, its refs for a symlink to the secret repo's, and tries
+    // to give the host's git a config through `commondir`.
+    let out = sh_as(
+        GUEST_UID,
+        ALICE,
+        &format!(
+            "cd '{e}/.git' && mv objects objects-old && mkdir -p objects/info && echo '{s}/.git/objects' > objects/info/alternates && mv refs refs-old && ln -s '{s}/.git/refs' refs && printf '{s}/.git\\n' > commondir; echo {secret_id} > packed-refs-guest; true",
+            e = entry.display(),
+            s = secret.display(),
+        ),
+    );
+    assert_ok(&out);
+    assert_eq!(
+        std::fs::read_to_string(entry.join(".git/commondir")).unwrap(),
+        ".\n",
+        "the guest rewrote commondir"
+    );
+    let out = Run::link(&fx)
+        .drop_to(ALICE)
+        .cwd("/home/alice/repo")
+        .args(["fetch"])
+        .output();
+    assert_ok(&out);
+    let has = git_as(ALICE, ALICE, &repo, &format!("cat-file -e {secret_id}"));
+    assert!(
+        !has.status.success(),
+        "the secret commit reached the repo: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let refs = git_as(ALICE, ALICE, &repo, "for-each-ref refs/remotes");
+    assert_eq!(String::from_utf8_lossy(&refs.stdout), "", "{refs:?}");
 }

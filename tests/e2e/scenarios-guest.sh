@@ -26,10 +26,11 @@ s_guest_contained() {
     e2e_ct findmnt -o TARGET,PROPAGATION,OPTIONS -R "$E2E_WS/vmssh" || true
 
     step "the guest's root attacks the repo: root files, chown, setuid; .git/config, hooks, mv .git"
-    out=$(e2e_ssh_root vmssh 'cd /mnt/workspace; echo x > by-root; mkdir dir-by-root; chown 0:0 sub/hello.txt; cp /bin/busybox suid && chmod 4755 suid; mv by-root by-root-renamed; for a in "echo [core] >> .git/config" "echo x > .git/hooks/post-checkout" "mv .git .git-old"; do if sh -c "$a" 2>/dev/null; then echo "ok: $a"; else echo "denied: $a"; fi; done; ls -ln /mnt/workspace' 2>&1) ||
+    out=$(e2e_ssh_root vmssh 'cd /mnt/workspace; echo x > by-root; mkdir dir-by-root; chown 0:0 sub/hello.txt; cp /bin/busybox suid && chmod 4755 suid; mv by-root by-root-renamed; for a in "mknod blk b 8 0" "echo [core] >> .git/config" "echo x > .git/hooks/post-checkout" "mv .git .git-old"; do if sh -c "$a" 2>/dev/null; then echo "ok: $a"; else echo "denied: $a"; fi; done; ls -ln /mnt/workspace' 2>&1) ||
         fail "ssh as the guest's root failed: $out"
     printf '%s\n' "$out"
-    if grep '^ok: ' <<<"$out"; then fail "the guest's root could do the above to .git"; fi
+    if grep '^ok: ' <<<"$out"; then fail "the guest's root could do the above (a device node, or to .git)"; fi
+    e2e_ct test ! -e "$repo/blk" || fail "a device node landed in the repo"
     step "the host: what the guest's root made or chowned is nobody's, nothing is root's, no set-uid-root; .git as it was; no mount under the repo"
     e2e_ct ls -ln "$repo"
     out=$(e2e_ct find "$repo" \( -uid 0 -o -gid 0 \) -print) || fail "find failed"
@@ -64,13 +65,14 @@ s_guest_contained() {
     [ "$out" = "vmssh: 1 branch new or moved (main), under refs/remotes/vmssh/" ] || fail "fetch said: $out"
     [ "$(e2e_ct_as alice git -C "$repo" log -1 --format=%s vmssh/main)" = guest-commit ] || fail "vmssh/main is not the guest's commit"
 
-    step "bob (uid 1001, group 1001; the guest's user is 1000:1000, guestGid 1000) links vmssh; the guest user's files are bob's"
+    step "root links bob's repo (bob: uid 1001, group 1001; the guest's user is 1000:1000, guestGid 1000); the guest user's files are bob's"
     trap e2e_config_restore EXIT
     e2e_config_edit '.vms.vmssh.guestGid = 1000'
     e2e_ct sh -c "id bob >/dev/null 2>&1 || useradd -m -u 1001 -U bob" || fail "could not add bob"
     e2e_ct_as bob sh -c 'mkdir -p ~/work && echo "bob'"'"'s" > ~/work/MARKER' || fail "could not make bob's repo"
     b=$(e2e_boot_count vmssh)
-    out=$(e2e_ct microvm-link vmssh --user bob --repo /home/bob/work --no-wait 2>&1) || fail "linking bob's repo failed: $out"
+    # root links it (the record is root's; the mapping follows the repo's owner, bob)
+    out=$(e2e_ct microvm-link vmssh --repo /home/bob/work --no-wait 2>&1) || fail "linking bob's repo failed: $out"
     e2e_wait_restarted vmssh "$b"
     e2e_ssh_wait vmssh >/dev/null || fail "vmssh gave no SSH banner after bob's link"
     out=$(e2e_ssh vmssh 'echo from-guest > /mnt/workspace/from-guest && ls -ln /mnt/workspace' 2>&1) || fail "the guest user could not write into bob's repo: $out"
