@@ -42,6 +42,34 @@ fn fixture(extra_vm_config: &str) -> Fx {
     fx
 }
 
+/// alice links her repo into vm1 (no restart); its entry.
+fn link_alice(fx: &Fx) -> std::path::PathBuf {
+    assert_ok(&link(
+        fx,
+        "/home/alice/repo",
+        ALICE,
+        &["vm1", "--no-restart"],
+    ));
+    fx.p(WS).join("vm1")
+}
+
+/// `microvm-link fetch ARGS` as alice in her repo, without sudo.
+fn fetch(fx: &Fx, args: &[&str]) -> Output {
+    Run::link(fx)
+        .drop_to(ALICE)
+        .cwd("/home/alice/repo")
+        .arg("fetch")
+        .args(args)
+        .output()
+}
+
+/// A config of one VM, vm1, sharing its entry over `proto`; `extra` opens its keys.
+fn one_vm(fx: &Fx, extra: &str, proto: &str) {
+    fx.config(&format!(
+        r#"{{"vms": {{"vm1": {{{extra}"shares": [{{"tag": "workspace", "proto": "{proto}", "source": "{WS}/vm1"}}]}}}}}}"#
+    ));
+}
+
 /// Nothing under `dir` is root's, by user or group: a set-id bit there is at most the
 /// linker's own (which they could set themselves).
 fn nothing_of_roots(dir: &Path) {
@@ -55,13 +83,7 @@ fn nothing_of_roots(dir: &Path) {
 fn through_a_link_the_guest_user_is_the_linker_and_guest_root_is_nobody() {
     in_mount_ns!(through_a_link_the_guest_user_is_the_linker_and_guest_root_is_nobody);
     let fx = fixture("");
-    assert_ok(&link(
-        &fx,
-        "/home/alice/repo",
-        ALICE,
-        &["vm1", "--no-restart"],
-    ));
-    let entry = fx.p(WS).join("vm1");
+    let entry = link_alice(&fx);
     let repo = fx.p("/home/alice/repo");
 
     // The guest sees alice's files as its user's (guest uid 1000, gid the same number as
@@ -163,13 +185,7 @@ fn a_second_user_and_a_second_guest_uid_map_to_their_own() {
 fn idmap_false_keeps_the_ids_and_says_so() {
     in_mount_ns!(idmap_false_keeps_the_ids_and_says_so);
     let fx = fixture(r#", "idmap": false"#);
-    assert_ok(&link(
-        &fx,
-        "/home/alice/repo",
-        ALICE,
-        &["vm1", "--no-restart"],
-    ));
-    let entry = fx.p(WS).join("vm1");
+    let entry = link_alice(&fx);
     // Ids pass through: root writes as root (what the VM's admin chose), still nosuid.
     std::fs::write(entry.join("by-root"), b"x").unwrap();
     assert_eq!(meta(&fx.p("/home/alice/repo/by-root")).0, 0);
@@ -191,13 +207,7 @@ fn idmap_false_keeps_the_ids_and_says_so() {
 fn a_plain_mount_left_by_an_older_version_is_remounted_idmapped_at_start() {
     in_mount_ns!(a_plain_mount_left_by_an_older_version_is_remounted_idmapped_at_start);
     let fx = fixture("");
-    assert_ok(&link(
-        &fx,
-        "/home/alice/repo",
-        ALICE,
-        &["vm1", "--no-restart"],
-    ));
-    let entry = fx.p(WS).join("vm1");
+    let entry = link_alice(&fx);
     // What the previous version left: a plain bind of the repo on the entry.
     let st = std::process::Command::new("umount")
         .arg("-R")
@@ -241,13 +251,7 @@ fn a_mount_made_on_a_link_never_appears_at_the_repos_own_path() {
             .unwrap()
             .success());
     }
-    assert_ok(&link(
-        &fx,
-        "/home/alice/repo",
-        ALICE,
-        &["vm1", "--no-restart"],
-    ));
-    let entry = fx.p(WS).join("vm1");
+    let entry = link_alice(&fx);
     // Something mounted on the link (what a guest-only view of .git would be)...
     let on = entry.join(".git");
     assert!(std::process::Command::new("mount")
@@ -282,9 +286,7 @@ fn repos_the_guest_could_not_work_in_are_refused_in_one_line() {
     assert_one_line_error(&out, &["VMs vm1", "vm2", "share entry vm1", "guestUid"]);
     assert!(!fx.p(WS).join(".links/vm1").exists());
     // A 9p share of the entry: qemu writes as the hypervisor user, whom the idmap does not map.
-    fx.config(&format!(
-        r#"{{"vms": {{"vm1": {{"shares": [{{"tag": "workspace", "proto": "9p", "source": "{WS}/vm1"}}]}}}}}}"#
-    ));
+    one_vm(&fx, r#""#, "9p");
     let out = link(&fx, "/home/alice/repo", ALICE, &["vm1", "--no-restart"]);
     assert_one_line_error(&out, &["VM vm1 shares entry vm1 over 9p", "idmap = false"]);
 }
@@ -334,13 +336,7 @@ fn the_guest_commits_in_its_own_git_dir_and_fetch_brings_it_home() {
     let fx = fixture("");
     let repo = real_repo(&fx);
     let config_before = std::fs::read(repo.join(".git/config")).unwrap();
-    assert_ok(&link(
-        &fx,
-        "/home/alice/repo",
-        ALICE,
-        &["vm1", "--no-restart"],
-    ));
-    let entry = fx.p(WS).join("vm1");
+    let entry = link_alice(&fx);
 
     // The guest's git works in its view: status clean, log shows the host's commit.
     let out = git_as(GUEST_UID, ALICE, &entry, "status --porcelain");
@@ -405,11 +401,7 @@ fn the_guest_commits_in_its_own_git_dir_and_fetch_brings_it_home() {
     assert!(mounts_under(&repo).is_empty(), "{:?}", mounts_under(&repo));
 
     // fetch, as alice (no root): the guest's branches arrive as refs/remotes/vm1/*.
-    let out = Run::link(&fx)
-        .drop_to(ALICE)
-        .cwd("/home/alice/repo")
-        .args(["fetch"])
-        .output();
+    let out = fetch(&fx, &[]);
     assert_ok(&out);
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -422,11 +414,7 @@ fn the_guest_commits_in_its_own_git_dir_and_fetch_brings_it_home() {
         "topic-amended\nguest-commit\nhost-commit"
     );
     // Again: nothing new.
-    let out = Run::link(&fx)
-        .drop_to(ALICE)
-        .cwd("/home/alice/repo")
-        .args(["fetch", "vm1"])
-        .output();
+    let out = fetch(&fx, &["vm1"]);
     assert_ok(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("vm1: up to date (2 branches"));
 }
@@ -436,13 +424,7 @@ fn readonly_and_shared_git_modes() {
     in_mount_ns!(readonly_and_shared_git_modes);
     let fx = fixture(r#", "git": "readonly""#);
     let repo = real_repo(&fx);
-    assert_ok(&link(
-        &fx,
-        "/home/alice/repo",
-        ALICE,
-        &["vm1", "--no-restart"],
-    ));
-    let entry = fx.p(WS).join("vm1");
+    let entry = link_alice(&fx);
     assert_ok(&git_as(GUEST_UID, ALICE, &entry, "status --porcelain"));
     let out = git_as(GUEST_UID, ALICE, &entry, "commit -q --allow-empty -m nope");
     assert!(!out.status.success(), "a commit through a read-only .git");
@@ -452,18 +434,12 @@ fn readonly_and_shared_git_modes() {
         &format!("mv '{0}/.git' '{0}/.git-old'", entry.display()),
     );
     assert!(!out.status.success(), "renamed a read-only .git");
-    let out = Run::link(&fx)
-        .drop_to(ALICE)
-        .cwd("/home/alice/repo")
-        .args(["fetch"])
-        .output();
+    let out = fetch(&fx, &[]);
     assert_ok(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("git = readonly"));
 
     // Switched to private in the config: the next start gives the guest its own git dir.
-    fx.config(&format!(
-        r#"{{"vms": {{"vm1": {{"git": "private", "shares": [{{"tag": "workspace", "proto": "virtiofs", "source": "{WS}/vm1"}}]}}}}}}"#
-    ));
+    one_vm(&fx, r#""git": "private", "#, "virtiofs");
     fx.prepare_ok("vm1");
     assert!(
         entry.join(".git/origin").exists(),
@@ -477,9 +453,7 @@ fn readonly_and_shared_git_modes() {
     ));
 
     // shared: the repo's own .git, and status says what that means.
-    fx.config(&format!(
-        r#"{{"vms": {{"vm1": {{"git": "shared", "shares": [{{"tag": "workspace", "proto": "virtiofs", "source": "{WS}/vm1"}}]}}}}}}"#
-    ));
+    one_vm(&fx, r#""git": "shared", "#, "virtiofs");
     fx.prepare_ok("vm1");
     assert!(
         !is_mountpoint(&entry.join(".git")),
@@ -549,13 +523,7 @@ fn fetch_reads_nothing_the_guest_points_it_to() {
     let secret_id =
         String::from_utf8(git_as(ALICE, ALICE, &secret, "rev-parse HEAD").stdout).unwrap();
     let secret_id = secret_id.trim();
-    assert_ok(&link(
-        &fx,
-        "/home/alice/repo",
-        ALICE,
-        &["vm1", "--no-restart"],
-    ));
-    let entry = fx.p(WS).join("vm1");
+    let entry = link_alice(&fx);
     // The guest (its user is alice through the idmap) swaps its objects dir for one whose
     // alternates name the secret repo, its refs for a symlink to the secret repo's, and tries
     // to give the host's git a config through `commondir`.
@@ -574,11 +542,7 @@ fn fetch_reads_nothing_the_guest_points_it_to() {
         ".\n",
         "the guest rewrote commondir"
     );
-    let out = Run::link(&fx)
-        .drop_to(ALICE)
-        .cwd("/home/alice/repo")
-        .args(["fetch"])
-        .output();
+    let out = fetch(&fx, &[]);
     assert_ok(&out);
     let has = git_as(ALICE, ALICE, &repo, &format!("cat-file -e {secret_id}"));
     assert!(
