@@ -778,14 +778,20 @@ rec {
         [ "${opt}.perVm.${showAttr vm} = ${quote dest}: the SSH destination ${problem}." ]
     ) (unique (vmNames ++ attrNames perVm));
 
-  # Names in services.microvm-workspaces.ssh.perVm that are no VM of
-  # microvm.vms: fine for a VM made imperatively, else a typo. Messages.
-  sshWarnings =
-    { perVm, vmNames }:
+  # Names under the per-VM option `option` that are no VM of microvm.vms:
+  # fine for a VM made imperatively, else a typo (one that leaves the real
+  # VM at the defaults). Messages.
+  unknownVmWarnings =
+    option: names: vmNames:
     map (
       vm:
-      "services.microvm-workspaces.ssh.perVm.${showAttr vm}: there is no VM ${quote vm} in microvm.vms, so config.json gains an entry for a VM of that name made imperatively (microvm -c); check the name."
-    ) (filter (vm: !builtins.elem vm vmNames) (attrNames perVm));
+      "${option}.${showAttr vm}: there is no VM ${quote vm} in microvm.vms, so config.json gains an entry for a VM of that name made imperatively (microvm -c); check the name."
+    ) (filter (vm: !builtins.elem vm vmNames) names);
+
+  # ... for services.microvm-workspaces.ssh.perVm.
+  sshWarnings =
+    { perVm, vmNames }:
+    unknownVmWarnings "services.microvm-workspaces.ssh.perVm" (attrNames perVm) vmNames;
 
   # A warning when config.json gives some VM a `vsock/<cid>` destination
   # (under either key) but the host's ssh client cannot follow it: `proxy`
@@ -857,15 +863,10 @@ rec {
       ) (unique (attrNames vms ++ attrNames settings))
     );
 
-  # Names in services.microvm-workspaces.vms that are no VM of microvm.vms:
-  # fine for a VM made imperatively, else a typo that leaves the real VM at
-  # the defaults. Messages.
+  # ... for services.microvm-workspaces.vms.
   guestWarnings =
     { settings, vmNames }:
-    map (
-      vm:
-      "services.microvm-workspaces.vms.${showAttr vm}: there is no VM ${quote vm} in microvm.vms, so config.json gains an entry for a VM of that name made imperatively (microvm -c); check the name."
-    ) (filter (vm: !builtins.elem vm vmNames) (attrNames settings));
+    unknownVmWarnings "services.microvm-workspaces.vms" (attrNames settings) vmNames;
 
   # Problems the Rust parser would reject config.json for, found in the
   # collected VMs: names, share tags and sources. A list of messages.
