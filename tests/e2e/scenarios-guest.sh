@@ -12,7 +12,7 @@ e2e_repo_state() {
 # ---------- the guest's root is nobody; git stays the host's ---------------
 
 s_guest_contained() {
-    local out before after repo=/home/alice/vmssh b
+    local out before after repo=/home/alice/vmssh b att bob_ids
     e2e_vmssh_repo
     e2e_ct rm -rf "$repo/.git"
     e2e_ct_as alice sh -c 'cd ~/vmssh && git init -q -b main && git add -A && git -c user.name=alice -c user.email=a@h commit -q -m host-commit' ||
@@ -65,10 +65,13 @@ s_guest_contained() {
     [ "$out" = "vmssh: 1 branch new or moved (main), under refs/remotes/vmssh/" ] || fail "fetch said: $out"
     [ "$(e2e_ct_as alice git -C "$repo" log -1 --format=%s vmssh/main)" = guest-commit ] || fail "vmssh/main is not the guest's commit"
 
-    step "root links bob's repo (bob: uid 1001, group 1001; the guest's user is 1000:1000, guestGid 1000); the guest user's files are bob's"
+    step "root links bob's repo (bob's uid and group are not 1000; the guest's user is 1000:1000, guestGid 1000); the guest user's files are bob's"
     trap e2e_config_restore EXIT
     e2e_config_edit '.vms.vmssh.guestGid = 1000'
-    e2e_ct sh -c "id bob >/dev/null 2>&1 || useradd -m -u 1001 -U bob" || fail "could not add bob"
+    # (17-upgraded-host-link may have made bob already, without a home)
+    e2e_ct sh -c "id bob >/dev/null 2>&1 || useradd -U bob; install -d -o bob -g bob -m 0755 /home/bob" || fail "could not add bob"
+    bob_ids=$(e2e_ct sh -c 'echo "$(id -u bob):$(id -g bob)"')
+    [ "${bob_ids%%:*}" != 1000 ] || fail "bob has the guest's uid 1000: not the case this step is about"
     e2e_ct_as bob sh -c 'mkdir -p ~/work && echo "bob'"'"'s" > ~/work/MARKER' || fail "could not make bob's repo"
     b=$(e2e_boot_count vmssh)
     # root links it (the record is root's; the mapping follows the repo's owner, bob)
@@ -76,5 +79,5 @@ s_guest_contained() {
     e2e_wait_restarted vmssh "$b"
     e2e_ssh_wait vmssh >/dev/null || fail "vmssh gave no SSH banner after bob's link"
     out=$(e2e_ssh vmssh 'echo from-guest > /mnt/workspace/from-guest && ls -ln /mnt/workspace' 2>&1) || fail "the guest user could not write into bob's repo: $out"
-    out=$(e2e_stat '%u:%g %U' /home/bob/work/from-guest) && [ "$out" = "1001:1001 bob" ] || fail "the guest's file is $out on the host, not bob's"
+    out=$(e2e_stat '%u:%g %U' /home/bob/work/from-guest) && [ "$out" = "$bob_ids bob" ] || fail "the guest's file is $out on the host, not bob's ($bob_ids)"
 }
