@@ -1004,6 +1004,26 @@ fn check_stale(tree: &Tree, cfg: &Config, root: &Root, out: &mut Vec<Finding>) {
     if !any {
         out.push(ok("stale", "no running VM is stale".into()));
     }
+    // Sources a linked repo could not serve at the last start (docs/design.md#fallback).
+    for r in &rows {
+        for s in r
+            .shares
+            .iter()
+            .filter(|s| s.kind == Some(crate::prepare::Kind::Fallback))
+        {
+            out.push(warn(
+                "fallback",
+                format!(
+                    "VM {} share {} ({}) got a placeholder at its last start: {}",
+                    r.vm,
+                    s.tag,
+                    s.path,
+                    s.showed_at_start.clone().unwrap_or_default()
+                ),
+                format!("make {} a directory in the linked repo (not a file, not a symlink out of it), then restart {}; the journal of its start says what was there", s.path, units::unit_name("microvm@", &r.vm)),
+            ));
+        }
+    }
 }
 
 /// VMs reached at `vsock/<cid>` (the NixOS module's default for a VM with a vsock CID) need

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::action::{Act, Action, Steps};
 use crate::chase::{Node, Tree, Trust, Walk};
-use crate::config::Config;
+use crate::config::{Config, Proto};
 use crate::dirs;
 use crate::entry::{entry_of, live_of, Workspace};
 use crate::paths::show;
@@ -33,6 +33,21 @@ pub enum Kind {
     CreatedInRepo,
     /// A live root: it follows every link change of its entry (docs/design.md#live-links).
     Live,
+    /// The repo linked at its entry cannot serve it (a file there, a symlink out of the
+    /// repo): a placeholder serves it, in this VM's namespace only (docs/design.md#fallback).
+    Fallback,
+}
+
+/// A share the linked repo could not serve, and where its placeholder goes: on `dir` (the
+/// deepest directory of the path that is one, inside the entry), a tmpfs holding `rest`.
+#[derive(Debug, Clone)]
+pub struct Fallback {
+    pub share: Share,
+    pub dir: PathBuf,
+    pub dir_id: (u64, u64),
+    pub rest: Vec<OsString>,
+    /// Why, in one line (the error that would have failed the start).
+    pub why: String,
 }
 
 /// One share after preparing: where its source resolved.
@@ -63,6 +78,10 @@ struct Ctx<'a> {
     /// Plan only: entries taken as linked to these repos (`None`: unlinked) whatever their
     /// records say (see [`plan_assuming`]).
     assumed: BTreeMap<OsString, Option<Node>>,
+    /// A VM's start: a source a linked repo cannot serve falls back (see [`Fallback`])
+    /// instead of failing the start. microvm-link's plan stays strict.
+    fall_back: bool,
+    fallbacks: Vec<Fallback>,
 }
 
 /// How to create what is missing below an existing directory.
@@ -93,6 +112,8 @@ impl<'a> Ctx<'a> {
             planned: BTreeMap::new(),
             ensured: Vec::new(),
             assumed: BTreeMap::new(),
+            fall_back: false,
+            fallbacks: Vec::new(),
         })
     }
 
@@ -155,7 +176,66 @@ impl<'a> Ctx<'a> {
             }
         } else if let Some(name) = entry_of(&self.cfg.workspace_dir, &share.path) {
             self.reconcile(name)?;
+            let linked = self.ws.as_ref().and_then(|ws| ws.shows_repo(name));
+            if let (true, Some(rec)) = (self.fall_back && share.proto == Proto::Virtiofs, linked) {
+                return match self.resolve(share, live.is_some()) {
+                    Err(e) => self.fallback(share, rec.owner, &e),
+                    ok => ok,
+                };
+            }
         }
+        self.resolve(share, live.is_some())
+    }
+
+    /// A source below a linked entry that its repo cannot serve: the placeholder to mount for
+    /// this VM, and a journal line naming the path and the link's owner.
+    fn fallback(
+        &mut self,
+        share: &Share,
+        owner: u32,
+        e: &anyhow::Error,
+    ) -> Result<Option<Prepared>> {
+        let entry_path = entry_of(&self.cfg.workspace_dir, &share.path)
+            .map(|n| self.cfg.workspace_dir.join(n))
+            .context("not below an entry")?;
+        let dir = share
+            .path
+            .ancestors()
+            .take_while(|a| a.starts_with(&entry_path))
+            .find_map(|a| match self.tree.walk(a, Trust::Owners) {
+                Ok(Walk::Found(n)) if n.is_dir() => Some(n),
+                _ => None,
+            })
+            .with_context(|| format!("{}: nothing of it is a directory", show(&share.path)))?;
+        let rest: Vec<OsString> = share
+            .path
+            .strip_prefix(&dir.path)
+            .unwrap_or(Path::new(""))
+            .iter()
+            .map(OsStr::to_os_string)
+            .collect();
+        let why = crate::logging::one_line(e);
+        tracing::warn!(vm = %self.steps.vm, tag = %share.tag, path = %show(&share.path), owner, action = "fallback",
+            "share {:?} source {} cannot be served from the repo linked by {}: {}; this VM gets a placeholder there",
+            share.tag, show(&share.path), crate::entry::user_label(owner), why);
+        self.fallbacks.push(Fallback {
+            share: share.clone(),
+            dir: dir.path.clone(),
+            dir_id: dir.id(),
+            rest,
+            why,
+        });
+        Ok(Some(Prepared {
+            share: share.clone(),
+            resolved: share.path.clone(),
+            dev: 0,
+            ino: 0,
+            kind: Kind::Fallback,
+        }))
+    }
+
+    /// The source as it is, made to exist where it may be (the body of [`Ctx::ensure_share`]).
+    fn resolve(&mut self, share: &Share, live: bool) -> Result<Option<Prepared>> {
         let path = self.redirected(&share.path);
         if self.dry_run() {
             // Below something this dry run already plans to create (or to replace by a
@@ -206,7 +286,7 @@ impl<'a> Ctx<'a> {
             }
         };
         let kind = created.unwrap_or_else(|| {
-            if live.is_some() {
+            if live {
                 Kind::Live
             } else if node.is_placeholder() {
                 Kind::Placeholder
@@ -331,12 +411,15 @@ pub struct Outcome {
     pub prepared: Vec<Prepared>,
     /// Steps taken, or in a dry run the steps it would take.
     pub actions: Vec<Action>,
+    /// Sources served by a placeholder in the VM's namespace ([`serve_fallbacks`]).
+    pub fallbacks: Vec<Fallback>,
 }
 
-/// Prepares every share of `vm`. With `dry_run`, changes nothing and returns the plan.
+/// Prepares every share of `vm` for its start. With `dry_run`, changes nothing and returns
+/// the plan. A source a linked repo cannot serve is a [`Fallback`], not a failed start.
 pub fn prepare_vm(tree: &Tree, cfg: &Config, vm: &str, dry_run: bool) -> Result<Outcome> {
     let shares = runner::shares(tree, cfg, vm).with_context(|| format!("VM {vm}"))?;
-    prepare_shares(tree, cfg, vm, &shares, dry_run)
+    prepare(tree, cfg, vm, &shares, dry_run, true)
 }
 
 /// Plans the given shares of `vm` as if workspace entries were already linked as `assume`
@@ -385,7 +468,19 @@ pub fn prepare_shares(
     shares: &[Share],
     dry_run: bool,
 ) -> Result<Outcome> {
+    prepare(tree, cfg, vm, shares, dry_run, false)
+}
+
+fn prepare(
+    tree: &Tree,
+    cfg: &Config,
+    vm: &str,
+    shares: &[Share],
+    dry_run: bool,
+    fall_back: bool,
+) -> Result<Outcome> {
     let mut look = Ctx::new(tree, cfg, vm, true)?;
+    look.fall_back = fall_back;
     let mut found = Vec::new();
     for s in shares {
         let r = look.ensure_share(s).with_context(|| share_label(vm, s))?;
@@ -395,9 +490,11 @@ pub fn prepare_shares(
         return Ok(Outcome {
             prepared: found.into_iter().flatten().collect(),
             actions: look.steps.actions,
+            fallbacks: look.fallbacks,
         });
     }
     let mut act = Ctx::new(tree, cfg, vm, false)?;
+    act.fall_back = fall_back;
     let _lock = act.ws.as_ref().expect("not a dry run").lock()?;
     let mut prepared = Vec::new();
     for s in shares {
@@ -407,7 +504,63 @@ pub fn prepare_shares(
     Ok(Outcome {
         prepared,
         actions: act.steps.actions,
+        fallbacks: act.fallbacks,
     })
+}
+
+/// Mounts each fallback's placeholder in the mount namespace this process is in now (the
+/// VM's `microvm-virtiofsd@` unit's own, never the host's: the repo's owner must not see a
+/// mount in their repo, and no other VM sharing the entry is affected). `root` opens the
+/// tree afresh, in this namespace; the directory must be the one found before (device and
+/// inode). A tmpfs holding `rest` (root 0755 directories, the leaf a placeholder) goes on it.
+pub fn serve_fallbacks(
+    root: &crate::paths::Root,
+    cfg: &Config,
+    fallbacks: &[Fallback],
+) -> Result<()> {
+    let tree = Tree::open(root)?;
+    let spec = PlaceholderSpec::from_config(cfg)?;
+    for f in fallbacks {
+        let what = || format!("placeholder for {}", show(&f.share.path));
+        let dir = match tree.walk(&f.dir, Trust::Owners).with_context(what)? {
+            Walk::Found(n) if n.is_dir() && n.id() == f.dir_id => n,
+            _ => bail!("{}: {} changed meanwhile", what(), show(&f.dir)),
+        };
+        use rustix::mount::{self as m, FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags};
+        let fs = m::fsopen("tmpfs", FsOpenFlags::FSOPEN_CLOEXEC).with_context(what)?;
+        m::fsconfig_set_string(&fs, "size", "64k").with_context(what)?;
+        m::fsconfig_set_string(&fs, "mode", "0755").with_context(what)?;
+        m::fsconfig_create(&fs).with_context(what)?;
+        let mnt = m::fsmount(
+            &fs,
+            FsMountFlags::FSMOUNT_CLOEXEC,
+            MountAttrFlags::MOUNT_ATTR_NOSUID
+                | MountAttrFlags::MOUNT_ATTR_NODEV
+                | MountAttrFlags::MOUNT_ATTR_NOEXEC,
+        )
+        .with_context(what)?;
+        let mut at = Node::open_at(
+            std::os::fd::AsFd::as_fd(&mnt),
+            OsStr::new("."),
+            f.dir.clone(),
+        )?;
+        for (i, name) in f.rest.iter().enumerate() {
+            at = if i + 1 == f.rest.len() {
+                placeholder::create(&at, name, spec)?
+            } else {
+                dirs::mkdir_as(&at, name, 0, 0)?
+            };
+        }
+        m::move_mount(
+            &mnt,
+            "",
+            std::os::fd::AsFd::as_fd(&dir.fd),
+            "",
+            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+        )
+        .with_context(what)?;
+    }
+    Ok(())
 }
 
 fn share_label(vm: &str, s: &Share) -> String {

@@ -25,6 +25,9 @@ pub enum Shows {
     Directory,
     /// Nothing, or not a directory.
     Missing,
+    /// A placeholder in the VM's own namespace: the repo linked (by `owner`) at its entry
+    /// could not serve the source (docs/design.md#fallback).
+    Fallback { owner: u32 },
 }
 
 impl Shows {
@@ -35,6 +38,10 @@ impl Shows {
             Shows::Repo { path, .. } => format!("repo {path}"),
             Shows::Directory => "directory".into(),
             Shows::Missing => "missing".into(),
+            Shows::Fallback { owner } => format!(
+                "placeholder ({}'s linked repo cannot serve it)",
+                owner_name(*owner)
+            ),
         }
     }
 
@@ -48,6 +55,7 @@ impl Shows {
             Shows::Repo { owner, .. } => format!("{}'s repo", owner_name(*owner)),
             Shows::Directory => "a directory".into(),
             Shows::Missing => "nothing".into(),
+            Shows::Fallback { .. } => "a placeholder of its own".into(),
         }
     }
 }
@@ -83,6 +91,10 @@ fn live_shows(tree: &Tree, cfg: &Config, path: &Path) -> Option<Shows> {
 pub fn at_start(tree: &Tree, cfg: &Config, p: &Prepared) -> Shows {
     if p.kind == Kind::Placeholder {
         return Shows::Placeholder;
+    }
+    if p.kind == Kind::Fallback {
+        let owner = linked_repo(tree, cfg, &p.share.path).map_or(0, |(_, o)| o);
+        return Shows::Fallback { owner };
     }
     if let Some(live) = live_shows(tree, cfg, &p.share.path) {
         return live;

@@ -228,7 +228,10 @@ fn share_status(
         inode: r.inode,
     });
     let live = live_of(&cfg.workspace_dir, Path::new(&path)).is_some();
-    let stale = !live && at_start.is_some() && at_start != now;
+    // A fallback placeholder is what the VM gets until the repo can serve the source: a
+    // restart would give the same, so it is never stale (status says it in words).
+    let fallback = rec.is_some_and(|r| r.kind == Kind::Fallback);
+    let stale = !live && !fallback && at_start.is_some() && at_start != now;
     // A record from before words: its kind still tells a placeholder.
     let showed = rec.and_then(|r| match &r.shows {
         Some(s) => Some(s.clone()),

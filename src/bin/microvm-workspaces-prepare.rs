@@ -38,13 +38,16 @@ fn main() -> ExitCode {
     // As Root decides it (`--root /` is the host); an invalid root is reported by run().
     // Root::from_args starts no thread.
     let rerooted = paths::Root::from_args(args.root.as_deref()).map_or(true, |r| r.is_rerooted());
+    // The unit's own namespace (PrivateTmp=), kept to serve fallbacks in (docs: fallback).
+    let own = std::fs::File::open("/proc/self/ns/mnt").ok();
     let joined = if !rerooted && !args.dry_run && systemd::run_by_systemd() {
         systemd::join_host_mount_namespace()
     } else {
         Ok(false)
     };
     logging::init(args.verbose);
-    match joined.and_then(|_| run(&args, &vm)) {
+    let own = own.filter(|_| matches!(joined, Ok(true)));
+    match joined.and_then(|_| run(&args, &vm, own)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("microvm-workspaces-prepare: {}", logging::one_line(&e));
@@ -53,7 +56,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: &Args, vm: &str) -> Result<()> {
+fn run(args: &Args, vm: &str, own_ns: Option<std::fs::File>) -> Result<()> {
     paths::check_name("VM", vm)?;
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     let root = paths::Root::from_args(args.root.as_deref())?;
@@ -81,5 +84,13 @@ fn run(args: &Args, vm: &str) -> Result<()> {
         actions = out.actions.len(),
         "prepared"
     );
+    // In the unit's own namespace only (microvm@'s prepare has none: virtiofsd's serves it).
+    if let (false, Some(ns)) = (out.fallbacks.is_empty(), own_ns) {
+        use std::os::fd::AsFd;
+        nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNS)
+            .context("cannot return to the unit's mount namespace")?;
+        prepare::serve_fallbacks(&root, &cfg, &out.fallbacks)
+            .with_context(|| format!("VM {vm}"))?;
+    }
     Ok(())
 }

@@ -1494,3 +1494,102 @@ fn a_repo_is_never_inside_the_workspace_dir() {
         Path::new("/home/alice/nixfiles")
     );
 }
+
+/// Issue 18, item 4: the holder of a shared entry puts a file (or a symlink out of the repo)
+/// where another VM shares from it. That VM still starts: its source falls back to a
+/// placeholder served in its own namespace (prepare's `serve_fallbacks`, here in this test's
+/// private mount namespace), a journal line names the path and the link's owner, and status
+/// and doctor say so. The repo is not touched and no mount appears in it.
+#[test]
+fn a_repo_that_cannot_serve_a_share_fails_no_other_vms_start() {
+    in_mount_ns!(a_repo_that_cannot_serve_a_share_fails_no_other_vms_start);
+    let fx = Fx::new();
+    fx.runner(
+        "nixfiles",
+        &[("n", b"/var/lib/microvm-workspaces/nixfiles")],
+    );
+    for vm in ["vm3", "vm4"] {
+        fx.runner(
+            vm,
+            &[(
+                "host",
+                format!("/var/lib/microvm-workspaces/nixfiles/hosts/microvms/{vm}").as_bytes(),
+            )],
+        );
+    }
+    fx.mkdir("/home/alice", ALICE, 0o755);
+    fx.repo("/home/alice/nixfiles", ALICE);
+    fx.mkdir("/home/alice/nixfiles/hosts", ALICE, 0o755);
+    fx.mkdir("/home/alice/nixfiles/hosts/microvms", ALICE, 0o755);
+    Run::link(&fx)
+        .user(ALICE)
+        .cwd("/home/alice/nixfiles")
+        .args(["nixfiles", "--no-restart"])
+        .ok();
+    // Afterwards, in the repo: a file where vm3 shares, a symlink out of it where vm4 does.
+    let hosts = fx.p("/home/alice/nixfiles/hosts/microvms");
+    for vm in ["vm3", "vm4"] {
+        let _ = std::fs::remove_dir(hosts.join(vm)); // made by the link for those VMs
+    }
+    std::fs::write(hosts.join("vm3"), b"not a directory").unwrap();
+    std::os::unix::fs::chown(hosts.join("vm3"), Some(ALICE), Some(ALICE)).unwrap();
+    std::os::unix::fs::symlink("/etc", hosts.join("vm4")).unwrap();
+    std::os::unix::fs::lchown(hosts.join("vm4"), Some(ALICE), Some(ALICE)).unwrap();
+    let before = snapshot(&fx.p("/home/alice/nixfiles"));
+    for (vm, why) in [("vm3", "is not a directory"), ("vm4", "/etc")] {
+        let out = fx.prepare(vm);
+        assert_ok(&out);
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            log.contains("cannot be served from the repo linked by uid 4242")
+                && log.contains("this VM gets a placeholder there")
+                && log.contains(why),
+            "{vm}: {log}"
+        );
+        assert_eq!(fx.record(vm)["shares"][0]["kind"], "fallback", "{vm}");
+    }
+    assert_eq!(
+        before,
+        snapshot(&fx.p("/home/alice/nixfiles")),
+        "the repo changed"
+    );
+    assert!(mounts_under(&fx.p("/home/alice")).is_empty());
+    let st = Run::link(&fx).args(["status", "--json"]).ok_stdout();
+    let st: serde_json::Value = serde_json::from_str(&st).unwrap();
+    let vm3 = st["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["vm"] == "vm3")
+        .unwrap();
+    assert_eq!(vm3["stale"], false, "{vm3:#}");
+    assert_eq!(
+        vm3["shares"][0]["showedAtStart"],
+        "placeholder (uid 4242's linked repo cannot serve it)"
+    );
+    let doc = Run::link(&fx).args(["doctor"]).output();
+    let doc = String::from_utf8_lossy(&doc.stdout);
+    assert!(
+        doc.contains("VM vm3 share host") && doc.contains("got a placeholder at its last start"),
+        "{doc}"
+    );
+
+    // What prepare does in the unit's namespace: a placeholder on the deepest directory.
+    let tree = api::Tree::open(&api::Root::from_args(Some(fx.root())).unwrap()).unwrap();
+    let cfg = api::Config::load(&tree).unwrap();
+    let out = api::prepare_vm(&tree, &cfg, "vm3", false).unwrap();
+    assert_eq!(out.fallbacks.len(), 1);
+    api::serve_fallbacks(
+        &api::Root::from_args(Some(fx.root())).unwrap(),
+        &cfg,
+        &out.fallbacks,
+    )
+    .unwrap();
+    let served = fx.p("/var/lib/microvm-workspaces/nixfiles/hosts/microvms/vm3");
+    assert!(
+        served.is_dir() && is_marked(&served),
+        "no placeholder at {}",
+        served.display()
+    );
+    assert_eq!(meta(&served), (0, 0, 0o555));
+}
