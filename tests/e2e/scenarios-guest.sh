@@ -81,3 +81,39 @@ s_guest_contained() {
     out=$(e2e_ssh vmssh 'echo from-guest > /mnt/workspace/from-guest && ls -ln /mnt/workspace' 2>&1) || fail "the guest user could not write into bob's repo: $out"
     out=$(e2e_stat '%u:%g %U' /home/bob/work/from-guest) && [ "$out" = "$bob_ids bob" ] || fail "the guest's file is $out on the host, not bob's ($bob_ids)"
 }
+
+# ---------- issue 18, item 4: a repo's contents fail no other VM's start ----
+
+# alice holds nixfiles, which vm3 shares from (hosts/microvms/vm3). She puts
+# a file there. vm3 still starts: its virtiofsd unit's prepare serves a
+# placeholder in that unit's own mount namespace; the repo and the host's
+# namespace are untouched; the journal names the path and alice; status and
+# doctor say so.
+s_fallback_placeholder() {
+    local out before
+    e2e_repo nixfiles "alice's nixfiles"
+    e2e_link_as_alice nixfiles --no-restart || fail "microvm-link as alice failed: $(tail -n 3 "$E2E_RUN/link.out" | tr '\n' ' ')"
+    step "alice puts a file where vm3 shares from her repo"
+    e2e_ct_as alice sh -c 'rmdir ~/nixfiles/hosts/microvms/vm3 2>/dev/null; mkdir -p ~/nixfiles/hosts/microvms && echo "not a directory" > ~/nixfiles/hosts/microvms/vm3' ||
+        fail "could not put the file in place"
+    before=$(e2e_ct sh -c 'cd /home/alice/nixfiles && find . -printf "%p %y %U %m\n" | sort')
+    step "vm3 starts anyway, with a placeholder for that share"
+    e2e_start_ok vm3
+    e2e_expect_mounted vm3 nixfiles host
+    e2e_expect_guest vm3 host ls ""
+    e2e_expect_guest vm3 host write-as-uid1000 denied
+    e2e_expect_guest vm3 nixfiles "read marker" "alice's nixfiles"
+    out=$(e2e_ct journalctl -b -u microvm-virtiofsd@vm3.service --no-pager -o cat | grep 'this VM gets a placeholder there') ||
+        fail "no journal line about the placeholder"
+    echo "$out"
+    grep -q "linked by alice (uid 1000)" <<<"$out" || fail "the journal line does not name alice: $out"
+    step "the repo and the host's namespace are untouched"
+    [ "$before" = "$(e2e_ct sh -c 'cd /home/alice/nixfiles && find . -printf "%p %y %U %m\n" | sort')" ] || fail "the repo changed"
+    out=$(e2e_ct findmnt -rn -o TARGET | grep -E "^(/home/alice|$E2E_WS/nixfiles/)" || true)
+    [ -z "$out" ] || fail "a mount in the host's namespace: $out"
+    out=$(e2e_status_json vm3) || fail "status --json failed"
+    [ "$(echo "$out" | e2e_jq -r '.vms[0].shares[] | select(.tag == "host") | .showedAtStart')" = "placeholder (alice's linked repo cannot serve it)" ] ||
+        fail "status does not say it: $out"
+    out=$(e2e_ct microvm-link doctor 2>&1 || true)
+    grep -q "VM vm3 share host .* got a placeholder at its last start" <<<"$out" || fail "doctor does not say it: $out"
+}
