@@ -90,7 +90,7 @@ s_guest_contained() {
 # namespace are untouched; the journal names the path and alice; status and
 # doctor say so.
 s_fallback_placeholder() {
-    local out before
+    local out before b
     e2e_repo nixfiles "alice's nixfiles"
     e2e_link_as_alice nixfiles --no-restart || fail "microvm-link as alice failed: $(tail -n 3 "$E2E_RUN/link.out" | tr '\n' ' ')"
     step "alice puts a file where vm3 shares from her repo"
@@ -98,7 +98,13 @@ s_fallback_placeholder() {
         fail "could not put the file in place"
     before=$(e2e_ct sh -c 'cd /home/alice/nixfiles && find . -printf "%p %y %U %m\n" | sort')
     step "vm3 starts anyway, with a placeholder for that share"
-    e2e_start_ok vm3
+    b=$(e2e_boot_count vm3)
+    if ! out=$(e2e_ct systemctl start microvm@vm3.service 2>&1); then
+        e2e_ct journalctl -b -u microvm-virtiofsd@vm3.service -u microvm@vm3.service --no-pager -o cat | tail -n 30
+        fail "systemctl start microvm@vm3 failed: $out"
+    fi
+    e2e_wait_probed vm3 $((b + 1)) 120 || fail "vm3 did not boot and probe its shares"
+    e2e_last_boot vm3
     e2e_expect_mounted vm3 nixfiles host
     e2e_expect_guest vm3 host ls ""
     e2e_expect_guest vm3 host write-as-uid1000 denied
