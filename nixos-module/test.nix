@@ -323,7 +323,7 @@ in
             host.succeed(f"test -f /run/systemd/generator/{unit}.service.d/50-microvm-workspaces.conf")
             host.succeed(
                 f"systemctl cat {unit}vm1.service"
-                " | grep -F 'ExecStartPre=+' | grep -F '/libexec/microvm-workspaces-prepare %i'"
+                " | grep -F 'ExecStartPre=+' | grep -E '/libexec/microvm-workspaces-prepare (--serve-fallbacks )?%i'"
             )
         host.succeed("command -v microvm-link")
         cfg = json.loads(host.succeed("cat /etc/microvm-workspaces/config.json"))

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -508,17 +509,19 @@ fn prepare(
     })
 }
 
-/// Mounts each fallback's placeholder in the mount namespace this process is in now (the
-/// VM's `microvm-virtiofsd@` unit's own, never the host's: the repo's owner must not see a
-/// mount in their repo, and no other VM sharing the entry is affected). `root` opens the
-/// tree afresh, in this namespace; the directory must be the one found before (device and
-/// inode). A tmpfs holding `rest` (root 0755 directories, the leaf a placeholder) goes on it.
-pub fn serve_fallbacks(
-    root: &crate::paths::Root,
-    cfg: &Config,
-    fallbacks: &[Fallback],
-) -> Result<()> {
-    let tree = Tree::open(root)?;
+/// The `source` of a fallback placeholder's tmpfs, by which [`release_fallbacks`] finds it.
+fn fallback_source(vm: &str) -> String {
+    format!("microvm-workspaces-fallback:{vm}")
+}
+
+/// Mounts each fallback's placeholder: a small tmpfs holding the rest of the path (root 0755
+/// directories, the leaf a placeholder) on the deepest directory of it that is one (the same
+/// directory, by device and inode, as found before). It goes below a workspace entry, whose
+/// mount is private: nothing propagates to another namespace, and the repo's own path never
+/// shows it. `microvm-virtiofsd@`'s namespace, made when virtiofsd starts, copies it; its
+/// `ExecStartPost=` and `ExecStopPost=` ([`release_fallbacks`]) then take it off the host's.
+pub fn serve_fallbacks(tree: &Tree, cfg: &Config, vm: &str, fallbacks: &[Fallback]) -> Result<()> {
+    release_fallbacks(vm)?;
     let spec = PlaceholderSpec::from_config(cfg)?;
     for f in fallbacks {
         let what = || format!("placeholder for {}", show(&f.share.path));
@@ -528,6 +531,7 @@ pub fn serve_fallbacks(
         };
         use rustix::mount::{self as m, FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags};
         let fs = m::fsopen("tmpfs", FsOpenFlags::FSOPEN_CLOEXEC).with_context(what)?;
+        m::fsconfig_set_string(&fs, "source", fallback_source(vm)).with_context(what)?;
         m::fsconfig_set_string(&fs, "size", "64k").with_context(what)?;
         m::fsconfig_set_string(&fs, "mode", "0755").with_context(what)?;
         m::fsconfig_create(&fs).with_context(what)?;
@@ -559,8 +563,60 @@ pub fn serve_fallbacks(
             MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
         )
         .with_context(what)?;
+        crate::failpoint::step("fallback placeholder");
     }
     Ok(())
+}
+
+/// Detaches `vm`'s fallback placeholders from this mount namespace (found by their tmpfs
+/// source in /proc/self/mountinfo; each checked to be a mount root before it goes).
+pub fn release_fallbacks(vm: &str) -> Result<()> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").context("/proc/self/mountinfo")?;
+    let source = fallback_source(vm);
+    for line in info.lines() {
+        let Some((head, tail)) = line.split_once(" - ") else {
+            continue;
+        };
+        if tail.split(' ').nth(1) != Some(source.as_str()) {
+            continue;
+        }
+        let Some(at) = head.split(' ').nth(4) else {
+            continue;
+        };
+        if let Ok(f) = std::fs::File::open(unescape_mountinfo(at)) {
+            if crate::chase::is_mount_root(std::os::fd::AsFd::as_fd(&f))? {
+                let _ = rustix::mount::unmount(
+                    crate::chase::proc_path(std::os::fd::AsFd::as_fd(&f)),
+                    rustix::mount::UnmountFlags::DETACH,
+                );
+                crate::failpoint::step("release fallback");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A path as /proc/self/mountinfo writes it (space, tab, newline, backslash as `\ooo`).
+fn unescape_mountinfo(s: &str) -> PathBuf {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (b[i], octal) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    PathBuf::from(std::ffi::OsString::from_vec(out))
 }
 
 fn share_label(vm: &str, s: &Share) -> String {

@@ -14,8 +14,9 @@ use crate::paths::{self, show, Root};
 
 const TEMPLATE_DROPIN: &str = include_str!("../units/50-microvm-workspaces.conf.in");
 const INSTANCE_DROPIN: &str = include_str!("../units/instance.conf.in");
-/// Added to virtiofsd's template drop-in (docs/design.md#idmap: device nodes).
-const VIRTIOFSD_EXTRA: &str = include_str!("../units/virtiofsd-nodevices.conf.in");
+/// virtiofsd's: fallback placeholders (docs/design.md#fallback), no device nodes
+/// (docs/design.md#guest-git).
+const VIRTIOFSD_DROPIN: &str = include_str!("../units/50-microvm-workspaces-virtiofsd.conf.in");
 /// Drop-in file name, systemd style: `50-<name>.conf`.
 pub const DROPIN_NAME: &str = "50-microvm-workspaces.conf";
 /// The per-VM drop-in must have another name: a drop-in in `microvm@vm1.service.d/` with
@@ -170,12 +171,13 @@ pub fn generate(root: &Root, env: &GenEnv, out: &Path, prepare: &Path) -> Result
     let prepare_str = prepare
         .to_str()
         .with_context(|| format!("the prepare path {} is not valid UTF-8", show(prepare)))?;
-    let template = TEMPLATE_DROPIN.replace("@PREPARE@", &unit_word(prepare_str, true));
+    let word = unit_word(prepare_str, true);
+    let template = TEMPLATE_DROPIN.replace("@PREPARE@", &word);
     let mut wrote = Vec::new();
     for t in TEMPLATES {
         let rel = Path::new(&format!("{t}.service.d")).join(DROPIN_NAME);
         let text = match t {
-            "microvm-virtiofsd@" => format!("{template}{VIRTIOFSD_EXTRA}"),
+            "microvm-virtiofsd@" => VIRTIOFSD_DROPIN.replace("@PREPARE@", &word),
             _ => template.clone(),
         };
         write_new(out, &rel, &text)?;

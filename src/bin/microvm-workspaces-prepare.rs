@@ -21,6 +21,13 @@ struct Args {
     /// Take every absolute path under DIR (also MICROVM_WORKSPACES_ROOT).
     #[arg(long, value_name = "DIR")]
     root: Option<PathBuf>,
+    /// Mount a placeholder where a linked repo cannot serve a source (microvm-virtiofsd@'s
+    /// start: its namespace, made after, keeps it; `--release` takes it off the host's).
+    #[arg(long)]
+    serve_fallbacks: bool,
+    /// Only detach VM's fallback placeholders from this namespace (ExecStartPost/StopPost).
+    #[arg(long, conflicts_with = "serve_fallbacks")]
+    release: bool,
     /// Print what would be done; change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -38,16 +45,13 @@ fn main() -> ExitCode {
     // As Root decides it (`--root /` is the host); an invalid root is reported by run().
     // Root::from_args starts no thread.
     let rerooted = paths::Root::from_args(args.root.as_deref()).map_or(true, |r| r.is_rerooted());
-    // The unit's own namespace (PrivateTmp=), kept to serve fallbacks in (docs: fallback).
-    let own = std::fs::File::open("/proc/self/ns/mnt").ok();
     let joined = if !rerooted && !args.dry_run && systemd::run_by_systemd() {
         systemd::join_host_mount_namespace()
     } else {
         Ok(false)
     };
     logging::init(args.verbose);
-    let own = own.filter(|_| matches!(joined, Ok(true)));
-    match joined.and_then(|_| run(&args, &vm, own)) {
+    match joined.and_then(|_| run(&args, &vm)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("microvm-workspaces-prepare: {}", logging::one_line(&e));
@@ -56,8 +60,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: &Args, vm: &str, own_ns: Option<std::fs::File>) -> Result<()> {
+fn run(args: &Args, vm: &str) -> Result<()> {
     paths::check_name("VM", vm)?;
+    if args.release {
+        return prepare::release_fallbacks(vm);
+    }
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     let root = paths::Root::from_args(args.root.as_deref())?;
     let tree = Tree::open(&root)?;
@@ -84,12 +91,8 @@ fn run(args: &Args, vm: &str, own_ns: Option<std::fs::File>) -> Result<()> {
         actions = out.actions.len(),
         "prepared"
     );
-    // In the unit's own namespace only (microvm@'s prepare has none: virtiofsd's serves it).
-    if let (false, Some(ns)) = (out.fallbacks.is_empty(), own_ns) {
-        use std::os::fd::AsFd;
-        nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNS)
-            .context("cannot return to the unit's mount namespace")?;
-        prepare::serve_fallbacks(&root, &cfg, &out.fallbacks)
+    if args.serve_fallbacks {
+        prepare::serve_fallbacks(&tree, &cfg, vm, &out.fallbacks)
             .with_context(|| format!("VM {vm}"))?;
     }
     Ok(())

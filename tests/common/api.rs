@@ -9,6 +9,6 @@ pub use microvm_workspaces::failpoint::FAILPOINT_ENV;
 pub use microvm_workspaces::flow::{derive_vm_name, repo_root};
 pub use microvm_workspaces::logging::one_line;
 pub use microvm_workspaces::paths::{check_name, normalize, Root};
-pub use microvm_workspaces::prepare::{prepare_vm, serve_fallbacks};
+pub use microvm_workspaces::prepare::prepare_vm;
 pub use microvm_workspaces::runner::shares;
 pub use microvm_workspaces::units::{generate, mangle, unmangle, GenEnv, Generated};

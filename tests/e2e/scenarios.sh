@@ -458,8 +458,8 @@ s_reload_reboot() {
     echo "$out"
     echo "$out" | grep -q 'microvm-workspaces-generator' || fail "systemctl cat microvm@vm1 shows no drop-in naming the generator"
     echo "$out" | grep -q "^ExecStartPre=+$E2E_PREPARE_PATH %i" || fail "systemctl cat microvm@vm1 lacks ExecStartPre=+$E2E_PREPARE_PATH %i"
-    e2e_ct systemctl cat microvm-virtiofsd@vm1.service | grep -q "^ExecStartPre=+$E2E_PREPARE_PATH %i" ||
-        fail "systemctl cat microvm-virtiofsd@vm1 lacks ExecStartPre=+$E2E_PREPARE_PATH %i"
+    e2e_ct systemctl cat microvm-virtiofsd@vm1.service | grep -q "^ExecStartPre=+$E2E_PREPARE_PATH --serve-fallbacks %i" ||
+        fail "systemctl cat microvm-virtiofsd@vm1 lacks ExecStartPre=+$E2E_PREPARE_PATH --serve-fallbacks %i"
     e2e_repo vm1 "alice's vm1 repo"
     e2e_link_as_alice vm1 --no-restart || fail "microvm-link --no-restart failed"
     e2e_start_ok vm1

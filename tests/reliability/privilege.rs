@@ -1574,17 +1574,9 @@ fn a_repo_that_cannot_serve_a_share_fails_no_other_vms_start() {
         "{doc}"
     );
 
-    // What prepare does in the unit's namespace: a placeholder on the deepest directory.
-    let tree = api::Tree::open(&api::Root::from_args(Some(fx.root())).unwrap()).unwrap();
-    let cfg = api::Config::load(&tree).unwrap();
-    let out = api::prepare_vm(&tree, &cfg, "vm3", false).unwrap();
-    assert_eq!(out.fallbacks.len(), 1);
-    api::serve_fallbacks(
-        &api::Root::from_args(Some(fx.root())).unwrap(),
-        &cfg,
-        &out.fallbacks,
-    )
-    .unwrap();
+    // What prepare --serve-fallbacks does for virtiofsd's start: a placeholder on the deepest
+    // directory, below the entry (never at the repo's path); --release takes it off again.
+    Run::prepare(&fx, "vm3").arg("--serve-fallbacks").ok();
     let served = fx.p("/var/lib/microvm-workspaces/nixfiles/hosts/microvms/vm3");
     assert!(
         served.is_dir() && is_marked(&served),
@@ -1592,4 +1584,12 @@ fn a_repo_that_cannot_serve_a_share_fails_no_other_vms_start() {
         served.display()
     );
     assert_eq!(meta(&served), (0, 0, 0o555));
+    assert!(mounts_under(&fx.p("/home/alice")).is_empty());
+    assert_eq!(
+        before,
+        snapshot(&fx.p("/home/alice/nixfiles")),
+        "the repo changed"
+    );
+    Run::prepare(&fx, "vm3").arg("--release").ok();
+    assert!(!served.is_dir(), "still served after --release");
 }
