@@ -30,7 +30,9 @@ trap cleanup EXIT
 gcc -O2 -static -o "$W/noop" "$here/noop.c"
 
 R=$W/root
+chmod 0755 "$W"
 mkdir -p "$R/etc/microvm-workspaces" "$R/home/u"
+chmod 0755 "$R" "$R/home"
 chown 4242:4242 "$R/home/u"
 cat > "$R/etc/microvm-workspaces/config.json" <<'EOF'
 {"vms": {
@@ -39,7 +41,7 @@ cat > "$R/etc/microvm-workspaces/config.json" <<'EOF'
 }}
 EOF
 for c in a b; do
-    setpriv --reuid=4242 --regid=4242 --clear-groups sh -c '
+    HOME=/nonexistent setpriv --reuid=4242 --regid=4242 --clear-groups sh -c '
         set -e; mkdir -p "$1" && cd "$1" && git init -q -b main
         i=0; while [ $i -lt "$2" ]; do mkdir -p "d$((i % 50))"; echo "$i" > "d$((i % 50))/f$i"; i=$((i + 1)); done
         git add -A && git -c user.name=u -c user.email=u@h commit -q -m base' sh "$R/home/u/$c" "$FILES"
@@ -48,7 +50,7 @@ relink() { # VM: link the other checkout than last time
     local vm=$1 f=$W/last-$1 next=a
     [ "$(cat "$f" 2>/dev/null)" = a ] && next=b
     echo "$next" > "$f"
-    "$LINK" --root "$R" --user 4242 "$vm" --repo "/home/u/$next" --no-restart >/dev/null
+    "$LINK" --root "$R" --user 4242 "$vm" --repo "$R/home/u/$next" --no-restart >/dev/null
 }
 export -f relink
 export LINK R W

@@ -231,8 +231,21 @@ fn unshare_program() -> Result<PathBuf> {
 
 /// A user namespace whose maps are `m`: `host_uid` inside is `guest_uid` outside (and so for
 /// the gids). For idmapped mounts the inside is the file system's side: the kernel maps an
-/// owner on disk *down* through these maps to what the mount shows.
+/// owner on disk *down* through these maps to what the mount shows. Made once per mapping
+/// in a process (a view is up to eight mounts with one mapping; each `unshare` costs a
+/// process start).
 pub fn userns(m: &IdMap) -> Result<OwnedFd> {
+    static MADE: std::sync::Mutex<Vec<(IdMap, OwnedFd)>> = std::sync::Mutex::new(Vec::new());
+    let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, fd)) = made.iter().find(|(k, _)| k == m) {
+        return Ok(fd.try_clone()?);
+    }
+    let fd = new_userns(m)?;
+    made.push((*m, fd.try_clone()?));
+    Ok(fd)
+}
+
+fn new_userns(m: &IdMap) -> Result<OwnedFd> {
     let mut child = Command::new(unshare_program()?)
         .args(["--user", "--", "cat"])
         .stdin(Stdio::piped())
