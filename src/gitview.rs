@@ -165,11 +165,20 @@ fn view_git(
             idmap::mount_repo(dotgit, &on, ids, true)?;
         }
         GitMode::Private => {
-            if !private_possible(dotgit)? {
-                // (docs/design.md#guest-git)
-                idmap::mount_repo(dotgit, &on, ids, true)?;
-            } else {
-                let own = private_dir(tree, ws, name, repo, dotgit)?;
+            // A git dir it cannot start from (docs/design.md#guest-git), or one it cannot copy
+            // (a file of root's in it, left by `sudo git`): the read-only view, said once.
+            let own = match private_possible(dotgit) {
+                Ok(true) => private_dir(tree, ws, name, repo, dotgit).map(Some),
+                Ok(false) => Ok(None),
+                Err(e) => Err(e),
+            }
+            .unwrap_or_else(|e| {
+                tracing::warn!(path = %show(&dotgit.path), action = "git-readonly",
+                    "the guest gets {} read-only instead of a git dir of its own: {}",
+                    show(&dotgit.path), crate::logging::one_line(&e));
+                None
+            });
+            if let Some(own) = own {
                 let g = idmap::mount_repo(&own, &on, ids, false)?;
                 // What is root's in it stays so in the guest's view: each a read-only
                 // mount point, which the guest can neither write nor rename away.
@@ -190,6 +199,8 @@ fn view_git(
                 )
                 .context("host-objects")?;
                 idmap::mount_repo(&objects, &ho, ids, true)?;
+            } else {
+                idmap::mount_repo(dotgit, &on, ids, true)?;
             }
         }
         GitMode::Shared => unreachable!("shared mounts no .git"),
@@ -315,7 +326,7 @@ pub fn private_dir(
                         .iter()
                         .all(|r| own_child(g, r).is_ok_and(|n| n.uid() == 0))
                 })
-                .and_then(|g| read_small(&g, OsStr::new(ORIGIN), 4096).ok())
+                .and_then(|g| read_small(&g, OsStr::new(ORIGIN), 4096, 0).ok())
                 .is_some_and(|o| o == origin_of(repo).as_bytes());
         if same {
             return Ok(mine.child(OsStr::new(GIT))?);
@@ -512,16 +523,16 @@ fn copy_refs(from: &Node, to: &Node, owner: (u32, u32), depth: u32) -> Result<()
 }
 
 /// The content of regular file `name` in `dir` (not following a symlink), at most `max`
-/// bytes; `None` when there is none.
+/// bytes, owned by `dir`'s owner; `None` when there is none.
 fn read_opt(dir: &Node, name: &OsStr, max: u64) -> Result<Option<Vec<u8>>> {
-    match read_small(dir, name, max) {
+    match read_small(dir, name, max, dir.uid()) {
         Ok(b) => Ok(Some(b)),
         Err(e) if e.downcast_ref::<Errno>() == Some(&Errno::ENOENT) => Ok(None),
         Err(e) => Err(e),
     }
 }
 
-fn read_small(dir: &Node, name: &OsStr, max: u64) -> Result<Vec<u8>> {
+fn read_small(dir: &Node, name: &OsStr, max: u64, owner: u32) -> Result<Vec<u8>> {
     let fd = openat(
         &dir.fd,
         name,
@@ -531,6 +542,15 @@ fn read_small(dir: &Node, name: &OsStr, max: u64) -> Result<Vec<u8>> {
     let st = nix::sys::stat::fstat(&fd)?;
     if !chase::is_regular(&st) {
         bail!("{} is not a regular file", show(&dir.path.join(name)));
+    }
+    // Root copies it where the repo's owner reads it: never a file of someone else's (a hard
+    // link to one, where the kernel allows making it).
+    if st.st_uid != owner {
+        bail!(
+            "{} is owned by uid {}, not {owner}",
+            show(&dir.path.join(name)),
+            st.st_uid
+        );
     }
     if st.st_size as u64 > max {
         bail!("{} is larger than {max} bytes", show(&dir.path.join(name)));

@@ -553,3 +553,28 @@ fn fetch_reads_nothing_the_guest_points_it_to() {
     let refs = git_as(ALICE, ALICE, &repo, "for-each-ref refs/remotes");
     assert_eq!(String::from_utf8_lossy(&refs.stdout), "", "{refs:?}");
 }
+
+#[test]
+fn a_git_dir_with_a_file_of_roots_gets_the_read_only_view_never_a_copy_of_it() {
+    in_mount_ns!(a_git_dir_with_a_file_of_roots_gets_the_read_only_view_never_a_copy_of_it);
+    let fx = fixture("");
+    let repo = real_repo(&fx);
+    // What `sudo git add` leaves: the index root's. Root must not copy a file of someone
+    // else's where the repo's owner reads it; the guest gets .git read-only instead.
+    std::os::unix::fs::chown(repo.join(".git/index"), Some(0), Some(0)).unwrap();
+    let out = link(&fx, "/home/alice/repo", ALICE, &["vm1", "--no-restart"]);
+    assert_ok(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("read-only instead of a git dir of its own") && err.contains("owned by uid 0"),
+        "{err}"
+    );
+    let entry = fx.p(WS).join("vm1");
+    assert!(
+        !entry.join(".git/origin").exists(),
+        "a private git dir was made"
+    );
+    assert!(is_mountpoint(&entry.join(".git")));
+    let out = git_as(GUEST_UID, ALICE, &entry, "commit -q --allow-empty -m nope");
+    assert!(!out.status.success(), "a commit through the read-only .git");
+}

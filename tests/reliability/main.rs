@@ -99,6 +99,10 @@ fn link_base() -> Rig {
         &format!("{B}/.git/refs/heads/main"),
         format!("{}\n", "a".repeat(40)).as_bytes(),
     );
+    for f in ["HEAD", "refs/heads/main"] {
+        let p = fx.p(&format!("{B}/.git/{f}"));
+        std::os::unix::fs::chown(p, Some(ALICE), Some(ALICE)).unwrap();
+    }
     fx
 }
 
