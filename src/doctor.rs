@@ -184,7 +184,7 @@ pub fn run(root: &Root, caller: u32, host: &dyn Host) -> Result<Vec<Finding>> {
     check_sudo(root, &tree, caller, host, &mut sudo);
     // Trying an idmapped mount takes root; the workspace dir is root's, not the caller's.
     let mut idmap = Vec::new();
-    check_idmap_support(&tree, &mut idmap);
+    check_idmap_support(&tree, caller, &mut idmap);
     host.drop_to(caller)?;
     let cfg = check_config(&tree, &mut out);
     let vms = runner::known_vms(&tree, &cfg);
@@ -206,7 +206,7 @@ pub fn run(root: &Root, caller: u32, host: &dyn Host) -> Result<Vec<Finding>> {
 /// Can the workspace dir's file system make idmapped mounts? (A detached clone is idmapped
 /// and dropped; nothing is attached.) A repo on a file system that cannot is refused at link
 /// time, naming it.
-fn check_idmap_support(tree: &Tree, out: &mut Vec<Finding>) {
+fn check_idmap_support(tree: &Tree, caller: u32, out: &mut Vec<Finding>) {
     let Ok(cfg) = Config::load(tree) else { return };
     if !cfg.vms.values().any(|v| v.idmap) && !cfg.vms.is_empty() {
         return;
@@ -239,10 +239,53 @@ fn check_idmap_support(tree: &Tree, out: &mut Vec<Finding>) {
                 show(&dir.path),
                 crate::logging::one_line(&e)
             ),
-            "use Linux 5.12+ and ext4, xfs, btrfs, tmpfs (6.3+) or ZFS 2.2+ for repos and the workspace dir, or set idmap = false for the VMs (their guests' root is then root on linked repos)",
+            IDMAP_FIX,
         )),
     }
+    // The linked repos (the caller's own, through sudo), whose file systems the link mounts
+    // clone: a clone is idmapped and dropped, never attached.
+    let Ok(Some(ws)) = Workspace::find(tree, &cfg) else {
+        return;
+    };
+    let Ok(Some(links)) = ws.links() else { return };
+    let (mut fine, mut tried) = (0, 0);
+    for name in crate::chase::list_dir(&links).unwrap_or_default() {
+        let Ok(Some(rec)) = crate::entry::read_record(Some(&links), &name) else {
+            continue;
+        };
+        let mapped = ws
+            .guest_of(&name)
+            .is_ok_and(|g| g.ids != crate::idmap::Guest::Plain);
+        if !mapped || (caller != 0 && rec.owner != caller) {
+            continue;
+        }
+        let crate::entry::RepoNow::Found(repo) = ws.repo_now(&rec) else {
+            continue;
+        };
+        tried += 1;
+        match crate::idmap::try_idmap(&repo) {
+            Ok(()) => fine += 1,
+            Err(e) => out.push(fail(
+                "idmap",
+                format!(
+                    "repo {} (linked at {}) cannot carry idmapped mounts: {}; its next mount will fail",
+                    show(&repo.path),
+                    show(&ws.path().join(&name)),
+                    crate::logging::one_line(&e)
+                ),
+                IDMAP_FIX,
+            )),
+        }
+    }
+    if tried > 0 && fine == tried {
+        out.push(ok(
+            "idmap",
+            format!("the file systems of {fine} linked repos can carry idmapped mounts"),
+        ));
+    }
 }
+
+const IDMAP_FIX: &str = "use Linux 5.12+ and ext4, xfs, btrfs, tmpfs (6.3+) or ZFS 2.2+ for repos and the workspace dir, or set idmap = false for the VMs (their guests' root is then root on linked repos)";
 
 /// How each configured VM's guest sees linked repos; the unsafe choices say what they cost.
 fn check_guests(cfg: &Config, out: &mut Vec<Finding>) {

@@ -578,3 +578,48 @@ fn a_git_dir_with_a_file_of_roots_gets_the_read_only_view_never_a_copy_of_it() {
     let out = git_as(GUEST_UID, ALICE, &entry, "commit -q --allow-empty -m nope");
     assert!(!out.status.success(), "a commit through the read-only .git");
 }
+
+#[test]
+fn a_repo_on_a_file_system_without_idmapped_mounts_is_refused_naming_it() {
+    in_mount_ns!(a_repo_on_a_file_system_without_idmapped_mounts_is_refused_naming_it);
+    let fx = fixture("");
+    // ramfs has no idmapped mounts.
+    let home = fx.p("/home/carol");
+    std::fs::create_dir_all(&home).unwrap();
+    assert!(std::process::Command::new("mount")
+        .args(["-t", "ramfs", "ramfs"])
+        .arg(&home)
+        .status()
+        .unwrap()
+        .success());
+    fx.repo("/home/carol/repo", ALICE);
+    std::os::unix::fs::chown(&home, Some(ALICE), Some(ALICE)).unwrap();
+    let out = link(&fx, "/home/carol/repo", ALICE, &["vm1", "--no-restart"]);
+    assert_one_line_error(
+        &out,
+        &[
+            "/home/carol/repo",
+            "cannot make idmapped mounts",
+            "idmap = false",
+        ],
+    );
+    assert!(
+        !fx.p(WS).join(".links/vm1").exists(),
+        "a record of a refused link"
+    );
+    // A link made unmapped there, then the VM switched to idmap: doctor names the repo.
+    one_vm(&fx, r#""idmap": false, "#, "virtiofs");
+    assert_ok(&link(
+        &fx,
+        "/home/carol/repo",
+        ALICE,
+        &["vm1", "--no-restart"],
+    ));
+    one_vm(&fx, "", "virtiofs");
+    let out = link(&fx, "/", 0, &["doctor"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("repo /home/carol/repo (linked at /var/lib/microvm-workspaces/vm1) cannot carry idmapped mounts"),
+        "{text}"
+    );
+}
