@@ -473,6 +473,94 @@ pub fn is_mount_root(fd: BorrowedFd) -> Result<bool> {
     Ok(stx.stx_attributes.contains(StatxAttributes::MOUNT_ROOT))
 }
 
+/// One line of /proc/self/mountinfo: what this code asks of a mount.
+pub struct MountLine {
+    /// The mount id (what `statx(STATX_MNT_ID)` gives).
+    pub id: u64,
+    /// Where it is mounted (unescaped).
+    pub at: PathBuf,
+    /// Per-mount options (`rw,nosuid,...,idmapped`).
+    pub options: String,
+    /// The file system's source (`/dev/vda`, a tmpfs's chosen name).
+    pub source: String,
+}
+
+/// The mounts of this process's mount namespace.
+pub fn mounts() -> Result<Vec<MountLine>> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").context("/proc/self/mountinfo")?;
+    Ok(info
+        .lines()
+        .filter_map(|l| {
+            let (head, tail) = l.split_once(" - ")?;
+            let head: Vec<&str> = head.split(' ').collect();
+            Some(MountLine {
+                id: head.first()?.parse().ok()?,
+                at: unescape_mountinfo(head.get(4)?),
+                options: head.get(5)?.to_string(),
+                source: tail.split(' ').nth(1)?.to_string(),
+            })
+        })
+        .collect())
+}
+
+/// A path as /proc/self/mountinfo writes it (space, tab, newline, backslash as `\ooo`).
+fn unescape_mountinfo(s: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (b[i], octal) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    PathBuf::from(OsString::from_vec(out))
+}
+
+/// The bytes of regular file `name` in `dir`, opened without following a symlink: `None` when
+/// there is none; an error naming it when it is a symlink, not a regular file, larger than
+/// `max`, or (with `owner`) owned by someone else. One `openat` and one `fstat`: what is read
+/// is what was checked.
+pub fn read_at(dir: &Node, name: &OsStr, max: u64, owner: Option<u32>) -> Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let at = || crate::paths::show(&dir.path.join(name));
+    let fd = match openat(
+        &dir.fd,
+        name,
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(nix::errno::Errno::ENOENT) => return Ok(None),
+        Err(e) => return Err(anyhow::anyhow!(e)).with_context(|| format!("cannot open {}", at())),
+    };
+    let st = fstat(&fd)?;
+    if !is_regular(&st) {
+        bail!("{} is not a regular file", at());
+    }
+    if let Some(o) = owner.filter(|o| *o != st.st_uid) {
+        bail!("{} is owned by uid {}, not {o}", at(), st.st_uid);
+    }
+    if st.st_size as u64 > max {
+        bail!("{} is larger than {max} bytes", at());
+    }
+    let mut out = Vec::new();
+    std::fs::File::from(fd)
+        .take(max.saturating_add(1))
+        .read_to_end(&mut out)?;
+    Ok(Some(out))
+}
+
 /// Reads a file root believes (the config, a runner file, a `/run` record): found through a
 /// [`Trust::RootOwned`] walk (from `start`, or the tree's root), a regular root-owned file, at
 /// most `limit` bytes. `None` when it does not exist. Nothing that fails the rule is opened
@@ -509,4 +597,19 @@ pub fn read_trusted(
         .read_to_end(&mut text)
         .with_context(|| format!("cannot read {}", show(&node.path)))?;
     Ok(Some(text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_paths_are_unescaped() {
+        assert_eq!(
+            unescape_mountinfo("/a\\040b\\134c"),
+            PathBuf::from("/a b\\c")
+        );
+        assert_eq!(unescape_mountinfo("/plain"), PathBuf::from("/plain"));
+        assert!(mounts().unwrap().iter().any(|m| m.at == Path::new("/")));
+    }
 }

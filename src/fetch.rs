@@ -9,12 +9,10 @@
 use std::ffi::OsStr;
 use std::io::Write;
 use std::os::fd::AsFd;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-use nix::fcntl::OFlag;
 
 use crate::chase::{self, Node};
 use crate::config::GitMode;
@@ -309,26 +307,12 @@ fn child_dir(dir: &Node, name: &str) -> Option<Node> {
     dir.child(OsStr::new(name)).ok().filter(Node::is_dir)
 }
 
-/// Regular file `name` of `dir` (not following a symlink), at most `max` bytes, owned by
-/// `owner` if given; `None` if it is anything else.
+/// Regular file `name` of `dir` ([`chase::read_at`]); `None` for anything else (missing, a
+/// symlink, too large, another owner's): what the guest left that fetch does not take.
 fn read_file(dir: &Node, name: &str, max: u64, owner: Option<u32>) -> Result<Option<Vec<u8>>> {
-    use std::io::Read;
-    let Ok(fd) = nix::fcntl::openat(
-        &dir.fd,
-        name,
-        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    ) else {
-        return Ok(None);
-    };
-    let f = std::fs::File::from(fd);
-    let m = f.metadata()?;
-    if !m.is_file() || m.size() > max || owner.is_some_and(|o| o != m.uid()) {
-        return Ok(None);
-    }
-    let mut out = Vec::new();
-    f.take(max).read_to_end(&mut out)?;
-    Ok(Some(out))
+    Ok(chase::read_at(dir, OsStr::new(name), max, owner)
+        .ok()
+        .flatten())
 }
 
 /// The guest's objects into `to` (our git dir's `objects`): loose objects (`xx/<hex>`) and

@@ -25,12 +25,11 @@
 //! The host reads nothing of it but objects and refs (`microvm-link fetch`, [`crate::fetch`]).
 
 use std::ffi::OsStr;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use nix::errno::Errno;
 use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::{fchmod, Mode};
 use rustix::mount::MoveMountFlags;
@@ -326,7 +325,11 @@ pub fn private_dir(
                         .iter()
                         .all(|r| own_child(g, r).is_ok_and(|n| n.uid() == 0))
                 })
-                .and_then(|g| read_small(&g, OsStr::new(ORIGIN), 4096, 0).ok())
+                .and_then(|g| {
+                    chase::read_at(&g, OsStr::new(ORIGIN), 4096, Some(0))
+                        .ok()
+                        .flatten()
+                })
                 .is_some_and(|o| o == origin_of(repo).as_bytes());
         if same {
             return Ok(mine.child(OsStr::new(GIT))?);
@@ -522,44 +525,11 @@ fn copy_refs(from: &Node, to: &Node, owner: (u32, u32), depth: u32) -> Result<()
     Ok(())
 }
 
-/// The content of regular file `name` in `dir` (not following a symlink), at most `max`
-/// bytes, owned by `dir`'s owner; `None` when there is none.
+/// Regular file `name` of `dir` (see [`chase::read_at`]), owned by `dir`'s owner: root copies
+/// it where the repo's owner reads it, so never a file of someone else's (a hard link to one,
+/// where the kernel allows making it).
 fn read_opt(dir: &Node, name: &OsStr, max: u64) -> Result<Option<Vec<u8>>> {
-    match read_small(dir, name, max, dir.uid()) {
-        Ok(b) => Ok(Some(b)),
-        Err(e) if e.downcast_ref::<Errno>() == Some(&Errno::ENOENT) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-fn read_small(dir: &Node, name: &OsStr, max: u64, owner: u32) -> Result<Vec<u8>> {
-    let fd = openat(
-        &dir.fd,
-        name,
-        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
-        Mode::empty(),
-    )?;
-    let st = nix::sys::stat::fstat(&fd)?;
-    if !chase::is_regular(&st) {
-        bail!("{} is not a regular file", show(&dir.path.join(name)));
-    }
-    // Root copies it where the repo's owner reads it: never a file of someone else's (a hard
-    // link to one, where the kernel allows making it).
-    if st.st_uid != owner {
-        bail!(
-            "{} is owned by uid {}, not {owner}",
-            show(&dir.path.join(name)),
-            st.st_uid
-        );
-    }
-    if st.st_size as u64 > max {
-        bail!("{} is larger than {max} bytes", show(&dir.path.join(name)));
-    }
-    let mut out = Vec::new();
-    std::fs::File::from(fd)
-        .take(max + 1)
-        .read_to_end(&mut out)?;
-    Ok(out)
+    chase::read_at(dir, name, max, Some(dir.uid()))
 }
 
 /// Creates `name` in `dir` (never an existing one), owned `uid:gid` with `mode`.

@@ -406,18 +406,11 @@ pub fn fs_type(n: &Node) -> String {
 /// found by the mount id statx gives; `false` for a mount no longer attached.)
 pub fn is_idmapped(n: &Node) -> Result<bool> {
     let id = mount_id(n)?;
-    let info = std::fs::read_to_string("/proc/self/mountinfo").context("/proc/self/mountinfo")?;
     // Not there: detached since `n` was opened (a relink racing a look without the lock).
-    let Some(line) = info
-        .lines()
-        .find(|l| l.split(' ').next() == Some(&id.to_string()))
-    else {
-        return Ok(false);
-    };
-    Ok(line
-        .split(' ')
-        .nth(5)
-        .is_some_and(|opts| opts.split(',').any(|o| o == "idmapped")))
+    Ok(crate::chase::mounts()?
+        .iter()
+        .find(|m| m.id == id)
+        .is_some_and(|m| m.options.split(',').any(|o| o == "idmapped")))
 }
 
 fn mount_id(n: &Node) -> Result<u64> {

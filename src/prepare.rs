@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
-use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -571,19 +570,12 @@ pub fn serve_fallbacks(tree: &Tree, cfg: &Config, vm: &str, fallbacks: &[Fallbac
 /// Detaches `vm`'s fallback placeholders from this mount namespace (found by their tmpfs
 /// source in /proc/self/mountinfo; each checked to be a mount root before it goes).
 pub fn release_fallbacks(vm: &str) -> Result<()> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").context("/proc/self/mountinfo")?;
     let source = fallback_source(vm);
-    for line in info.lines() {
-        let Some((head, tail)) = line.split_once(" - ") else {
-            continue;
-        };
-        if tail.split(' ').nth(1) != Some(source.as_str()) {
-            continue;
-        }
-        let Some(at) = head.split(' ').nth(4) else {
-            continue;
-        };
-        if let Ok(f) = std::fs::File::open(unescape_mountinfo(at)) {
+    for m in crate::chase::mounts()?
+        .iter()
+        .filter(|m| m.source == source)
+    {
+        if let Ok(f) = std::fs::File::open(&m.at) {
             if crate::chase::is_mount_root(std::os::fd::AsFd::as_fd(&f))? {
                 let _ = rustix::mount::unmount(
                     crate::chase::proc_path(std::os::fd::AsFd::as_fd(&f)),
@@ -594,29 +586,6 @@ pub fn release_fallbacks(vm: &str) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// A path as /proc/self/mountinfo writes it (space, tab, newline, backslash as `\ooo`).
-fn unescape_mountinfo(s: &str) -> PathBuf {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let octal = b
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match (b[i], octal) {
-            (b'\\', Some(d)) => {
-                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
-                i += 4;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    PathBuf::from(std::ffi::OsString::from_vec(out))
 }
 
 fn share_label(vm: &str, s: &Share) -> String {
