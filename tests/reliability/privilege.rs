@@ -735,12 +735,7 @@ fn attack_2_a_swappable_root_and_a_fifo_config_get_nowhere() {
         .output_within(LIMIT);
     assert_one_line_error(&out, &["refused through sudo"]);
     // Root itself, with the same tree: the FIFO (alice's) is refused unopened.
-    let out = Run::link(&fx)
-        .user(ALICE)
-        .cwd("/home/alice/vm1")
-        .args(["vm1", "--no-restart"])
-        .stdin_null()
-        .output_within(LIMIT);
+    let out = link_as(&fx, ALICE, "/home/alice/vm1", &["vm1", "--no-restart"]);
     assert_one_line_error(
         &out,
         &[
@@ -761,12 +756,7 @@ fn attack_2_a_swappable_root_and_a_fifo_config_get_nowhere() {
         "/etc/microvm-workspaces/config.json",
     );
     fx.symlink("/nix/store/1111-etc", "/etc/static");
-    let out = Run::link(&fx)
-        .user(0)
-        .cwd("/")
-        .args(["status", "--json"])
-        .stdin_null()
-        .output_within(LIMIT);
+    let out = link_as(&fx, 0, "/", &["status", "--json"]);
     assert_ok(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"vm9\""));
 }
@@ -833,20 +823,29 @@ fn attack_3_unmount_detaches_the_checked_mount_only() {
     assert!(api::unmount(&plain).is_err());
 }
 
+/// `microvm-link ARGS` as `uid` (through `--user`, as sudo would say) in `cwd`, stdin closed,
+/// killed if it outlives [`LIMIT`].
+fn link_as(fx: &Fx, uid: u32, cwd: &str, args: &[&str]) -> std::process::Output {
+    Run::link(fx)
+        .user(uid)
+        .cwd(cwd)
+        .args(args)
+        .stdin_null()
+        .output_within(LIMIT)
+}
+
 /// Attack 4: anyone allowed to run microvm-link could unlink another user's link or relink
 /// it to their own repo, and have another user's directory in the way moved aside.
 #[test]
 fn attack_4_owners_decide_who_changes_an_entry() {
     in_mount_ns!(attack_4_owners_decide_who_changes_an_entry);
     let fx = vm1();
-    assert_ok(
-        &Run::link(&fx)
-            .user(BOB)
-            .cwd("/home/bob/vm1")
-            .args(["vm1", "--no-restart"])
-            .stdin_null()
-            .output_within(LIMIT),
-    );
+    assert_ok(&link_as(
+        &fx,
+        BOB,
+        "/home/bob/vm1",
+        &["vm1", "--no-restart"],
+    ));
     let linked = fx.snapshot();
     let entry = fx.p(&format!("{WS}/vm1"));
     assert!(entry.join("bob-was-here").exists());
@@ -872,24 +871,15 @@ fn attack_4_owners_decide_who_changes_an_entry() {
     }
     // Bob's repo gone: the link is dangling, and anyone may take the entry over.
     std::fs::rename(fx.p("/home/bob/vm1"), fx.p("/home/bob/vm1.moved")).unwrap();
-    assert_ok(
-        &Run::link(&fx)
-            .user(ALICE)
-            .cwd("/home/alice/vm1")
-            .args(["vm1", "--no-restart"])
-            .stdin_null()
-            .output_within(LIMIT),
-    );
+    assert_ok(&link_as(
+        &fx,
+        ALICE,
+        "/home/alice/vm1",
+        &["vm1", "--no-restart"],
+    ));
     assert!(entry.join("alice-was-here").exists());
     // Root may change anyone's.
-    assert_ok(
-        &Run::link(&fx)
-            .user(0)
-            .cwd("/")
-            .args(["unlink", "vm1", "--no-restart"])
-            .stdin_null()
-            .output_within(LIMIT),
-    );
+    assert_ok(&link_as(&fx, 0, "/", &["unlink", "vm1", "--no-restart"]));
     assert!(is_marked(&entry));
 
     // A directory of bob's in the way is not alice's to move aside; her own is.
@@ -899,21 +889,11 @@ fn attack_4_owners_decide_who_changes_an_entry() {
     fx.write(&format!("{WS}/.lock"), b""); // bookkeeping the refused run may create
     chmod(&fx.p(&format!("{WS}/.lock")), 0o600);
     let before = fx.snapshot();
-    let out = Run::link(&fx)
-        .user(ALICE)
-        .cwd("/home/alice/vm1")
-        .args(["vm1", "--no-restart"])
-        .stdin_null()
-        .output_within(LIMIT);
+    let out = link_as(&fx, ALICE, "/home/alice/vm1", &["vm1", "--no-restart"]);
     assert_one_line_error(&out, &["is a directory of uid 4343", "only they or root"]);
     assert_eq!(before, fx.snapshot());
     std::os::unix::fs::chown(&entry, Some(ALICE), Some(ALICE)).unwrap();
-    let out = Run::link(&fx)
-        .user(ALICE)
-        .cwd("/home/alice/vm1")
-        .args(["vm1", "--no-restart"])
-        .stdin_null()
-        .output_within(LIMIT);
+    let out = link_as(&fx, ALICE, "/home/alice/vm1", &["vm1", "--no-restart"]);
     assert_ok(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("moved your directory"));
     assert!(entry.join("alice-was-here").exists());
@@ -942,14 +922,7 @@ fn a_hypervisor_directory_in_the_way_moves_aside_for_any_linker() {
         let entry = fx.mkdir(&format!("{WS}/vm1"), 0, 0o775);
         std::os::unix::fs::chown(&entry, Some(uid), Some(gid)).unwrap();
         fx.write(&format!("{WS}/vm1/guest-wrote"), b"from the guest");
-        let link = || {
-            Run::link(&fx)
-                .user(ALICE)
-                .cwd("/home/alice/vm1")
-                .args(["vm1", "--no-restart"])
-                .stdin_null()
-                .output_within(LIMIT)
-        };
+        let link = || link_as(&fx, ALICE, "/home/alice/vm1", &["vm1", "--no-restart"]);
         if !moves {
             fx.write(&format!("{WS}/.lock"), b""); // bookkeeping the refused run may create
             chmod(&fx.p(&format!("{WS}/.lock")), 0o600);
@@ -1020,12 +993,7 @@ fn attack_5_one_untrusted_runner_does_not_break_other_links() {
     }
     std::os::unix::fs::chown(source, Some(BOB), Some(BOB)).unwrap();
     fx.symlink_as("/home/bob/runner", "/var/lib/microvms/evil/current", BOB);
-    let out = Run::link(&fx)
-        .user(ALICE)
-        .cwd("/home/alice/vm1")
-        .args(["vm1", "--no-restart"])
-        .stdin_null()
-        .output_within(LIMIT);
+    let out = link_as(&fx, ALICE, "/home/alice/vm1", &["vm1", "--no-restart"]);
     assert_ok(&out);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -1038,12 +1006,7 @@ fn attack_5_one_untrusted_runner_does_not_break_other_links() {
         "the untrusted runner's source was made"
     );
     // status lists both, and says nothing the runner claims.
-    let out = Run::link(&fx)
-        .user(0)
-        .cwd("/")
-        .args(["status", "--json"])
-        .stdin_null()
-        .output_within(LIMIT);
+    let out = link_as(&fx, 0, "/", &["status", "--json"]);
     assert_ok(&out);
     let st = String::from_utf8_lossy(&out.stdout);
     assert!(st.contains("\"evil\"") && !st.contains("vm1/evil"), "{st}");
@@ -1074,12 +1037,7 @@ fn attack_6_files_root_does_not_trust_are_never_read() {
     std::fs::remove_file(fx.p("/etc/microvm-workspaces/config.json")).unwrap();
     std::os::unix::fs::chown(fx.p("/etc/microvm-workspaces"), Some(0), Some(0)).unwrap();
     fx.symlink_as("/root/secret", "/etc/microvm-workspaces/config.json", ALICE);
-    let out = Run::link(&fx)
-        .user(ALICE)
-        .cwd("/home/alice/vm1")
-        .args(["status"])
-        .stdin_null()
-        .output_within(LIMIT);
+    let out = link_as(&fx, ALICE, "/home/alice/vm1", &["status"]);
     assert_one_line_error(&out, &["owned by uid 4242, not root"]);
     assert!(!String::from_utf8_lossy(&out.stderr).contains("hunter2"));
     std::fs::remove_file(fx.p("/etc/microvm-workspaces/config.json")).unwrap();
@@ -1087,12 +1045,7 @@ fn attack_6_files_root_does_not_trust_are_never_read() {
     // The /run record: a user's link to the secret is ignored, never quoted.
     fx.mkdir("/run/microvm-workspaces", 0, 0o755);
     fx.symlink_as("/root/secret", "/run/microvm-workspaces/vm1.json", ALICE);
-    let out = Run::link(&fx)
-        .user(0)
-        .cwd("/")
-        .args(["status", "vm1", "--json"])
-        .stdin_null()
-        .output_within(LIMIT);
+    let out = link_as(&fx, 0, "/", &["status", "vm1", "--json"]);
     assert_ok(&out);
     let all = format!(
         "{}{}",
@@ -1103,12 +1056,7 @@ fn attack_6_files_root_does_not_trust_are_never_read() {
     // Control: root's own config with an unknown key is named, for the admin.
     std::fs::remove_file(fx.p("/run/microvm-workspaces/vm1.json")).unwrap();
     fx.config(r#"{"colour": "blue"}"#);
-    let out = Run::link(&fx)
-        .user(0)
-        .cwd("/")
-        .args(["status"])
-        .stdin_null()
-        .output_within(LIMIT);
+    let out = link_as(&fx, 0, "/", &["status"]);
     assert_one_line_error(&out, &["unknown field `colour`"]);
 }
 
@@ -1305,14 +1253,12 @@ fn restart_stale_restarts_only_what_the_callers_links_made_stale() {
         assert_ok(&Run::prepare(&fx, vm).output_within(LIMIT));
     }
     // bob's link leaves watch-bob stale; alice's leaves watch-alice stale.
-    assert_ok(
-        &Run::link(&fx)
-            .user(BOB)
-            .cwd("/home/bob/bobs")
-            .args(["bobs", "--no-restart"])
-            .stdin_null()
-            .output_within(LIMIT),
-    );
+    assert_ok(&link_as(
+        &fx,
+        BOB,
+        "/home/bob/bobs",
+        &["bobs", "--no-restart"],
+    ));
     let v = link_json(&fx, ALICE, "/home/alice/vm1", &["vm1", "--restart-stale"]);
     let stale = vms_in(&v["stale"]);
     assert!(
@@ -1360,24 +1306,17 @@ fn status_for_a_caller_looks_with_the_callers_rights() {
     fx.runner("peek", &[("p", b"/var/lib/microvm-workspaces/vm1/secret")]);
     fx.mkdir("/root", 0, 0o700);
     fx.mkdir("/root/secretdir", 0, 0o755);
-    assert_ok(
-        &Run::link(&fx)
-            .user(ALICE)
-            .cwd("/home/alice/vm1")
-            .args(["vm1", "--no-restart"])
-            .stdin_null()
-            .output_within(LIMIT),
-    );
+    assert_ok(&link_as(
+        &fx,
+        ALICE,
+        "/home/alice/vm1",
+        &["vm1", "--no-restart"],
+    ));
     // After the link (which would refuse it): alice's symlink in her repo, into root's.
     std::fs::remove_dir(fx.p("/home/alice/vm1/secret")).ok();
     user_symlink(&fx, "/root/secretdir", "/home/alice/vm1/secret", ALICE);
     let now = |who: u32| -> serde_json::Value {
-        let out = Run::link(&fx)
-            .user(who)
-            .cwd("/")
-            .args(["status", "peek", "--json"])
-            .stdin_null()
-            .output_within(LIMIT);
+        let out = link_as(&fx, who, "/", &["status", "peek", "--json"]);
         assert_ok(&out);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         v["vms"][0]["shares"][0].clone()
@@ -1410,14 +1349,7 @@ fn a_repo_is_never_inside_the_workspace_dir() {
     fx.mkdir("/home/mallory", MALLORY, 0o755);
     fx.repo("/home/mallory/malvm", MALLORY);
     fx.mkdir("/home/mallory/malvm/sub", MALLORY, 0o755);
-    let mallory = |args: &[&str]| {
-        Run::link(&fx)
-            .user(MALLORY)
-            .cwd("/home/mallory/malvm")
-            .args(args)
-            .stdin_null()
-            .output_within(LIMIT)
-    };
+    let mallory = |args: &[&str]| link_as(&fx, MALLORY, "/home/mallory/malvm", args);
     assert_ok(&mallory(&["malvm", "--no-restart"]));
     let before = fx.snapshot();
     // --repo takes real paths (re-rooted: below the fixture's root).
@@ -1448,12 +1380,7 @@ fn a_repo_is_never_inside_the_workspace_dir() {
         );
     }
     // Root is refused too: the tool never points at itself.
-    let out = Run::link(&fx)
-        .user(0)
-        .cwd("/")
-        .args(["nixfiles", "--repo", &malvm, "--no-restart"])
-        .stdin_null()
-        .output_within(LIMIT);
+    let out = link_as(&fx, 0, "/", &["nixfiles", "--repo", &malvm, "--no-restart"]);
     assert_one_line_error(&out, &["is inside the workspace dir"]);
 
     // What an older version left: nixfiles' record naming a placeholder in the workspace dir,
@@ -1481,14 +1408,12 @@ fn a_repo_is_never_inside_the_workspace_dir() {
     );
     assert!(!is_mountpoint(&fx.p(&format!("{WS}/nixfiles"))));
     fx.repo("/home/alice/nixfiles", ALICE);
-    assert_ok(
-        &Run::link(&fx)
-            .user(ALICE)
-            .cwd("/home/alice/nixfiles")
-            .args(["nixfiles", "--no-restart"])
-            .stdin_null()
-            .output_within(LIMIT),
-    );
+    assert_ok(&link_as(
+        &fx,
+        ALICE,
+        "/home/alice/nixfiles",
+        &["nixfiles", "--no-restart"],
+    ));
     assert_eq!(
         std::fs::read_link(fx.p(&format!("{WS}/.links/nixfiles"))).unwrap(),
         Path::new("/home/alice/nixfiles")
