@@ -4,7 +4,7 @@
 # Nix 2.8 offers, so that tests/nix/check.sh can evaluate every function here
 # with a bare `nix-instantiate --eval`, on machines without nixpkgs.
 #
-# The checks below mirror what the Rust config parser (src/config.rs) rejects,
+# The checks below mirror what the Rust config parser (src/model/config.rs) rejects,
 # so that a config.json it would refuse is caught while evaluating the host,
 # with the option name in the message, instead of at the next VM start.
 let
@@ -62,7 +62,7 @@ rec {
   isRelativePath = p: isString p && p != "" && substring 0 1 p != "/" && !hasControlChar p;
 
   # A name that may become one entry of the workspace dir: the rules of
-  # `check_name` in src/paths.rs (".links" and ".displaced" are reserved).
+  # `check_name` in src/fs/paths.rs (".links" and ".displaced" are reserved).
   isEntryName =
     s:
     isString s
@@ -626,7 +626,7 @@ rec {
     );
 
   # Characters a destination must not hold: what Rust's char::is_control
-  # and char::is_whitespace accept (src/config.rs check_ssh_destination), as
+  # and char::is_whitespace accept (src/model/config.rs check_ssh_destination), as
   # UTF-8: C0 and C1 controls, DEL, and Unicode's white space.
   sshForbiddenChars =
     let
@@ -821,7 +821,7 @@ rec {
   # ---- The guest is not trusted (the guest-containment issue):
   # config.json's vms.<vm>.guestUid, guestGid, idmap and git ----
 
-  # What src/config.rs assumes when a key is absent (DEFAULT_GUEST_UID,
+  # What src/model/config.rs assumes when a key is absent (DEFAULT_GUEST_UID,
   # None, `yes`, GitMode::Private); the module's option defaults are these,
   # and it writes every key for every VM, so the Rust defaults never decide,
   # except guestGid: null is left out (Rust's None, the number of the
@@ -833,7 +833,7 @@ rec {
     git = "private";
   };
 
-  # The values of vms.<vm>.git (src/config.rs GitMode, lowercase).
+  # The values of vms.<vm>.git (src/model/config.rs GitMode, lowercase).
   gitModes = [
     "private"
     "readonly"

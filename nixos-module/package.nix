@@ -43,7 +43,7 @@ rustPlatform.buildRustPackage {
   # sudo when it runs (NixOS's setuid wrapper /run/wrappers/bin/sudo first,
   # then PATH), so the NixOS module and `nix run` use this same derivation.
   # util-linux's unshare makes the user namespaces of idmapped link mounts
-  # (src/idmap.rs); compiled in, so root's PATH never decides which one runs.
+  # (src/fs/idmap.rs); compiled in, so root's PATH never decides which one runs.
   env = {
     MICROVM_WORKSPACES_PREPARE = "${placeholder "out"}/libexec/microvm-workspaces-prepare";
     MICROVM_WORKSPACES_SYSTEMCTL = lib.getExe' systemd "systemctl";

@@ -1,7 +1,7 @@
 //! `microvm-link doctor` against temporary roots (docs/design.md#doctor): a healthy host
 //! exits 0, and every check has a fixture where it fires and one where it does not.
 //! Re-rooted, systemd is not asked (the drop-in check's firing is a unit test in
-//! src/doctor.rs); the real systemd is the end-to-end suite's.
+//! src/cmd/doctor.rs); the real systemd is the end-to-end suite's.
 
 mod common;
 

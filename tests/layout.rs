@@ -6,25 +6,37 @@ use std::path::Path;
 
 const SRC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
 
-/// Library module name -> the library modules it names (`crate::x` or `use crate::{x, ..}`).
+/// The layers, in the order src/lib.rs documents them (its `//! * [`name`]` lines).
+fn layers() -> Vec<String> {
+    std::fs::read_to_string(Path::new(SRC).join("lib.rs"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("//! * [`"))
+        .filter_map(|l| l.split('`').next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// "layer/module" -> the `crate::` paths it names, as "layer" or "layer::module" (the
+/// first two segments), code only: comments may name anything (doc links).
 fn imports() -> BTreeMap<String, BTreeSet<String>> {
     let mut graph = BTreeMap::new();
-    for e in std::fs::read_dir(SRC).unwrap().flatten() {
-        let p = e.path();
-        let Some(name) = p.file_stem().and_then(|s| s.to_str()) else {
-            continue;
-        };
-        if p.extension().is_none_or(|x| x != "rs") || name == "lib" {
+    for layer in std::fs::read_dir(SRC).unwrap().flatten() {
+        if !layer.path().is_dir() || layer.file_name() == "bin" {
             continue;
         }
-        // Code only: comments may name modules freely (doc links).
-        let code: String = std::fs::read_to_string(&p)
-            .unwrap()
-            .lines()
-            .filter(|l| !l.trim_start().starts_with("//"))
-            .map(|l| format!("{l}\n"))
-            .collect();
-        graph.insert(name.to_string(), crate_refs(&code));
+        let l = layer.file_name().to_string_lossy().to_string();
+        for e in std::fs::read_dir(layer.path()).unwrap().flatten() {
+            let p = e.path();
+            let name = p.file_stem().unwrap().to_string_lossy().to_string();
+            let code: String = std::fs::read_to_string(&p)
+                .unwrap()
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("//"))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            graph.insert(format!("{l}/{name}"), crate_refs(&code));
+        }
     }
     graph
 }
@@ -35,26 +47,47 @@ fn crate_refs(text: &str) -> BTreeSet<String> {
     for (i, _) in text.match_indices("crate::") {
         let rest = &text[i + "crate::".len()..];
         if let Some(group) = rest.strip_prefix('{') {
-            let group = &group[..group.find('}').unwrap_or(group.len())];
-            for item in group.split(',') {
-                let m: String = item
-                    .trim()
-                    .chars()
-                    .take_while(|c| c.is_alphanumeric() || *c == '_')
-                    .collect();
+            // The group up to its closing brace; items split at depth 0 only.
+            let (mut depth, mut items, mut item) = (0, Vec::new(), String::new());
+            for c in group.chars() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => break,
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => {
+                        items.push(std::mem::take(&mut item));
+                        continue;
+                    }
+                    _ => {}
+                }
+                item.push(c);
+            }
+            items.push(item);
+            for item in &items {
+                let m = two_segments(item.trim());
                 if !m.is_empty() {
                     out.insert(m);
                 }
             }
         } else {
-            let m: String = rest
-                .chars()
-                .take_while(|c| c.is_alphanumeric() || *c == '_')
-                .collect();
-            out.insert(m);
+            out.insert(two_segments(rest));
         }
     }
     out
+}
+
+/// `a::b` of `a::b::c...` (or `a`), identifiers only.
+fn two_segments(path: &str) -> String {
+    let ident = |s: &str| -> String {
+        s.chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let first = ident(path);
+    match path[first.len()..].strip_prefix("::") {
+        Some(rest) if !ident(rest).is_empty() => format!("{first}::{}", ident(rest)),
+        _ => first,
+    }
 }
 
 /// A cycle in `graph`, if there is one (depth-first search).
@@ -89,39 +122,44 @@ fn find_cycle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>>
         .find_map(|n| visit(n, graph, &mut Vec::new(), &mut done))
 }
 
+/// Module graph (`layer/module` -> `layer/module` it names) within and across layers.
+fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
+    imports()
+        .into_iter()
+        .map(|(m, refs)| {
+            let to = refs
+                .iter()
+                .filter_map(|r| r.split_once("::"))
+                .map(|(l, m)| format!("{l}/{m}"))
+                .collect();
+            (m, to)
+        })
+        .collect()
+}
+
 #[test]
-fn library_modules_import_one_way() {
-    let graph = imports();
-    assert!(graph.len() > 10, "read too few modules: {graph:?}");
+fn modules_import_one_way() {
+    let graph = module_graph();
+    assert!(graph.len() > 20, "read too few modules: {graph:?}");
     assert!(
-        graph["prepare"].contains("entry"),
+        graph["engine/prepare"].contains("engine/entry"),
         "the parser missed an import: {graph:?}"
     );
     assert_eq!(find_cycle(&graph), None, "import cycle");
 }
 
-/// The module order src/lib.rs documents (its `//! * [`name`]` lines).
-fn documented_order() -> Vec<String> {
-    std::fs::read_to_string(Path::new(SRC).join("lib.rs"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.strip_prefix("//! * [`"))
-        .filter_map(|l| l.split('`').next())
-        .map(str::to_string)
-        .collect()
-}
-
-/// Imports of a module that come later in `order` than itself.
+/// Imports of a layer's module from a layer listed below its own.
 fn upward(order: &[String], graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<String> {
-    let at = |m: &str| order.iter().position(|o| o == m);
+    let at = |l: &str| order.iter().position(|o| o == l);
     let mut out = Vec::new();
     for (m, refs) in graph {
-        for r in refs.iter().filter(|r| *r != m) {
-            match (at(m), at(r)) {
-                (Some(i), Some(j)) if j > i => {
-                    out.push(format!("{m} imports {r}, listed below it"))
-                }
-                (None, _) => out.push(format!("{m} is not in lib.rs's list")),
+        let layer = m.split('/').next().unwrap();
+        for r in refs {
+            let to = r.split("::").next().unwrap();
+            match (at(layer), at(to)) {
+                (Some(i), Some(j)) if j > i => out.push(format!("{m} imports {r}, a layer below")),
+                (None, _) => out.push(format!("{layer} is not in lib.rs's list")),
+                (_, None) => out.push(format!("{m} names crate::{r}, which is no layer")),
                 _ => {}
             }
         }
@@ -130,15 +168,18 @@ fn upward(order: &[String], graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<S
 }
 
 #[test]
-fn modules_import_only_modules_listed_above_them() {
-    let order = documented_order();
-    let graph = imports();
+fn layers_import_only_the_layers_above_them() {
+    let order = layers();
+    let dirs: BTreeSet<String> = imports()
+        .keys()
+        .map(|m| m.split('/').next().unwrap().to_string())
+        .collect();
     assert_eq!(
-        order.len(),
-        graph.len(),
-        "lib.rs lists {order:?}, src has {:?}",
-        graph.keys()
+        order.iter().cloned().collect::<BTreeSet<_>>(),
+        dirs,
+        "lib.rs lists {order:?}"
     );
+    let graph = imports();
     assert_eq!(upward(&order, &graph), Vec::<String>::new());
     // The check can fail: the same graph against the list reversed.
     let reversed: Vec<String> = order.iter().rev().cloned().collect();
@@ -150,17 +191,29 @@ fn the_cycle_finder_finds_a_cycle() {
     // The check above must be able to fail: the old layout's cycle (prepare <-> link).
     let mut graph = BTreeMap::new();
     graph.insert(
-        "prepare".to_string(),
-        crate_refs("use crate::link::entry_of;"),
+        "engine/prepare".to_string(),
+        BTreeSet::from(["cmd/link".to_string()]),
     );
     graph.insert(
-        "link".to_string(),
-        crate_refs("use crate::{paths, prepare::Ctx};"),
+        "cmd/link".to_string(),
+        BTreeSet::from(["engine/prepare".to_string()]),
     );
-    graph.insert("paths".to_string(), BTreeSet::new());
+    graph.insert("fs/paths".to_string(), BTreeSet::new());
     assert_eq!(
         find_cycle(&graph),
-        Some(vec!["link".into(), "prepare".into(), "link".into()])
+        Some(vec![
+            "cmd/link".into(),
+            "engine/prepare".into(),
+            "cmd/link".into()
+        ])
+    );
+    assert_eq!(
+        crate_refs("use crate::{fs::paths, engine::prepare::{Ctx, X}};\nx(crate::host::ssh::f)"),
+        BTreeSet::from([
+            "fs::paths".into(),
+            "engine::prepare".into(),
+            "host::ssh".into()
+        ])
     );
 }
 

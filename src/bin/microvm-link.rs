@@ -7,9 +7,10 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{CommandFactory, Parser};
-use microvm_workspaces::cli::{Cli, Cmd};
-use microvm_workspaces::flow::{self, Env, Options};
-use microvm_workspaces::{doctor, fetch, logging, paths, shell, ssh, status};
+use microvm_workspaces::cmd::cli::{Cli, Cmd};
+use microvm_workspaces::cmd::flow::{self, Env, Options};
+use microvm_workspaces::cmd::{doctor, fetch, shell, status};
+use microvm_workspaces::{fs::paths, host::logging, host::ssh};
 
 fn main() -> ExitCode {
     flow::harden();

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use microvm_workspaces::{logging, paths::Root, units};
+use microvm_workspaces::{fs::paths::Root, host::logging, host::units};
 
 const NAME: &str = "microvm-workspaces-generator";
 

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Parser;
 use microvm_workspaces::{
-    chase::Tree, config::Config, logging, paths, prepare, record, runner, systemd, units,
+    engine::prepare, engine::shows, fs::chase::Tree, fs::paths, host::logging, host::systemd,
+    host::units, model::config::Config, model::record, model::runner,
 };
 
 /// Make every share source of a microvm.nix VM exist before it starts.
@@ -80,11 +81,8 @@ fn run(args: &Args, vm: &str) -> Result<()> {
         }
         return Ok(());
     }
-    record::write(
-        &tree,
-        &record::VmRecord::observed(&tree, &cfg, vm, &out.prepared),
-    )
-    .with_context(|| format!("VM {vm}"))?;
+    record::write(&tree, &shows::record(&tree, &cfg, vm, &out.prepared))
+        .with_context(|| format!("VM {vm}"))?;
     tracing::debug!(
         vm,
         shares = out.prepared.len(),

@@ -1065,7 +1065,7 @@ in
       };
     };
 
-    # The defaults are src/config.rs's, and git's values its GitMode's.
+    # The defaults are src/model/config.rs's, and git's values its GitMode's.
     guest-defaults = {
       inherit (mw) guestDefaults gitModes;
     };

@@ -270,7 +270,7 @@ else
     pass "one package: no baked sudo path"
 fi
 
-# 2g. The package compiles in util-linux's unshare (src/idmap.rs reads
+# 2g. The package compiles in util-linux's unshare (src/fs/idmap.rs reads
 # MICROVM_WORKSPACES_UNSHARE with option_env!), so the idmapped mounts never
 # run an unshare found on root's PATH. tests/nix/eval-with-nixpkgs-lib.sh
 # checks the value with nixpkgs' lib.

@@ -14,12 +14,12 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use crate::chase::{self, Node};
-use crate::config::GitMode;
-use crate::entry::{entry_name_of, read_record, Workspace};
-use crate::flow::Env;
-use crate::gitview;
-use crate::paths::{self, show};
+use crate::cmd::flow::Env;
+use crate::engine::entry::{entry_name_of, read_record, Workspace};
+use crate::engine::gitview;
+use crate::fs::chase::{self, Node};
+use crate::fs::paths::{self, show};
+use crate::model::config::GitMode;
 
 /// What one fetch did, in one line.
 #[derive(Debug)]
@@ -39,8 +39,8 @@ pub fn run(env: &Env, vm: Option<&str>) -> Result<Vec<Fetched>> {
     match vm {
         Some(vm) => {
             paths::check_name("VM", vm)?;
-            crate::runner::check_known(&env.tree, &env.cfg, vm)?;
-            for s in crate::runner::shares(&env.tree, &env.cfg, vm)? {
+            crate::model::runner::check_known(&env.tree, &env.cfg, vm)?;
+            for s in crate::model::runner::shares(&env.tree, &env.cfg, vm)? {
                 let Some(name) = entry_name_of(&env.cfg.workspace_dir, &s.path) else {
                     continue;
                 };
@@ -57,7 +57,7 @@ pub fn run(env: &Env, vm: Option<&str>) -> Result<Vec<Fetched>> {
         }
         None => {
             let repo = env.repo(None)?;
-            for name in crate::chase::list_dir(&links_or_empty(&ws)?)? {
+            for name in crate::fs::chase::list_dir(&links_or_empty(&ws)?)? {
                 if let Some(rec) = read_record(links.as_ref(), &name)? {
                     if rec.target == repo.path {
                         todo.push((name.to_string_lossy().into_owned(), rec.target));
@@ -102,7 +102,7 @@ pub fn after_shell(env: &Env, vm: &str) -> Option<String> {
     (!lines.is_empty()).then(|| format!("fetched {}", lines.join("; ")))
 }
 
-fn links_or_empty(ws: &Workspace) -> Result<crate::chase::Node> {
+fn links_or_empty(ws: &Workspace) -> Result<crate::fs::chase::Node> {
     ws.links()?.context("no link records yet: nothing to fetch")
 }
 

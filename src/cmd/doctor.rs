@@ -12,12 +12,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::chase::{self, is_symlink, Tree, Trust, Walk};
-use crate::config::{Config, Proto};
-use crate::entry::{read_record, RepoNow, Workspace};
-use crate::paths::{self, show, Root};
-use crate::runner::{self, Share};
-use crate::{status, units};
+use crate::engine::entry::{read_record, RepoNow, Workspace};
+use crate::fs::chase::{self, is_symlink, Tree, Trust, Walk};
+use crate::fs::paths::{self, show, Root};
+use crate::model::config::{Config, Proto};
+use crate::model::runner::{self, Share};
+use crate::{cmd::status, host::units};
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -79,7 +79,7 @@ pub trait Host {
     /// The running microvm-link (what sudo is asked to run), a real path.
     fn own_exe(&self) -> Option<PathBuf>;
     /// Where `destination` leads as the caller's ssh resolves it (`ssh -G`, run as them).
-    fn ssh_target(&self, destination: &str, caller: u32) -> Result<crate::ssh::Target>;
+    fn ssh_target(&self, destination: &str, caller: u32) -> Result<crate::host::ssh::Target>;
     /// From here on, look as `caller` (root acting for someone gives up root).
     fn drop_to(&self, caller: u32) -> Result<()>;
 }
@@ -89,11 +89,11 @@ pub struct System;
 
 impl Host for System {
     fn exec_start_pre(&self, unit: &str) -> Result<String> {
-        let out = std::process::Command::new(crate::systemd::systemctl())
+        let out = std::process::Command::new(crate::host::systemd::systemctl())
             .args(["show", "-p", "ExecStartPre", "--value", unit])
             .stderr(std::process::Stdio::piped())
             .output()
-            .with_context(|| format!("cannot run {}", show(&crate::systemd::systemctl())))?;
+            .with_context(|| format!("cannot run {}", show(&crate::host::systemd::systemctl())))?;
         if !out.status.success() {
             anyhow::bail!(
                 "systemctl show {unit}: {}",
@@ -151,12 +151,12 @@ impl Host for System {
         std::env::current_exe().ok()
     }
 
-    fn ssh_target(&self, destination: &str, caller: u32) -> Result<crate::ssh::Target> {
-        crate::ssh::resolve(destination, crate::ssh::as_user(caller))
+    fn ssh_target(&self, destination: &str, caller: u32) -> Result<crate::host::ssh::Target> {
+        crate::host::ssh::resolve(destination, crate::host::ssh::as_user(caller))
     }
 
     fn drop_to(&self, caller: u32) -> Result<()> {
-        crate::flow::drop_to(caller)
+        crate::cmd::flow::drop_to(caller)
     }
 }
 
@@ -219,17 +219,17 @@ fn check_idmap_support(tree: &Tree, caller: u32, out: &mut Vec<Finding>) {
         ));
         return;
     }
-    let dir = match tree.walk(&cfg.workspace_dir, crate::chase::Trust::RootOwned) {
-        Ok(crate::chase::Walk::Found(n)) => n,
+    let dir = match tree.walk(&cfg.workspace_dir, crate::fs::chase::Trust::RootOwned) {
+        Ok(crate::fs::chase::Walk::Found(n)) => n,
         _ => return,
     };
-    match crate::idmap::try_idmap(&dir) {
+    match crate::fs::idmap::try_idmap(&dir) {
         Ok(()) => out.push(ok(
             "idmap",
             format!(
                 "{} can carry idmapped mounts ({})",
                 show(&dir.path),
-                crate::idmap::fs_type(&dir)
+                crate::fs::idmap::fs_type(&dir)
             ),
         )),
         Err(e) => out.push(fail(
@@ -237,7 +237,7 @@ fn check_idmap_support(tree: &Tree, caller: u32, out: &mut Vec<Finding>) {
             format!(
                 "{} cannot carry idmapped mounts: {}",
                 show(&dir.path),
-                crate::logging::one_line(&e)
+                crate::host::logging::one_line(&e)
             ),
             IDMAP_FIX,
         )),
@@ -249,21 +249,21 @@ fn check_idmap_support(tree: &Tree, caller: u32, out: &mut Vec<Finding>) {
     };
     let Ok(Some(links)) = ws.links() else { return };
     let (mut fine, mut tried) = (0, 0);
-    for name in crate::chase::list_dir(&links).unwrap_or_default() {
-        let Ok(Some(rec)) = crate::entry::read_record(Some(&links), &name) else {
+    for name in crate::fs::chase::list_dir(&links).unwrap_or_default() {
+        let Ok(Some(rec)) = crate::engine::entry::read_record(Some(&links), &name) else {
             continue;
         };
         let mapped = ws
             .guest_of(&name)
-            .is_ok_and(|g| g.ids != crate::idmap::Guest::Plain);
+            .is_ok_and(|g| g.ids != crate::fs::idmap::Guest::Plain);
         if !mapped || (caller != 0 && rec.owner != caller) {
             continue;
         }
-        let crate::entry::RepoNow::Found(repo) = ws.repo_now(&rec) else {
+        let crate::engine::entry::RepoNow::Found(repo) = ws.repo_now(&rec) else {
             continue;
         };
         tried += 1;
-        match crate::idmap::try_idmap(&repo) {
+        match crate::fs::idmap::try_idmap(&repo) {
             Ok(()) => fine += 1,
             Err(e) => out.push(fail(
                 "idmap",
@@ -271,7 +271,7 @@ fn check_idmap_support(tree: &Tree, caller: u32, out: &mut Vec<Finding>) {
                     "repo {} (linked at {}) cannot carry idmapped mounts: {}; its next mount will fail",
                     show(&repo.path),
                     show(&ws.path().join(&name)),
-                    crate::logging::one_line(&e)
+                    crate::host::logging::one_line(&e)
                 ),
                 IDMAP_FIX,
             )),
@@ -291,7 +291,7 @@ const IDMAP_FIX: &str = "use Linux 5.12+ and ext4, xfs, btrfs, tmpfs (6.3+) or Z
 fn check_guests(cfg: &Config, out: &mut Vec<Finding>) {
     for (vm, v) in &cfg.vms {
         let seen = v.seen();
-        let view = crate::status::GuestView::of(seen);
+        let view = crate::cmd::status::GuestView::of(seen);
         let warnings = view.warnings(vm);
         if warnings.is_empty() {
             out.push(ok(
@@ -299,7 +299,7 @@ fn check_guests(cfg: &Config, out: &mut Vec<Finding>) {
                 format!(
                     "VM {vm}: {}; git {}",
                     seen.ids,
-                    crate::gitview::words(seen.git)
+                    crate::engine::gitview::words(seen.git)
                 ),
             ));
         }
@@ -392,7 +392,7 @@ fn check_config(tree: &Tree, out: &mut Vec<Finding>) -> Config {
         Err(e) => {
             out.push(fail(
                 "config",
-                format!("{}: {}", show(path), crate::logging::one_line(&e)),
+                format!("{}: {}", show(path), crate::host::logging::one_line(&e)),
                 "every VM start fails in prepare until it is fixed: correct the file (docs/design.md#config) or rebuild it (nixos-rebuild switch); it must be root's",
             ));
             Config::default()
@@ -495,7 +495,7 @@ fn check_dropins(
                         "drop-ins",
                         format!(
                             "could not ask systemd about {unit}: {}",
-                            crate::logging::one_line(&e)
+                            crate::host::logging::one_line(&e)
                         ),
                         "",
                     ));
@@ -541,7 +541,7 @@ fn check_runners(
                 bad += 1;
                 out.push(fail(
                     "runner",
-                    format!("VM {vm}: {}", crate::logging::one_line(&e)),
+                    format!("VM {vm}: {}", crate::host::logging::one_line(&e)),
                     format!(
                         "prepare refuses it, so every start of {vm} fails: point {} into the Nix store (root's), e.g. by rebuilding the VM",
                         show(&cfg.state_dir.join(vm).join("current"))
@@ -830,7 +830,7 @@ fn check_sudo(root: &Root, tree: &Tree, caller: u32, host: &dyn Host, out: &mut 
             Err(e) => unreadable.push(format!(
                 "{} ({})",
                 show(dropin_dir),
-                crate::logging::one_line(&e)
+                crate::host::logging::one_line(&e)
             )),
         }
     }
@@ -843,7 +843,11 @@ fn check_sudo(root: &Root, tree: &Tree, caller: u32, host: &dyn Host, out: &mut 
                     .map(|(who, cmd)| (f.clone(), who, cmd)),
             ),
             Ok(None) => {}
-            Err(e) => unreadable.push(format!("{} ({})", show(f), crate::logging::one_line(&e))),
+            Err(e) => unreadable.push(format!(
+                "{} ({})",
+                show(f),
+                crate::host::logging::one_line(&e)
+            )),
         }
     }
     let checked = "checked /etc/sudoers and /etc/sudoers.d/* for a rule naming microvm-link";
@@ -953,7 +957,7 @@ fn check_link_records(tree: &Tree, cfg: &Config, out: &mut Vec<Finding>) {
         Err(e) => {
             out.push(fail(
                 "link-records",
-                crate::logging::one_line(&e),
+                crate::host::logging::one_line(&e),
                 "the workspace dir, .links and .displaced must be root's and not group- or other-writable; prepare and microvm-link refuse otherwise",
             ));
             return;
@@ -968,7 +972,7 @@ fn check_link_records(tree: &Tree, cfg: &Config, out: &mut Vec<Finding>) {
         Err(e) => {
             out.push(fail(
                 "link-records",
-                crate::logging::one_line(&e),
+                crate::host::logging::one_line(&e),
                 "make .links a root-owned 0755 directory",
             ));
             return;
@@ -1020,7 +1024,7 @@ fn check_stale(tree: &Tree, cfg: &Config, root: &Root, out: &mut Vec<Finding>) {
         Err(e) => {
             out.push(warn(
                 "stale",
-                format!("could not tell: {}", crate::logging::one_line(&e)),
+                format!("could not tell: {}", crate::host::logging::one_line(&e)),
                 "see microvm-link status",
             ));
             return;
@@ -1052,7 +1056,7 @@ fn check_stale(tree: &Tree, cfg: &Config, root: &Root, out: &mut Vec<Finding>) {
         for s in r
             .shares
             .iter()
-            .filter(|s| s.kind == Some(crate::prepare::Kind::Fallback))
+            .filter(|s| s.kind == Some(crate::model::record::Kind::Fallback))
         {
             out.push(warn(
                 "fallback",
@@ -1100,7 +1104,7 @@ fn check_vsock(cfg: &Config, caller: u32, host: &dyn Host, out: &mut Vec<Finding
                 "vsock",
                 format!(
                     "VM {vm}: could not ask ssh about {dest}: {}",
-                    crate::logging::one_line(&e)
+                    crate::host::logging::one_line(&e)
                 ),
                 fix,
             )),
@@ -1194,14 +1198,14 @@ mod tests {
         fn drop_to(&self, _: u32) -> Result<()> {
             Ok(())
         }
-        fn ssh_target(&self, destination: &str, _: u32) -> Result<crate::ssh::Target> {
+        fn ssh_target(&self, destination: &str, _: u32) -> Result<crate::host::ssh::Target> {
             // "vsock/1" has the proxy (systemd 256+), any other vsock/ name does not.
             let proxy = if destination == "vsock/1" {
                 "/usr/lib/systemd/systemd-ssh-proxy %h %p"
             } else {
                 "none"
             };
-            crate::ssh::parse_g(
+            crate::host::ssh::parse_g(
                 destination,
                 &format!("hostname {destination}\nproxycommand {proxy}\n"),
             )

@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use crate::chase::{self, Tree};
-use crate::idmap::{Guest, DEFAULT_GUEST_UID};
-use crate::paths::{self, check_name, show};
+use crate::fs::chase::{self, Tree};
+use crate::fs::idmap::{Guest, DEFAULT_GUEST_UID};
+use crate::fs::paths::{self, check_name, show};
+use crate::fs::placeholder::PlaceholderSpec;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -244,6 +245,21 @@ fn parse_mode(s: &str) -> Option<u32> {
 }
 
 impl Config {
+    /// The configured placeholder owner resolved to numbers (names through the host's user
+    /// database).
+    pub fn placeholder_spec(&self) -> Result<PlaceholderSpec> {
+        let p = &self.placeholder;
+        let uid = uid_of(&p.user)
+            .with_context(|| format!("placeholder.user {:?}: no such user", p.user))?;
+        let gid = gid_of(&p.group)
+            .with_context(|| format!("placeholder.group {:?}: no such group", p.group))?;
+        Ok(PlaceholderSpec {
+            uid,
+            gid,
+            mode: p.mode_bits(),
+        })
+    }
+
     /// Reads the config file in `tree`; defaults when it does not exist. Only a root-owned
     /// file reached through root-owned directories and links is read (see
     /// [`chase::read_trusted`]), so its errors may quote it: they are for the admin.
@@ -360,4 +376,12 @@ pub fn check_source(source: &str) -> Result<()> {
         bail!("source {:?} contains a newline or NUL", source);
     }
     Ok(())
+}
+
+/// "alice (uid 1000)", or "uid 1000" when the user database does not know it.
+pub fn user_label(uid: u32) -> String {
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        Ok(Some(u)) => format!("{} (uid {uid})", u.name),
+        _ => format!("uid {uid}"),
+    }
 }

@@ -14,10 +14,10 @@ use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::{fstat, mkdirat, Mode, SFlag};
 use nix::unistd::{Gid, Uid};
 
-use crate::chase::{is_symlink, list_dir, Node, Tree, Trust, Walk};
-use crate::failpoint::step;
-use crate::paths::{self, show};
-use crate::placeholder;
+use crate::fs::chase::{is_symlink, list_dir, Node, Tree, Trust, Walk};
+use crate::fs::failpoint::step;
+use crate::fs::paths::{self, show};
+use crate::fs::placeholder;
 
 /// Creates directory `name` in `dir` (mode 0755) with the file-system credentials of
 /// `uid:gid`; an existing directory there is fine (another process won the race).

@@ -22,7 +22,7 @@ use nix::errno::Errno;
 use nix::fcntl::{openat, openat2, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::{fstat, FileStat, Mode, SFlag};
 
-use crate::paths::{self, show, Root};
+use crate::fs::paths::{self, show, Root};
 
 /// More symlinks than this on one path is a loop (the kernel's own limit).
 const MAX_LINKS: u32 = 40;
@@ -82,7 +82,7 @@ impl Node {
             self.proc_path(),
             std::os::unix::fs::PermissionsExt::from_mode(mode),
         )
-        .with_context(|| format!("cannot chmod {}", crate::paths::show(&self.path)))
+        .with_context(|| format!("cannot chmod {}", crate::fs::paths::show(&self.path)))
     }
 
     /// The child `name` of this directory, not following a final symlink.
@@ -533,7 +533,7 @@ fn unescape_mountinfo(s: &str) -> PathBuf {
 /// is what was checked.
 pub fn read_at(dir: &Node, name: &OsStr, max: u64, owner: Option<u32>) -> Result<Option<Vec<u8>>> {
     use std::io::Read;
-    let at = || crate::paths::show(&dir.path.join(name));
+    let at = || crate::fs::paths::show(&dir.path.join(name));
     let fd = match openat(
         &dir.fd,
         name,

@@ -16,15 +16,15 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use nix::errno::Errno;
 
-use crate::action::{Act, Steps};
-use crate::chase::{self, is_mount_root, is_symlink, proc_path, Node, Tree, Trust, Walk};
-use crate::config::{self, Config, GitMode, Seen};
-use crate::dirs;
-use crate::failpoint::step;
-use crate::gitview;
-use crate::idmap::{self, Ids};
-use crate::paths::{self, show, tmp_name};
-use crate::placeholder::{self, PlaceholderSpec};
+use crate::engine::gitview;
+use crate::fs::chase::{self, is_mount_root, is_symlink, proc_path, Node, Tree, Trust, Walk};
+use crate::fs::dirs;
+use crate::fs::failpoint::step;
+use crate::fs::idmap::{self, Ids};
+use crate::fs::paths::{self, show, tmp_name};
+use crate::fs::placeholder::{self, PlaceholderSpec};
+use crate::model::action::{Act, Steps};
+use crate::model::config::{self, user_label, Config, GitMode, Seen};
 
 /// Inside a live root: the directory that shows the entry (docs/design.md#live-links).
 pub const LIVE_CURRENT: &str = "current";
@@ -263,7 +263,7 @@ impl<'t> Workspace<'t> {
         Ok(Workspace {
             tree,
             node: dirs::ensure_root_dir(tree, &cfg.workspace_dir)?,
-            spec: PlaceholderSpec::from_config(cfg)?,
+            spec: cfg.placeholder_spec()?,
             hypervisor: cfg.hypervisor.clone(),
             guests: guests_by_entry(cfg),
             nine_p: nine_p_by_entry(cfg),
@@ -281,7 +281,7 @@ impl<'t> Workspace<'t> {
         Ok(Some(Workspace {
             tree,
             node,
-            spec: PlaceholderSpec::from_config(cfg)?,
+            spec: cfg.placeholder_spec()?,
             hypervisor: cfg.hypervisor.clone(),
             guests: guests_by_entry(cfg),
             nine_p: nine_p_by_entry(cfg),
@@ -409,10 +409,10 @@ impl<'t> Workspace<'t> {
                 None => RepoNow::Found(n),
             },
             Ok(_) => RepoNow::Gone(String::new()),
-            Err(e) if e.downcast_ref::<crate::chase::Dangling>().is_some() => {
+            Err(e) if e.downcast_ref::<crate::fs::chase::Dangling>().is_some() => {
                 RepoNow::Gone(String::new())
             }
-            Err(e) => RepoNow::Gone(crate::logging::one_line(&e)),
+            Err(e) => RepoNow::Gone(crate::host::logging::one_line(&e)),
         }
     }
 
@@ -560,7 +560,7 @@ impl<'t> Workspace<'t> {
             Ok(ids) => ids,
             Err(e) => {
                 // Never mounted the wrong way: the placeholder serves, the journal says why.
-                tracing::warn!(path = %show(&at), action = "no-mapping", "link {} is not mounted: {}; the placeholder serves", show(&at), crate::logging::one_line(&e));
+                tracing::warn!(path = %show(&at), action = "no-mapping", "link {} is not mounted: {}; the placeholder serves", show(&at), crate::host::logging::one_line(&e));
                 if mounted && !steps.dry_run {
                     unmount(&entry)?;
                 }
@@ -1079,7 +1079,7 @@ impl<'t> Workspace<'t> {
                 tracing::warn!(
                     "cannot list the live roots of {}: {}",
                     paths::show_bytes(name),
-                    crate::logging::one_line(&e)
+                    crate::host::logging::one_line(&e)
                 );
                 return;
             }
@@ -1090,14 +1090,14 @@ impl<'t> Workspace<'t> {
                 tracing::warn!(
                     "the live roots of {} are left as they are: {}",
                     paths::show_bytes(name),
-                    crate::logging::one_line(&e)
+                    crate::host::logging::one_line(&e)
                 );
                 return;
             }
         };
         for (root, rel) in roots {
             if let Err(e) = self.sync_live_root(name, &root, &rel, repo.zip(ids.as_ref()), steps) {
-                tracing::warn!(path = %show(&root.path), "live root {} left as it is: {}", show(&root.path), crate::logging::one_line(&e));
+                tracing::warn!(path = %show(&root.path), "live root {} left as it is: {}", show(&root.path), crate::host::logging::one_line(&e));
             }
         }
     }
@@ -1312,14 +1312,6 @@ fn legacy_record(link: &Node, ws: &Path) -> Result<Record> {
         target: paths::normalize(&ws.join(target)),
         owner: link.uid(),
     })
-}
-
-/// "alice (uid 1000)", or "uid 1000" when the user database does not know it.
-pub fn user_label(uid: u32) -> String {
-    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
-        Ok(Some(u)) => format!("{} (uid {uid})", u.name),
-        _ => format!("uid {uid}"),
-    }
 }
 
 /// "<at> is <what> of <owner><detail>; only they or root may change it".

@@ -22,9 +22,9 @@ use std::process::{Command, Stdio};
 use anyhow::{anyhow, bail, Context, Result};
 use rustix::mount::{MoveMountFlags, OpenTreeFlags};
 
-use crate::chase::Node;
-use crate::failpoint::step;
-use crate::paths::show;
+use crate::fs::chase::Node;
+use crate::fs::failpoint::step;
+use crate::fs::paths::show;
 
 /// `vms.<vm>.guestUid` when the config says nothing: the first user of NixOS and Debian.
 pub const DEFAULT_GUEST_UID: u32 = 1000;
@@ -327,7 +327,7 @@ pub fn mount_repo(repo: &Node, target: &Node, ids: &Ids, ro: bool) -> Result<Own
     step("mount");
     // The old API on the mount's root (the tree's descriptor now names the attached mount):
     // private first (a clone of a shared mount joined its peer group), then nosuid,nodev.
-    let at = crate::chase::proc_path(tree.as_fd());
+    let at = crate::fs::chase::proc_path(tree.as_fd());
     use nix::mount::{mount, MsFlags};
     mount(
         None::<&str>,
@@ -407,7 +407,7 @@ pub fn fs_type(n: &Node) -> String {
 pub fn is_idmapped(n: &Node) -> Result<bool> {
     let id = mount_id(n)?;
     // Not there: detached since `n` was opened (a relink racing a look without the lock).
-    Ok(crate::chase::mounts()?
+    Ok(crate::fs::chase::mounts()?
         .iter()
         .find(|m| m.id == id)
         .is_some_and(|m| m.options.split(',').any(|o| o == "idmapped")))

@@ -8,12 +8,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::chase::{Node, Tree, Trust, Walk};
-use crate::config::Config;
-use crate::entry::{self, entry_name_of, live_of, Change, Relinked, Workspace};
-use crate::paths::{self, show, Root};
-use crate::status::{self, VmStatus};
-use crate::{logging, prepare, record, runner, ssh, systemd, units};
+use crate::cmd::status::{self, VmStatus};
+use crate::engine::entry::{self, entry_name_of, live_of, Change, Relinked, Workspace};
+use crate::fs::chase::{Node, Tree, Trust, Walk};
+use crate::fs::paths::{self, show, Root};
+use crate::model::config::Config;
+use crate::{
+    engine::prepare, host::logging, host::ssh, host::systemd, host::units, model::record,
+    model::runner,
+};
 
 /// How long a restart may take before we stop waiting (microvm.nix's default start timeout).
 pub const RESTART_TIMEOUT: Duration = Duration::from_secs(150);
@@ -536,7 +539,10 @@ impl Outcome {
         for d in &self.relinked.displaced {
             let whose = match d.owner == self.caller {
                 true => "your directory".to_string(),
-                false => format!("the directory of {}", crate::entry::user_label(d.owner)),
+                false => format!(
+                    "the directory of {}",
+                    crate::model::config::user_label(d.owner)
+                ),
             };
             out.push(format!(
                 "moved {whose} {} aside to {} (only root can read it there; nothing was deleted)",
@@ -629,7 +635,7 @@ pub fn link(env: &Env, vm: Option<&str>, repo: Option<&Path>, opts: Options) -> 
     };
     env.known_vm(&vm)?;
     if let Some(d) = &opts.ssh {
-        crate::config::check_ssh_destination(d).context("--ssh")?;
+        crate::model::config::check_ssh_destination(d).context("--ssh")?;
     }
     let mut changes = link_changes(env, &vm, &repo.path);
     if opts.if_needed && linked_to(env, &vm, &repo)? {
@@ -644,7 +650,7 @@ fn linked_to(env: &Env, vm: &str, repo: &Node) -> Result<bool> {
         return Ok(false);
     };
     let view = ws.view(vm)?;
-    Ok(view.state == crate::entry::State::Linked && view.target == Some(show(&repo.path)))
+    Ok(view.state == crate::engine::entry::State::Linked && view.target == Some(show(&repo.path)))
 }
 
 /// Unlinks `vm`: its placeholder (and its companions') serve again.
@@ -777,14 +783,14 @@ fn stale_by_others(env: &Env, changed: &[String], s: &VmStatus) -> Option<String
         if changed.iter().any(|c| OsStr::new(c) == name) {
             continue;
         }
-        match crate::entry::read_record(links.as_ref(), &name) {
+        match crate::engine::entry::read_record(links.as_ref(), &name) {
             Ok(Some(rec)) if rec.owner == env.user => {}
             Ok(Some(rec)) => {
                 return Some(format!(
                     "its share {} passes through {}, linked by {}",
                     share.tag,
                     show(&env.cfg.workspace_dir.join(&name)),
-                    crate::entry::user_label(rec.owner)
+                    crate::model::config::user_label(rec.owner)
                 ))
             }
             _ => {

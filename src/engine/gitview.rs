@@ -22,7 +22,7 @@
 //!       objects/           the linker's (info/alternates root's, read-only: ../host-objects)
 //!       host-objects/      mount point in the view: the repo's objects, read-only
 //! ```
-//! The host reads nothing of it but objects and refs (`microvm-link fetch`, [`crate::fetch`]).
+//! The host reads nothing of it but objects and refs (`microvm-link fetch`, [`crate::cmd::fetch`]).
 
 use std::ffi::OsStr;
 use std::io::Write;
@@ -34,12 +34,12 @@ use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::{fchmod, Mode};
 use rustix::mount::MoveMountFlags;
 
-use crate::chase::{self, is_mount_root, Node, Tree, Trust, Walk};
-use crate::config::GitMode;
-use crate::dirs;
-use crate::failpoint::step;
-use crate::idmap::{self, Ids};
-use crate::paths::{show, tmp_name};
+use crate::fs::chase::{self, is_mount_root, Node, Tree, Trust, Walk};
+use crate::fs::dirs;
+use crate::fs::failpoint::step;
+use crate::fs::idmap::{self, Ids};
+use crate::fs::paths::{show, tmp_name};
+use crate::model::config::GitMode;
 
 /// `<workspaceDir>/.git-private`.
 pub const PRIVATE_DIR: &str = ".git-private";
@@ -174,7 +174,7 @@ fn view_git(
             .unwrap_or_else(|e| {
                 tracing::warn!(path = %show(&dotgit.path), action = "git-readonly",
                     "the guest gets {} read-only instead of a git dir of its own: {}",
-                    show(&dotgit.path), crate::logging::one_line(&e));
+                    show(&dotgit.path), crate::host::logging::one_line(&e));
                 None
             });
             if let Some(own) = own {
@@ -272,7 +272,7 @@ pub fn clear_leftovers(ws: &Node) -> Result<()> {
         if top.is_dir() && top.uid() == 0 {
             for name in chase::list_dir(&top)? {
                 let b = name.as_encoded_bytes();
-                if b.starts_with(crate::paths::TMP_PREFIX.as_bytes()) {
+                if b.starts_with(crate::fs::paths::TMP_PREFIX.as_bytes()) {
                     // Never mounted, so nothing of a guest's is in it: it goes.
                     if let Ok(half) = top.child(&name) {
                         remove_tree(&half, 0)?;

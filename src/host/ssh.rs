@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::config::check_ssh_destination;
+use crate::model::config::check_ssh_destination;
 
 /// Where a destination leads, as `ssh -G` says.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -206,7 +206,7 @@ fn probe_as(exe: &Path, t: &Target, user: Option<As>) -> Result<()> {
     if let Some(err) = child.stderr.take() {
         let _ = err.take(512).read_to_end(&mut said);
     }
-    let said = crate::logging::one_line(&anyhow::anyhow!(
+    let said = crate::host::logging::one_line(&anyhow::anyhow!(
         "{}",
         String::from_utf8_lossy(&said)
             .trim()
@@ -229,13 +229,13 @@ fn probe_as(exe: &Path, t: &Target, user: Option<As>) -> Result<()> {
 pub fn probe_command(host: &str, port: u16) -> Result<std::process::ExitCode> {
     use std::process::ExitCode;
     anyhow::ensure!(
-        !nix::unistd::Uid::effective().is_root() || crate::paths::sudo_uid().is_none(),
+        !nix::unistd::Uid::effective().is_root() || crate::fs::paths::sudo_uid().is_none(),
         "__probe-ssh is internal and refused through sudo"
     );
     Ok(match probe(host, port, PROBE_LIMIT) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("microvm-link: {}", crate::logging::one_line(&e));
+            eprintln!("microvm-link: {}", crate::host::logging::one_line(&e));
             match e.is::<Unresolved>() {
                 true => ExitCode::from(UNRESOLVED_EXIT as u8),
                 false => ExitCode::FAILURE,

@@ -10,10 +10,9 @@ use nix::fcntl::{openat, renameat2, OFlag, RenameFlags};
 use nix::sys::stat::{mkdirat, Mode};
 use nix::unistd::{Gid, Uid};
 
-use crate::chase::{proc_path, Node};
-use crate::config::Config;
-use crate::failpoint::step;
-use crate::paths::{show, tmp_name};
+use crate::fs::chase::{proc_path, Node};
+use crate::fs::failpoint::step;
+use crate::fs::paths::{show, tmp_name};
 
 /// Extended attribute marking a placeholder. The `trusted.` namespace needs CAP_SYS_ADMIN, so
 /// an unprivileged user cannot forge it on a directory of their own.
@@ -49,20 +48,6 @@ pub struct PlaceholderSpec {
 }
 
 impl PlaceholderSpec {
-    /// The configured owner resolved to numbers (names through the host's user database).
-    pub fn from_config(cfg: &Config) -> Result<PlaceholderSpec> {
-        let p = &cfg.placeholder;
-        let uid = crate::config::uid_of(&p.user)
-            .with_context(|| format!("placeholder.user {:?}: no such user", p.user))?;
-        let gid = crate::config::gid_of(&p.group)
-            .with_context(|| format!("placeholder.group {:?}: no such group", p.group))?;
-        Ok(PlaceholderSpec {
-            uid,
-            gid,
-            mode: p.mode_bits(),
-        })
-    }
-
     /// "uid 0, gid 0, 0555", for log lines.
     pub fn describe(&self) -> String {
         format!("uid {}, gid {}, {:04o}", self.uid, self.gid, self.mode)

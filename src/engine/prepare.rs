@@ -10,33 +10,16 @@ use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
 
-use crate::action::{Act, Action, Steps};
-use crate::chase::{Node, Tree, Trust, Walk};
-use crate::config::{Config, Proto};
-use crate::dirs;
-use crate::entry::{entry_of, live_of, Workspace};
-use crate::paths::show;
-use crate::placeholder::{self, PlaceholderSpec};
-use crate::runner::{self, Share};
-
-/// What a source was at this start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Kind {
-    /// A directory that is not ours: left exactly as it is.
-    Existing,
-    /// One of our placeholders (found or created).
-    Placeholder,
-    /// Created just now, with the owner's credentials, inside a user's tree.
-    CreatedInRepo,
-    /// A live root: it follows every link change of its entry (docs/design.md#live-links).
-    Live,
-    /// The repo linked at its entry cannot serve it (a file there, a symlink out of the
-    /// repo): a placeholder serves it, in this VM's namespace only (docs/design.md#fallback).
-    Fallback,
-}
+use crate::engine::entry::{entry_of, live_of, Workspace};
+use crate::fs::chase::{Node, Tree, Trust, Walk};
+use crate::fs::dirs;
+use crate::fs::paths::show;
+use crate::fs::placeholder::{self, PlaceholderSpec};
+use crate::model::action::{Act, Action, Steps};
+use crate::model::config::{Config, Proto};
+use crate::model::record::{Kind, Prepared};
+use crate::model::runner::{self, Share};
 
 /// A share the linked repo could not serve, and where its placeholder goes: on `dir` (the
 /// deepest directory of the path that is one, inside the entry), a tmpfs holding `rest`.
@@ -48,16 +31,6 @@ pub struct Fallback {
     pub rest: Vec<OsString>,
     /// Why, in one line (the error that would have failed the start).
     pub why: String,
-}
-
-/// One share after preparing: where its source resolved.
-#[derive(Debug, Clone)]
-pub struct Prepared {
-    pub share: Share,
-    pub resolved: PathBuf,
-    pub dev: u64,
-    pub ino: u64,
-    pub kind: Kind,
 }
 
 /// What one run works with and what it did.
@@ -105,7 +78,7 @@ impl<'a> Ctx<'a> {
         Ok(Ctx {
             tree,
             cfg,
-            spec: PlaceholderSpec::from_config(cfg)?,
+            spec: cfg.placeholder_spec()?,
             ws,
             steps: Steps::new(vm, dry_run),
             redirects: Vec::new(),
@@ -214,10 +187,10 @@ impl<'a> Ctx<'a> {
             .iter()
             .map(OsStr::to_os_string)
             .collect();
-        let why = crate::logging::one_line(e);
+        let why = crate::host::logging::one_line(e);
         tracing::warn!(vm = %self.steps.vm, tag = %share.tag, path = %show(&share.path), owner, action = "fallback",
             "share {:?} source {} cannot be served from the repo linked by {}: {}; this VM gets a placeholder there",
-            share.tag, show(&share.path), crate::entry::user_label(owner), why);
+            share.tag, show(&share.path), crate::model::config::user_label(owner), why);
         self.fallbacks.push(Fallback {
             share: share.clone(),
             dir: dir.path.clone(),
@@ -521,7 +494,7 @@ fn fallback_source(vm: &str) -> String {
 /// `ExecStartPost=` and `ExecStopPost=` ([`release_fallbacks`]) then take it off the host's.
 pub fn serve_fallbacks(tree: &Tree, cfg: &Config, vm: &str, fallbacks: &[Fallback]) -> Result<()> {
     release_fallbacks(vm)?;
-    let spec = PlaceholderSpec::from_config(cfg)?;
+    let spec = cfg.placeholder_spec()?;
     for f in fallbacks {
         let what = || format!("placeholder for {}", show(&f.share.path));
         let dir = match tree.walk(&f.dir, Trust::Owners).with_context(what)? {
@@ -562,7 +535,7 @@ pub fn serve_fallbacks(tree: &Tree, cfg: &Config, vm: &str, fallbacks: &[Fallbac
             MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
         )
         .with_context(what)?;
-        crate::failpoint::step("fallback placeholder");
+        crate::fs::failpoint::step("fallback placeholder");
     }
     Ok(())
 }
@@ -571,17 +544,17 @@ pub fn serve_fallbacks(tree: &Tree, cfg: &Config, vm: &str, fallbacks: &[Fallbac
 /// source in /proc/self/mountinfo; each checked to be a mount root before it goes).
 pub fn release_fallbacks(vm: &str) -> Result<()> {
     let source = fallback_source(vm);
-    for m in crate::chase::mounts()?
+    for m in crate::fs::chase::mounts()?
         .iter()
         .filter(|m| m.source == source)
     {
         if let Ok(f) = std::fs::File::open(&m.at) {
-            if crate::chase::is_mount_root(std::os::fd::AsFd::as_fd(&f))? {
+            if crate::fs::chase::is_mount_root(std::os::fd::AsFd::as_fd(&f))? {
                 let _ = rustix::mount::unmount(
-                    crate::chase::proc_path(std::os::fd::AsFd::as_fd(&f)),
+                    crate::fs::chase::proc_path(std::os::fd::AsFd::as_fd(&f)),
                     rustix::mount::UnmountFlags::DETACH,
                 );
-                crate::failpoint::step("release fallback");
+                crate::fs::failpoint::step("release fallback");
             }
         }
     }

@@ -12,9 +12,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use nix::fcntl::OFlag;
 use nix::sys::stat::{fstat, SFlag};
 
-use crate::chase::{self, Node, Tree, Trust, Walk};
-use crate::config::{check_source, Config, Proto};
-use crate::paths::{self, show};
+use crate::fs::chase::{self, Node, Tree, Trust, Walk};
+use crate::fs::paths::{self, show};
+use crate::model::config::{check_source, Config, Proto};
 
 /// One share of a VM, its source resolved to an absolute, normalized inside path.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::config::Config;
-use crate::flow::{self, Env};
-use crate::paths::{self, show};
-use crate::ssh;
+use crate::cmd::flow::{self, Env};
+use crate::fs::paths::{self, show};
+use crate::host::ssh;
+use crate::model::config::Config;
 
 /// Where `shell` goes.
 #[derive(Debug)]
@@ -43,7 +43,7 @@ pub fn plan(env: &Env, vm: Option<&str>, given: Option<&str>) -> Result<Plan> {
             format!("{vm} has no SSH destination; set vms.{vm}.ssh in the config (NixOS: services.microvm-workspaces.ssh) or pass --ssh DEST")
         })?
         .name;
-    crate::config::check_ssh_destination(&destination)?;
+    crate::model::config::check_ssh_destination(&destination)?;
     let cwd = std::env::current_dir().context("cannot read the working directory")?;
     let rel = env
         .root
@@ -84,7 +84,7 @@ pub fn guest_workspace(cfg: &Config, vm: &str) -> Option<String> {
             Some(format!(
                 "{}/{}",
                 mp.trim_end_matches('/'),
-                crate::entry::LIVE_CURRENT
+                crate::engine::entry::LIVE_CURRENT
             ))
         } else {
             None
@@ -120,10 +120,10 @@ pub fn link_through_sudo(vm: &str, given: Option<&str>) -> Result<()> {
 /// shell skips sudo. Asked with the user's own rights; any doubt is a "no", and the
 /// privileged run decides.
 pub fn serving(env: &Env, plan: &Plan) -> bool {
-    crate::status::status_of(&env.tree, &env.cfg, &env.root, &plan.vm).is_ok_and(|s| {
+    crate::cmd::status::status_of(&env.tree, &env.cfg, &env.root, &plan.vm).is_ok_and(|s| {
         s.running == Some(true)
             && !s.stale
-            && s.workspace.state == crate::entry::State::Linked
+            && s.workspace.state == crate::engine::entry::State::Linked
             && s.workspace.target == Some(show(&plan.repo))
     })
 }
@@ -136,7 +136,7 @@ const SETTLED: Duration = Duration::from_secs(60);
 
 /// When `vm` last started: the mtime of its /run record, which prepare writes at every start.
 fn start_record(env: &Env, vm: &str) -> Option<std::fs::Metadata> {
-    std::fs::metadata(env.root.real(&crate::record::record_path(vm))).ok()
+    std::fs::metadata(env.root.real(&crate::model::record::record_path(vm))).ok()
 }
 
 /// Waits for the VM's SSH banner as the user's ssh resolves the destination, unless a shared

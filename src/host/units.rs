@@ -9,14 +9,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::config::Config;
-use crate::paths::{self, show, Root};
+use crate::fs::paths::{self, show, Root};
+use crate::model::config::Config;
 
-const TEMPLATE_DROPIN: &str = include_str!("../units/50-microvm-workspaces.conf.in");
-const INSTANCE_DROPIN: &str = include_str!("../units/instance.conf.in");
+const TEMPLATE_DROPIN: &str = include_str!("../../units/50-microvm-workspaces.conf.in");
+const INSTANCE_DROPIN: &str = include_str!("../../units/instance.conf.in");
 /// virtiofsd's: fallback placeholders (docs/design.md#fallback), no device nodes
 /// (docs/design.md#guest-git).
-const VIRTIOFSD_DROPIN: &str = include_str!("../units/50-microvm-workspaces-virtiofsd.conf.in");
+const VIRTIOFSD_DROPIN: &str = include_str!("../../units/50-microvm-workspaces-virtiofsd.conf.in");
 /// Drop-in file name, systemd style: `50-<name>.conf`.
 pub const DROPIN_NAME: &str = "50-microvm-workspaces.conf";
 /// The per-VM drop-in must have another name: a drop-in in `microvm@vm1.service.d/` with
@@ -163,7 +163,7 @@ pub fn generate(root: &Root, env: &GenEnv, out: &Path, prepare: &Path) -> Result
             "microvm-workspaces=0 on the kernel command line",
         ));
     }
-    let config = crate::chase::Tree::open(root).and_then(|t| Config::load(&t));
+    let config = crate::fs::chase::Tree::open(root).and_then(|t| Config::load(&t));
     if matches!(&config, Ok(c) if !c.enable) {
         return Ok(Generated::Disabled("\"enable\": false in the config"));
     }

@@ -3,7 +3,7 @@
 //! Every path the project reads or writes is kept as it would be on the host ("inside" path,
 //! absolute) and turned into a real path only at the moment of I/O, through [`Root`]. Under a
 //! root, symlink targets and repo paths are inside paths too (like `systemd-tmpfiles --root`),
-//! which is why path resolution goes through [`crate::chase`] rather than the kernel alone.
+//! which is why path resolution goes through [`crate::fs::chase`] rather than the kernel alone.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -49,7 +49,7 @@ impl Root {
     ///
     /// Refused for a caller who came through sudo: a tree of the caller's choosing would let
     /// them pick every file root then reads and every directory root acts on. Only this
-    /// checks the name; [`crate::chase::Tree::open`] opens it once and everything after goes
+    /// checks the name; [`crate::fs::chase::Tree::open`] opens it once and everything after goes
     /// through that descriptor.
     pub fn from_args(cli: Option<&Path>) -> Result<Root> {
         let env = std::env::var_os(ROOT_ENV).filter(|v| !v.is_empty());

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::paths::show;
+use crate::fs::paths::show;
 
 /// What a step does. The journal's `ACTION` field is [`Act::as_str`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

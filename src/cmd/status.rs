@@ -5,14 +5,15 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::chase::Tree;
-use crate::config::{Config, GitMode, Seen};
-use crate::entry::{live_of, EntryView, State, Workspace};
-use crate::idmap::Guest;
-use crate::paths::Root;
-use crate::prepare::Kind;
-use crate::record::{self, ShareRecord};
-use crate::shows::{self, Shows};
+use crate::engine::entry::{live_of, EntryView, State, Workspace};
+use crate::engine::shows;
+use crate::fs::chase::Tree;
+use crate::fs::idmap::Guest;
+use crate::fs::paths::Root;
+use crate::model::config::{Config, GitMode, Seen};
+use crate::model::record::Kind;
+use crate::model::record::Shows;
+use crate::model::record::{self, ShareRecord};
 
 /// The status of `vm` (checked to be known), or of every VM.
 pub fn collect(
@@ -23,8 +24,8 @@ pub fn collect(
 ) -> anyhow::Result<Vec<VmStatus>> {
     let vms = match vm {
         Some(v) => {
-            crate::paths::check_name("VM", v)?;
-            crate::runner::check_known(tree, cfg, v)?;
+            crate::fs::paths::check_name("VM", v)?;
+            crate::model::runner::check_known(tree, cfg, v)?;
             vec![v.to_string()]
         }
         None => all_vms(tree, cfg),
@@ -34,7 +35,7 @@ pub fn collect(
 
 /// Every VM `status` shows: known ones (a runner or a config entry) and those with a record.
 pub fn all_vms(tree: &Tree, cfg: &Config) -> Vec<String> {
-    let mut v = crate::runner::known_vms(tree, cfg);
+    let mut v = crate::model::runner::known_vms(tree, cfg);
     v.extend(record::recorded_vms(tree));
     v.sort();
     v.dedup();
@@ -140,7 +141,7 @@ pub fn status_of(tree: &Tree, cfg: &Config, root: &Root, vm: &str) -> anyhow::Re
     let running = if root.is_rerooted() {
         None
     } else {
-        crate::systemd::is_active(&crate::units::unit_name("microvm@", vm))
+        crate::host::systemd::is_active(&crate::host::units::unit_name("microvm@", vm))
     };
     let mut workspace = match Workspace::find(tree, cfg)? {
         Some(ws) => ws.view(vm)?,
@@ -151,15 +152,15 @@ pub fn status_of(tree: &Tree, cfg: &Config, root: &Root, vm: &str) -> anyhow::Re
     };
     // One unreadable record must not take status (or a link's stale list) down with it.
     let record = record::read(tree, vm).unwrap_or_else(|e| {
-        tracing::warn!(vm, "ignoring it: {}", crate::logging::one_line(&e));
+        tracing::warn!(vm, "ignoring it: {}", crate::host::logging::one_line(&e));
         None
     });
     let mut shares: Vec<ShareStatus> = Vec::new();
-    let current = crate::runner::shares(tree, cfg, vm).unwrap_or_else(|e| {
+    let current = crate::model::runner::shares(tree, cfg, vm).unwrap_or_else(|e| {
         tracing::warn!(
             vm,
             "not showing its shares: {}",
-            crate::logging::one_line(&e)
+            crate::host::logging::one_line(&e)
         );
         Vec::new()
     });
@@ -247,7 +248,7 @@ fn share_status(
         at_start,
         now,
         showed_at_start: showed.as_ref().map(Shows::words),
-        stale_because: stale.then(|| shows::why_stale(showed.as_ref(), &shows_now)),
+        stale_because: stale.then(|| record::why_stale(showed.as_ref(), &shows_now)),
         shows_now: shows_now.words(),
     }
 }
@@ -313,7 +314,7 @@ pub fn table(rows: &[VmStatus], verbose: bool) -> String {
                 },
                 if first { ws.clone() } else { String::new() },
                 s.tag.clone(),
-                crate::paths::show(std::path::Path::new(&s.source)),
+                crate::fs::paths::show(std::path::Path::new(&s.source)),
                 shown(s.showed_at_start.as_deref(), &s.at_start),
                 shown(Some(&s.shows_now), &s.now),
                 match &s.stale_because {

@@ -1,0 +1,6 @@
+pub mod cli;
+pub mod doctor;
+pub mod fetch;
+pub mod flow;
+pub mod shell;
+pub mod status;

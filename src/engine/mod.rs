@@ -1,0 +1,4 @@
+pub mod entry;
+pub mod gitview;
+pub mod prepare;
+pub mod shows;

@@ -1,0 +1,4 @@
+pub mod logging;
+pub mod ssh;
+pub mod systemd;
+pub mod units;

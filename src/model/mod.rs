@@ -1,0 +1,4 @@
+pub mod action;
+pub mod config;
+pub mod record;
+pub mod runner;
