@@ -609,7 +609,15 @@ fn relink_checks_the_owner_of_the_very_directory_it_mounts() {
         name: "vm1".into(),
         target: Some("/home/bob/secret".into()),
     };
-    let err = format!("{:#}", ws.relink(&[change], ALICE).unwrap_err());
+    let err = format!(
+        "{:#}",
+        ws.relink(
+            &[change],
+            microvm_workspaces::engine::policy::Caller::User(ALICE),
+            false
+        )
+        .unwrap_err()
+    );
     assert!(
         err.contains("owned by uid 4343, not by the linking user (uid 4242)"),
         "{err}"

@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::cmd::status::{self, VmStatus};
 use crate::engine::entry::{self, entry_name_of, live_of, Change, Relinked, Workspace};
+use crate::engine::policy::Caller;
 use crate::fs::chase::{Node, Tree, Trust, Walk};
 use crate::fs::paths::{self, show, Root};
 use crate::model::config::Config;
@@ -671,21 +672,18 @@ fn run(
     let (affected, mut skipped) = affected(env, &changes);
     // Everything that can be checked is checked before anything changes.
     check_affected(env, &affected, &changes)?;
-    let relinked = if opts.dry_run {
-        match Workspace::find(&env.tree, &env.cfg)? {
-            Some(ws) => ws.plan_relink(&changes, env.user)?,
-            None => Relinked {
-                changed: changes.iter().filter(|c| c.target.is_some()).count(),
-                steps: vec![format!(
-                    "would create {} and link there",
-                    show(&env.cfg.workspace_dir)
-                )],
-                displaced: Vec::new(),
-                changed_names: Vec::new(),
-            },
-        }
-    } else {
-        Workspace::ensure(&env.tree, &env.cfg)?.relink(&changes, env.user)?
+    let caller = Caller::from_uid(env.user);
+    let relinked = match Workspace::find(&env.tree, &env.cfg)? {
+        Some(ws) => ws.relink(&changes, caller, opts.dry_run)?,
+        None if opts.dry_run => Relinked {
+            changed: changes.iter().filter(|c| c.target.is_some()).count(),
+            steps: vec![format!(
+                "would create {} and link there",
+                show(&env.cfg.workspace_dir)
+            )],
+            ..Relinked::default()
+        },
+        None => Workspace::ensure(&env.tree, &env.cfg)?.relink(&changes, caller, false)?,
     };
     let ensured = ensure_affected(env, &affected, opts.dry_run, &mut skipped);
     let link_ms = t0.elapsed().as_secs_f64() * 1000.0;

@@ -5,8 +5,9 @@
 //! linked it (so `ls -l` says who), and survives reboots. The entry itself is always a real
 //! directory, a placeholder, with the recorded repo bind-mounted on it while linked:
 //! virtiofsd 1.14 refuses a source whose last component is a symlink, so the record is never
-//! what a VM is given. Two operations keep entry and record in step, under the workspace lock:
-//! [`Workspace::reconcile`] at every VM start, [`Workspace::relink`] for microvm-link.
+//! what a VM is given. The engine keeps entry and record in step, under the workspace lock:
+//! observe (engine::observe) -> plan (engine::plan) -> apply (engine::apply), at every VM
+//! start (engine::prepare) and for microvm-link ([`Workspace::relink`]).
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
@@ -16,25 +17,21 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use nix::errno::Errno;
 
+use crate::engine::apply::{apply, Applied, Log};
 use crate::engine::gitview;
-use crate::fs::chase::{self, is_mount_root, is_symlink, proc_path, Node, Tree, Trust, Walk};
+use crate::engine::observe::{Held, WantOf};
+use crate::engine::plan::{self, Intent, Op};
+use crate::engine::policy::{self, Caller};
+use crate::fs::chase::{self, is_mount_root, proc_path, Node, Tree, Trust, Walk};
 use crate::fs::dirs;
 use crate::fs::failpoint::step;
-use crate::fs::idmap::{self, Ids};
+use crate::fs::idmap::Ids;
 use crate::fs::paths::{self, show, tmp_name};
 use crate::fs::placeholder::{self, PlaceholderSpec};
-use crate::model::action::{Act, Steps};
-use crate::model::config::{self, user_label, Config, GitMode, Seen};
+use crate::model::config::{self, user_label, Config, Seen};
 
 /// Inside a live root: the directory that shows the entry (docs/design.md#live-links).
 pub const LIVE_CURRENT: &str = "current";
-
-/// `current` while unlinked: root's, read-only, whatever the configured placeholder owner.
-const LIVE_SPEC: PlaceholderSpec = PlaceholderSpec {
-    uid: 0,
-    gid: 0,
-    mode: 0o555,
-};
 
 /// The live root a share source names: `<workspaceDir>/.live/<name>[/<path>]` gives the
 /// entry name and the path below it. `Err` for a live source that is not valid (an entry
@@ -147,6 +144,9 @@ pub struct Relinked {
     /// The entries that really changed (not those left as they were).
     #[serde(skip)]
     pub changed_names: Vec<String>,
+    /// The operations applied, in order (none in a dry run).
+    #[serde(skip)]
+    pub ops: Vec<Op>,
 }
 
 /// A directory that was in the way of a link, and where it went.
@@ -163,26 +163,6 @@ pub enum RepoNow {
     Found(Node),
     /// Gone; the reason when it is more than missing (it cannot be reached safely).
     Gone(String),
-}
-
-/// What [`Workspace::reconcile`] found, and in a dry run what it would change.
-#[derive(Debug)]
-pub struct Reconciled {
-    pub state: State,
-    /// Dry run: a placeholder would be made (or put in place of a legacy symlink).
-    pub would_create: bool,
-    /// Dry run: the recorded repo would be mounted on the entry.
-    pub would_mount: Option<PathBuf>,
-}
-
-impl Reconciled {
-    fn is(state: State) -> Reconciled {
-        Reconciled {
-            state,
-            would_create: false,
-            would_mount: None,
-        }
-    }
 }
 
 /// The name of the workspace entry a path passes through, if it lies under the workspace dir.
@@ -212,15 +192,12 @@ pub fn inside_workspace(repo: &Path, ws: &Path) -> anyhow::Error {
     )
 }
 
-/// Where people's uids start (NixOS `isNormalUser`, Debian's `UID_MIN`); below are services'.
-pub const FIRST_PERSON_UID: u32 = 1000;
-
 /// The workspace dir, a trusted place (root's, nobody else may write to it).
 pub struct Workspace<'t> {
-    tree: &'t Tree,
+    pub(crate) tree: &'t Tree,
     pub node: Node,
-    spec: PlaceholderSpec,
-    hypervisor: config::Hypervisor,
+    pub(crate) spec: PlaceholderSpec,
+    pub(crate) hypervisor: config::Hypervisor,
     /// Entry name -> the VMs whose configured shares pass through it, and how each one's
     /// guest is to see a linked repo (docs/design.md#idmap).
     guests: BTreeMap<OsString, Vec<(String, Seen)>>,
@@ -306,30 +283,8 @@ impl<'t> Workspace<'t> {
     }
 
     /// The ids a mount of `repo` for entry `name` gets.
-    fn ids_for(&self, name: &OsStr, repo: &Node) -> Result<Ids> {
+    pub(crate) fn ids_for(&self, name: &OsStr, repo: &Node) -> Result<Ids> {
         self.guest_of(name)?.ids.ids_for(repo)
-    }
-
-    /// Mounts the guests' view of `repo` on `target` for entry `name`: at the entry (or a
-    /// live root of the whole repo, `whole`) with the configured git view; a live root of a
-    /// path below gets a read-only `.git` if it has one, unless git is shared.
-    fn attach(
-        &self,
-        name: &OsStr,
-        repo: &Node,
-        target: &Node,
-        ids: &Ids,
-        whole: bool,
-    ) -> Result<()> {
-        let git = self.git_at(name, whole)?;
-        gitview::mount(self.tree, &self.node, name, repo, target, ids, git)
-    }
-
-    fn git_at(&self, name: &OsStr, whole: bool) -> Result<GitMode> {
-        Ok(match self.guest_of(name)?.git {
-            GitMode::Private if !whole => GitMode::Readonly,
-            g => g,
-        })
     }
 
     pub fn path(&self) -> &Path {
@@ -350,10 +305,6 @@ impl<'t> Workspace<'t> {
         }
     }
 
-    fn ensure_links(&self) -> Result<Node> {
-        dirs::ensure_root_dir(self.tree, &self.path().join(paths::LINKS))
-    }
-
     /// Takes the workspace lock and clears what killed runs left (temporary names). A
     /// directory under a temporary name that is not ours is a user's directory caught between
     /// being swapped out and moved aside: it finishes its way into `.displaced/`.
@@ -372,26 +323,13 @@ impl<'t> Workspace<'t> {
     }
 
     /// The entry `name`, if there is anything there.
-    fn child(&self, name: &OsStr) -> Result<Option<Node>> {
+    pub(crate) fn child(&self, name: &OsStr) -> Result<Option<Node>> {
         match self.node.child(name) {
             Ok(n) => Ok(Some(n)),
             Err(Errno::ENOENT) => Ok(None),
             Err(e) => Err(anyhow!(e))
                 .with_context(|| format!("cannot open {}", show(&self.path().join(name)))),
         }
-    }
-
-    /// The recorded repo, if the record's target is a directory now (`None`: dangling).
-    fn repo_of(&self, rec: &Record, at: &Path) -> Result<Option<Node>> {
-        Ok(match self.repo_now(rec) {
-            RepoNow::Found(n) => Some(n),
-            RepoNow::Gone(why) => {
-                if !why.is_empty() {
-                    tracing::warn!(path = %show(at), "the repo of link {} cannot be reached safely ({why}); the placeholder serves", show(at));
-                }
-                None
-            }
-        })
     }
 
     /// The one rule for what a record's repo is now: a directory reached safely, or gone
@@ -445,326 +383,53 @@ impl<'t> Workspace<'t> {
         }
     }
 
-    /// Makes entry `name` agree with its record (at every VM start, holding the lock): a
-    /// legacy symlink becomes a record and a placeholder, a placeholder is the mountpoint, the
-    /// recorded repo is mounted, a repo that is gone is unmounted. With `steps.dry_run` it
-    /// only plans, and says what would change.
-    pub fn reconcile(&self, name: &OsStr, steps: &mut Steps) -> Result<Reconciled> {
-        let (done, repo) = self.reconcile_entry(name, steps)?;
-        self.sync_live(name, repo.as_ref(), steps);
-        Ok(done)
-    }
-
-    /// [`Workspace::reconcile`] for the entry itself; also returns the repo it shows (or, in
-    /// a dry run, would show).
-    fn reconcile_entry(
-        &self,
-        name: &OsStr,
-        steps: &mut Steps,
-    ) -> Result<(Reconciled, Option<Node>)> {
-        let links = self.links()?;
-        let mut record = read_record(links.as_ref(), name)?;
-        let at = self.path().join(name);
-        let mut entry = self.child(name)?;
-        let mut would_create = false;
-
-        if let Some(e) = entry.as_ref().filter(|e| !e.is_dir()) {
-            if !is_symlink(&e.st) {
-                bail!("{} exists but is not a directory", show(&at));
-            }
-            // The shell-era layout: a symlink right in the workspace dir.
-            let rec = legacy_record(e, self.path())?;
-            steps.act(
-                Act::Migrate,
-                &at,
-                format!(
-                    "legacy symlink to {} becomes a record and a placeholder",
-                    show(&rec.target)
-                ),
-            );
-            if steps.dry_run {
-                entry = None;
-                would_create = true;
-            } else {
-                let links = match links.as_ref() {
-                    Some(l) => l.try_clone()?,
-                    None => self.ensure_links()?,
-                };
-                write_record(&links, name, &rec)?;
-                self.replace_symlink(name)?;
-                entry = self.child(name)?;
-            }
-            record = Some(rec);
-        }
-
-        let Some(rec) = record else {
-            let state = match entry {
-                None => State::Missing,
-                Some(e) if e.is_placeholder() => State::Placeholder,
-                Some(_) => State::Directory,
-            };
-            let done = Reconciled {
-                would_create,
-                ..Reconciled::is(state)
-            };
-            return Ok((done, None));
-        };
-
-        // A record: first the repo (so any refusal comes before any change), then the entry,
-        // which must be a placeholder to mount on.
-        let repo = self.repo_of(&rec, &at)?;
-        let entry = match entry {
-            Some(e) => e,
-            None => {
-                steps.act(
-                    Act::CreatePlaceholder,
-                    &at,
-                    "mountpoint for the link".into(),
-                );
-                if steps.dry_run {
-                    let state = match repo {
-                        Some(_) => State::Linked,
-                        None => State::Dangling,
-                    };
-                    let done = Reconciled {
-                        state,
-                        would_create: true,
-                        would_mount: repo.as_ref().map(|r| r.path.clone()),
-                    };
-                    return Ok((done, repo));
-                }
-                placeholder::create(&self.node, name, self.spec)?
-            }
-        };
-        let mounted = is_mount_root(entry.fd.as_fd())?;
-        let Some(repo) = repo else {
-            tracing::warn!(path = %show(&at), target = %show(&rec.target), action = "repo-gone",
-                "the repo of link {} is gone; the placeholder serves", show(&at));
-            if mounted {
-                steps.act(
-                    Act::Unmount,
-                    &at,
-                    format!("repo {} is gone", show(&rec.target)),
-                );
-                if !steps.dry_run {
-                    unmount(&entry)?;
-                }
-            }
-            let done = Reconciled {
-                would_create,
-                ..Reconciled::is(State::Dangling)
-            };
-            return Ok((done, None));
-        };
-        let ids = match self.ids_for(name, &repo) {
-            Ok(ids) => ids,
-            Err(e) => {
-                // Never mounted the wrong way: the placeholder serves, the journal says why.
-                tracing::warn!(path = %show(&at), action = "no-mapping", "link {} is not mounted: {}; the placeholder serves", show(&at), crate::host::logging::one_line(&e));
-                if mounted && !steps.dry_run {
-                    unmount(&entry)?;
-                }
-                return Ok((Reconciled::is(State::Dangling), None));
-            }
-        };
-        if mounted && entry.id() == repo.id() && entry.st.st_nlink > 0 {
-            if idmap::mounted_as(&entry, &repo, &ids)?
-                && gitview::view_is(
-                    self.tree,
-                    &self.node,
-                    name,
-                    &entry,
-                    &repo,
-                    self.git_at(name, true)?,
-                )?
-            {
-                return Ok((Reconciled::is(State::Linked), Some(repo)));
-            }
-            steps.act(
-                Act::Unmount,
-                &at,
-                format!("mounted otherwise than as {}", ids),
-            );
-            if steps.dry_run {
-                return Ok((
-                    Reconciled {
-                        would_mount: Some(repo.path.clone()),
-                        ..Reconciled::is(State::Linked)
-                    },
-                    Some(repo),
-                ));
-            }
-            unmount(&entry)?;
-            let entry = self.node.child(name)?;
-            return self
-                .mount_entry(name, &at, &repo, entry, &ids, steps)
-                .map(|d| (d, Some(repo)));
-        }
-        let would_mount = Reconciled {
-            would_create,
-            would_mount: Some(repo.path.clone()),
-            ..Reconciled::is(State::Linked)
-        };
-        if mounted {
-            steps.act(
-                Act::Unmount,
-                &at,
-                "it shows something other than the recorded repo".into(),
-            );
-            if steps.dry_run {
-                return Ok((would_mount, Some(repo)));
-            }
-            unmount(&entry)?;
-        }
-        let entry = if mounted {
-            self.node.child(name)?
-        } else {
-            entry
-        };
-        if !entry.is_placeholder() {
-            tracing::warn!(path = %show(&at), "{} is a directory of its own, not a placeholder; not mounting the link over it (microvm-link moves it aside)", show(&at));
-            return Ok((Reconciled::is(State::Directory), None));
-        }
-        if steps.dry_run {
-            steps.act(
-                Act::Mount,
-                &at,
-                format!("repo {}, {}", show(&repo.path), ids),
-            );
-            return Ok((would_mount, Some(repo)));
-        }
-        self.mount_entry(name, &at, &repo, entry, &ids, steps)
-            .map(|d| (d, Some(repo)))
-    }
-
-    /// Mounts `repo` on the placeholder `entry` (not a dry run).
-    fn mount_entry(
-        &self,
-        name: &OsStr,
-        at: &Path,
-        repo: &Node,
-        entry: Node,
-        ids: &Ids,
-        steps: &mut Steps,
-    ) -> Result<Reconciled> {
-        if !entry.is_placeholder() {
-            bail!("{} is not a placeholder under its mount", show(at));
-        }
-        steps.act(
-            Act::Mount,
-            at,
-            format!("repo {}, {}", show(&repo.path), ids),
-        );
-        self.attach(name, repo, &entry, ids, true)?;
-        Ok(Reconciled::is(State::Linked))
-    }
-
-    /// Applies `changes` for `caller` (0: root) under the workspace lock: every change
-    /// authorized first, then records written atomically and mounts replaced.
-    /// `<workspaceDir>/<name>` exists at every instant: it is the placeholder, with or without
-    /// a repo mounted on it. A user's real directory in the way is moved aside, never deleted.
-    pub fn relink(&self, changes: &[Change], caller: u32) -> Result<Relinked> {
-        let mut out = Relinked::default();
+    /// Links and unlinks `changes` for `caller`: every target resolved and checked and every
+    /// entry observed and planned first (every refusal comes before any change); then, unless
+    /// `dry_run`, each plan applied under the workspace lock. `<workspaceDir>/<name>` exists
+    /// at every instant: the placeholder, with or without a repo mounted on it. A user's real
+    /// directory in the way is moved aside, never deleted.
+    pub fn relink(&self, changes: &[Change], caller: Caller, dry_run: bool) -> Result<Relinked> {
         let repos = self.check_targets(changes, caller)?;
-        let _lock = self.lock()?;
-        let links = self.links()?;
-        for c in changes {
-            self.authorize(links.as_ref(), c, caller)?;
-        }
-        let links = match links {
-            Some(l) => l,
-            None => self.ensure_links()?,
+        let _lock = match dry_run {
+            true => None,
+            false => Some(self.lock()?),
         };
-        for (c, repo) in changes.iter().zip(repos) {
-            let name = OsStr::new(&c.name);
-            let at = self.path().join(name);
-            let Some(repo) = repo else {
-                if read_record(Some(&links), name)?.is_none() {
-                    // Nothing of ours to undo: whatever is there (a placeholder, nothing, a
-                    // user's own directory, a legacy symlink prepare will migrate) stays.
-                    out.steps
-                        .push(format!("{} is not linked; left as it is", show(&at)));
-                    continue;
+        let mut held = Held::default();
+        let mut plans = Vec::new();
+        for (c, repo) in changes.iter().zip(&repos) {
+            let (want, intent) = match repo {
+                Some(r) => (WantOf::Repo(r), Intent::Link(caller)),
+                None => (WantOf::Nothing, Intent::Unlink(caller)),
+            };
+            let facts = self.observe_entry(OsStr::new(&c.name), want, &mut held)?;
+            plans.push((c, plan::entry(&facts, &intent)?));
+        }
+        let mut out = Relinked::default();
+        let mut applied = Applied::default();
+        for (c, p) in &plans {
+            out.steps.extend(p.summary.iter().map(|s| s.line(dry_run)));
+            if dry_run {
+                out.steps.extend(p.ops.iter().map(|o| format!("would {o}")));
+            } else {
+                for w in &p.warnings {
+                    tracing::warn!("{w}");
                 }
-                // Mount first, then the record: a crash in between leaves a record without a
-                // mount, which the next start re-mounts. The mount is ours (the record is);
-                // nothing else is touched.
-                if let Some(entry) = self.child(name)? {
-                    if entry.is_dir() && is_mount_root(entry.fd.as_fd())? {
-                        unmount(&entry)?;
-                    }
-                }
-                remove_record(&links, name)?;
-                self.sync_live(name, None, &mut Steps::new("", false));
+                apply(self, &mut held, &p.ops, &Log::default(), &mut applied)?;
+            }
+            if p.changed {
                 out.changed += 1;
                 out.changed_names.push(c.name.clone());
-                out.steps.push(format!("unlinked {}", show(&at)));
-                continue;
-            };
-            let entry = self.make_mountpoint(&links, name, caller, &mut out)?;
-            // The record first (a mount never stands without one: a crash after it leaves a
-            // record the next start mounts), then the mount. A mount that fails rolls the
-            // record back and puts the old link back: no record names what is not mounted
-            // because mounting it failed.
-            let before = read_record(Some(&links), name)?;
-            write_record(
-                &links,
-                name,
-                &Record {
-                    target: repo.path.clone(),
-                    owner: caller,
-                },
-            )?;
-            let entry = self.unmount_entry(name, entry)?;
-            let ids = self.ids_for(name, &repo)?;
-            if let Err(e) = self.attach(name, &repo, &entry, &ids, true) {
-                let _ = match &before {
-                    Some(rec) => write_record(&links, name, rec),
-                    None => remove_record(&links, name),
-                };
-                if let Some(RepoNow::Found(old)) = before.as_ref().map(|r| self.repo_now(r)) {
-                    if let Ok(ids) = self.ids_for(name, &old) {
-                        let _ = self.attach(name, &old, &entry, &ids, true);
-                    }
-                }
-                // What was moved aside stays there: say so, or the caller never hears of it.
-                return Err(match out.displaced.last() {
-                    Some(d) if d.from == show(&at) => {
-                        e.context(format!("moved {} aside to {} first", d.from, d.to))
-                    }
-                    _ => e,
-                });
             }
-            self.sync_live(name, Some(&repo), &mut Steps::new("", false));
-            out.changed += 1;
-            out.changed_names.push(c.name.clone());
-            out.steps
-                .push(format!("linked {} -> {}", show(&at), show(&repo.path)));
         }
-        Ok(out)
-    }
-
-    /// What [`Workspace::relink`] would do, changing nothing.
-    pub fn plan_relink(&self, changes: &[Change], caller: u32) -> Result<Relinked> {
-        let repos = self.check_targets(changes, caller)?;
-        let links = self.links()?;
-        let mut out = Relinked::default();
-        for (c, repo) in changes.iter().zip(&repos) {
-            self.authorize(links.as_ref(), c, caller)?;
-            let at = self.path().join(&c.name);
-            out.changed += 1;
-            out.steps.push(match repo {
-                Some(r) => format!("would link {} -> {}", show(&at), show(&r.path)),
-                None => format!("would make {} a placeholder", show(&at)),
-            });
-        }
+        out.displaced = applied.displaced;
+        out.ops = applied.done;
         Ok(out)
     }
 
     /// Every target resolved and owner-checked before anything changes. The node checked here
     /// is the one mounted (by descriptor): the owner check must be on it, not on an earlier
     /// look at the same path, which a user can swap in between.
-    fn check_targets(&self, changes: &[Change], caller: u32) -> Result<Vec<Option<Node>>> {
+    fn check_targets(&self, changes: &[Change], caller: Caller) -> Result<Vec<Option<Node>>> {
         let mut repos = Vec::new();
         for c in changes {
             paths::check_name("workspace entry", &c.name)?;
@@ -776,12 +441,8 @@ impl<'t> Workspace<'t> {
                     Walk::Found(n) if n.path.starts_with(self.path()) => {
                         return Err(inside_workspace(&n.path, self.path()))
                     }
-                    Walk::Found(n) if n.is_dir() && caller != 0 && n.uid() != caller => bail!(
-                        "{} is owned by uid {}, not by the linking user (uid {caller})",
-                        show(&n.path),
-                        n.uid()
-                    ),
                     Walk::Found(n) if n.is_dir() => {
+                        policy::may_link(&n.path, n.uid(), caller)?;
                         self.check_mappable(OsStr::new(&c.name), &n)?;
                         Some(n)
                     }
@@ -818,117 +479,8 @@ impl<'t> Workspace<'t> {
         Ok(())
     }
 
-    /// Owners decide: a caller other than root may change entry `c.name` only when it is not
-    /// linked (a placeholder, nothing, a link whose repo is gone, a legacy symlink) or its
-    /// record is theirs; and may have a directory in the way moved aside only when it is theirs.
-    fn authorize(&self, links: Option<&Node>, c: &Change, caller: u32) -> Result<()> {
-        if caller == 0 {
-            return Ok(());
-        }
-        let name = OsStr::new(&c.name);
-        let at = self.path().join(name);
-        if let Some(rec) = read_record(links, name)? {
-            if self.repo_of(&rec, &at)?.is_some() && rec.owner != caller {
-                let to = format!(" to {}", show(&rec.target));
-                bail!("{}", not_yours(&at, "a link", rec.owner, &to));
-            }
-            return Ok(());
-        }
-        if c.target.is_none() {
-            return Ok(()); // nothing of ours there: unlinking leaves it as it is
-        }
-        match self.child(name)? {
-            Some(e) if e.is_dir() && !e.is_placeholder() => self.may_move_aside(&e, caller),
-            _ => Ok(()),
-        }
-    }
-
-    /// A directory in the way of a link moves aside for its owner, for root, and for any
-    /// allowed linker when nobody's work is in it: root's, or the hypervisor's (microvm.nix's
-    /// tmpfiles make every share source `microvm:kvm 0775` at boot, and guests write there).
-    /// A directory of another person is refused, naming them.
-    fn may_move_aside(&self, dir: &Node, caller: u32) -> Result<()> {
-        if caller == 0 || dir.uid() == caller || self.hypervisor_owns(dir) {
-            return Ok(());
-        }
-        bail!(
-            "{}",
-            not_yours(
-                &self.path().join(dir.path.file_name().unwrap_or_default()),
-                "a directory",
-                dir.uid(),
-                ""
-            )
-        )
-    }
-
-    /// Root's, the hypervisor user's, or the hypervisor group's with a system uid (below
-    /// [`FIRST_PERSON_UID`]: a service's, such as a renumbered or removed hypervisor user).
-    /// A person's directory stays theirs whatever its group.
-    fn hypervisor_owns(&self, dir: &Node) -> bool {
-        let uid = dir.uid();
-        uid == 0
-            || config::uid_of(&self.hypervisor.user) == Some(uid)
-            || (uid < FIRST_PERSON_UID
-                && config::gid_of(&self.hypervisor.group) == Some(dir.st.st_gid))
-    }
-
-    /// Makes entry `name` a placeholder that may carry our mount, whatever it was.
-    fn make_mountpoint(
-        &self,
-        links: &Node,
-        name: &OsStr,
-        caller: u32,
-        out: &mut Relinked,
-    ) -> Result<Node> {
-        let at = self.path().join(name);
-        let Some(entry) = self.child(name)? else {
-            return placeholder::create(&self.node, name, self.spec);
-        };
-        if is_symlink(&entry.st) {
-            self.replace_symlink(name)?;
-            out.steps
-                .push(format!("replaced the legacy symlink {}", show(&at)));
-            return Ok(self.node.child(name)?);
-        }
-        if !entry.is_dir() {
-            bail!(
-                "{} exists but is not a directory; move it away first",
-                show(&at)
-            );
-        }
-        if entry.is_placeholder() {
-            return Ok(entry);
-        }
-        if is_mount_root(entry.fd.as_fd())? {
-            if read_record(Some(links), name)?.is_some() {
-                return Ok(entry); // our mount: the placeholder is beneath it
-            }
-            bail!(
-                "{} is a mount point not made by microvm-link; unmount it first",
-                show(&at)
-            );
-        }
-        // A real directory: moved aside atomically, a placeholder taking its place, only as
-        // `may_move_aside` allows (`authorize`; checked again here, on this node).
-        self.may_move_aside(&entry, caller)?;
-        // `.displaced` first, so that failing to make it (a full disk) changes nothing.
-        self.displaced_dir()?;
-        let old = placeholder::swap_in(&self.node, name, self.spec)?;
-        let to = self.move_aside(&old, name)?;
-        // The report says it to the caller; the journal keeps it (info, not a second line
-        // on the caller's terminal).
-        tracing::info!(path = %show(&at), "moved the directory {} of {} aside to {}", show(&at), user_label(entry.uid()), show(&to));
-        out.displaced.push(Displaced {
-            from: show(&at),
-            to: show(&to),
-            owner: entry.uid(),
-        });
-        Ok(self.node.child(name)?)
-    }
-
     /// Puts a placeholder where the symlink `name` is (atomically), and removes the symlink.
-    fn replace_symlink(&self, name: &OsStr) -> Result<()> {
+    pub(crate) fn replace_symlink(&self, name: &OsStr) -> Result<()> {
         let old = placeholder::swap_in(&self.node, name, self.spec)?;
         nix::unistd::unlinkat(
             &self.node.fd,
@@ -945,25 +497,9 @@ impl<'t> Workspace<'t> {
         Ok(())
     }
 
-    /// Detaches whatever is mounted on the entry; returns the placeholder beneath.
-    fn unmount_entry(&self, name: &OsStr, entry: Node) -> Result<Node> {
-        if !is_mount_root(entry.fd.as_fd())? {
-            return Ok(entry);
-        }
-        unmount(&entry)?;
-        let entry = self.node.child(name)?;
-        if !entry.is_placeholder() {
-            bail!(
-                "{} is not a placeholder under its mount",
-                show(&self.path().join(name))
-            );
-        }
-        Ok(entry)
-    }
-
     /// Moves `<ws>/<from>` into `.displaced` as `<label>.<time>` (`.<n>` added while that is
     /// taken: never over an earlier one); returns where it went.
-    fn move_aside(&self, from: &OsStr, label: &OsStr) -> Result<PathBuf> {
+    pub(crate) fn move_aside(&self, from: &OsStr, label: &OsStr) -> Result<PathBuf> {
         let displaced = self.displaced_dir()?;
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -1001,7 +537,7 @@ impl<'t> Workspace<'t> {
 
     /// `<workspaceDir>/.displaced`, root's and root-only (0700, tightened if an older version
     /// made it 0755): what was moved aside may be anyone's, so no linker reads it there.
-    fn displaced_dir(&self) -> Result<Node> {
+    pub(crate) fn displaced_dir(&self) -> Result<Node> {
         let d = dirs::ensure_root_dir(self.tree, &self.path().join(paths::DISPLACED))?;
         if d.st.st_mode & 0o077 != 0 {
             // The node is an O_PATH descriptor: chmod through /proc names exactly it.
@@ -1017,7 +553,7 @@ impl<'t> Workspace<'t> {
     // ---- live roots (docs/design.md#live-links) ----
 
     /// `<workspaceDir>/.live/<name>`, if it exists (a trusted place, like `.live`).
-    fn live_dir(&self, name: &OsStr) -> Result<Option<Node>> {
+    pub(crate) fn live_dir(&self, name: &OsStr) -> Result<Option<Node>> {
         let live = match self.node.child(OsStr::new(paths::LIVE)) {
             Ok(n) if n.is_dir() => n,
             Ok(n) => bail!("{} is not a directory", show(&n.path)),
@@ -1036,7 +572,7 @@ impl<'t> Workspace<'t> {
 
     /// Every live root of entry `name` (a directory under `.live/<name>` holding `current`),
     /// with its path below the entry.
-    fn live_roots(&self, name: &OsStr) -> Result<Vec<(Node, PathBuf)>> {
+    pub(crate) fn live_roots(&self, name: &OsStr) -> Result<Vec<(Node, PathBuf)>> {
         let Some(top) = self.live_dir(name)? else {
             return Ok(Vec::new());
         };
@@ -1063,205 +599,6 @@ impl<'t> Workspace<'t> {
             }
         }
         Ok(out)
-    }
-
-    /// Makes every live root of `name` show what the entry shows: `repo` (from its record)
-    /// or the placeholder.
-    ///
-    /// One live root that cannot be put in step (a guest wrote something odd into a writable
-    /// share, a path in the repo is not a directory) is skipped with a warning: it must not
-    /// stop the entry's own start or a relink halfway. Prepare's own live root is checked
-    /// strictly ([`Workspace::ensure_live_root`]).
-    fn sync_live(&self, name: &OsStr, repo: Option<&Node>, steps: &mut Steps) {
-        let roots = match self.live_roots(name) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(
-                    "cannot list the live roots of {}: {}",
-                    paths::show_bytes(name),
-                    crate::host::logging::one_line(&e)
-                );
-                return;
-            }
-        };
-        let ids = match repo.map(|r| self.ids_for(name, r)).transpose() {
-            Ok(ids) => ids,
-            Err(e) => {
-                tracing::warn!(
-                    "the live roots of {} are left as they are: {}",
-                    paths::show_bytes(name),
-                    crate::host::logging::one_line(&e)
-                );
-                return;
-            }
-        };
-        for (root, rel) in roots {
-            if let Err(e) = self.sync_live_root(name, &root, &rel, repo.zip(ids.as_ref()), steps) {
-                tracing::warn!(path = %show(&root.path), "live root {} left as it is: {}", show(&root.path), crate::host::logging::one_line(&e));
-            }
-        }
-    }
-
-    /// Creates the live root `<workspaceDir>/.live/<name>/<rel>` with its `current` (or, in a
-    /// dry run, plans it) and puts it in step with entry `name`.
-    ///
-    /// `assume`: plan as if the entry were linked to this repo (`Some(None)`: unlinked)
-    /// rather than as its record says (microvm-link's check before it relinks).
-    pub fn ensure_live_root(
-        &self,
-        name: &OsStr,
-        rel: &Path,
-        assume: Option<Option<&Node>>,
-        steps: &mut Steps,
-    ) -> Result<()> {
-        let at = self.path().join(paths::LIVE).join(name).join(rel);
-        let root = match self.tree.walk(&at, Trust::Owners)? {
-            Walk::Found(n) if n.is_dir() => {
-                dirs::check_trusted_place(&n)?;
-                n
-            }
-            Walk::Found(n) => bail!("{} exists but is not a directory", show(&n.path)),
-            Walk::Missing { .. } => {
-                steps.act(Act::Mkdir, &at, "live root, root, 0755".into());
-                if steps.dry_run {
-                    steps.act(
-                        Act::CreatePlaceholder,
-                        &at.join(LIVE_CURRENT),
-                        "live view".into(),
-                    );
-                    // What it would show must be reachable too.
-                    let repo = match assume {
-                        Some(repo) => repo.map(Node::try_clone).transpose()?,
-                        None => self.linked_repo(name)?,
-                    };
-                    if let Some(repo) = repo {
-                        self.repo_path(&repo, rel, steps)?;
-                    }
-                    return Ok(());
-                }
-                dirs::ensure_root_dir(self.tree, &self.path().join(paths::LIVE))?;
-                dirs::ensure_root_dir(self.tree, &at)?
-            }
-        };
-        let repo = match assume {
-            Some(repo) => repo.map(Node::try_clone).transpose()?,
-            None => self.linked_repo(name)?,
-        };
-        let ids = repo.as_ref().map(|r| self.ids_for(name, r)).transpose()?;
-        self.sync_live_root(name, &root, rel, repo.as_ref().zip(ids.as_ref()), steps)
-    }
-
-    /// The repo entry `name` is linked to (its record, the repo a directory now).
-    fn linked_repo(&self, name: &OsStr) -> Result<Option<Node>> {
-        match read_record(self.links()?.as_ref(), name)? {
-            Some(rec) => self.repo_of(&rec, &self.path().join(name)),
-            None => Ok(None),
-        }
-    }
-
-    /// One live root: `current` exists (a root 0555 placeholder) and has `<repo>/<rel>`
-    /// mounted on it while linked, nothing while not. A `<repo>/<rel>` that is missing is
-    /// created as the repo's owner; it must stay inside the repo.
-    fn sync_live_root(
-        &self,
-        name: &OsStr,
-        root: &Node,
-        rel: &Path,
-        repo: Option<(&Node, &Ids)>,
-        steps: &mut Steps,
-    ) -> Result<()> {
-        let at = root.path.join(LIVE_CURRENT);
-        let current = match root.child(OsStr::new(LIVE_CURRENT)) {
-            Ok(n) if n.is_dir() => n,
-            Ok(_) => bail!(
-                "{} is not a directory (made by hand?); move it away",
-                show(&at)
-            ),
-            Err(Errno::ENOENT) => {
-                steps.act(Act::CreatePlaceholder, &at, "live view".into());
-                if steps.dry_run {
-                    return Ok(());
-                }
-                placeholder::create(root, OsStr::new(LIVE_CURRENT), LIVE_SPEC)?
-            }
-            Err(e) => return Err(anyhow!(e)).with_context(|| format!("cannot open {}", show(&at))),
-        };
-        let mounted = is_mount_root(current.fd.as_fd())?;
-        if !mounted && !current.is_placeholder() {
-            bail!(
-                "{} is a directory that is not ours; move it away",
-                show(&at)
-            );
-        }
-        let want = match repo {
-            Some((repo, ids)) => self.repo_path(repo, rel, steps)?.map(|t| (t, ids)),
-            None => None,
-        };
-        if let (true, Some((t, ids))) = (mounted, &want) {
-            if current.id() == t.id()
-                && current.st.st_nlink > 0
-                && idmap::mounted_as(&current, t, ids)?
-                && gitview::view_is(
-                    self.tree,
-                    &self.node,
-                    name,
-                    &current,
-                    t,
-                    self.git_at(name, rel.as_os_str().is_empty())?,
-                )?
-            {
-                return Ok(());
-            }
-        }
-        if mounted {
-            steps.act(Act::Unmount, &at, "live view of an earlier link".into());
-            if !steps.dry_run {
-                unmount(&current)?;
-            }
-        }
-        if let Some((t, ids)) = want {
-            steps.act(
-                Act::Mount,
-                &at,
-                format!("live view of {}, {}", show(&t.path), ids),
-            );
-            if !steps.dry_run {
-                let current = root.child(OsStr::new(LIVE_CURRENT))?;
-                if !current.is_placeholder() {
-                    bail!("{} is not a placeholder under its mount", show(&at));
-                }
-                self.attach(name, &t, &current, ids, rel.as_os_str().is_empty())?;
-            }
-        }
-        Ok(())
-    }
-
-    /// `<repo>/<rel>`, created as the owner of the deepest existing directory when missing
-    /// (`None` in a dry run that would create it); never outside the repo.
-    fn repo_path(&self, repo: &Node, rel: &Path, steps: &mut Steps) -> Result<Option<Node>> {
-        match self.tree.walk_within(repo, rel, Trust::Owners)? {
-            Walk::Found(n) if n.is_dir() => Ok(Some(n)),
-            Walk::Found(n) => bail!("{} exists but is not a directory", show(&n.path)),
-            Walk::Missing { mut dir, rest } => {
-                let (uid, gid) = (dir.uid(), dir.st.st_gid);
-                for name in rest {
-                    let at = dir.path.join(&name);
-                    if name == ".." {
-                        bail!("{} goes up through a missing directory", show(&at));
-                    }
-                    steps.act(
-                        Act::MkdirAsOwner,
-                        &at,
-                        format!("uid {uid}, gid {gid}, 0755"),
-                    );
-                    if steps.dry_run {
-                        return Ok(None);
-                    }
-                    dir = dirs::mkdir_as(&dir, &name, uid, gid)?;
-                }
-                Ok(Some(dir))
-            }
-        }
     }
 
     /// What `status` says of entry `name`.
@@ -1306,21 +643,12 @@ impl<'t> Workspace<'t> {
 }
 
 /// The record a legacy symlink in the workspace dir stands for (its owner made it).
-fn legacy_record(link: &Node, ws: &Path) -> Result<Record> {
+pub(crate) fn legacy_record(link: &Node, ws: &Path) -> Result<Record> {
     let target = PathBuf::from(nix::fcntl::readlinkat(&link.fd, "")?);
     Ok(Record {
         target: paths::normalize(&ws.join(target)),
         owner: link.uid(),
     })
-}
-
-/// "<at> is <what> of <owner><detail>; only they or root may change it".
-fn not_yours(at: &Path, what: &str, owner: u32, detail: &str) -> String {
-    format!(
-        "{} is {what} of {}{detail}; only they or root may change it",
-        show(at),
-        user_label(owner)
-    )
 }
 
 /// Reads `.links/<name>`; `None` when there is no record. `.links` is a trusted place, so

@@ -1,9 +1,10 @@
 //! Prepare: make every share source of one VM exist (docs/design.md#prepare).
 //!
-//! A run has two passes. The first only looks (it is also `--dry-run`): it resolves every
-//! source, plans what it would create or mount, and finds every reason to fail, so a failing
-//! run touches nothing. In the common case, where every source exists, it is also the last.
-//! Otherwise the second pass does the plan, holding the workspace lock, parents before children.
+//! Observe -> plan -> apply. Every source is resolved and every entry it passes through is
+//! observed and planned (engine::plan) before anything changes, so a failing run touches
+//! nothing; in the common case, where every source exists, the plan is empty and that is
+//! all. Otherwise the plan is made again holding the workspace lock (what is there now) and
+//! applied (engine::apply), parents before children. `--dry-run` prints the plan.
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
@@ -11,12 +12,15 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::engine::entry::{entry_of, live_of, Workspace};
+use crate::engine::apply::{apply, Applied, Log};
+use crate::engine::entry::{entry_of, live_of, Workspace, LIVE_CURRENT};
+use crate::engine::observe::{self, Held, WantOf};
+use crate::engine::plan::{self, Creation, Creator, EntryFacts, Intent, Made, Op};
 use crate::fs::chase::{Node, Tree, Trust, Walk};
 use crate::fs::dirs;
-use crate::fs::paths::show;
-use crate::fs::placeholder::{self, PlaceholderSpec};
-use crate::model::action::{Act, Action, Steps};
+use crate::fs::paths::{self, show};
+use crate::fs::placeholder;
+use crate::model::action::Action;
 use crate::model::config::{Config, Proto};
 use crate::model::record::{Kind, Prepared};
 use crate::model::runner::{self, Share};
@@ -33,356 +37,418 @@ pub struct Fallback {
     pub why: String,
 }
 
-/// What one run works with and what it did.
-struct Ctx<'a> {
-    tree: &'a Tree,
-    cfg: &'a Config,
-    spec: PlaceholderSpec,
-    /// The workspace dir; `None` only in a dry run where it does not exist yet.
-    ws: Option<Workspace<'a>>,
-    steps: Steps,
-    /// Dry run only: workspace entries that would be mounted, and the repo they would show.
-    redirects: Vec<(PathBuf, PathBuf)>,
-    /// Dry run only: directories planned so far, and how their children would be created.
-    planned: BTreeMap<PathBuf, Creator>,
-    /// Workspace entries already made to agree with their records in this pass (every share
-    /// below one entry would otherwise check it again).
-    ensured: Vec<OsString>,
-    /// Plan only: entries taken as linked to these repos (`None`: unlinked) whatever their
-    /// records say (see [`plan_assuming`]).
-    assumed: BTreeMap<OsString, Option<Node>>,
-    /// A VM's start: a source a linked repo cannot serve falls back (see [`Fallback`])
-    /// instead of failing the start. microvm-link's plan stays strict.
-    fall_back: bool,
+/// A share's source as the plan leaves it.
+enum Source {
+    /// It exists and nothing in the plan changes it.
+    Found(Prepared),
+    /// The plan makes it (`made`) or puts the live root it names in step (`live`).
+    Planned {
+        made: Option<Made>,
+        live: bool,
+    },
+    Fallback(Prepared),
+}
+
+/// One VM's plan: its operations (by share tag, for the journal), what each source will be,
+/// and the directories held for the applier.
+struct VmPlan {
+    steps: Vec<(String, Vec<Op>)>,
+    warnings: Vec<String>,
+    /// Sources whose last component is a symlink (tag, path): warned about once, by the
+    /// pass that is the last.
+    symlinked: Vec<(String, PathBuf)>,
+    sources: Vec<(Share, Source)>,
     fallbacks: Vec<Fallback>,
+    held: Held,
 }
 
-/// How to create what is missing below an existing directory.
-#[derive(Clone, Copy, Debug)]
-enum Creator {
-    /// Below a placeholder: placeholders all the way down.
-    Placeholders,
-    /// Below a root-owned directory: root 0755 parents, a placeholder leaf.
-    Root,
-    /// Below a user's directory: plain 0755 directories with that user's credentials.
-    User(u32, u32),
+impl VmPlan {
+    fn ops(&self) -> impl Iterator<Item = &Op> {
+        self.steps.iter().flat_map(|(_, ops)| ops)
+    }
 }
 
-impl<'a> Ctx<'a> {
-    fn new(tree: &'a Tree, cfg: &'a Config, vm: &str, dry_run: bool) -> Result<Ctx<'a>> {
-        let ws = if dry_run {
-            Workspace::find(tree, cfg)?
-        } else {
-            Some(Workspace::ensure(tree, cfg)?)
+/// What an entry a share passes through is planned to show.
+struct Planned {
+    /// The repo it shows once the plan is done, and whether the plan mounts it (paths below
+    /// the entry are then looked at in the repo).
+    shows: Option<PathBuf>,
+    mounts: bool,
+    facts: Option<EntryFacts>,
+}
+
+/// An entry taken as linked to a repo (`None`: unlinked) whatever its record says:
+/// microvm-link's check, before it relinks, that every source it will then ensure can be made.
+pub type Assume = (String, Option<PathBuf>);
+
+/// Observes and plans every share of `vm` (see the module's comment).
+fn plan_vm(
+    tree: &Tree,
+    cfg: &Config,
+    vm: &str,
+    shares: &[Share],
+    fall_back: bool,
+    assume: &[Assume],
+) -> Result<VmPlan> {
+    let ws = Workspace::find(tree, cfg)?;
+    let spec = cfg.placeholder_spec()?;
+    let mut creation = Creation::new(&cfg.workspace_dir, spec);
+    let mut plan = VmPlan {
+        steps: Vec::new(),
+        warnings: Vec::new(),
+        symlinked: Vec::new(),
+        sources: Vec::new(),
+        fallbacks: Vec::new(),
+        held: Held::default(),
+    };
+    if ws.is_none() {
+        creation.planned(&cfg.workspace_dir, Creator::Root);
+    }
+    // Made before the first source that needs it, if missing.
+    let mut ws_dir_needed = ws.is_none();
+    let mut entries: BTreeMap<OsString, Planned> = BTreeMap::new();
+    for share in shares {
+        let label = || share_label(vm, share);
+        let mut ops = Vec::new();
+        if ws_dir_needed && share.path.starts_with(&cfg.workspace_dir) {
+            ops.push(Op::RootDir {
+                path: cfg.workspace_dir.clone(),
+                what: "",
+            });
+            ws_dir_needed = false;
+        }
+        let live = live_of(&cfg.workspace_dir, &share.path)
+            .transpose()
+            .with_context(label)?;
+        let name = match &live {
+            Some((n, _)) => Some(n.clone()),
+            None => entry_of(&cfg.workspace_dir, &share.path).map(OsStr::to_os_string),
         };
-        Ok(Ctx {
-            tree,
-            cfg,
-            spec: cfg.placeholder_spec()?,
-            ws,
-            steps: Steps::new(vm, dry_run),
-            redirects: Vec::new(),
-            planned: BTreeMap::new(),
-            ensured: Vec::new(),
-            assumed: BTreeMap::new(),
-            fall_back: false,
-            fallbacks: Vec::new(),
-        })
-    }
-
-    fn dry_run(&self) -> bool {
-        self.steps.dry_run
-    }
-
-    /// Dry run: note that `path` would be replaced by (or created as) a placeholder.
-    fn plan_placeholder(&mut self, path: &Path) {
-        self.planned
-            .insert(path.to_path_buf(), Creator::Placeholders);
-    }
-
-    /// Makes workspace entry `name` agree with its record, once per run; in a dry run,
-    /// remembers what it would make of it.
-    fn reconcile(&mut self, name: &OsStr) -> Result<()> {
-        if self.ensured.iter().any(|n| n == name) {
-            return Ok(());
-        }
-        self.ensured.push(name.to_os_string());
-        let Some(ws) = &self.ws else { return Ok(()) };
-        let r = ws.reconcile(name, &mut self.steps)?;
-        let at = self.cfg.workspace_dir.join(name);
-        if r.would_create {
-            self.plan_placeholder(&at);
-        }
-        if let Some(repo) = r.would_mount {
-            self.redirects.push((at, repo));
-        }
-        Ok(())
-    }
-
-    /// Where a path leads once planned mounts are taken into account (dry run only).
-    fn redirected(&self, path: &Path) -> PathBuf {
-        for (entry, repo) in &self.redirects {
-            if let Ok(rest) = path.strip_prefix(entry) {
-                return repo.join(rest);
+        if let Some(name) = &name {
+            if !entries.contains_key(name) {
+                let planned = plan_entry(
+                    ws.as_ref(),
+                    cfg,
+                    name,
+                    assume,
+                    &mut creation,
+                    &mut plan,
+                    &mut ops,
+                )
+                .with_context(label)?;
+                entries.insert(name.clone(), planned);
             }
         }
-        path.to_path_buf()
-    }
-
-    /// Makes one share's source exist; returns what it resolved to (`None`: dry run, and it
-    /// would be created).
-    fn ensure_share(&mut self, share: &Share) -> Result<Option<Prepared>> {
-        self.steps.tag = share.tag.clone();
-        let live = live_of(&self.cfg.workspace_dir, &share.path).transpose()?;
-        if let Some((name, rel)) = &live {
-            self.reconcile(name)?;
-            let before = self.steps.actions.len();
-            let assume = self.assumed.get(name).map(Option::as_ref);
-            match &self.ws {
-                Some(ws) => ws.ensure_live_root(name, rel, assume, &mut self.steps)?,
-                None => self
-                    .steps
-                    .act(Act::Mkdir, &share.path, "live root, root, 0755".into()),
+        let source = match (&live, &ws) {
+            (Some((name, rel)), Some(ws)) => {
+                let e = &entries[name];
+                let facts = e.facts.as_ref().context("an entry observed")?;
+                let known = facts.live.iter().any(|l| l.rel == *rel);
+                let l = ws
+                    .observe_live_root(name, rel, facts, &mut plan.held)
+                    .with_context(label)?;
+                let want = e.shows.is_some().then_some(&facts.want);
+                let root_ops = plan::live_root(facts, &l, want).with_context(label)?;
+                if !known && !root_ops.is_empty() {
+                    ops.extend(root_ops);
+                    Source::Planned {
+                        made: None,
+                        live: true,
+                    }
+                } else {
+                    resolve(
+                        tree,
+                        &mut creation,
+                        share,
+                        &share.path,
+                        true,
+                        &mut plan,
+                        &mut ops,
+                    )
+                    .with_context(label)?
+                }
             }
-            if self.dry_run() && self.steps.actions.len() > before {
-                return Ok(None); // planned: the second pass makes it
+            (Some((name, rel)), None) => {
+                let root = cfg.workspace_dir.join(paths::LIVE).join(name).join(rel);
+                ops.push(Op::RootDir {
+                    path: root.clone(),
+                    what: "live root, ",
+                });
+                ops.push(Op::Placeholder {
+                    path: root.join(LIVE_CURRENT),
+                    spec: plan::LIVE_SPEC,
+                    what: "live view",
+                });
+                Source::Planned {
+                    made: None,
+                    live: true,
+                }
             }
-        } else if let Some(name) = entry_of(&self.cfg.workspace_dir, &share.path) {
-            self.reconcile(name)?;
-            let linked = self.ws.as_ref().and_then(|ws| ws.shows_repo(name));
-            if let (true, Some(rec)) = (self.fall_back && share.proto == Proto::Virtiofs, linked) {
-                return match self.resolve(share, live.is_some()) {
-                    Err(e) => self.fallback(share, rec.owner, &e),
-                    ok => ok,
+            (None, _) => {
+                let e = name.as_ref().and_then(|n| entries.get(n));
+                let path = match e {
+                    Some(Planned {
+                        shows: Some(repo),
+                        mounts: true,
+                        ..
+                    }) => {
+                        let entry = cfg.workspace_dir.join(name.as_ref().context("an entry")?);
+                        repo.join(share.path.strip_prefix(&entry).unwrap_or(Path::new("")))
+                    }
+                    _ => share.path.clone(),
                 };
+                let linked = match (&ws, &name, fall_back && share.proto == Proto::Virtiofs) {
+                    (Some(ws), Some(n), true) => ws.shows_repo(n),
+                    _ => None,
+                };
+                match resolve(
+                    tree,
+                    &mut creation,
+                    share,
+                    &path,
+                    false,
+                    &mut plan,
+                    &mut ops,
+                ) {
+                    Err(e) if linked.is_some() => {
+                        let owner = linked.map_or(0, |r| r.owner);
+                        fallback(tree, cfg, vm, share, owner, &e, &mut plan.fallbacks)?
+                    }
+                    r => r.with_context(label)?,
+                }
             }
-        }
-        self.resolve(share, live.is_some())
+        };
+        plan.steps.push((share.tag.clone(), ops));
+        plan.sources.push((share.clone(), source));
     }
+    Ok(plan)
+}
 
-    /// A source below a linked entry that its repo cannot serve: the placeholder to mount for
-    /// this VM, and a journal line naming the path and the link's owner.
-    fn fallback(
-        &mut self,
-        share: &Share,
-        owner: u32,
-        e: &anyhow::Error,
-    ) -> Result<Option<Prepared>> {
-        let entry_path = entry_of(&self.cfg.workspace_dir, &share.path)
-            .map(|n| self.cfg.workspace_dir.join(n))
-            .context("not below an entry")?;
-        let dir = share
-            .path
-            .ancestors()
-            .take_while(|a| a.starts_with(&entry_path))
-            .find_map(|a| match self.tree.walk(a, Trust::Owners) {
-                Ok(Walk::Found(n)) if n.is_dir() => Some(n),
-                _ => None,
-            })
-            .with_context(|| format!("{}: nothing of it is a directory", show(&share.path)))?;
-        let rest: Vec<OsString> = share
-            .path
-            .strip_prefix(&dir.path)
+/// Observes and plans entry `name` once per run (or takes it as `assume` says).
+fn plan_entry(
+    ws: Option<&Workspace>,
+    cfg: &Config,
+    name: &OsStr,
+    assume: &[Assume],
+    creation: &mut Creation,
+    plan: &mut VmPlan,
+    ops: &mut Vec<Op>,
+) -> Result<Planned> {
+    let at = cfg.workspace_dir.join(name);
+    if let Some((_, target)) = assume.iter().find(|(n, _)| OsStr::new(n) == name) {
+        let Some(ws) = ws else {
+            if target.is_none() {
+                creation.planned(&at, Creator::Placeholders);
+            }
+            return Ok(Planned {
+                shows: target.clone(),
+                mounts: true,
+                facts: None,
+            });
+        };
+        let repo = match target {
+            Some(t) => match ws.tree.walk(t, Trust::Owners)? {
+                Walk::Found(n) if n.is_dir() => Some(n),
+                _ => bail!("{} is not a directory", show(t)),
+            },
+            None => {
+                creation.planned(&at, Creator::Placeholders);
+                None
+            }
+        };
+        let want = match &repo {
+            Some(r) => WantOf::Repo(r),
+            None => WantOf::Nothing,
+        };
+        let facts = ws.observe_entry(name, want, &mut plan.held)?;
+        return Ok(Planned {
+            shows: target.clone(),
+            mounts: true,
+            facts: Some(facts),
+        });
+    }
+    let Some(ws) = ws else {
+        return Ok(Planned {
+            shows: None,
+            mounts: false,
+            facts: None,
+        });
+    };
+    let facts = ws.observe_entry(name, WantOf::Recorded, &mut plan.held)?;
+    let p = plan::entry(&facts, &Intent::Reconcile)?;
+    if p.ops.iter().any(|o| match o {
+        Op::Placeholder { path, .. } => *path == at,
+        Op::Migrate { at: a, .. } => *a == at,
+        _ => false,
+    }) {
+        creation.planned(&at, Creator::Placeholders);
+    }
+    let mounts = p
+        .ops
+        .iter()
+        .any(|o| matches!(o, Op::Mount { at: a, .. } if *a == at));
+    ops.extend(p.ops);
+    plan.warnings.extend(p.warnings);
+    Ok(Planned {
+        shows: p.shows,
+        mounts,
+        facts: Some(facts),
+    })
+}
+
+/// The source at `path` as it is (`live`: it is a live root's), or what the plan makes of
+/// it where it is missing.
+fn resolve(
+    tree: &Tree,
+    creation: &mut Creation,
+    share: &Share,
+    path: &Path,
+    live: bool,
+    plan: &mut VmPlan,
+    ops: &mut Vec<Op>,
+) -> Result<Source> {
+    // Below something this run already plans to create (or to replace by a placeholder),
+    // the rest is planned without looking at the disk.
+    if let Some((base, creator)) = creation.planned_ancestor(path) {
+        let rest: Vec<OsString> = path
+            .strip_prefix(&base)
             .unwrap_or(Path::new(""))
             .iter()
             .map(OsStr::to_os_string)
             .collect();
-        let why = crate::host::logging::one_line(e);
-        tracing::warn!(vm = %self.steps.vm, tag = %share.tag, path = %show(&share.path), owner, action = "fallback",
-            "share {:?} source {} cannot be served from the repo linked by {}: {}; this VM gets a placeholder there",
-            share.tag, show(&share.path), crate::model::config::user_label(owner), why);
-        self.fallbacks.push(Fallback {
-            share: share.clone(),
-            dir: dir.path.clone(),
-            dir_id: dir.id(),
-            rest,
-            why,
+        let made = creation.below(base, creator, &rest)?;
+        ops.append(&mut creation.ops);
+        return Ok(Source::Planned {
+            made: Some(made),
+            live,
         });
-        Ok(Some(Prepared {
-            share: share.clone(),
-            resolved: share.path.clone(),
-            dev: 0,
-            ino: 0,
-            kind: Kind::Fallback,
-        }))
     }
-
-    /// The source as it is, made to exist where it may be (the body of [`Ctx::ensure_share`]).
-    fn resolve(&mut self, share: &Share, live: bool) -> Result<Option<Prepared>> {
-        let path = self.redirected(&share.path);
-        if self.dry_run() {
-            // Below something this dry run already plans to create (or to replace by a
-            // placeholder), the rest is planned without looking at the disk.
-            if let Some((base, creator)) = self.planned_ancestor(&path) {
-                let rest: Vec<OsString> = path
-                    .strip_prefix(&base)
-                    .expect("an ancestor")
-                    .iter()
-                    .map(OsStr::to_os_string)
-                    .collect();
-                self.create_below(None, base, creator, &rest)?;
-                return Ok(None);
+    let found = match tree.existing_dir_fast(path) {
+        Some(n) => Walk::Found(n),
+        None => {
+            let walk = tree.walk(path, Trust::Owners)?;
+            if matches!(&walk, Walk::Found(n) if n.is_dir()) && is_symlink_at(tree, path) {
+                plan.symlinked.push((share.tag.clone(), path.to_path_buf()));
             }
+            walk
         }
-        let found = match self.tree.existing_dir_fast(&path) {
-            Some(n) => Walk::Found(n),
-            None => {
-                let walk = self.tree.walk(&path, Trust::Owners)?;
-                if !self.dry_run() && matches!(&walk, Walk::Found(n) if n.is_dir()) {
-                    self.warn_if_symlink(&path);
-                }
-                walk
-            }
-        };
-        let (node, created) = match found {
-            Walk::Found(n) if n.is_dir() => (n, None),
-            Walk::Found(n) => bail!("{} exists but is not a directory", show(&n.path)),
-            Walk::Missing { dir, rest } => {
-                if path.starts_with("/nix/store") {
-                    bail!(
-                        "{} does not exist (store paths are never created)",
-                        show(&path)
-                    );
-                }
-                let creator = if dir.is_placeholder() {
-                    Creator::Placeholders
-                } else if dir.uid() == 0 {
-                    Creator::Root
-                } else {
-                    Creator::User(dir.uid(), dir.st.st_gid)
-                };
-                let base = dir.path.clone();
-                match self.create_below(Some(dir), base, creator, &rest)? {
-                    Some((n, kind)) => (n, Some(kind)),
-                    None => return Ok(None),
-                }
-            }
-        };
-        let kind = created.unwrap_or_else(|| {
-            if live {
-                Kind::Live
-            } else if node.is_placeholder() {
-                Kind::Placeholder
-            } else {
-                Kind::Existing
-            }
-        });
-        Ok(Some(Prepared {
-            share: share.clone(),
-            resolved: node.path.clone(),
-            dev: node.st.st_dev,
-            ino: node.st.st_ino,
-            kind,
-        }))
-    }
-
-    /// virtiofsd 1.14 refuses a source whose last component is a symlink (BindMountSharedDir:
-    /// Invalid argument). Not ours to change, but worth a word before virtiofsd's obscure one.
-    /// Only on the slow path: the fast one already proved there is no symlink at all.
-    fn warn_if_symlink(&self, path: &Path) {
-        let Some(parent) = path.parent() else { return };
-        let Some(name) = path.file_name() else { return };
-        let Ok(Walk::Found(dir)) = self.tree.walk(parent, Trust::Owners) else {
-            return;
-        };
-        if let Ok(n) = dir.child(name) {
-            if n.st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFLNK {
-                tracing::warn!(vm = %self.steps.vm, tag = %self.steps.tag, path = %show(path), action = "symlinked-source",
-                    "share {:?} source {} is a symbolic link, which virtiofsd 1.14 and later refuse; point the share at its target or link it with microvm-link",
-                    self.steps.tag, show(path));
-            }
+    };
+    match found {
+        Walk::Found(n) if n.is_dir() => Ok(Source::Found(prepared(share, &n, live, None))),
+        Walk::Found(n) => bail!("{} exists but is not a directory", show(&n.path)),
+        Walk::Missing { dir, rest } => {
+            let m = observe::missing(&dir, rest);
+            plan.held.keep(dir);
+            let made = creation.missing(path, &m)?;
+            ops.append(&mut creation.ops);
+            Ok(Source::Planned {
+                made: Some(made),
+                live,
+            })
         }
     }
+}
 
-    /// The nearest path at or above `path` that this dry run plans to create.
-    fn planned_ancestor(&self, path: &Path) -> Option<(PathBuf, Creator)> {
-        path.ancestors()
-            .find_map(|a| self.planned.get(a).map(|c| (a.to_path_buf(), *c)))
+/// What a source resolved to, and what it is.
+fn prepared(share: &Share, node: &Node, live: bool, made: Option<Made>) -> Prepared {
+    let kind = match made {
+        Some(Made::InRepo) => Kind::CreatedInRepo,
+        Some(Made::Placeholder) => Kind::Placeholder,
+        None if live => Kind::Live,
+        None if node.is_placeholder() => Kind::Placeholder,
+        None => Kind::Existing,
+    };
+    Prepared {
+        share: share.clone(),
+        resolved: node.path.clone(),
+        dev: node.st.st_dev,
+        ino: node.st.st_ino,
+        kind,
     }
+}
 
-    /// Creates `rest` below the directory at `path` (`dir`: its node; `None` only in a dry
-    /// run, for a directory that is itself only planned) by `creator`'s rules.
-    fn create_below(
-        &mut self,
-        dir: Option<Node>,
-        mut path: PathBuf,
-        mut creator: Creator,
-        rest: &[OsString],
-    ) -> Result<Option<(Node, Kind)>> {
-        let mut dir = dir;
-        for (i, name) in rest.iter().enumerate() {
-            if name == OsStr::new("..") {
-                bail!(
-                    "cannot create {}: it goes up through a missing directory",
-                    show(&path.join(name))
-                );
-            }
-            path.push(name);
-            if let Some(c) = self.planned.get(&path) {
-                creator = *c; // a dry run already planned it for an earlier share
-                continue;
-            }
-            let leaf = i + 1 == rest.len();
-            // A workspace entry is a placeholder even as a parent (`nixfiles` when a VM
-            // needs `nixfiles/hosts/...` first): it is where a link gets mounted, and a
-            // plain directory there would be taken for a user's and moved aside.
-            let entry = path.parent() == Some(self.cfg.workspace_dir.as_path())
-                && entry_of(&self.cfg.workspace_dir, &path).is_some();
-            let spec = self.spec;
-            let children = match creator {
-                Creator::Placeholders | Creator::Root
-                    if leaf || entry || matches!(creator, Creator::Placeholders) =>
-                {
-                    self.steps
-                        .act(Act::CreatePlaceholder, &path, spec.describe());
-                    if let Some(d) = dir.as_ref().filter(|_| !self.dry_run()) {
-                        // A placeholder is built under a temporary name in `d`; a run killed
-                        // doing so left one behind here, where only this step ever looks (the
-                        // leaf is still missing). We hold the lock: such names are leftovers.
-                        dirs::remove_leftovers(d)?;
-                        dir = Some(placeholder::create(d, name, spec)?);
-                    }
-                    Creator::Placeholders
-                }
-                Creator::Root | Creator::Placeholders => {
-                    self.steps.act(Act::Mkdir, &path, "root, 0755".into());
-                    if let Some(d) = dir.as_ref().filter(|_| !self.dry_run()) {
-                        dir = Some(dirs::mkdir_as(d, name, 0, 0)?);
-                    }
-                    Creator::Root
-                }
-                Creator::User(uid, gid) => {
-                    self.steps.act(
-                        Act::MkdirAsOwner,
-                        &path,
-                        format!("uid {uid}, gid {gid}, 0755"),
-                    );
-                    if let Some(d) = dir.as_ref().filter(|_| !self.dry_run()) {
-                        dir = Some(dirs::mkdir_as(d, name, uid, gid)?);
-                    }
-                    creator
-                }
-            };
-            if self.dry_run() {
-                self.planned.insert(path.clone(), children);
-            }
-            creator = children;
-        }
-        let Some(dir) = dir.filter(|_| !self.dry_run()) else {
-            return Ok(None);
-        };
-        let kind = match creator {
-            Creator::User(..) => Kind::CreatedInRepo,
-            _ => Kind::Placeholder,
-        };
-        Ok(Some((dir, kind)))
+/// Is the last component of `path` a symlink? virtiofsd 1.14 refuses such a source
+/// (BindMountSharedDir: Invalid argument). Not ours to change, but worth a word before
+/// virtiofsd's obscure one. Only on the slow path: the fast one already proved there is no
+/// symlink at all.
+fn is_symlink_at(tree: &Tree, path: &Path) -> bool {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return false;
+    };
+    match tree.walk(parent, Trust::Owners) {
+        Ok(Walk::Found(dir)) => dir
+            .child(name)
+            .is_ok_and(|n| n.st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFLNK),
+        _ => false,
     }
+}
+
+/// The journal lines of a pass that is the last.
+fn warn(vm: &str, plan: &VmPlan) {
+    for w in &plan.warnings {
+        tracing::warn!(vm, "{w}");
+    }
+    for (tag, path) in &plan.symlinked {
+        tracing::warn!(vm, tag = %tag, path = %show(path), action = "symlinked-source",
+            "share {:?} source {} is a symbolic link, which virtiofsd 1.14 and later refuse; point the share at its target or link it with microvm-link",
+            tag, show(path));
+    }
+}
+
+/// A source below a linked entry that its repo cannot serve: the placeholder to mount for
+/// this VM, and a journal line naming the path and the link's owner.
+fn fallback(
+    tree: &Tree,
+    cfg: &Config,
+    vm: &str,
+    share: &Share,
+    owner: u32,
+    e: &anyhow::Error,
+    fallbacks: &mut Vec<Fallback>,
+) -> Result<Source> {
+    let entry_path = entry_of(&cfg.workspace_dir, &share.path)
+        .map(|n| cfg.workspace_dir.join(n))
+        .context("not below an entry")?;
+    let dir = share
+        .path
+        .ancestors()
+        .take_while(|a| a.starts_with(&entry_path))
+        .find_map(|a| match tree.walk(a, Trust::Owners) {
+            Ok(Walk::Found(n)) if n.is_dir() => Some(n),
+            _ => None,
+        })
+        .with_context(|| format!("{}: nothing of it is a directory", show(&share.path)))?;
+    let rest: Vec<OsString> = share
+        .path
+        .strip_prefix(&dir.path)
+        .unwrap_or(Path::new(""))
+        .iter()
+        .map(OsStr::to_os_string)
+        .collect();
+    let why = crate::host::logging::one_line(e);
+    tracing::warn!(vm, tag = %share.tag, path = %show(&share.path), owner, action = "fallback",
+        "share {:?} source {} cannot be served from the repo linked by {}: {}; this VM gets a placeholder there",
+        share.tag, show(&share.path), crate::model::config::user_label(owner), why);
+    fallbacks.push(Fallback {
+        share: share.clone(),
+        dir: dir.path.clone(),
+        dir_id: dir.id(),
+        rest,
+        why,
+    });
+    Ok(Source::Fallback(Prepared {
+        share: share.clone(),
+        resolved: share.path.clone(),
+        dev: 0,
+        ino: 0,
+        kind: Kind::Fallback,
+    }))
 }
 
 /// The result of preparing one VM.
 pub struct Outcome {
     pub prepared: Vec<Prepared>,
-    /// Steps taken, or in a dry run the steps it would take.
+    /// Steps taken, or in a dry run the steps it would take (the plan).
     pub actions: Vec<Action>,
     /// Sources served by a placeholder in the VM's namespace ([`serve_fallbacks`]).
     pub fallbacks: Vec<Fallback>,
@@ -396,44 +462,20 @@ pub fn prepare_vm(tree: &Tree, cfg: &Config, vm: &str, dry_run: bool) -> Result<
 }
 
 /// Plans the given shares of `vm` as if workspace entries were already linked as `assume`
-/// says (entry name, repo; `None`: a placeholder): microvm-link's check, before it changes
-/// anything, that every source it will have to ensure afterwards can be made.
+/// says: microvm-link's check, before it changes anything, that every source it will have
+/// to ensure afterwards can be made.
 pub fn plan_assuming(
     tree: &Tree,
     cfg: &Config,
     vm: &str,
     shares: &[Share],
-    assume: &[(String, Option<PathBuf>)],
+    assume: &[Assume],
 ) -> Result<Vec<Action>> {
-    let mut look = Ctx::new(tree, cfg, vm, true)?;
-    for (name, target) in assume {
-        let at = cfg.workspace_dir.join(name);
-        let repo = match target {
-            Some(t) => {
-                look.redirects.push((at, t.clone()));
-                match tree.walk(t, Trust::Owners)? {
-                    Walk::Found(n) if n.is_dir() => Some(n),
-                    _ => bail!("{} is not a directory", show(t)),
-                }
-            }
-            None => {
-                look.plan_placeholder(&at);
-                None
-            }
-        };
-        look.ensured.push(name.into());
-        look.assumed.insert(name.into(), repo);
-    }
-    for s in shares {
-        look.ensure_share(s).with_context(|| share_label(vm, s))?;
-    }
-    Ok(look.steps.actions)
+    let plan = plan_vm(tree, cfg, vm, shares, false, assume)?;
+    Ok(plan.ops().map(Op::action).collect())
 }
 
 /// Prepares the given shares of `vm` (a subset when microvm-link ensures what it changed).
-/// First a look that changes nothing and finds every reason to fail; in the common case,
-/// where every source exists, it is also the last. Otherwise the plan is carried out holding
-/// the workspace lock, parents before children.
 pub fn prepare_shares(
     tree: &Tree,
     cfg: &Config,
@@ -452,32 +494,56 @@ fn prepare(
     dry_run: bool,
     fall_back: bool,
 ) -> Result<Outcome> {
-    let mut look = Ctx::new(tree, cfg, vm, true)?;
-    look.fall_back = fall_back;
-    let mut found = Vec::new();
-    for s in shares {
-        let r = look.ensure_share(s).with_context(|| share_label(vm, s))?;
-        found.push(r);
-    }
-    if dry_run || look.steps.actions.is_empty() {
+    let look = plan_vm(tree, cfg, vm, shares, fall_back, &[])?;
+    if dry_run || look.ops().next().is_none() {
+        if !dry_run {
+            warn(vm, &look);
+        }
         return Ok(Outcome {
-            prepared: found.into_iter().flatten().collect(),
-            actions: look.steps.actions,
+            actions: look.ops().map(Op::action).collect(),
+            prepared: look
+                .sources
+                .into_iter()
+                .filter_map(|(_, s)| match s {
+                    Source::Found(p) | Source::Fallback(p) => Some(p),
+                    Source::Planned { .. } => None,
+                })
+                .collect(),
             fallbacks: look.fallbacks,
         });
     }
-    let mut act = Ctx::new(tree, cfg, vm, false)?;
-    act.fall_back = fall_back;
-    let _lock = act.ws.as_ref().expect("not a dry run").lock()?;
-    let mut prepared = Vec::new();
-    for s in shares {
-        let r = act.ensure_share(s).with_context(|| share_label(vm, s))?;
-        prepared.push(r.expect("not a dry run"));
+    let ws = Workspace::ensure(tree, cfg)?;
+    let _lock = ws.lock()?;
+    // Again, under the lock: what is there now is what gets acted on.
+    let mut plan = plan_vm(tree, cfg, vm, shares, fall_back, &[])?;
+    warn(vm, &plan);
+    let mut applied = Applied::default();
+    let steps = std::mem::take(&mut plan.steps);
+    for (tag, ops) in &steps {
+        let log = Log {
+            vm: vm.to_string(),
+            tag: tag.clone(),
+        };
+        apply(&ws, &mut plan.held, ops, &log, &mut applied)
+            .with_context(|| format!("VM {vm}, share {tag:?}"))?;
+    }
+    let mut out = Vec::new();
+    for (share, source) in plan.sources {
+        out.push(match source {
+            Source::Found(p) | Source::Fallback(p) => p,
+            Source::Planned { made, live } => {
+                let node = match tree.walk(&share.path, Trust::Owners)? {
+                    Walk::Found(n) if n.is_dir() => n,
+                    _ => bail!("{}: not there after preparing it", share_label(vm, &share)),
+                };
+                prepared(&share, &node, live, made)
+            }
+        });
     }
     Ok(Outcome {
-        prepared,
-        actions: act.steps.actions,
-        fallbacks: act.fallbacks,
+        prepared: out,
+        actions: applied.done.iter().map(Op::action).collect(),
+        fallbacks: plan.fallbacks,
     })
 }
 

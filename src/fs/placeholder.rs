@@ -40,7 +40,7 @@ fn set_mark(fd: BorrowedFd) -> Result<()> {
 }
 
 /// Owner and mode of placeholders, resolved to numbers.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PlaceholderSpec {
     pub uid: u32,
     pub gid: u32,

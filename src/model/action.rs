@@ -1,5 +1,6 @@
-//! Steps taken (or, in a dry run, planned) on the file system and the mount table, logged to
-//! the journal with the fields VM, TAG, PATH and ACTION as they happen.
+//! A step on the file system or the mount table as people and the journal see it: what
+//! (ACTION), where (PATH), and a detail. The engine's operations (engine::plan's `Op`) are
+//! said this way, whether applied (logged with VM and TAG as they happen) or only planned.
 
 use std::path::{Path, PathBuf};
 
@@ -15,6 +16,9 @@ pub enum Act {
     Mount,
     Unmount,
     Migrate,
+    MoveAside,
+    Record,
+    Unrecord,
 }
 
 impl Act {
@@ -26,6 +30,9 @@ impl Act {
             Act::Mount => "mount",
             Act::Unmount => "unmount",
             Act::Migrate => "migrate",
+            Act::MoveAside => "move-aside",
+            Act::Record => "record",
+            Act::Unrecord => "unrecord",
         }
     }
 
@@ -37,6 +44,9 @@ impl Act {
             Act::Mount => "bind-mount on",
             Act::Unmount => "unmount",
             Act::Migrate => "migrate",
+            Act::MoveAside => "move aside",
+            Act::Record => "write record",
+            Act::Unrecord => "remove record",
         }
     }
 }
@@ -56,38 +66,5 @@ impl std::fmt::Display for Action {
             write!(f, " ({})", self.detail)?;
         }
         Ok(())
-    }
-}
-
-/// The steps of one run, with the labels its log lines carry.
-#[derive(Debug, Default)]
-pub struct Steps {
-    /// Plan only: steps are recorded, not logged (the caller does not take them).
-    pub dry_run: bool,
-    pub vm: String,
-    pub tag: String,
-    pub actions: Vec<Action>,
-}
-
-impl Steps {
-    pub fn new(vm: &str, dry_run: bool) -> Steps {
-        Steps {
-            dry_run,
-            vm: vm.to_string(),
-            ..Steps::default()
-        }
-    }
-
-    /// Records (and, unless planning, logs) a step.
-    pub fn act(&mut self, act: Act, path: &Path, detail: String) {
-        if !self.dry_run {
-            tracing::info!(vm = %self.vm, tag = %self.tag, path = %show(path), action = act.as_str(),
-                "{} {} {detail}", act.as_str(), show(path));
-        }
-        self.actions.push(Action {
-            act,
-            path: path.to_path_buf(),
-            detail,
-        });
     }
 }

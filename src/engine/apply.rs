@@ -1,0 +1,250 @@
+//! Applying a plan (engine::plan): each operation in order, under the workspace lock, on
+//! descriptors held since observing (engine::observe). Every operation first checks that
+//! what it acts on is still what was seen (a placeholder is still one, a mount root has the
+//! same identity, a directory to move aside still has the owner the policy allowed), so a
+//! change made meanwhile fails the run instead of being acted upon.
+
+use std::ffi::OsStr;
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::engine::entry::{
+    remove_record, unmount, write_record, Displaced, Record, RepoNow, Workspace,
+};
+use crate::engine::gitview;
+use crate::engine::observe::Held;
+use crate::engine::plan::Op;
+use crate::fs::chase::{is_mount_root, Node};
+use crate::fs::paths::show;
+use crate::fs::{dirs, placeholder};
+use crate::model::config::user_label;
+
+/// What applying did besides the operations themselves.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// The operations done, in order (a dry run's plan is exactly this list).
+    pub done: Vec<Op>,
+    pub displaced: Vec<Displaced>,
+}
+
+/// Labels for the journal lines of applied operations.
+#[derive(Debug, Default, Clone)]
+pub struct Log {
+    pub vm: String,
+    pub tag: String,
+}
+
+/// Applies `ops` in order. Stops at the first that fails; what was done stays done (each
+/// operation leaves the workspace consistent: an entry exists at every instant, a mount
+/// never stands without its record), and a failed mount puts the earlier record back.
+pub fn apply(
+    ws: &Workspace,
+    held: &mut Held,
+    ops: &[Op],
+    log: &Log,
+    out: &mut Applied,
+) -> Result<()> {
+    for op in ops {
+        let a = op.action();
+        tracing::info!(vm = %log.vm, tag = %log.tag, path = %show(&a.path), action = a.act.as_str(),
+            "{} {} {}", a.act.as_str(), show(&a.path), a.detail);
+        one(ws, held, op, out).map_err(|e| match out.displaced.last() {
+            // What was moved aside stays there: say so, or the caller never hears of it.
+            Some(d) if Path::new(&d.from) == op.path() => {
+                e.context(format!("moved {} aside to {} first", d.from, d.to))
+            }
+            _ => e,
+        })?;
+        out.done.push(op.clone());
+    }
+    Ok(())
+}
+
+/// The directory holding `path`, as held.
+fn parent<'h>(held: &'h Held, path: &'h Path) -> Result<(&'h Node, &'h OsStr)> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        bail!("{} has no parent", show(path));
+    };
+    let node = held.get(dir).with_context(|| {
+        format!(
+            "{}: its directory {} was not looked at",
+            show(path),
+            show(dir)
+        )
+    })?;
+    Ok((node, name))
+}
+
+fn open(held: &Held, path: &Path) -> Result<Node> {
+    let (dir, name) = parent(held, path)?;
+    dir.child(name)
+        .map_err(|e| anyhow!(e))
+        .with_context(|| format!("cannot open {}", show(path)))
+}
+
+fn one(ws: &Workspace, held: &mut Held, op: &Op, out: &mut Applied) -> Result<()> {
+    match op {
+        Op::RootDir { path, .. } => {
+            let n = dirs::ensure_root_dir(ws.tree, path)?;
+            held.keep(n);
+        }
+        Op::Placeholder { path, spec, .. } => {
+            let (dir, name) = parent(held, path)?;
+            if dir.uid() == 0 {
+                // A placeholder is built under a temporary name in its directory; a run
+                // killed doing so left one behind here, where only this step ever looks (the
+                // leaf is still missing). We hold the lock: such names are leftovers.
+                dirs::remove_leftovers(dir)?;
+            }
+            let n = placeholder::create(dir, name, *spec)?;
+            held.keep(n);
+        }
+        Op::Mkdir { path, uid, gid } => {
+            let (dir, name) = parent(held, path)?;
+            let n = dirs::mkdir_as(dir, name, *uid, *gid)?;
+            held.keep(n);
+        }
+        Op::Migrate { at, target, owner } => {
+            let links = held
+                .get(&ws.path().join(crate::fs::paths::LINKS))
+                .context("the records' directory was not looked at")?;
+            let name = at.file_name().context("an entry has a name")?;
+            write_record(
+                links,
+                name,
+                &Record {
+                    target: target.clone(),
+                    owner: *owner,
+                },
+            )?;
+            ws.replace_symlink(name)?;
+            held.keep(ws.node.child(name)?);
+        }
+        Op::ReplaceSymlink { at } => {
+            let name = at.file_name().context("an entry has a name")?;
+            ws.replace_symlink(name)?;
+            held.keep(ws.node.child(name)?);
+        }
+        Op::MoveAside { at, owner } => {
+            let name = at.file_name().context("an entry has a name")?;
+            let entry = ws.node.child(name)?;
+            if !entry.is_dir()
+                || entry.is_placeholder()
+                || is_mount_root(entry.fd.as_fd())?
+                || entry.uid() != *owner
+            {
+                bail!("{} changed meanwhile; not moving it aside", show(at));
+            }
+            // `.displaced` first, so that failing to make it (a full disk) changes nothing.
+            ws.displaced_dir()?;
+            let old = placeholder::swap_in(&ws.node, name, ws.spec)?;
+            let to = ws.move_aside(&old, name)?;
+            // The report says it to the caller; the journal keeps it (info, not a second
+            // line on the caller's terminal).
+            tracing::info!(path = %show(at), "moved the directory {} of {} aside to {}", show(at), user_label(*owner), show(&to));
+            out.displaced.push(Displaced {
+                from: show(at),
+                to: show(&to),
+                owner: *owner,
+            });
+            held.keep(ws.node.child(name)?);
+        }
+        Op::WriteRecord {
+            at, target, owner, ..
+        } => {
+            let links = held
+                .get(&ws.path().join(crate::fs::paths::LINKS))
+                .context("the records' directory was not looked at")?;
+            let name = at.file_name().context("an entry has a name")?;
+            write_record(
+                links,
+                name,
+                &Record {
+                    target: target.clone(),
+                    owner: *owner,
+                },
+            )?;
+        }
+        Op::RemoveRecord { at } => {
+            let links = held
+                .get(&ws.path().join(crate::fs::paths::LINKS))
+                .context("the records' directory was not looked at")?;
+            remove_record(links, at.file_name().context("an entry has a name")?)?;
+        }
+        Op::Unmount { at, id, .. } => {
+            let n = open(held, at)?;
+            if n.id() != *id || !is_mount_root(n.fd.as_fd())? {
+                bail!("{} changed meanwhile; not unmounting it", show(at));
+            }
+            unmount(&n)?;
+            held.keep(open(held, at)?);
+        }
+        Op::Mount {
+            at,
+            entry,
+            repo,
+            repo_id,
+            ids,
+            git,
+            ..
+        } => {
+            let target = open(held, at)?;
+            if !target.is_placeholder() || is_mount_root(target.fd.as_fd())? {
+                bail!("{} is not a placeholder under its mount", show(at));
+            }
+            let r = held
+                .get(repo)
+                .with_context(|| format!("{} was not looked at", show(repo)))?;
+            if *repo_id != (0, 0) && r.id() != *repo_id {
+                bail!("{} changed meanwhile; not mounting it", show(repo));
+            }
+            if let Err(e) = gitview::mount(ws.tree, &ws.node, entry, r, &target, ids, *git) {
+                rollback(ws, held, at, out);
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A link's mount failed: its record goes back to what it was, and so does the mount (no
+/// record names what is not mounted because mounting it failed).
+fn rollback(ws: &Workspace, held: &Held, at: &Path, out: &Applied) {
+    let Some(Op::WriteRecord { before, .. }) = out
+        .done
+        .iter()
+        .rev()
+        .find(|o| matches!(o, Op::WriteRecord { at: a, .. } if a == at))
+    else {
+        return;
+    };
+    let Some(links) = held.get(&ws.path().join(crate::fs::paths::LINKS)) else {
+        return;
+    };
+    let Some(name) = at.file_name() else { return };
+    let _ = match before {
+        Some((target, owner)) => write_record(
+            links,
+            name,
+            &Record {
+                target: target.clone(),
+                owner: *owner,
+            },
+        ),
+        None => remove_record(links, name),
+    };
+    if let Some((target, owner)) = before {
+        let rec = Record {
+            target: target.clone(),
+            owner: *owner,
+        };
+        if let (RepoNow::Found(old), Ok(entry)) = (ws.repo_now(&rec), ws.node.child(name)) {
+            if let Ok(ids) = ws.ids_for(name, &old) {
+                let git = ws.guest_of(name).map(|g| g.git).unwrap_or_default();
+                let _ = gitview::mount(ws.tree, &ws.node, name, &old, &entry, &ids, git);
+            }
+        }
+    }
+}
