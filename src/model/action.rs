@@ -2,7 +2,7 @@
 //! (ACTION), where (PATH), and a detail. The engine's operations (engine::plan's `Op`) are
 //! said this way, whether applied (logged with VM and TAG as they happen) or only planned.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::fs::paths::show;
 
