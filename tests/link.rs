@@ -598,25 +598,19 @@ fn help_has_examples_and_completions_are_generated() {
 fn relink_checks_the_owner_of_the_very_directory_it_mounts() {
     // microvm-link checks the repo's owner first; a user can swap the path before relink looks
     // again. relink must refuse on its own look, which is what it mounts (by descriptor).
-    use common::api::{Change, Config, Root, Tree, Workspace};
+    use common::api::{relink, Caller, Change, Config, Root, Tree};
     let fx = vm1_fixture();
     fx.repo("/home/bob/secret", BOB);
     let root = Root::from_args(Some(fx.root())).unwrap();
     let tree = Tree::open(&root).unwrap();
     let cfg = Config::load(&tree).unwrap();
-    let ws = Workspace::ensure(&tree, &cfg).unwrap();
     let change = Change {
         name: "vm1".into(),
         target: Some("/home/bob/secret".into()),
     };
     let err = format!(
         "{:#}",
-        ws.relink(
-            &[change],
-            microvm_workspaces::engine::policy::Caller::User(ALICE),
-            false
-        )
-        .unwrap_err()
+        relink(&tree, &cfg, &[change], Caller::User(ALICE), false).unwrap_err()
     );
     assert!(
         err.contains("owned by uid 4343, not by the linking user (uid 4242)"),

@@ -673,18 +673,8 @@ fn run(
     // Everything that can be checked is checked before anything changes.
     check_affected(env, &affected, &changes)?;
     let caller = Caller::from_uid(env.user);
-    let relinked = match Workspace::find(&env.tree, &env.cfg)? {
-        Some(ws) => ws.relink(&changes, caller, opts.dry_run)?,
-        None if opts.dry_run => Relinked {
-            changed: changes.iter().filter(|c| c.target.is_some()).count(),
-            steps: vec![format!(
-                "would create {} and link there",
-                show(&env.cfg.workspace_dir)
-            )],
-            ..Relinked::default()
-        },
-        None => Workspace::ensure(&env.tree, &env.cfg)?.relink(&changes, caller, false)?,
-    };
+    let relinked =
+        crate::engine::link::relink(&env.tree, &env.cfg, &changes, caller, opts.dry_run)?;
     let ensured = ensure_affected(env, &affected, opts.dry_run, &mut skipped);
     let link_ms = t0.elapsed().as_secs_f64() * 1000.0;
     let live = live_views(env, &affected);

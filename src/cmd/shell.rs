@@ -84,7 +84,7 @@ pub fn guest_workspace(cfg: &Config, vm: &str) -> Option<String> {
             Some(format!(
                 "{}/{}",
                 mp.trim_end_matches('/'),
-                crate::engine::entry::LIVE_CURRENT
+                crate::fs::paths::LIVE_CURRENT
             ))
         } else {
             None

@@ -7,7 +7,7 @@
 //! virtiofsd 1.14 refuses a source whose last component is a symlink, so the record is never
 //! what a VM is given. The engine keeps entry and record in step, under the workspace lock:
 //! observe (engine::observe) -> plan (engine::plan) -> apply (engine::apply), at every VM
-//! start (engine::prepare) and for microvm-link ([`Workspace::relink`]).
+//! start (engine::prepare) and for microvm-link (engine::link).
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
@@ -17,21 +17,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use nix::errno::Errno;
 
-use crate::engine::apply::{apply, Applied, Log};
 use crate::engine::gitview;
-use crate::engine::observe::{Held, WantOf};
-use crate::engine::plan::{self, Intent, Op};
-use crate::engine::policy::{self, Caller};
 use crate::fs::chase::{self, is_mount_root, proc_path, Node, Tree, Trust, Walk};
 use crate::fs::dirs;
 use crate::fs::failpoint::step;
 use crate::fs::idmap::Ids;
-use crate::fs::paths::{self, show, tmp_name};
+use crate::fs::paths::{self, show, tmp_name, LIVE_CURRENT};
 use crate::fs::placeholder::{self, PlaceholderSpec};
 use crate::model::config::{self, user_label, Config, Seen};
-
-/// Inside a live root: the directory that shows the entry (docs/design.md#live-links).
-pub const LIVE_CURRENT: &str = "current";
 
 /// The live root a share source names: `<workspaceDir>/.live/<name>[/<path>]` gives the
 /// entry name and the path below it. `Err` for a live source that is not valid (an entry
@@ -144,9 +137,9 @@ pub struct Relinked {
     /// The entries that really changed (not those left as they were).
     #[serde(skip)]
     pub changed_names: Vec<String>,
-    /// The operations applied, in order (none in a dry run).
+    /// The operations applied, in order (in a dry run: planned).
     #[serde(skip)]
-    pub ops: Vec<Op>,
+    pub ops: Vec<crate::engine::plan::Op>,
 }
 
 /// A directory that was in the way of a link, and where it went.
@@ -198,11 +191,73 @@ pub struct Workspace<'t> {
     pub node: Node,
     pub(crate) spec: PlaceholderSpec,
     pub(crate) hypervisor: config::Hypervisor,
+    pub(crate) guests: Guests,
+}
+
+/// How each entry's guests are to see a linked repo, from the config.
+pub struct Guests {
     /// Entry name -> the VMs whose configured shares pass through it, and how each one's
     /// guest is to see a linked repo (docs/design.md#idmap).
-    guests: BTreeMap<OsString, Vec<(String, Seen)>>,
+    by_entry: BTreeMap<OsString, Vec<(String, Seen)>>,
     /// Entry name -> a VM sharing it over 9p (qemu's own server: see `check_mappable`).
     nine_p: BTreeMap<OsString, String>,
+}
+
+impl Guests {
+    pub fn of(cfg: &Config) -> Guests {
+        Guests {
+            by_entry: guests_by_entry(cfg),
+            nine_p: nine_p_by_entry(cfg),
+        }
+    }
+
+    /// How the guests of entry `name` see a linked repo: the one mapping every VM sharing it
+    /// asks for (the default when none is configured); VMs that disagree are an error naming
+    /// two of them, since one mount cannot show a repo two ways.
+    pub fn guest_of(&self, name: &OsStr) -> Result<Seen> {
+        let Some(list) = self.by_entry.get(name) else {
+            return Ok(Seen::default());
+        };
+        let (vm, g) = &list[0];
+        if let Some((other, h)) = list.iter().find(|(_, h)| h != g) {
+            bail!(
+                "VMs {vm} ({g}) and {other} ({h}) share entry {}: one mount cannot show it both ways; make their guestUid, idmap and git agree",
+                paths::show_bytes(name)
+            );
+        }
+        Ok(*g)
+    }
+
+    /// The ids a mount of `repo` for entry `name` gets.
+    pub fn ids_for(&self, name: &OsStr, repo: &Node) -> Result<Ids> {
+        self.guest_of(name)?.ids.ids_for(repo)
+    }
+
+    /// A repo the guests of entry `name` could not work in through its mount is refused at
+    /// link time, saying why: a repo of root's (never mapped), or one whose group is not the
+    /// owner's primary group (the only group that maps: the guest could create nothing).
+    pub(crate) fn check_mappable(&self, name: &OsStr, repo: &Node) -> Result<()> {
+        let ids = self.ids_for(name, repo)?;
+        if let (Ids::Mapped(_), Some(vm)) = (&ids, self.nine_p.get(name)) {
+            bail!(
+                "VM {vm} shares entry {} over 9p: qemu's 9p server writes as the hypervisor user, whom an idmapped link does not map, so the guest could write nothing; share it over virtiofs, or set idmap = false for {vm}",
+                paths::show_bytes(name)
+            );
+        }
+        if let Ids::Mapped(m) = ids {
+            if repo.st.st_gid != m.host_gid {
+                bail!(
+                    "{} belongs to group {}, not to {}'s primary group {}: through the idmapped mount the guest could create nothing in it; chgrp -R {} it, or set idmap = false for the VM",
+                    show(&repo.path),
+                    repo.st.st_gid,
+                    user_label(m.host_uid),
+                    m.host_gid,
+                    m.host_gid
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Which entries a configured 9p share passes through, and the VM of one.
@@ -242,8 +297,7 @@ impl<'t> Workspace<'t> {
             node: dirs::ensure_root_dir(tree, &cfg.workspace_dir)?,
             spec: cfg.placeholder_spec()?,
             hypervisor: cfg.hypervisor.clone(),
-            guests: guests_by_entry(cfg),
-            nine_p: nine_p_by_entry(cfg),
+            guests: Guests::of(cfg),
         })
     }
 
@@ -260,31 +314,18 @@ impl<'t> Workspace<'t> {
             node,
             spec: cfg.placeholder_spec()?,
             hypervisor: cfg.hypervisor.clone(),
-            guests: guests_by_entry(cfg),
-            nine_p: nine_p_by_entry(cfg),
+            guests: Guests::of(cfg),
         }))
     }
 
-    /// How the guests of entry `name` see a linked repo: the one mapping every VM sharing it
-    /// asks for (the default when none is configured); VMs that disagree are an error naming
-    /// two of them, since one mount cannot show a repo two ways.
+    /// How the guests of entry `name` see a linked repo ([`Guests::guest_of`]).
     pub fn guest_of(&self, name: &OsStr) -> Result<Seen> {
-        let Some(list) = self.guests.get(name) else {
-            return Ok(Seen::default());
-        };
-        let (vm, g) = &list[0];
-        if let Some((other, h)) = list.iter().find(|(_, h)| h != g) {
-            bail!(
-                "VMs {vm} ({g}) and {other} ({h}) share entry {}: one mount cannot show it both ways; make their guestUid, idmap and git agree",
-                paths::show_bytes(name)
-            );
-        }
-        Ok(*g)
+        self.guests.guest_of(name)
     }
 
     /// The ids a mount of `repo` for entry `name` gets.
     pub(crate) fn ids_for(&self, name: &OsStr, repo: &Node) -> Result<Ids> {
-        self.guest_of(name)?.ids.ids_for(repo)
+        self.guests.ids_for(name, repo)
     }
 
     pub fn path(&self) -> &Path {
@@ -381,102 +422,6 @@ impl<'t> Workspace<'t> {
             RepoNow::Found(repo) if repo.id() == entry.id() => Some(rec),
             _ => None,
         }
-    }
-
-    /// Links and unlinks `changes` for `caller`: every target resolved and checked and every
-    /// entry observed and planned first (every refusal comes before any change); then, unless
-    /// `dry_run`, each plan applied under the workspace lock. `<workspaceDir>/<name>` exists
-    /// at every instant: the placeholder, with or without a repo mounted on it. A user's real
-    /// directory in the way is moved aside, never deleted.
-    pub fn relink(&self, changes: &[Change], caller: Caller, dry_run: bool) -> Result<Relinked> {
-        let repos = self.check_targets(changes, caller)?;
-        let _lock = match dry_run {
-            true => None,
-            false => Some(self.lock()?),
-        };
-        let mut held = Held::default();
-        let mut plans = Vec::new();
-        for (c, repo) in changes.iter().zip(&repos) {
-            let (want, intent) = match repo {
-                Some(r) => (WantOf::Repo(r), Intent::Link(caller)),
-                None => (WantOf::Nothing, Intent::Unlink(caller)),
-            };
-            let facts = self.observe_entry(OsStr::new(&c.name), want, &mut held)?;
-            plans.push((c, plan::entry(&facts, &intent)?));
-        }
-        let mut out = Relinked::default();
-        let mut applied = Applied::default();
-        for (c, p) in &plans {
-            out.steps.extend(p.summary.iter().map(|s| s.line(dry_run)));
-            if dry_run {
-                out.steps.extend(p.ops.iter().map(|o| format!("would {o}")));
-            } else {
-                for w in &p.warnings {
-                    tracing::warn!("{w}");
-                }
-                apply(self, &mut held, &p.ops, &Log::default(), &mut applied)?;
-            }
-            if p.changed {
-                out.changed += 1;
-                out.changed_names.push(c.name.clone());
-            }
-        }
-        out.displaced = applied.displaced;
-        out.ops = applied.done;
-        Ok(out)
-    }
-
-    /// Every target resolved and owner-checked before anything changes. The node checked here
-    /// is the one mounted (by descriptor): the owner check must be on it, not on an earlier
-    /// look at the same path, which a user can swap in between.
-    fn check_targets(&self, changes: &[Change], caller: Caller) -> Result<Vec<Option<Node>>> {
-        let mut repos = Vec::new();
-        for c in changes {
-            paths::check_name("workspace entry", &c.name)?;
-            repos.push(match &c.target {
-                None => None,
-                Some(t) => match self.tree.walk(t, Trust::Owners)? {
-                    // Not even root's: a link into an entry, a live root or a mount of ours
-                    // would point the tool at itself (and outlive every repo of its maker).
-                    Walk::Found(n) if n.path.starts_with(self.path()) => {
-                        return Err(inside_workspace(&n.path, self.path()))
-                    }
-                    Walk::Found(n) if n.is_dir() => {
-                        policy::may_link(&n.path, n.uid(), caller)?;
-                        self.check_mappable(OsStr::new(&c.name), &n)?;
-                        Some(n)
-                    }
-                    _ => bail!("{} is not a directory", show(t)),
-                },
-            });
-        }
-        Ok(repos)
-    }
-
-    /// A repo the guests of entry `name` could not work in through its mount is refused at
-    /// link time, saying why: a repo of root's (never mapped), or one whose group is not the
-    /// owner's primary group (the only group that maps: the guest could create nothing).
-    fn check_mappable(&self, name: &OsStr, repo: &Node) -> Result<()> {
-        let ids = self.ids_for(name, repo)?;
-        if let (Ids::Mapped(_), Some(vm)) = (&ids, self.nine_p.get(name)) {
-            bail!(
-                "VM {vm} shares entry {} over 9p: qemu's 9p server writes as the hypervisor user, whom an idmapped link does not map, so the guest could write nothing; share it over virtiofs, or set idmap = false for {vm}",
-                paths::show_bytes(name)
-            );
-        }
-        if let Ids::Mapped(m) = ids {
-            if repo.st.st_gid != m.host_gid {
-                bail!(
-                    "{} belongs to group {}, not to {}'s primary group {}: through the idmapped mount the guest could create nothing in it; chgrp -R {} it, or set idmap = false for the VM",
-                    show(&repo.path),
-                    repo.st.st_gid,
-                    user_label(m.host_uid),
-                    m.host_gid,
-                    m.host_gid
-                );
-            }
-        }
-        Ok(())
     }
 
     /// Puts a placeholder where the symlink `name` is (atomically), and removes the symlink.

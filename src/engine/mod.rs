@@ -1,8 +1,10 @@
 //! The workspace engine: observe (descriptors held) -> plan (pure) -> apply (each operation
-//! re-checked under the lock), for a VM's start (prepare) and for microvm-link (relink).
+//! re-checked under the lock), for a VM's start (prepare) and for microvm-link (link).
 pub mod apply;
 pub mod entry;
+pub mod facts;
 pub mod gitview;
+pub mod link;
 pub mod observe;
 pub mod plan;
 pub mod policy;

@@ -10,17 +10,18 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use nix::errno::Errno;
 
-use crate::engine::entry::{legacy_record, read_record, RepoNow, Workspace, LIVE_CURRENT};
-use crate::engine::gitview;
-use crate::engine::plan::{
+use crate::engine::entry::{legacy_record, read_record, Guests, RepoNow, Workspace};
+use crate::engine::facts::{
     Current, Entry, EntryFacts, LiveFacts, Missing, Rec, RepoFacts, Shows, Target, Want,
 };
+use crate::engine::gitview;
 use crate::engine::policy;
 use crate::fs::chase::{is_mount_root, is_symlink, Node, Trust, Walk};
 use crate::fs::idmap;
 use crate::fs::paths;
+use crate::fs::paths::LIVE_CURRENT;
 use crate::host::logging::one_line;
-use crate::model::config;
+use crate::model::config::{self, Config};
 
 /// Directories (and the odd file) seen while observing, by path: where the applier acts,
 /// each checked again there before use.
@@ -306,4 +307,33 @@ pub fn missing(dir: &Node, rest: Vec<std::ffi::OsString>) -> Missing {
         dir_placeholder: dir.is_placeholder(),
         rest,
     }
+}
+
+/// Entry `name` of a workspace dir that does not exist yet (a dry run before the first link):
+/// nothing there, no record, what `want` asks for.
+pub fn absent_entry(
+    cfg: &Config,
+    guests: &Guests,
+    name: &OsStr,
+    want: WantOf,
+) -> Result<EntryFacts> {
+    let git = guests.guest_of(name)?.git;
+    Ok(EntryFacts {
+        name: name.to_os_string(),
+        at: cfg.workspace_dir.join(name),
+        links: false,
+        record: None,
+        entry: Entry::Missing,
+        want: match want {
+            WantOf::Repo(r) => Want::Repo(RepoFacts {
+                path: r.path.clone(),
+                id: r.id(),
+                ids: guests.ids_for(name, r).map_err(|e| one_line(&e)),
+                git,
+            }),
+            WantOf::Recorded | WantOf::Nothing => Want::Nothing,
+        },
+        live: Vec::new(),
+        spec: cfg.placeholder_spec()?,
+    })
 }

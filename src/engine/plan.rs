@@ -12,15 +12,15 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 
+use crate::engine::facts::{
+    Current, Entry, EntryFacts, Id, LiveFacts, Missing, RepoFacts, Shows, Target, Want,
+};
 use crate::engine::policy::{self, Caller};
 use crate::fs::idmap::Ids;
 use crate::fs::paths::show;
 use crate::fs::placeholder::PlaceholderSpec;
 use crate::model::action::{Act, Action};
 use crate::model::config::GitMode;
-
-/// A file's identity: (device, inode).
-pub type Id = (u64, u64);
 
 /// `current` of a live root while unlinked: root's, read-only, whatever the configured
 /// placeholder owner.
@@ -191,144 +191,6 @@ impl std::fmt::Display for Op {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.action().fmt(f)
     }
-}
-
-/// A link record as read: where it points, who made it, and whether that repo is one of
-/// theirs now (found and reachable safely).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rec {
-    pub target: PathBuf,
-    pub owner: u32,
-    pub repo_found: bool,
-    /// Read from a shell-era symlink at the entry, not from `.links`: nobody's link to
-    /// defend (the next start migrates it; a link replaces it).
-    pub legacy: bool,
-}
-
-/// What is at `<workspaceDir>/<name>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Entry {
-    Missing,
-    /// One of our placeholders, nothing mounted on it.
-    Placeholder,
-    /// A mount root (identity `id`), and how it relates to what is wanted there.
-    Mounted {
-        id: Id,
-        shows: Shows,
-    },
-    /// A directory that is not ours, not a mount point.
-    Directory {
-        owner: u32,
-        /// Root's or the hypervisor's (microvm.nix's tmpfiles make share sources so):
-        /// nobody's work, any allowed linker may have it moved aside.
-        nobodys: bool,
-    },
-    /// A shell-era symlink (its target made absolute, its owner).
-    Legacy {
-        target: PathBuf,
-        owner: u32,
-    },
-    NotADirectory,
-}
-
-/// What a mount shows, against what is wanted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Shows {
-    /// The wanted repo, with the wanted ids and git view.
-    Wanted,
-    /// The wanted repo, mounted otherwise (ids or git view differ).
-    WantedOtherwise,
-    /// Something else.
-    Other,
-}
-
-/// The repo an entry is to show, as observed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Want {
-    Repo(RepoFacts),
-    /// The record's repo is gone (`why`: when it is more than missing): the placeholder serves.
-    Gone {
-        target: PathBuf,
-        why: Option<String>,
-    },
-    /// Nothing is linked: the placeholder serves.
-    Nothing,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RepoFacts {
-    pub path: PathBuf,
-    pub id: Id,
-    /// The ids a mount of it gets for this entry's guests, or why it cannot be mapped.
-    pub ids: std::result::Result<Ids, String>,
-    pub git: GitMode,
-}
-
-/// One workspace entry as observed, with what its intent wants it to show.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EntryFacts {
-    pub name: OsString,
-    pub at: PathBuf,
-    /// `.links` exists.
-    pub links: bool,
-    pub record: Option<Rec>,
-    pub entry: Entry,
-    pub want: Want,
-    /// The entry's live roots.
-    pub live: Vec<LiveFacts>,
-    /// The configured placeholder.
-    pub spec: PlaceholderSpec,
-}
-
-/// One live root `<workspaceDir>/.live/<name>/<rel>` as observed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LiveFacts {
-    pub root: PathBuf,
-    pub rel: PathBuf,
-    /// The root directory and its parents below the workspace dir that do not exist yet
-    /// (prepare's own live root; empty for every existing one).
-    pub missing: Vec<PathBuf>,
-    pub current: Current,
-    /// `<repo>/<rel>` of the wanted repo (`None`: nothing is wanted there).
-    pub target: Option<Target>,
-}
-
-/// A live root's `current`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Current {
-    Missing,
-    Placeholder,
-    Mounted {
-        id: Id,
-        as_wanted: bool,
-    },
-    /// A directory that is not ours.
-    NotOurs,
-    NotADirectory,
-}
-
-/// `<repo>/<rel>` for a live root.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    Found {
-        path: PathBuf,
-        id: Id,
-    },
-    Missing(Missing),
-    NotADirectory(PathBuf),
-    /// Cannot be reached safely.
-    Unreachable(String),
-}
-
-/// A path that does not exist: its deepest existing directory and the names below it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Missing {
-    pub dir: PathBuf,
-    pub dir_id: Id,
-    pub dir_uid: u32,
-    pub dir_gid: u32,
-    pub dir_placeholder: bool,
-    pub rest: Vec<OsString>,
 }
 
 /// What is wanted of an entry.
@@ -647,7 +509,7 @@ pub fn live_root(f: &EntryFacts, l: &LiveFacts, want: Option<&Want>) -> Result<V
             what: "live root, ",
         });
     }
-    let at = l.root.join(crate::engine::entry::LIVE_CURRENT);
+    let at = l.root.join(crate::fs::paths::LIVE_CURRENT);
     let mounted = match l.current {
         Current::Missing => {
             ops.push(Op::Placeholder {
@@ -872,6 +734,7 @@ impl<'w> Creation<'w> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::facts::Rec;
     use crate::fs::idmap::IdMap;
 
     const WS: &str = "/var/lib/microvm-workspaces";

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 
-use crate::engine::plan::{Entry, EntryFacts};
+use crate::engine::facts::{Entry, EntryFacts};
 use crate::fs::paths::show;
 use crate::model::config::user_label;
 

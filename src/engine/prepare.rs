@@ -13,12 +13,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use crate::engine::apply::{apply, Applied, Log};
-use crate::engine::entry::{entry_of, live_of, Workspace, LIVE_CURRENT};
+use crate::engine::entry::{entry_of, live_of, Workspace};
+use crate::engine::facts::EntryFacts;
 use crate::engine::observe::{self, Held, WantOf};
-use crate::engine::plan::{self, Creation, Creator, EntryFacts, Intent, Made, Op};
+use crate::engine::plan::{self, Creation, Creator, Intent, Made, Op};
 use crate::fs::chase::{Node, Tree, Trust, Walk};
 use crate::fs::dirs;
-use crate::fs::paths::{self, show};
+use crate::fs::paths::{self, show, LIVE_CURRENT};
 use crate::fs::placeholder;
 use crate::model::action::Action;
 use crate::model::config::{Config, Proto};
@@ -170,10 +171,17 @@ fn plan_vm(
             }
             (Some((name, rel)), None) => {
                 let root = cfg.workspace_dir.join(paths::LIVE).join(name).join(rel);
-                ops.push(Op::RootDir {
-                    path: root.clone(),
-                    what: "live root, ",
-                });
+                let mut dir = cfg.workspace_dir.clone();
+                for c in root
+                    .strip_prefix(&cfg.workspace_dir)
+                    .unwrap_or(Path::new(""))
+                {
+                    dir.push(c);
+                    ops.push(Op::RootDir {
+                        path: dir.clone(),
+                        what: "live root, ",
+                    });
+                }
                 ops.push(Op::Placeholder {
                     path: root.join(LIVE_CURRENT),
                     spec: plan::LIVE_SPEC,
@@ -512,12 +520,23 @@ fn prepare(
             fallbacks: look.fallbacks,
         });
     }
-    let ws = Workspace::ensure(tree, cfg)?;
+    let mut applied = Applied::default();
+    let ws = match Workspace::find(tree, cfg)? {
+        Some(ws) => ws,
+        None => {
+            // Made before the lock, which lives in it: the plan's first operation.
+            let ws = Workspace::ensure(tree, cfg)?;
+            applied.done.push(Op::RootDir {
+                path: cfg.workspace_dir.clone(),
+                what: "",
+            });
+            ws
+        }
+    };
     let _lock = ws.lock()?;
     // Again, under the lock: what is there now is what gets acted on.
     let mut plan = plan_vm(tree, cfg, vm, shares, fall_back, &[])?;
     warn(vm, &plan);
-    let mut applied = Applied::default();
     let steps = std::mem::take(&mut plan.steps);
     for (tag, ops) in &steps {
         let log = Log {

@@ -24,6 +24,8 @@ pub const LOCK: &str = ".lock";
 pub const TMP_PREFIX: &str = ".mvw-tmp-";
 /// Inside the workspace dir: the live roots (docs/design.md#live-links).
 pub const LIVE: &str = ".live";
+/// Inside a live root: the directory that shows the entry (docs/design.md#live-links).
+pub const LIVE_CURRENT: &str = "current";
 
 /// A name no other process will pick, with the prefix that marks leftovers and the pid of
 /// the process that made it (so a leftover's writer can be known to be gone).

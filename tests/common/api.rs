@@ -4,6 +4,10 @@
 
 pub use microvm_workspaces::cmd::flow::{derive_vm_name, repo_root};
 pub use microvm_workspaces::engine::entry::{unmount, Change, Workspace};
+pub use microvm_workspaces::engine::link::relink;
+pub use microvm_workspaces::engine::plan::Op;
+pub use microvm_workspaces::engine::policy::Caller;
+pub use microvm_workspaces::engine::prepare::prepare_shares;
 pub use microvm_workspaces::engine::prepare::prepare_vm;
 pub use microvm_workspaces::fs::chase::{Tree, Trust, Walk};
 pub use microvm_workspaces::fs::failpoint::FAILPOINT_ENV;

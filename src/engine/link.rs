@@ -1,0 +1,126 @@
+//! microvm-link's relink: observe every changed entry, plan each (engine::plan: a link, an
+//! unlink, the sudo-boundary policy first), then apply the plans under the workspace lock.
+
+use std::ffi::OsStr;
+use std::path::Path;
+
+use anyhow::{bail, Result};
+
+use crate::engine::apply::{apply, Applied, Log};
+use crate::engine::entry::{inside_workspace, Change, Guests, Relinked, Workspace};
+use crate::engine::observe::{self, Held, WantOf};
+use crate::engine::plan::{self, Intent, Op};
+use crate::engine::policy::{self, Caller};
+use crate::fs::chase::{Node, Tree, Trust, Walk};
+use crate::fs::paths::{self, show};
+use crate::model::config::Config;
+
+/// Links and unlinks `changes` for `caller`: every target resolved and checked and every
+/// entry observed and planned first (every refusal comes before any change); then, unless
+/// `dry_run`, each plan applied under the workspace lock. `<workspaceDir>/<name>` exists at
+/// every instant: the placeholder, with or without a repo mounted on it. A user's real
+/// directory in the way is moved aside, never deleted. A missing workspace dir is made first
+/// (planned as such in a dry run, its entries planned as missing).
+pub fn relink(
+    tree: &Tree,
+    cfg: &Config,
+    changes: &[Change],
+    caller: Caller,
+    dry_run: bool,
+) -> Result<Relinked> {
+    let guests = Guests::of(cfg);
+    let repos = check_targets(tree, &cfg.workspace_dir, &guests, changes, caller)?;
+    let mut out = Relinked::default();
+    let ws = match Workspace::find(tree, cfg)? {
+        Some(ws) => Some(ws),
+        None => {
+            let made = Op::RootDir {
+                path: cfg.workspace_dir.clone(),
+                what: "",
+            };
+            out.steps.push(match dry_run {
+                true => format!("would {made}"),
+                false => made.to_string(),
+            });
+            out.ops.push(made);
+            match dry_run {
+                true => None,
+                false => Some(Workspace::ensure(tree, cfg)?),
+            }
+        }
+    };
+    let _lock = match (&ws, dry_run) {
+        (Some(ws), false) => Some(ws.lock()?),
+        _ => None,
+    };
+    let mut held = Held::default();
+    let mut plans = Vec::new();
+    for (c, repo) in changes.iter().zip(&repos) {
+        let name = OsStr::new(&c.name);
+        let (want, intent) = match repo {
+            Some(r) => (WantOf::Repo(r), Intent::Link(caller)),
+            None => (WantOf::Nothing, Intent::Unlink(caller)),
+        };
+        let facts = match &ws {
+            Some(ws) => ws.observe_entry(name, want, &mut held)?,
+            None => observe::absent_entry(cfg, &guests, name, want)?,
+        };
+        plans.push((c, plan::entry(&facts, &intent)?));
+    }
+    let mut applied = Applied::default();
+    for (c, p) in &plans {
+        out.steps.extend(p.summary.iter().map(|s| s.line(dry_run)));
+        match &ws {
+            Some(ws) if !dry_run => {
+                for w in &p.warnings {
+                    tracing::warn!("{w}");
+                }
+                apply(ws, &mut held, &p.ops, &Log::default(), &mut applied)?;
+            }
+            _ => {
+                out.steps.extend(p.ops.iter().map(|o| format!("would {o}")));
+                out.ops.extend(p.ops.iter().cloned());
+            }
+        }
+        if p.changed {
+            out.changed += 1;
+            out.changed_names.push(c.name.clone());
+        }
+    }
+    out.displaced = applied.displaced;
+    out.ops.append(&mut applied.done);
+    Ok(out)
+}
+
+/// Every target resolved and owner-checked before anything changes. The node checked here is
+/// the one mounted (by descriptor): the owner check must be on it, not on an earlier look at
+/// the same path, which a user can swap in between.
+fn check_targets(
+    tree: &Tree,
+    workspace_dir: &Path,
+    guests: &Guests,
+    changes: &[Change],
+    caller: Caller,
+) -> Result<Vec<Option<Node>>> {
+    let mut repos = Vec::new();
+    for c in changes {
+        paths::check_name("workspace entry", &c.name)?;
+        repos.push(match &c.target {
+            None => None,
+            Some(t) => match tree.walk(t, Trust::Owners)? {
+                // Not even root's: a link into an entry, a live root or a mount of ours would
+                // point the tool at itself (and outlive every repo of its maker).
+                Walk::Found(n) if n.path.starts_with(workspace_dir) => {
+                    return Err(inside_workspace(&n.path, workspace_dir))
+                }
+                Walk::Found(n) if n.is_dir() => {
+                    policy::may_link(&n.path, n.uid(), caller)?;
+                    guests.check_mappable(OsStr::new(&c.name), &n)?;
+                    Some(n)
+                }
+                _ => bail!("{} is not a directory", show(t)),
+            },
+        });
+    }
+    Ok(repos)
+}

@@ -1,0 +1,209 @@
+//! The engine's promise (issue 19): what a dry run plans is exactly what the act then does,
+//! for generated workspaces and intents, and a refusal changes nothing. Needs root: the
+//! placeholders carry trusted xattrs and links are (idmapped) mounts.
+
+mod common;
+
+use common::api::*;
+use common::*;
+use proptest::prelude::*;
+
+const WS: &str = "/var/lib/microvm-workspaces";
+
+/// What the entry `vm1` is before the intents run.
+#[derive(Debug, Clone, Copy)]
+enum Before {
+    NoWorkspaceDir,
+    Placeholder,
+    UsersDirectory,
+    HypervisorsDirectory,
+    LegacySymlink,
+    Linked,
+    LinkedRepoGone,
+    LinkedByRoot,
+    LiveRoot,
+}
+
+/// What is asked of it.
+#[derive(Debug, Clone, Copy)]
+enum Intent {
+    LinkA,
+    LinkB,
+    Unlink,
+    Start,
+}
+
+fn before() -> impl Strategy<Value = Before> {
+    prop_oneof![
+        Just(Before::NoWorkspaceDir),
+        Just(Before::Placeholder),
+        Just(Before::UsersDirectory),
+        Just(Before::HypervisorsDirectory),
+        Just(Before::LegacySymlink),
+        Just(Before::Linked),
+        Just(Before::LinkedRepoGone),
+        Just(Before::LinkedByRoot),
+        Just(Before::LiveRoot),
+    ]
+}
+
+fn intent() -> impl Strategy<Value = Intent> {
+    prop_oneof![
+        Just(Intent::LinkA),
+        Just(Intent::LinkB),
+        Just(Intent::Unlink),
+        Just(Intent::Start),
+    ]
+}
+
+fn repo(fx: &Fx, inside: &str, git: bool) {
+    fx.repo(inside, ALICE);
+    if git {
+        fx.mkdir(&format!("{inside}/.git"), ALICE, 0o755);
+        for d in ["objects", "refs", "refs/heads"] {
+            fx.mkdir(&format!("{inside}/.git/{d}"), ALICE, 0o755);
+        }
+        fx.write(&format!("{inside}/.git/HEAD"), b"ref: refs/heads/main\n");
+        std::os::unix::fs::chown(
+            fx.p(&format!("{inside}/.git/HEAD")),
+            Some(ALICE),
+            Some(ALICE),
+        )
+        .unwrap();
+    }
+    fx.mkdir(&format!("{inside}/sub"), ALICE, 0o755);
+}
+
+/// Runs `intent` once as a dry run and once for real: the operations (or the refusal).
+fn run(fx: &Fx, intent: Intent) -> (Result<Vec<String>, String>, Result<Vec<String>, String>) {
+    let root = Root::from_args(Some(fx.root())).unwrap();
+    let tree = Tree::open(&root).unwrap();
+    let cfg = Config::load(&tree).unwrap();
+    let once = |dry_run: bool| -> Result<Vec<String>, String> {
+        let text = |ops: &[Op]| ops.iter().map(|o| o.to_string()).collect::<Vec<_>>();
+        match intent {
+            Intent::Start => {
+                let shares = shares(&tree, &cfg, "vm1").map_err(|e| one_line(&e))?;
+                prepare_shares(&tree, &cfg, "vm1", &shares, dry_run)
+                    .map(|o| o.actions.iter().map(|a| a.to_string()).collect())
+                    .map_err(|e| one_line(&e))
+            }
+            _ => {
+                let target = match intent {
+                    Intent::LinkA => Some(fx.p("/home/alice/a")),
+                    Intent::LinkB => Some(fx.p("/home/alice/b")),
+                    _ => None,
+                };
+                let change = Change {
+                    name: "vm1".into(),
+                    target: target.map(|t| root.inside(&t).unwrap()),
+                };
+                relink(&tree, &cfg, &[change], Caller::User(ALICE), dry_run)
+                    .map(|r| text(&r.ops))
+                    .map_err(|e| one_line(&e))
+            }
+        }
+    };
+    let planned = once(true);
+    let done = once(false);
+    (planned, done)
+}
+
+fn setup(b: Before) -> Rig {
+    let fx = rig();
+    fx.runner(
+        "vm1",
+        &[
+            ("workspace", b"/var/lib/microvm-workspaces/vm1"),
+            ("hosts", b"/var/lib/microvm-workspaces/vm1/hosts/vm1"),
+            ("live", b"/var/lib/microvm-workspaces/.live/vm1/sub"),
+        ],
+    );
+    repo(&fx, "/home/alice/a", true);
+    repo(&fx, "/home/alice/b", false);
+    if !matches!(b, Before::NoWorkspaceDir) {
+        fx.mkdir(WS, 0, 0o755);
+    }
+    let link_as = |user: u32, to: &str| {
+        Run::link(&fx)
+            .user(user)
+            .cwd(to)
+            .args(["vm1", "--no-restart"])
+            .ok_stdout();
+    };
+    match b {
+        Before::NoWorkspaceDir => {}
+        Before::Placeholder => {
+            fx.prepare_ok("vm1");
+        }
+        Before::UsersDirectory => {
+            fx.mkdir(&format!("{WS}/vm1"), ALICE, 0o755);
+        }
+        Before::HypervisorsDirectory => {
+            fx.mkdir(&format!("{WS}/vm1"), 0, 0o775);
+        }
+        Before::LegacySymlink => fx.symlink_as("/home/alice/b", &format!("{WS}/vm1"), ALICE),
+        Before::Linked => link_as(ALICE, "/home/alice/a"),
+        Before::LinkedRepoGone => {
+            repo(&fx, "/home/alice/c", false);
+            link_as(ALICE, "/home/alice/c");
+            std::fs::rename(fx.p("/home/alice/c"), fx.p("/home/alice/c-moved")).unwrap();
+        }
+        Before::LinkedByRoot => {
+            repo(&fx, "/home/bob/r", false);
+            std::os::unix::fs::chown(fx.p("/home/bob/r"), Some(ALICE), Some(ALICE)).unwrap();
+            link_as(0, "/home/bob/r");
+        }
+        Before::LiveRoot => {
+            link_as(ALICE, "/home/alice/a");
+            fx.prepare_ok("vm1");
+        }
+    }
+    fx
+}
+
+#[test]
+fn the_plan_is_exactly_what_the_act_does_and_a_refusal_changes_nothing() {
+    in_mount_ns!(the_plan_is_exactly_what_the_act_does_and_a_refusal_changes_nothing);
+    use std::cell::Cell;
+    let (cases, changed, refused) = (Cell::new(0), Cell::new(0), Cell::new(0));
+    let config = ProptestConfig {
+        cases: 128,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    proptest!(config, |(b in before(), intents in proptest::collection::vec(intent(), 1..4))| {
+        let fx = setup(b);
+        for i in intents {
+            let snap = fx.snapshot();
+            let (planned, done) = run(&fx, i);
+            cases.set(cases.get() + 1);
+            match (&planned, &done) {
+                (Ok(p), Ok(d)) => {
+                    prop_assert_eq!(p, d, "{:?} then {:?}", b, i);
+                    if !d.is_empty() {
+                        changed.set(changed.get() + 1);
+                    }
+                }
+                (Err(p), Err(d)) => {
+                    prop_assert_eq!(p, d, "{:?} then {:?}", b, i);
+                    // A refusal changes nothing (the lock file aside, taken before looking).
+                    let mut now = fx.snapshot();
+                    now.retain(|p, _| !p.ends_with(".lock"));
+                    let mut was = snap.clone();
+                    was.retain(|p, _| !p.ends_with(".lock"));
+                    prop_assert_eq!(was, now, "{:?} then {:?}: refused ({}) but changed", b, i, d);
+                    refused.set(refused.get() + 1);
+                }
+                _ => prop_assert!(false, "{:?} then {:?}: planned {:?}, did {:?}", b, i, planned, done),
+            }
+        }
+    });
+    let (cases, changed, refused) = (cases.get(), changed.get(), refused.get());
+    eprintln!("engine: {cases} intents, {changed} with operations, {refused} refused; plan == act in each");
+    // The generator reached what it is for.
+    assert!(
+        changed > 10 && refused > 0,
+        "{changed} changed, {refused} refused"
+    );
+}
