@@ -3,7 +3,8 @@
 //! * every `module::item` a Markdown file of the repository cites in backticks is defined in
 //!   src (which forms count: ARCHITECTURE.md#citations);
 //! * every `<file>.md#anchor` cited anywhere in the repository (code comments, tests, Nix,
-//!   scripts, docs) and every relative Markdown link names a file, and an anchor, that exist.
+//!   scripts, docs) and every relative Markdown link names a file, and an anchor, that exist;
+//! * ARCHITECTURE.md's code map names every module of src.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -413,6 +414,23 @@ fn the_citation_check_can_fail() {
             "chase::Tree::Nope",
             "chase::walk"
         ]
+    );
+}
+
+#[test]
+fn the_code_map_names_every_module() {
+    let root = Path::new(ROOT);
+    let src = Src::read(root);
+    let map = prose(&std::fs::read_to_string(root.join("ARCHITECTURE.md")).unwrap());
+    let spans: BTreeSet<&str> = code_spans(&map).into_iter().collect();
+    let missing: Vec<&String> = src
+        .modules
+        .keys()
+        .filter(|m| !spans.contains(m.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "ARCHITECTURE.md's code map does not name these modules: {missing:?}"
     );
 }
 
