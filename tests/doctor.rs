@@ -1,4 +1,4 @@
-//! `microvm-link doctor` against temporary roots (docs/design.md#doctor): a healthy host
+//! `microvm-link doctor` against temporary roots (docs/reference/cli.md#doctor): a healthy host
 //! exits 0, and every check has a fixture where it fires and one where it does not.
 //! Re-rooted, systemd is not asked (the drop-in check's firing is a unit test in
 //! src/cmd/doctor.rs); the real systemd is the end-to-end suite's.

@@ -1,4 +1,4 @@
-//! The guest is not trusted (docs/design.md#idmap): every link mount is an idmapped,
+//! The guest is not trusted (docs/security.md#idmap): every link mount is an idmapped,
 //! `nosuid,nodev`, private clone, so that what a guest does through it, as any uid, is at most
 //! what the linker could do. virtiofsd acts for a guest caller with the caller's ids; these
 //! tests act with those ids on the host side of the mount, as virtiofsd would. The real

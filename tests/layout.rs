@@ -1,4 +1,4 @@
-//! The shape of the code (docs/design.md#module-map): library modules import one way only
+//! The shape of the code (ARCHITECTURE.md#code-map): library modules import one way only
 //! (no cycle), the binaries stay thin, and nothing is `unsafe`.
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -446,7 +446,7 @@ fn status_shows_a_dangling_link_with_its_remembered_target() {
         .args(["--no-restart"])
         .ok_stdout();
     // Moved away (a linked repo's .git, a mount point in the guest's view, cannot be removed
-    // while the link stands: docs/design.md#guest-git).
+    // while the link stands: docs/security.md#not-covered).
     std::fs::rename(fx.p("/home/alice/vm1"), fx.p("/home/alice/vm1.old")).unwrap();
     fx.prepare_ok("vm1");
     let st = status_json(&fx);

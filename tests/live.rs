@@ -192,7 +192,7 @@ fn after_a_reboot_or_a_deleted_repo_current_follows_the_entry() {
     fx.prepare_ok("testvm");
     assert_eq!(marker(&current).as_deref(), Some("A"));
     // The repo gone from its path while linked (moved away: its .git, a mount point in the
-    // guest's view, cannot be removed while linked, docs/design.md#guest-git): the next start
+    // guest's view, cannot be removed while linked, docs/security.md#not-covered): the next start
     // unmounts it, the placeholder serves.
     std::fs::rename(fx.p("/home/alice/nixfiles"), fx.p("/home/alice/gone")).unwrap();
     fx.prepare_ok("testvm");

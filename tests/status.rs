@@ -1,4 +1,4 @@
-//! `microvm-link status` in words (docs/design.md#status): what each share showed at start
+//! `microvm-link status` in words (docs/reference/cli.md#status): what each share showed at start
 //! (from the runtime record prepare writes) and shows now, and why a stale one is stale.
 //! Against temporary roots; tests that link run in a private mount namespace.
 

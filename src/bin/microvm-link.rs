@@ -1,5 +1,5 @@
 //! microvm-link: point a VM's workspace at the repo you are in, restart the VM, and show
-//! which other running VMs now see a stale directory (docs/design.md#microvm-link).
+//! which other running VMs now see a stale directory (docs/reference/cli.md#microvm-link).
 #![forbid(unsafe_code)]
 
 use std::io::IsTerminal;
@@ -44,7 +44,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         Some(Cmd::ProbeSsh { host, port }) => return ssh::probe_command(host, *port),
         Some(Cmd::Status { vm, json }) => {
             let env = env(false)?;
-            // Root for a caller looks with the caller's eyes (docs/design.md#sudo-boundary).
+            // Root for a caller looks with the caller's eyes (docs/security.md#sudo-boundary).
             flow::drop_to(env.user)?;
             let rows = status::collect(&env.tree, &env.cfg, &env.root, vm.as_deref())?;
             match json {

@@ -1,5 +1,5 @@
 //! `microvm-link doctor`: checks the host and says, for each finding, what to do about it
-//! (docs/design.md#doctor). A finding is `fail` only when it will make a VM fail to start
+//! (docs/reference/cli.md#doctor). A finding is `fail` only when it will make a VM fail to start
 //! (or see the wrong thing); the exit status is non-zero exactly then.
 //!
 //! Everything is read as the caller, through the tree (so `--root` works); what cannot be
@@ -393,7 +393,7 @@ fn check_config(tree: &Tree, out: &mut Vec<Finding>) -> Config {
             out.push(fail(
                 "config",
                 format!("{}: {}", show(path), crate::host::logging::one_line(&e)),
-                "every VM start fails in prepare until it is fixed: correct the file (docs/design.md#config) or rebuild it (nixos-rebuild switch); it must be root's",
+                "every VM start fails in prepare until it is fixed: correct the file (docs/reference/config.md) or rebuild it (nixos-rebuild switch); it must be root's",
             ));
             Config::default()
         }

@@ -1,4 +1,4 @@
-//! `microvm-link fetch [VM]` (docs/design.md#guest-git): the guest's branches, from the VM's
+//! `microvm-link fetch [VM]` (docs/security.md#fetch): the guest's branches, from the VM's
 //! own git dir, into the host repo as remote-tracking refs `refs/remotes/<entry>/<branch>`.
 //!
 //! Runs as the user, never as root. It reads nothing the guest controls but objects and refs:

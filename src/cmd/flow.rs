@@ -1,4 +1,4 @@
-//! microvm-link's flow (docs/design.md#microvm-link): who asks, which entries change, the
+//! microvm-link's flow (docs/reference/cli.md#microvm-link): who asks, which entries change, the
 //! relink, the sources of every VM through the changed entries, the restart, and the other
 //! running VMs left stale. [`link`] and [`unlink`] share it and return a typed [`Outcome`].
 
@@ -353,7 +353,7 @@ impl SshWait {
     }
 }
 
-/// How long a destination nobody chose is waited for (docs/design.md#ssh-wait): long enough
+/// How long a destination nobody chose is waited for (docs/reference/cli.md#ssh-wait): long enough
 /// for a VM that boots quickly and runs sshd, short against a 150 s restart budget.
 pub const DEFAULT_DESTINATION_WAIT: Duration = Duration::from_secs(15);
 

@@ -1,4 +1,4 @@
-//! `microvm-link shell`: from a repo to a shell in its VM (docs/design.md#ssh). The privileged
+//! `microvm-link shell`: from a repo to a shell in its VM (docs/reference/cli.md#shell). The privileged
 //! part (link and start, each only if needed) runs as root, through sudo for a normal user;
 //! the SSH part runs as the user, with their agent, keys and `~/.ssh/config`.
 

@@ -1,5 +1,5 @@
 //! `microvm-link status`: for every VM, what each share showed at its start (the runtime
-//! record) and shows now, and which are stale (docs/design.md#staleness).
+//! record) and shows now, and which are stale (docs/reference/cli.md#staleness).
 
 use std::path::Path;
 
@@ -81,7 +81,7 @@ pub struct VmStatus {
     pub workspace: EntryView,
     pub shares: Vec<ShareStatus>,
     pub stale: bool,
-    /// How the guest sees linked repos (docs/design.md#idmap).
+    /// How the guest sees linked repos (docs/security.md#idmap).
     pub guest: GuestView,
 }
 

@@ -1,5 +1,5 @@
 //! The workspace entry `<workspaceDir>/<name>`: a placeholder, a *record* and a mount
-//! (docs/design.md#entry-model).
+//! (docs/reference/workspace.md#entries).
 //!
 //! The record `<workspaceDir>/.links/<name>` is a symlink to the repo, owned by the user who
 //! linked it (so `ls -l` says who), and survives reboots. The entry itself is always a real
@@ -197,7 +197,7 @@ pub struct Workspace<'t> {
 /// How each entry's guests are to see a linked repo, from the config.
 pub struct Guests {
     /// Entry name -> the VMs whose configured shares pass through it, and how each one's
-    /// guest is to see a linked repo (docs/design.md#idmap).
+    /// guest is to see a linked repo (docs/security.md#idmap).
     by_entry: BTreeMap<OsString, Vec<(String, Seen)>>,
     /// Entry name -> a VM sharing it over 9p (qemu's own server: see `check_mappable`).
     nine_p: BTreeMap<OsString, String>,

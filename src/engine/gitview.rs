@@ -1,4 +1,4 @@
-//! What the guest sees of a linked repo's git metadata (docs/design.md#guest-git), and the
+//! What the guest sees of a linked repo's git metadata (docs/security.md#guest-git), and the
 //! VM's own git dir of the `private` mode.
 //!
 //! The guest and the linker are one uid through the idmap, so ownership cannot keep a guest
@@ -164,7 +164,7 @@ fn view_git(
             idmap::mount_repo(dotgit, &on, ids, true)?;
         }
         GitMode::Private => {
-            // A git dir it cannot start from (docs/design.md#guest-git), or one it cannot copy
+            // A git dir it cannot start from (docs/security.md#guest-git), or one it cannot copy
             // (a file of root's in it, left by `sudo git`): the read-only view, said once.
             let own = match private_possible(dotgit) {
                 Ok(true) => private_dir(tree, ws, name, repo, dotgit).map(Some),

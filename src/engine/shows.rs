@@ -1,4 +1,4 @@
-//! What a share source shows, in words (docs/design.md#status): a placeholder, a linked
+//! What a share source shows, in words (docs/reference/cli.md#status): a placeholder, a linked
 //! repo (and whose), a directory, or nothing. Prepare records it at each start; `status`
 //! says it again for now, and why a share is stale.
 

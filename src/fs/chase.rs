@@ -9,7 +9,7 @@
 //! * files root believes (config, runner, `/run` records) are read only through what root
 //!   owns ([`Trust::RootOwned`], [`read_trusted`]).
 //!
-//! See docs/design.md#path-safety.
+//! See docs/security.md#path-safety.
 
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};

@@ -1,7 +1,7 @@
 //! Trusted places and creating directories as root: the workspace dir and its bookkeeping
 //! directories (`.links`, `.displaced`), the runtime dir, the lock, leftovers of killed runs,
 //! and directories made with a user's credentials inside their tree
-//! (docs/design.md#path-safety).
+//! (docs/security.md#path-safety).
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, OwnedFd};

@@ -1,4 +1,4 @@
-//! Mounting a repo for a guest (docs/design.md#idmap): every link mount is a clone of the
+//! Mounting a repo for a guest (docs/security.md#idmap): every link mount is a clone of the
 //! repo's mount, `nosuid,nodev`, and (unless a VM opts out) *idmapped*, so that the guest's
 //! user is the linker and nobody else is anybody.
 //!
@@ -97,7 +97,7 @@ pub struct IdMap {
     /// The guest user (`vms.<vm>.guestUid`).
     pub guest_uid: u32,
     /// The guest group: the number of the linker's primary group
-    /// (docs/design.md#idmap: the guest's gid of the same number).
+    /// (docs/security.md#idmap: the guest's gid of the same number).
     pub guest_gid: u32,
 }
 
@@ -176,7 +176,7 @@ pub const OVERFLOW_ID: u32 = 65534;
 /// creating switches to the guest caller's), and the kernel refuses both on an idmapped mount
 /// whose mapping lacks the caller's fsuid (EOVERFLOW): with root unmapped, no guest could
 /// `mv a b` or commit. So root maps to nobody: what the guest's root creates is nobody's, never
-/// root's (docs/design.md#idmap).
+/// root's (docs/security.md#idmap).
 pub const NOBODY: u32 = 65534;
 
 /// How a link is mounted: idmapped (the default), or a plain clone (`vms.<vm>.idmap = false`).

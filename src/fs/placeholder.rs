@@ -1,5 +1,5 @@
 //! Placeholders: directories this project makes to stand in for a missing source, known by a
-//! `trusted.` extended attribute no unprivileged user can set (docs/design.md#placeholders).
+//! `trusted.` extended attribute no unprivileged user can set (docs/reference/workspace.md#placeholders).
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd};

@@ -1,4 +1,4 @@
-//! Reaching a VM over SSH (docs/design.md#ssh): where a destination really goes (as the
+//! Reaching a VM over SSH (docs/reference/cli.md#ssh): where a destination really goes (as the
 //! invoking user's ssh resolves it), waiting until it answers with an SSH banner, and the
 //! remote command that starts a shell in the guest directory matching the working one.
 

@@ -15,7 +15,7 @@ use crate::model::config::Config;
 const TEMPLATE_DROPIN: &str = include_str!("../../units/50-microvm-workspaces.conf.in");
 const INSTANCE_DROPIN: &str = include_str!("../../units/instance.conf.in");
 /// virtiofsd's: fallback placeholders (docs/design.md#fallback), no device nodes
-/// (docs/design.md#guest-git).
+/// (docs/security.md#device-nodes).
 const VIRTIOFSD_DROPIN: &str = include_str!("../../units/50-microvm-workspaces-virtiofsd.conf.in");
 /// Drop-in file name, systemd style: `50-<name>.conf`.
 pub const DROPIN_NAME: &str = "50-microvm-workspaces.conf";

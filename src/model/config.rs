@@ -1,4 +1,4 @@
-//! `config.json`: the optional file the NixOS module writes (docs/design.md#config).
+//! `config.json`: the optional file the NixOS module writes (docs/reference/config.md).
 //!
 //! Parsing is strict: an unknown key is an error naming it, since a typo in a generated file
 //! is a bug to surface rather than a setting to ignore.
@@ -27,7 +27,7 @@ pub struct Config {
     pub placeholder: Placeholder,
     /// Who runs the hypervisor (microvm.nix: `microvm`, `kvm`). Its directories (and root's)
     /// in the way of a link are not a person's work: any allowed linker may move them aside
-    /// (docs/design.md#relink).
+    /// (docs/reference/workspace.md#displaced).
     #[serde(default)]
     pub hypervisor: Hypervisor,
     #[serde(default)]
@@ -72,10 +72,10 @@ pub struct VmConfig {
     pub ssh: Option<String>,
     /// A destination nobody chose (the NixOS module's guess: the VM's name, or `vsock/<cid>`),
     /// used when `ssh` is absent. Waited for briefly; it never fails a link
-    /// (docs/design.md#ssh-wait).
+    /// (docs/reference/cli.md#ssh-wait).
     #[serde(default)]
     pub ssh_default: Option<String>,
-    /// The guest user whose files are the linker's (docs/design.md#idmap); no other guest id
+    /// The guest user whose files are the linker's (docs/security.md#idmap); no other guest id
     /// maps, root included.
     #[serde(default = "default_guest_uid")]
     pub guest_uid: u32,
@@ -87,7 +87,7 @@ pub struct VmConfig {
     /// root on the repo). `status` and `doctor` say so.
     #[serde(default = "yes")]
     pub idmap: bool,
-    /// The git metadata the guest sees of a linked repo (docs/design.md#guest-git).
+    /// The git metadata the guest sees of a linked repo (docs/security.md#guest-git).
     #[serde(default)]
     pub git: GitMode,
 }

@@ -1,5 +1,5 @@
 //! The runtime record `/run/microvm-workspaces/<vm>.json`: what each share's source resolved
-//! to when the VM last started (docs/design.md#runtime-record).
+//! to when the VM last started (docs/reference/runtime-record.md).
 //!
 //! Only prepare writes it; microvm-link, when it ensures other VMs' sources, leaves their
 //! records alone or their staleness would be hidden.
@@ -163,7 +163,7 @@ pub struct ShareRecord {
     pub device: u64,
     pub inode: u64,
     pub kind: Kind,
-    /// What it showed, in words' terms (docs/design.md#status). Absent in records written
+    /// What it showed, in words' terms (docs/reference/cli.md#status). Absent in records written
     /// before it existed: they still read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shows: Option<Shows>,

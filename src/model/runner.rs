@@ -1,4 +1,4 @@
-//! Where a VM's share sources come from (docs/design.md#share-sources): microvm.nix's runner, for every
+//! Where a VM's share sources come from (docs/reference/config.md#share-sources): microvm.nix's runner, for every
 //! VM declarative or imperative, and the config file, which alone knows 9p shares. The union is
 //! taken by tag; the runner wins, since it is what will run.
 

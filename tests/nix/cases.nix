@@ -136,7 +136,7 @@ in
       }
     ];
 
-    # The example config of docs/design.md#config, built the way the module does.
+    # A config like the example of docs/reference/config.md#config, built the way the module does.
     mk-config = mw.mkConfig {
       stateDir = "/var/lib/microvms";
       workspaceDir = ws;
