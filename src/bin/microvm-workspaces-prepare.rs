@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Parser;
 use microvm_workspaces::{
-    engine::prepare, engine::shows, fs::chase::Tree, fs::paths, host::logging, host::systemd,
-    host::units, model::config::Config, model::record, model::runner,
+    engine::prepare, fs::chase::Tree, fs::paths, host::logging, host::systemd, host::units,
+    model::config::Config, model::record, model::runner,
 };
 
 /// Make every share source of a microvm.nix VM exist before it starts.
@@ -81,7 +81,7 @@ fn run(args: &Args, vm: &str) -> Result<()> {
         }
         return Ok(());
     }
-    record::write(&tree, &shows::record(&tree, &cfg, vm, &out.prepared))
+    record::write(&tree, &record::VmRecord::new(vm, &out.prepared))
         .with_context(|| format!("VM {vm}"))?;
     tracing::debug!(
         vm,

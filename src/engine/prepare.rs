@@ -23,7 +23,7 @@ use crate::fs::paths::{self, show, LIVE_CURRENT};
 use crate::fs::placeholder;
 use crate::model::action::Action;
 use crate::model::config::{Config, Proto};
-use crate::model::record::{Kind, Prepared};
+use crate::model::record::{Kind, Prepared, Shows};
 use crate::model::runner::{self, Share};
 
 /// A share the linked repo could not serve, and where its placeholder goes: on `dir` (the
@@ -58,7 +58,8 @@ struct VmPlan {
     /// Sources whose last component is a symlink (tag, path): warned about once, by the
     /// pass that is the last.
     symlinked: Vec<(String, PathBuf)>,
-    sources: Vec<(Share, Source)>,
+    /// Each share, what the plan makes of its source, and the link its entry shows then.
+    sources: Vec<(Share, Source, Option<(String, u32)>)>,
     fallbacks: Vec<Fallback>,
     held: Held,
 }
@@ -74,6 +75,8 @@ struct Planned {
     /// The repo it shows once the plan is done, and whether the plan mounts it (paths below
     /// the entry are then looked at in the repo).
     shows: Option<PathBuf>,
+    /// Then: the record's target as shown, and who linked it.
+    linked: Option<(String, u32)>,
     mounts: bool,
     facts: Option<EntryFacts>,
 }
@@ -226,8 +229,12 @@ fn plan_vm(
                 }
             }
         };
+        let linked = name
+            .as_ref()
+            .and_then(|n| entries.get(n))
+            .and_then(|e| e.linked.clone());
         plan.steps.push((share.tag.clone(), ops));
-        plan.sources.push((share.clone(), source));
+        plan.sources.push((share.clone(), source, linked));
     }
     Ok(plan)
 }
@@ -250,6 +257,7 @@ fn plan_entry(
             }
             return Ok(Planned {
                 shows: target.clone(),
+                linked: None,
                 mounts: true,
                 facts: None,
             });
@@ -271,6 +279,7 @@ fn plan_entry(
         let facts = ws.observe_entry(name, want, &mut plan.held)?;
         return Ok(Planned {
             shows: target.clone(),
+            linked: None,
             mounts: true,
             facts: Some(facts),
         });
@@ -278,6 +287,7 @@ fn plan_entry(
     let Some(ws) = ws else {
         return Ok(Planned {
             shows: None,
+            linked: None,
             mounts: false,
             facts: None,
         });
@@ -297,8 +307,13 @@ fn plan_entry(
         .any(|o| matches!(o, Op::Mount { at: a, .. } if *a == at));
     ops.extend(p.ops);
     plan.warnings.extend(p.warnings);
+    let linked = match (&p.shows, &facts.record) {
+        (Some(_), Some(r)) => Some((show(&r.target), r.owner)),
+        _ => None,
+    };
     Ok(Planned {
         shows: p.shows,
+        linked,
         mounts,
         facts: Some(facts),
     })
@@ -372,7 +387,24 @@ fn prepared(share: &Share, node: &Node, live: bool, made: Option<Made>) -> Prepa
         dev: node.st.st_dev,
         ino: node.st.st_ino,
         kind,
+        shows: Shows::Directory,
     }
+}
+
+/// What a prepared source shows, from what the plan knows (nothing is walked again): a
+/// placeholder, the fallback, the repo its entry shows (a live root: what `current` shows),
+/// or a directory.
+fn with_shows(mut p: Prepared, linked: Option<(String, u32)>) -> Prepared {
+    p.shows = match (p.kind, linked) {
+        (Kind::Placeholder, _) => Shows::Placeholder,
+        (Kind::Fallback, l) => Shows::Fallback {
+            owner: l.map_or(0, |(_, o)| o),
+        },
+        (_, Some((path, owner))) => Shows::Repo { path, owner },
+        (Kind::Live, None) => Shows::Placeholder,
+        _ => Shows::Directory,
+    };
+    p
 }
 
 /// Is the last component of `path` a symlink? virtiofsd 1.14 refuses such a source
@@ -450,6 +482,7 @@ fn fallback(
         dev: 0,
         ino: 0,
         kind: Kind::Fallback,
+        shows: Shows::Fallback { owner },
     }))
 }
 
@@ -512,8 +545,8 @@ fn prepare(
             prepared: look
                 .sources
                 .into_iter()
-                .filter_map(|(_, s)| match s {
-                    Source::Found(p) | Source::Fallback(p) => Some(p),
+                .filter_map(|(_, s, linked)| match s {
+                    Source::Found(p) | Source::Fallback(p) => Some(with_shows(p, linked)),
                     Source::Planned { .. } => None,
                 })
                 .collect(),
@@ -547,17 +580,20 @@ fn prepare(
             .with_context(|| format!("VM {vm}, share {tag:?}"))?;
     }
     let mut out = Vec::new();
-    for (share, source) in plan.sources {
-        out.push(match source {
-            Source::Found(p) | Source::Fallback(p) => p,
-            Source::Planned { made, live } => {
-                let node = match tree.walk(&share.path, Trust::Owners)? {
-                    Walk::Found(n) if n.is_dir() => n,
-                    _ => bail!("{}: not there after preparing it", share_label(vm, &share)),
-                };
-                prepared(&share, &node, live, made)
-            }
-        });
+    for (share, source, linked) in plan.sources {
+        out.push(with_shows(
+            match source {
+                Source::Found(p) | Source::Fallback(p) => p,
+                Source::Planned { made, live } => {
+                    let node = match tree.walk(&share.path, Trust::Owners)? {
+                        Walk::Found(n) if n.is_dir() => n,
+                        _ => bail!("{}: not there after preparing it", share_label(vm, &share)),
+                    };
+                    prepared(&share, &node, live, made)
+                }
+            },
+            linked,
+        ));
     }
     Ok(Outcome {
         prepared: out,

@@ -8,7 +8,7 @@ use crate::engine::entry::{entry_of, Workspace};
 use crate::fs::chase::{Tree, Trust, Walk};
 use crate::fs::paths::show;
 use crate::model::config::Config;
-use crate::model::record::{Kind, Prepared, Shows, VmRecord};
+use crate::model::record::Shows;
 
 /// The repo linked into the workspace entry `path` passes through, with the uid that linked
 /// it: only when the entry shows that repo right now (a record alone is not a link).
@@ -26,24 +26,6 @@ fn live_shows(tree: &Tree, cfg: &Config, path: &Path) -> Option<Shows> {
         Some((path, owner)) => Shows::Repo { path, owner },
         None => Shows::Placeholder,
     })
-}
-
-/// What a share showed as prepare left it (for the runtime record).
-pub fn at_start(tree: &Tree, cfg: &Config, p: &Prepared) -> Shows {
-    if p.kind == Kind::Placeholder {
-        return Shows::Placeholder;
-    }
-    if p.kind == Kind::Fallback {
-        let owner = linked_repo(tree, cfg, &p.share.path).map_or(0, |(_, o)| o);
-        return Shows::Fallback { owner };
-    }
-    if let Some(live) = live_shows(tree, cfg, &p.share.path) {
-        return live;
-    }
-    match linked_repo(tree, cfg, &p.share.path) {
-        Some((path, owner)) => Shows::Repo { path, owner },
-        None => Shows::Directory,
-    }
 }
 
 /// What the source at `path` shows now, and its `device:inode` (`None`: missing), resolved
@@ -67,14 +49,4 @@ pub fn now(tree: &Tree, cfg: &Config, path: &Path) -> (Shows, Option<(u64, u64)>
         Shows::Directory
     };
     (shows, Some(node.id()))
-}
-
-/// The record of this start, with what each share showed (a placeholder, whose repo, a
-/// directory): what `status` later says the VM started on.
-pub fn record(tree: &Tree, cfg: &Config, vm: &str, prepared: &[Prepared]) -> VmRecord {
-    let mut rec = VmRecord::new(vm, prepared);
-    for (s, p) in rec.shares.iter_mut().zip(prepared) {
-        s.shows = Some(at_start(tree, cfg, p));
-    }
-    rec
 }

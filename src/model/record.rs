@@ -45,6 +45,8 @@ pub struct Prepared {
     pub dev: u64,
     pub ino: u64,
     pub kind: Kind,
+    /// What it shows, as prepare left it (what `status` later says the VM started on).
+    pub shows: Shows,
 }
 
 /// What a share source shows.
@@ -190,7 +192,7 @@ impl VmRecord {
                     device: p.dev,
                     inode: p.ino,
                     kind: p.kind,
-                    shows: None,
+                    shows: Some(p.shows.clone()),
                 })
                 .collect(),
         }
