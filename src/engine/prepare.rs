@@ -59,7 +59,7 @@ struct VmPlan {
     /// pass that is the last.
     symlinked: Vec<(String, PathBuf)>,
     /// Each share, what the plan makes of its source, and the link its entry shows then.
-    sources: Vec<(Share, Source, Option<(String, u32)>)>,
+    sources: Vec<(Share, Source, Option<Linked>)>,
     fallbacks: Vec<Fallback>,
     held: Held,
 }
@@ -70,13 +70,20 @@ impl VmPlan {
     }
 }
 
+/// A link an entry shows: the record's target as shown, and who linked it.
+#[derive(Clone)]
+struct Linked {
+    target: String,
+    owner: u32,
+}
+
 /// What an entry a share passes through is planned to show.
 struct Planned {
     /// The repo it shows once the plan is done, and whether the plan mounts it (paths below
     /// the entry are then looked at in the repo).
     shows: Option<PathBuf>,
-    /// Then: the record's target as shown, and who linked it.
-    linked: Option<(String, u32)>,
+    /// Then: the link it shows.
+    linked: Option<Linked>,
     mounts: bool,
     facts: Option<EntryFacts>,
 }
@@ -308,7 +315,10 @@ fn plan_entry(
     ops.extend(p.ops);
     plan.warnings.extend(p.warnings);
     let linked = match (&p.shows, &facts.record) {
-        (Some(_), Some(r)) => Some((show(&r.target), r.owner)),
+        (Some(_), Some(r)) => Some(Linked {
+            target: show(&r.target),
+            owner: r.owner,
+        }),
         _ => None,
     };
     Ok(Planned {
@@ -394,13 +404,16 @@ fn prepared(share: &Share, node: &Node, live: bool, made: Option<Made>) -> Prepa
 /// What a prepared source shows, from what the plan knows (nothing is walked again): a
 /// placeholder, the fallback, the repo its entry shows (a live root: what `current` shows),
 /// or a directory.
-fn with_shows(mut p: Prepared, linked: Option<(String, u32)>) -> Prepared {
+fn with_shows(mut p: Prepared, linked: Option<Linked>) -> Prepared {
     p.shows = match (p.kind, linked) {
         (Kind::Placeholder, _) => Shows::Placeholder,
         (Kind::Fallback, l) => Shows::Fallback {
-            owner: l.map_or(0, |(_, o)| o),
+            owner: l.map_or(0, |l| l.owner),
         },
-        (_, Some((path, owner))) => Shows::Repo { path, owner },
+        (_, Some(l)) => Shows::Repo {
+            path: l.target,
+            owner: l.owner,
+        },
         (Kind::Live, None) => Shows::Placeholder,
         _ => Shows::Directory,
     };
