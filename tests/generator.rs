@@ -314,3 +314,42 @@ fn systemd_analyze_verify_does_read_our_drop_ins() {
         "verify ignored the drop-in: {stderr:?}"
     );
 }
+
+#[test]
+fn options_and_relative_paths_write_nothing() {
+    let cwd = tempfile::tempdir().unwrap();
+    for (args, code, says) in [
+        (
+            vec!["--help"],
+            0,
+            "usage: microvm-workspaces-generator NORMAL_DIR",
+        ),
+        (vec!["--version"], 0, "microvm-workspaces-generator "),
+        (vec!["--frobnicate"], 2, "is not an absolute directory"),
+        (vec!["out"], 2, "is not an absolute directory"),
+        (
+            vec!["/tmp/a", "b", "/tmp/c"],
+            2,
+            "is not an absolute directory",
+        ),
+    ] {
+        let out = Run::new(GENERATOR)
+            .env_clear()
+            .env("MICROVM_WORKSPACES_ROOT", cwd.path())
+            .cwd_real(cwd.path())
+            .args(&args)
+            .output();
+        assert_eq!(out.status.code(), Some(code), "{args:?}");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains(says), "{args:?}: {text}");
+        assert_eq!(
+            std::fs::read_dir(cwd.path()).unwrap().count(),
+            0,
+            "{args:?} wrote into the working directory"
+        );
+    }
+}

@@ -23,6 +23,25 @@ fn log(level: u8, msg: &str) {
 
 fn main() -> ExitCode {
     let args: Vec<PathBuf> = std::env::args_os().skip(1).map(PathBuf::from).collect();
+    const USAGE: &str = "usage: microvm-workspaces-generator NORMAL_DIR [EARLY_DIR LATE_DIR]\n\
+run by systemd at boot and daemon-reload; writes drop-ins for microvm@ and microvm-virtiofsd@";
+    match args.first().and_then(|a| a.to_str()) {
+        Some("-h" | "--help") => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Some("-V" | "--version") => {
+            println!("{NAME} {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
+    // systemd passes absolute directories; anything else (an option, a relative path) would
+    // have drop-ins written where nobody asked.
+    if let Some(a) = args.iter().find(|a| !a.is_absolute()) {
+        log(3, &format!("{a:?} is not an absolute directory; {USAGE}"));
+        return ExitCode::from(2);
+    }
     if args.len() != 1 && args.len() != 3 {
         log(
             3,
