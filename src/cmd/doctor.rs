@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::engine::entry::{read_record, RepoNow, Workspace};
+use crate::engine::entry::{RepoNow, Workspace};
+use crate::engine::links::read_record;
 use crate::fs::chase::{self, is_symlink, Tree, Trust, Walk};
 use crate::fs::paths::{self, show, Root};
 use crate::model::config::{Config, Proto};
@@ -250,7 +251,7 @@ fn check_idmap_support(tree: &Tree, caller: u32, out: &mut Vec<Finding>) {
     let Ok(Some(links)) = ws.links() else { return };
     let (mut fine, mut tried) = (0, 0);
     for name in crate::fs::chase::list_dir(&links).unwrap_or_default() {
-        let Ok(Some(rec)) = crate::engine::entry::read_record(Some(&links), &name) else {
+        let Ok(Some(rec)) = crate::engine::links::read_record(Some(&links), &name) else {
             continue;
         };
         let mapped = ws

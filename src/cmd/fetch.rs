@@ -15,11 +15,13 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 use crate::cmd::flow::Env;
-use crate::engine::entry::{entry_name_of, read_record, Workspace};
+use crate::engine::entry::Workspace;
 use crate::engine::gitview;
+use crate::engine::links::read_record;
 use crate::fs::chase::{self, Node};
 use crate::fs::paths::{self, show};
 use crate::model::config::GitMode;
+use crate::model::workspace::entry_name_of;
 
 /// What one fetch did, in one line.
 #[derive(Debug)]

@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::cmd::status::{self, VmStatus};
-use crate::engine::entry::{self, entry_name_of, live_of, Change, Relinked, Workspace};
+use crate::engine::entry::{Change, Relinked, Workspace};
 use crate::engine::policy::Caller;
 use crate::fs::chase::{Node, Tree, Trust, Walk};
 use crate::fs::paths::{self, show, Root};
 use crate::model::config::Config;
+use crate::model::workspace::{self, entry_name_of, live_of};
 use crate::{
     engine::prepare, host::logging, host::ssh, host::systemd, host::units, model::record,
     model::runner,
@@ -220,7 +221,10 @@ impl Env {
         if node.path.starts_with(&self.cfg.workspace_dir)
             && Workspace::find(&self.tree, &self.cfg)?.is_some()
         {
-            return Err(entry::inside_workspace(&node.path, &self.cfg.workspace_dir));
+            return Err(workspace::inside_workspace(
+                &node.path,
+                &self.cfg.workspace_dir,
+            ));
         }
         if self.user != 0 && node.uid() != self.user {
             bail!(
@@ -771,7 +775,7 @@ fn stale_by_others(env: &Env, changed: &[String], s: &VmStatus) -> Option<String
         if changed.iter().any(|c| OsStr::new(c) == name) {
             continue;
         }
-        match crate::engine::entry::read_record(links.as_ref(), &name) {
+        match crate::engine::links::read_record(links.as_ref(), &name) {
             Ok(Some(rec)) if rec.owner == env.user => {}
             Ok(Some(rec)) => {
                 return Some(format!(

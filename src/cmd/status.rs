@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::engine::entry::{live_of, EntryView, State, Workspace};
+use crate::engine::entry::{EntryView, State, Workspace};
 use crate::engine::shows;
 use crate::fs::chase::Tree;
 use crate::fs::idmap::Guest;
@@ -14,6 +14,7 @@ use crate::model::config::{Config, GitMode, Seen};
 use crate::model::record::Kind;
 use crate::model::record::Shows;
 use crate::model::record::{self, ShareRecord};
+use crate::model::workspace::live_of;
 
 /// The status of `vm` (checked to be known), or of every VM.
 pub fn collect(

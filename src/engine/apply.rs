@@ -10,13 +10,13 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::engine::entry::{
-    remove_record, unmount, write_record, Displaced, Record, RepoNow, Workspace,
-};
+use crate::engine::entry::{Displaced, RepoNow, Workspace};
 use crate::engine::gitview;
+use crate::engine::links::{remove_record, write_record, Record};
 use crate::engine::observe::Held;
 use crate::engine::plan::Op;
 use crate::fs::chase::{is_mount_root, Node};
+use crate::fs::idmap::unmount;
 use crate::fs::paths::show;
 use crate::fs::{dirs, placeholder};
 use crate::model::config::user_label;

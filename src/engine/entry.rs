@@ -9,63 +9,23 @@
 //! observe (engine::observe) -> plan (engine::plan) -> apply (engine::apply), at every VM
 //! start (engine::prepare) and for microvm-link (engine::link).
 
-use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use nix::errno::Errno;
 
 use crate::engine::gitview;
-use crate::fs::chase::{self, is_mount_root, proc_path, Node, Tree, Trust, Walk};
+use crate::engine::guests::Guests;
+use crate::engine::links::{read_record, Record};
+use crate::fs::chase::{self, Node, Tree, Trust, Walk};
 use crate::fs::dirs;
 use crate::fs::failpoint::step;
 use crate::fs::idmap::Ids;
-use crate::fs::paths::{self, show, tmp_name, LIVE_CURRENT};
+use crate::fs::paths::{self, show, LIVE_CURRENT};
 use crate::fs::placeholder::{self, PlaceholderSpec};
-use crate::model::config::{self, user_label, Config, Seen};
-
-/// The live root a share source names: `<workspaceDir>/.live/<name>[/<path>]` gives the
-/// entry name and the path below it. `Err` for a live source that is not valid (an entry
-/// name that is not one, or `current` in the path, which would be ambiguous).
-pub fn live_of(workspace_dir: &Path, source: &Path) -> Option<Result<(OsString, PathBuf)>> {
-    let rest = source.strip_prefix(workspace_dir.join(paths::LIVE)).ok()?;
-    let mut parts = rest.components();
-    let name = match parts.next() {
-        Some(std::path::Component::Normal(n)) => n.to_os_string(),
-        _ => {
-            return Some(Err(anyhow!(
-                "{} names no workspace entry below {}",
-                show(source),
-                paths::LIVE
-            )))
-        }
-    };
-    let rel: PathBuf = parts.as_path().to_path_buf();
-    let check = || -> Result<()> {
-        let n = name.to_str().with_context(|| {
-            format!("live source {}: the entry name is not UTF-8", show(source))
-        })?;
-        paths::check_name("live entry", n)
-            .with_context(|| format!("live source {}", show(source)))?;
-        if rel.components().any(|c| c.as_os_str() == LIVE_CURRENT) {
-            bail!(
-                "live source {} has a component named {LIVE_CURRENT}, which would be ambiguous",
-                show(source)
-            );
-        }
-        Ok(())
-    };
-    Some(check().map(|()| (name, rel)))
-}
-
-/// A link record: where it points and who made it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
-    pub target: PathBuf,
-    pub owner: u32,
-}
+use crate::model::config::{self, Config, Seen};
 
 /// What a workspace entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,33 +118,6 @@ pub enum RepoNow {
     Gone(String),
 }
 
-/// The name of the workspace entry a path passes through, if it lies under the workspace dir.
-pub fn entry_of<'p>(workspace_dir: &Path, path: &'p Path) -> Option<&'p OsStr> {
-    let name = path.strip_prefix(workspace_dir).ok()?.components().next()?;
-    match name {
-        std::path::Component::Normal(n) if !n.as_encoded_bytes().starts_with(b".") => Some(n),
-        _ => None,
-    }
-}
-
-/// The entry a share source goes through: `<workspaceDir>/<name>/...` (pinned) or the live
-/// root `<workspaceDir>/.live/<name>/...`.
-pub fn entry_name_of(workspace_dir: &Path, path: &Path) -> Option<OsString> {
-    entry_of(workspace_dir, path)
-        .map(OsStr::to_os_string)
-        .or_else(|| live_of(workspace_dir, path)?.ok().map(|(n, _)| n))
-}
-
-/// The refusal of a repo path inside the workspace dir `ws` (checked before anything else
-/// about it: through an idmapped entry its owner is the guest's uid, not the linker's).
-pub fn inside_workspace(repo: &Path, ws: &Path) -> anyhow::Error {
-    anyhow!(
-        "{} is inside the workspace dir {}: a repo is never an entry, a live root or a mount made by microvm-link",
-        show(repo),
-        show(ws)
-    )
-}
-
 /// The workspace dir, a trusted place (root's, nobody else may write to it).
 pub struct Workspace<'t> {
     pub(crate) tree: &'t Tree,
@@ -192,101 +125,6 @@ pub struct Workspace<'t> {
     pub(crate) spec: PlaceholderSpec,
     pub(crate) hypervisor: config::Hypervisor,
     pub(crate) guests: Guests,
-}
-
-/// How each entry's guests are to see a linked repo, from the config.
-pub struct Guests {
-    /// Entry name -> the VMs whose configured shares pass through it, and how each one's
-    /// guest is to see a linked repo (docs/security.md#idmap).
-    by_entry: BTreeMap<OsString, Vec<(String, Seen)>>,
-    /// Entry name -> a VM sharing it over 9p (qemu's own server: see `check_mappable`).
-    nine_p: BTreeMap<OsString, String>,
-}
-
-impl Guests {
-    pub fn of(cfg: &Config) -> Guests {
-        Guests {
-            by_entry: guests_by_entry(cfg),
-            nine_p: nine_p_by_entry(cfg),
-        }
-    }
-
-    /// How the guests of entry `name` see a linked repo: the one mapping every VM sharing it
-    /// asks for (the default when none is configured); VMs that disagree are an error naming
-    /// two of them, since one mount cannot show a repo two ways.
-    pub fn guest_of(&self, name: &OsStr) -> Result<Seen> {
-        let Some(list) = self.by_entry.get(name) else {
-            return Ok(Seen::default());
-        };
-        let (vm, g) = &list[0];
-        if let Some((other, h)) = list.iter().find(|(_, h)| h != g) {
-            bail!(
-                "VMs {vm} ({g}) and {other} ({h}) share entry {}: one mount cannot show it both ways; make their guestUid, idmap and git agree",
-                paths::show_bytes(name)
-            );
-        }
-        Ok(*g)
-    }
-
-    /// The ids a mount of `repo` for entry `name` gets.
-    pub fn ids_for(&self, name: &OsStr, repo: &Node) -> Result<Ids> {
-        self.guest_of(name)?.ids.ids_for(repo)
-    }
-
-    /// A repo the guests of entry `name` could not work in through its mount is refused at
-    /// link time, saying why: a repo of root's (never mapped), or one whose group is not the
-    /// owner's primary group (the only group that maps: the guest could create nothing).
-    pub(crate) fn check_mappable(&self, name: &OsStr, repo: &Node) -> Result<()> {
-        let ids = self.ids_for(name, repo)?;
-        if let (Ids::Mapped(_), Some(vm)) = (&ids, self.nine_p.get(name)) {
-            bail!(
-                "VM {vm} shares entry {} over 9p: qemu's 9p server writes as the hypervisor user, whom an idmapped link does not map, so the guest could write nothing; share it over virtiofs, or set idmap = false for {vm}",
-                paths::show_bytes(name)
-            );
-        }
-        if let Ids::Mapped(m) = ids {
-            if repo.st.st_gid != m.host_gid {
-                bail!(
-                    "{} belongs to group {}, not to {}'s primary group {}: through the idmapped mount the guest could create nothing in it; chgrp -R {} it, or set idmap = false for the VM",
-                    show(&repo.path),
-                    repo.st.st_gid,
-                    user_label(m.host_uid),
-                    m.host_gid,
-                    m.host_gid
-                );
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Which entries a configured 9p share passes through, and the VM of one.
-fn nine_p_by_entry(cfg: &Config) -> BTreeMap<OsString, String> {
-    let mut out = BTreeMap::new();
-    for (vm, v) in &cfg.vms {
-        for s in v.shares.iter().filter(|s| s.proto == config::Proto::NineP) {
-            if let Some(name) = entry_name_of(&cfg.workspace_dir, Path::new(&s.source)) {
-                out.entry(name).or_insert_with(|| vm.clone());
-            }
-        }
-    }
-    out
-}
-
-/// Which configured VM shares pass through which entry, with each VM's guest mapping.
-fn guests_by_entry(cfg: &Config) -> BTreeMap<OsString, Vec<(String, Seen)>> {
-    let mut out: BTreeMap<OsString, Vec<(String, Seen)>> = BTreeMap::new();
-    for (vm, v) in &cfg.vms {
-        for s in &v.shares {
-            if let Some(name) = entry_name_of(&cfg.workspace_dir, Path::new(&s.source)) {
-                let list = out.entry(name).or_default();
-                if !list.iter().any(|(n, _)| n == vm) {
-                    list.push((vm.clone(), v.seen()));
-                }
-            }
-        }
-    }
-    out
 }
 
 impl<'t> Workspace<'t> {
@@ -585,93 +423,4 @@ impl<'t> Workspace<'t> {
         };
         Ok(EntryView { state, target })
     }
-}
-
-/// The record a legacy symlink in the workspace dir stands for (its owner made it).
-pub(crate) fn legacy_record(link: &Node, ws: &Path) -> Result<Record> {
-    let target = PathBuf::from(nix::fcntl::readlinkat(&link.fd, "")?);
-    Ok(Record {
-        target: paths::normalize(&ws.join(target)),
-        owner: link.uid(),
-    })
-}
-
-/// Reads `.links/<name>`; `None` when there is no record. `.links` is a trusted place, so
-/// whatever is there was made by root (on a user's behalf: the owner says whose).
-pub fn read_record(links: Option<&Node>, name: &OsStr) -> Result<Option<Record>> {
-    let Some(links) = links else { return Ok(None) };
-    let node = match links.child(name) {
-        Ok(n) => n,
-        Err(Errno::ENOENT) => return Ok(None),
-        Err(e) => {
-            return Err(anyhow!(e))
-                .with_context(|| format!("cannot open record {}", show(&links.path.join(name))))
-        }
-    };
-    let target = nix::fcntl::readlinkat(&node.fd, "")
-        .with_context(|| format!("record {} is not a symbolic link", show(&node.path)))?;
-    Ok(Some(Record {
-        target: PathBuf::from(target),
-        owner: node.st.st_uid,
-    }))
-}
-
-/// Writes `.links/<name>` atomically: a symlink under a temporary name, chowned to `owner`
-/// through its own descriptor, then renamed over the old record.
-pub fn write_record(links: &Node, name: &OsStr, rec: &Record) -> Result<()> {
-    let tmp = tmp_name();
-    let at = links.path.join(name);
-    nix::unistd::symlinkat(&rec.target, &links.fd, &*tmp)
-        .with_context(|| format!("cannot write record {}", show(&at)))?;
-    step("symlink a temporary record");
-    let done = links
-        .child(&tmp)
-        .map_err(anyhow::Error::from)
-        .and_then(|n| {
-            rustix::fs::chownat(
-                &n.fd,
-                "",
-                Some(rustix::fs::Uid::from_raw(rec.owner)),
-                None,
-                rustix::fs::AtFlags::EMPTY_PATH | rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-            )?;
-            Ok(nix::fcntl::renameat(&links.fd, &*tmp, &links.fd, name)?)
-        });
-    if let Err(e) = done {
-        let _ = nix::unistd::unlinkat(&links.fd, &*tmp, nix::unistd::UnlinkatFlags::NoRemoveDir);
-        return Err(e).with_context(|| format!("cannot write record {}", show(&at)));
-    }
-    step("rename the record into place");
-    Ok(())
-}
-
-pub fn remove_record(links: &Node, name: &OsStr) -> Result<()> {
-    match nix::unistd::unlinkat(&links.fd, name, nix::unistd::UnlinkatFlags::NoRemoveDir) {
-        Ok(()) => {
-            step("remove a record");
-            Ok(())
-        }
-        Err(Errno::ENOENT) => Ok(()),
-        Err(e) => Err(anyhow!(e))
-            .with_context(|| format!("cannot remove record {}", show(&links.path.join(name)))),
-    }
-}
-
-/// Detaches the mount whose root `node` is (lazily: a busy mount goes when its last user
-/// does). It is named by descriptor, so the mount unmounted is the one that was checked, not
-/// whatever a path names by the time the call runs.
-pub fn unmount(node: &Node) -> Result<()> {
-    if !is_mount_root(node.fd.as_fd())? {
-        bail!(
-            "{} is not a mount point; not unmounting it",
-            show(&node.path)
-        );
-    }
-    rustix::mount::unmount(
-        proc_path(node.fd.as_fd()),
-        rustix::mount::UnmountFlags::DETACH,
-    )
-    .with_context(|| format!("cannot unmount {}", show(&node.path)))?;
-    step("unmount");
-    Ok(())
 }

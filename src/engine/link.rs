@@ -7,13 +7,15 @@ use std::path::Path;
 use anyhow::{bail, Result};
 
 use crate::engine::apply::{apply, Applied, Log};
-use crate::engine::entry::{inside_workspace, Change, Guests, Relinked, Workspace};
+use crate::engine::entry::{Change, Relinked, Workspace};
+use crate::engine::guests::Guests;
 use crate::engine::observe::{self, Held, WantOf};
 use crate::engine::plan::{self, Intent, Op};
 use crate::engine::policy::{self, Caller};
 use crate::fs::chase::{Node, Tree, Trust, Walk};
 use crate::fs::paths::{self, show};
 use crate::model::config::Config;
+use crate::model::workspace::inside_workspace;
 
 /// Links and unlinks `changes` for `caller`: every target resolved and checked and every
 /// entry observed and planned first (every refusal comes before any change); then, unless

@@ -10,11 +10,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use nix::errno::Errno;
 
-use crate::engine::entry::{legacy_record, read_record, Guests, RepoNow, Workspace};
+use crate::engine::entry::{RepoNow, Workspace};
 use crate::engine::facts::{
     Current, Entry, EntryFacts, LiveFacts, Missing, Rec, RepoFacts, Shows, Target, Want,
 };
 use crate::engine::gitview;
+use crate::engine::guests::Guests;
+use crate::engine::links::{legacy_record, read_record};
 use crate::engine::policy;
 use crate::fs::chase::{is_mount_root, is_symlink, Node, Trust, Walk};
 use crate::fs::idmap;

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use crate::engine::apply::{apply, Applied, Log};
-use crate::engine::entry::{entry_of, live_of, Workspace};
+use crate::engine::entry::Workspace;
 use crate::engine::facts::EntryFacts;
 use crate::engine::observe::{self, Held, WantOf};
 use crate::engine::plan::{self, Creation, Creator, Intent, Made, Op};
@@ -25,6 +25,7 @@ use crate::model::action::Action;
 use crate::model::config::{Config, Proto};
 use crate::model::record::{Kind, Prepared, Shows};
 use crate::model::runner::{self, Share};
+use crate::model::workspace::{entry_of, live_of};
 
 /// A share the linked repo could not serve, and where its placeholder goes: on `dir` (the
 /// deepest directory of the path that is one, inside the entry), a tmpfs holding `rest`.

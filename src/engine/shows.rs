@@ -4,11 +4,12 @@
 
 use std::path::Path;
 
-use crate::engine::entry::{entry_of, Workspace};
+use crate::engine::entry::Workspace;
 use crate::fs::chase::{Tree, Trust, Walk};
 use crate::fs::paths::show;
 use crate::model::config::Config;
 use crate::model::record::Shows;
+use crate::model::workspace::entry_of;
 
 /// The repo linked into the workspace entry `path` passes through, with the uid that linked
 /// it: only when the entry shows that repo right now (a record alone is not a link).
@@ -20,7 +21,7 @@ pub fn linked_repo(tree: &Tree, cfg: &Config, path: &Path) -> Option<(String, u3
 
 /// What a live root shows: what `<workspaceDir>/<name>/<path>` shows (its `current`).
 fn live_shows(tree: &Tree, cfg: &Config, path: &Path) -> Option<Shows> {
-    let (name, rel) = crate::engine::entry::live_of(&cfg.workspace_dir, path)?.ok()?;
+    let (name, rel) = crate::model::workspace::live_of(&cfg.workspace_dir, path)?.ok()?;
     let pinned = cfg.workspace_dir.join(name).join(rel);
     Some(match linked_repo(tree, cfg, &pinned) {
         Some((path, owner)) => Shows::Repo { path, owner },

@@ -22,7 +22,7 @@ use std::process::{Command, Stdio};
 use anyhow::{anyhow, bail, Context, Result};
 use rustix::mount::{MoveMountFlags, OpenTreeFlags};
 
-use crate::fs::chase::Node;
+use crate::fs::chase::{is_mount_root, proc_path, Node};
 use crate::fs::failpoint::step;
 use crate::fs::paths::show;
 
@@ -437,6 +437,25 @@ pub fn mounted_as(entry: &Node, repo: &Node, ids: &Ids) -> Result<bool> {
     Ok(nosuid
         && (entry.st.st_uid, entry.st.st_gid) == want
         && is_idmapped(entry)? == matches!(ids, Ids::Mapped(_)))
+}
+
+/// Detaches the mount whose root `node` is (lazily: a busy mount goes when its last user
+/// does). It is named by descriptor, so the mount unmounted is the one that was checked, not
+/// whatever a path names by the time the call runs.
+pub fn unmount(node: &Node) -> Result<()> {
+    if !is_mount_root(node.fd.as_fd())? {
+        bail!(
+            "{} is not a mount point; not unmounting it",
+            show(&node.path)
+        );
+    }
+    rustix::mount::unmount(
+        proc_path(node.fd.as_fd()),
+        rustix::mount::UnmountFlags::DETACH,
+    )
+    .with_context(|| format!("cannot unmount {}", show(&node.path)))?;
+    step("unmount");
+    Ok(())
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 #![allow(unused_imports)]
 
 pub use microvm_workspaces::cmd::flow::{derive_vm_name, repo_root};
-pub use microvm_workspaces::engine::entry::{unmount, Change, Workspace};
+pub use microvm_workspaces::engine::entry::{Change, Workspace};
 pub use microvm_workspaces::engine::link::relink;
 pub use microvm_workspaces::engine::plan::Op;
 pub use microvm_workspaces::engine::policy::Caller;
@@ -11,6 +11,7 @@ pub use microvm_workspaces::engine::prepare::prepare_shares;
 pub use microvm_workspaces::engine::prepare::prepare_vm;
 pub use microvm_workspaces::fs::chase::{Tree, Trust, Walk};
 pub use microvm_workspaces::fs::failpoint::FAILPOINT_ENV;
+pub use microvm_workspaces::fs::idmap::unmount;
 pub use microvm_workspaces::fs::paths::{check_name, normalize, Root};
 pub use microvm_workspaces::host::logging::one_line;
 pub use microvm_workspaces::host::units::{generate, mangle, unmangle, GenEnv, Generated};
