@@ -995,12 +995,11 @@ fn check_link_records(tree: &Tree, cfg: &Config, out: &mut Vec<Finding>) {
         let entry = paths::show_bytes(name);
         match ws.repo_now(&rec) {
             RepoNow::Found(_) => {}
-            RepoNow::Gone(why) => {
+            gone_now => {
                 gone += 1;
-                let why = if why.is_empty() {
-                    "the repo is gone".to_string()
-                } else {
-                    format!("the repo cannot be reached safely ({why})")
+                let why = match gone_now {
+                    RepoNow::Unusable(why) => format!("the repo cannot be reached safely ({why})"),
+                    _ => "the repo is gone".to_string(),
                 };
                 out.push(warn(
                     "link-records",

@@ -649,13 +649,18 @@ pub fn link(env: &Env, vm: Option<&str>, repo: Option<&Path>, opts: Options) -> 
     run(env, &vm, Some(show(&repo.path)), changes, opts)
 }
 
-/// Is entry `vm` linked to `repo` now?
+/// Does entry `vm` show `repo` now (its record names it, and the very directory is mounted)?
 fn linked_to(env: &Env, vm: &str, repo: &Node) -> Result<bool> {
     let Some(ws) = Workspace::find(&env.tree, &env.cfg)? else {
         return Ok(false);
     };
-    let view = ws.view(vm)?;
-    Ok(view.state == crate::engine::entry::State::Linked && view.target == Some(show(&repo.path)))
+    Ok(ws.shows_repo(OsStr::new(vm)).is_some_and(|rec| {
+        rec.target == repo.path
+            && ws
+                .node
+                .child(OsStr::new(vm))
+                .is_ok_and(|e| e.id() == repo.id())
+    }))
 }
 
 /// Unlinks `vm`: its placeholder (and its companions') serve again.

@@ -114,8 +114,11 @@ pub struct Displaced {
 /// What a record's repo is now ([`Workspace::repo_now`]).
 pub enum RepoNow {
     Found(Node),
-    /// Gone; the reason when it is more than missing (it cannot be reached safely).
-    Gone(String),
+    /// Missing, not a directory, or behind a dangling link.
+    Missing,
+    /// Gone in another way, and why: not reachable safely, no longer a repo of the link's
+    /// maker, or inside the workspace dir.
+    Unusable(String),
 }
 
 /// The workspace dir, a trusted place (root's, nobody else may write to it).
@@ -222,14 +225,12 @@ impl<'t> Workspace<'t> {
     pub fn repo_now(&self, rec: &Record) -> RepoNow {
         match self.tree.walk(&rec.target, Trust::Owners) {
             Ok(Walk::Found(n)) if n.is_dir() => match self.not_a_repo_of(&n, rec.owner) {
-                Some(why) => RepoNow::Gone(why),
+                Some(why) => RepoNow::Unusable(why),
                 None => RepoNow::Found(n),
             },
-            Ok(_) => RepoNow::Gone(String::new()),
-            Err(e) if e.downcast_ref::<crate::fs::chase::Dangling>().is_some() => {
-                RepoNow::Gone(String::new())
-            }
-            Err(e) => RepoNow::Gone(crate::host::logging::one_line(&e)),
+            Ok(_) => RepoNow::Missing,
+            Err(e) if e.downcast_ref::<crate::fs::chase::Dangling>().is_some() => RepoNow::Missing,
+            Err(e) => RepoNow::Unusable(crate::host::logging::one_line(&e)),
         }
     }
 
@@ -408,7 +409,7 @@ impl<'t> Workspace<'t> {
         }
         let repo = rec.as_ref().and_then(|r| match self.repo_now(r) {
             RepoNow::Found(n) => Some(n),
-            RepoNow::Gone(_) => None,
+            RepoNow::Missing | RepoNow::Unusable(_) => None,
         });
         let state = match (&rec, repo) {
             (Some(_), Some(repo)) if repo.id() == entry.id() => State::Linked,

@@ -108,10 +108,17 @@ impl Workspace<'_> {
             (WantOf::Recorded, Some((_, RepoNow::Found(n)))) => {
                 (self.repo_facts(name, &n)?, Some(n))
             }
-            (WantOf::Recorded, Some((r, RepoNow::Gone(why)))) => (
+            (WantOf::Recorded, Some((r, RepoNow::Missing))) => (
                 Want::Gone {
                     target: r.target.clone(),
-                    why: (!why.is_empty()).then_some(why),
+                    why: None,
+                },
+                None,
+            ),
+            (WantOf::Recorded, Some((r, RepoNow::Unusable(why)))) => (
+                Want::Gone {
+                    target: r.target.clone(),
+                    why: Some(why),
                 },
                 None,
             ),
