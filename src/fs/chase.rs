@@ -143,6 +143,52 @@ impl std::fmt::Display for Dangling {
 
 impl std::error::Error for Dangling {}
 
+/// Why a walk failed, for a caller that decides by it ([`Tree::try_walk`]). [`Tree::walk`]
+/// and the others give the same errors as `anyhow` errors, a dangling link as a [`Dangling`].
+#[derive(Debug)]
+pub enum WalkError {
+    /// A symbolic link on the way leads to nothing: the path does not exist, and nothing is
+    /// ever created through such a link.
+    Dangling(Dangling),
+    /// A step the trust level refuses: an unsafe owner transition ([`Trust::Owners`]),
+    /// something not root's where only root's is believed ([`Trust::RootOwned`]), or a path
+    /// that leads out of where it must stay ([`Tree::walk_within`]).
+    Refused(anyhow::Error),
+    /// The path cannot be walked: not absolute, a non-directory in the middle, a symlink
+    /// loop, or an open or read the file system refused.
+    Failed(anyhow::Error),
+}
+
+impl std::fmt::Display for WalkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WalkError::Dangling(d) => d.fmt(f),
+            // The outermost message; the rest of the chain is `source`.
+            WalkError::Refused(e) | WalkError::Failed(e) => std::fmt::Display::fmt(&**e, f),
+        }
+    }
+}
+
+impl std::error::Error for WalkError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            WalkError::Dangling(_) => None,
+            WalkError::Refused(e) | WalkError::Failed(e) => e.chain().nth(1),
+        }
+    }
+}
+
+impl WalkError {
+    /// The error as it was before this type: the same chain of messages, a dangling link as
+    /// a [`Dangling`] (what `downcast_ref` looks for).
+    pub fn into_anyhow(self) -> anyhow::Error {
+        match self {
+            WalkError::Dangling(d) => d.into(),
+            WalkError::Refused(e) | WalkError::Failed(e) => e,
+        }
+    }
+}
+
 /// Where a walk ended.
 #[derive(Debug)]
 pub enum Walk {
@@ -202,8 +248,17 @@ impl Tree {
     /// (`RESOLVE_IN_ROOT` follows symlinks, absolute ones inside the root, as this walk does);
     /// a found node's `path` is then the path asked for, not the resolved one.
     pub fn walk(&self, path: &Path, trust: Trust) -> Result<Walk> {
+        self.try_walk(path, trust).map_err(WalkError::into_anyhow)
+    }
+
+    /// [`Tree::walk`], its error typed: for a caller that tells a missing path from one it
+    /// may not take.
+    pub fn try_walk(&self, path: &Path, trust: Trust) -> Result<Walk, WalkError> {
         if !path.is_absolute() {
-            bail!("{} is not an absolute path", show(path));
+            return Err(WalkError::Failed(anyhow!(
+                "{} is not an absolute path",
+                show(path)
+            )));
         }
         if trust == Trust::All {
             if let Some(node) =
@@ -212,7 +267,8 @@ impl Tree {
                 return Ok(Walk::Found(node));
             }
         }
-        self.walk_below(self.root_node()?, true, false, path, trust)
+        let root = self.root_node().map_err(WalkError::Failed)?;
+        self.walk_below(root, true, false, path, trust)
     }
 
     /// Resolves `rel` below the directory `start` (found earlier) as [`Tree::walk`] does; a
@@ -230,13 +286,15 @@ impl Tree {
         if trust == Trust::RootOwned {
             check_root_owned(&start)?;
         }
-        self.walk_below(start, false, false, &start_rel(rel)?, trust)
+        self.walk_below(start, false, false, &start_rel(rel), trust)
+            .map_err(WalkError::into_anyhow)
     }
 
     /// Resolves `rel` strictly inside the directory `start`: a `..` above it or an absolute
     /// symlink is an error (a path in a repo that must stay in the repo).
     pub fn walk_within(&self, start: &Node, rel: &Path, trust: Trust) -> Result<Walk> {
-        self.walk_below(start.try_clone()?, false, true, &start_rel(rel)?, trust)
+        self.walk_below(start.try_clone()?, false, true, &start_rel(rel), trust)
+            .map_err(WalkError::into_anyhow)
     }
 
     fn walk_below(
@@ -246,7 +304,8 @@ impl Tree {
         confined: bool,
         path: &Path,
         trust: Trust,
-    ) -> Result<Walk> {
+    ) -> Result<Walk, WalkError> {
+        use WalkError::{Failed, Refused};
         let mut todo: VecDeque<(OsString, bool)> = paths::normalize(path)
             .components()
             .filter_map(|c| match c {
@@ -267,24 +326,30 @@ impl Tree {
             let top = stack.last().expect("the root never leaves the stack");
             if name == ".." {
                 if stack.len() == 1 && confined {
-                    bail!("{} leads out of {}", show(path), show(&stack[0].path));
+                    return Err(Refused(anyhow!(
+                        "{} leads out of {}",
+                        show(path),
+                        show(&stack[0].path)
+                    )));
                 }
                 if stack.len() == 1 && !base_is_root {
                     // Above where `walk_from` started: the real parent, never above the root.
                     let here = &stack[0];
                     if here.id() == self.root.id() {
-                        stack[0] = self.root_node()?;
+                        stack[0] = self.root_node().map_err(Failed)?;
                         base_is_root = true;
                     } else {
                         let label = here.path.parent().unwrap_or(Path::new("/")).to_path_buf();
                         let parent = Node::open_at(here.fd.as_fd(), OsStr::new(".."), label)
                             .with_context(|| {
                                 format!("cannot open the parent of {}", show(&here.path))
-                            })?;
+                            })
+                            .map_err(Failed)?;
                         if trust == Trust::RootOwned {
-                            check_root_owned(&parent)?;
+                            check_root_owned(&parent).map_err(Refused)?;
                         }
-                        check_transition(trust, judge.as_ref().unwrap_or(here), &parent)?;
+                        check_transition(trust, judge.as_ref().unwrap_or(here), &parent)
+                            .map_err(Refused)?;
                         stack[0] = parent;
                     }
                     judge = None;
@@ -293,9 +358,10 @@ impl Tree {
                 if stack.len() > 1 {
                     let child = stack.pop().expect("checked length");
                     let parent = stack.last().expect("checked length");
-                    check_transition(trust, judge.as_ref().unwrap_or(&child), parent)?;
+                    check_transition(trust, judge.as_ref().unwrap_or(&child), parent)
+                        .map_err(Refused)?;
                 } else if let Some(j) = &judge {
-                    check_transition(trust, j, &self.root)?;
+                    check_transition(trust, j, &self.root).map_err(Refused)?;
                 }
                 judge = None;
                 continue;
@@ -306,17 +372,17 @@ impl Tree {
             let node = match top.child(&name) {
                 Ok(n) if trust == Trust::RootOwned => {
                     check_root_owned(&n)
-                        .with_context(|| format!("{} is not trusted", show(path)))?;
+                        .with_context(|| format!("{} is not trusted", show(path)))
+                        .map_err(Refused)?;
                     n
                 }
                 Ok(n) => n,
                 Err(Errno::ENOENT) => {
                     if from_link {
-                        return Err(Dangling {
+                        return Err(WalkError::Dangling(Dangling {
                             path: path.clone(),
                             missing: top.path.join(&name),
-                        }
-                        .into());
+                        }));
                     }
                     let dir = stack.pop().expect("the root never leaves the stack");
                     let mut rest = vec![name];
@@ -324,28 +390,38 @@ impl Tree {
                     return Ok(Walk::Missing { dir, rest });
                 }
                 Err(e) => {
-                    return Err(anyhow!(e))
-                        .with_context(|| format!("cannot open {}", show(&top.path.join(&name))))
+                    return Err(Failed(
+                        anyhow!(e).context(format!("cannot open {}", show(&top.path.join(&name)))),
+                    ))
                 }
             };
             if is_symlink(&node.st) {
                 links += 1;
                 if links > MAX_LINKS {
-                    bail!("too many levels of symbolic links in {}", show(path));
+                    return Err(Failed(anyhow!(
+                        "too many levels of symbolic links in {}",
+                        show(path)
+                    )));
                 }
                 let target = nix::fcntl::readlinkat(&node.fd, "")
-                    .with_context(|| format!("cannot read link {}", show(&node.path)))?;
+                    .with_context(|| format!("cannot read link {}", show(&node.path)))
+                    .map_err(Failed)?;
                 let target = PathBuf::from(target);
                 let context = || format!("symbolic link {} -> {}", show(&node.path), show(&target));
                 check_transition(trust, judge.as_ref().unwrap_or(top), &node)
-                    .with_context(context)?;
+                    .with_context(context)
+                    .map_err(Refused)?;
                 if target.is_absolute() {
                     if confined {
-                        return Err(anyhow!("{} leads out of {}", show(path), show(&base_path)))
-                            .with_context(context);
+                        return Err(Refused(
+                            anyhow!("{} leads out of {}", show(path), show(&base_path))
+                                .context(context()),
+                        ));
                     }
-                    check_transition(trust, &node, &self.root).with_context(context)?;
-                    stack = vec![self.root_node()?];
+                    check_transition(trust, &node, &self.root)
+                        .with_context(context)
+                        .map_err(Refused)?;
+                    stack = vec![self.root_node().map_err(Failed)?];
                     base_is_root = true;
                     judge = None;
                 } else {
@@ -361,12 +437,13 @@ impl Tree {
                 continue;
             }
             if node.is_dir() {
-                check_transition(trust, judge.take().as_ref().unwrap_or(top), &node)?;
+                check_transition(trust, judge.take().as_ref().unwrap_or(top), &node)
+                    .map_err(Refused)?;
                 stack.push(node);
             } else if todo.is_empty() {
                 return Ok(Walk::Found(node));
             } else {
-                bail!("{} is not a directory", show(&node.path));
+                return Err(Failed(anyhow!("{} is not a directory", show(&node.path))));
             }
         }
         Ok(Walk::Found(
@@ -404,9 +481,9 @@ impl Tree {
 }
 
 /// `rel` as a relative path (a leading `/` is taken as relative to the start).
-fn start_rel(rel: &Path) -> Result<PathBuf> {
+fn start_rel(rel: &Path) -> PathBuf {
     let rel = rel.strip_prefix("/").unwrap_or(rel);
-    Ok(Path::new("/").join(rel))
+    Path::new("/").join(rel)
 }
 
 /// [`Trust::RootOwned`]'s rule for one object on the way.
@@ -611,5 +688,60 @@ mod tests {
         );
         assert_eq!(unescape_mountinfo("/plain"), PathBuf::from("/plain"));
         assert!(mounts().unwrap().iter().any(|m| m.at == Path::new("/")));
+    }
+
+    /// Needs no root: a dangling link, a directory others may write where only root's is
+    /// believed, a relative path; each typed, and `walk` gives the same errors as before.
+    #[test]
+    fn walk_errors_are_typed_and_walk_keeps_them_as_they_were() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/nowhere", t.path().join("dangling")).unwrap();
+        std::fs::create_dir(t.path().join("open")).unwrap();
+        std::fs::set_permissions(
+            t.path().join("open"),
+            std::fs::Permissions::from_mode(0o777),
+        )
+        .unwrap();
+        let tree = Tree::open(&Root::from_args(Some(t.path())).unwrap()).unwrap();
+
+        let p = Path::new("/dangling/x");
+        match tree.try_walk(p, Trust::Owners) {
+            Err(WalkError::Dangling(d)) => assert_eq!(d.missing, Path::new("/nowhere")),
+            other => panic!("{other:?}"),
+        }
+        let e = tree.walk(p, Trust::Owners).unwrap_err();
+        assert!(e.downcast_ref::<Dangling>().is_some(), "{e:#}");
+
+        let p = Path::new("/open/x");
+        let typed = match tree.try_walk(p, Trust::RootOwned) {
+            Err(e @ WalkError::Refused(_)) => e,
+            other => panic!("{other:?}"),
+        };
+        let old = tree.walk(p, Trust::RootOwned).unwrap_err();
+        let chain = |e: &dyn std::error::Error| {
+            let mut out = vec![e.to_string()];
+            let mut at = e.source();
+            while let Some(s) = at {
+                out.push(s.to_string());
+                at = s.source();
+            }
+            out
+        };
+        let old_chain: Vec<String> = old.chain().map(ToString::to_string).collect();
+        assert_eq!(chain(&typed), old_chain);
+        assert!(
+            old_chain[0].contains("/open/x is not trusted"),
+            "{old_chain:?}"
+        );
+
+        assert!(matches!(
+            tree.try_walk(Path::new("relative"), Trust::All),
+            Err(WalkError::Failed(_))
+        ));
+        assert!(matches!(
+            tree.try_walk(Path::new("/open"), Trust::All),
+            Ok(Walk::Found(_))
+        ));
     }
 }
