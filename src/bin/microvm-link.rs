@@ -134,13 +134,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             (out, a.json)
         }
     };
-    for (vm, why) in &out.skipped {
-        eprintln!("microvm-link: warning: skipped VM {vm}: {why}");
-    }
-    match json {
-        true => println!("{}", serde_json::to_string_pretty(&out)?),
-        false => out.lines().iter().for_each(|l| println!("{l}")),
-    }
+    out.print(json)?;
     Ok(if out.success() {
         ExitCode::SUCCESS
     } else {

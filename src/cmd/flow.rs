@@ -530,6 +530,19 @@ fn stale_tags(s: &VmStatus) -> Vec<String> {
 }
 
 impl Outcome {
+    /// Prints it: a warning line per skipped VM on stderr, then the report (one line per
+    /// fact) or, with `json`, the outcome as JSON on stdout.
+    pub fn print(&self, json: bool) -> Result<()> {
+        for (vm, why) in &self.skipped {
+            eprintln!("microvm-link: warning: skipped VM {vm}: {why}");
+        }
+        match json {
+            true => println!("{}", serde_json::to_string_pretty(self)?),
+            false => self.lines().iter().for_each(|l| println!("{l}")),
+        }
+        Ok(())
+    }
+
     /// Success unless a restart this run asked for failed.
     pub fn success(&self) -> bool {
         !self.restart.failed()
