@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{CommandFactory, Parser};
-use microvm_workspaces::cmd::cli::{Cli, Cmd};
+use microvm_workspaces::cmd::cli::{self, Cli, Cmd};
 use microvm_workspaces::cmd::flow::{self, Env, Options};
 use microvm_workspaces::cmd::{doctor, fetch, shell, status};
 use microvm_workspaces::{fs::paths, host::logging, host::ssh};
@@ -46,7 +46,8 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             let env = env(false)?;
             // Root for a caller looks with the caller's eyes (docs/security.md#sudo-boundary).
             flow::drop_to(env.user)?;
-            let rows = status::collect(&env.tree, &env.cfg, &env.root, vm.as_deref())?;
+            let vm = cli::vm(vm.as_deref())?;
+            let rows = status::collect(&env.tree, &env.cfg, &env.root, vm.as_ref())?;
             match json {
                 true => println!("{:#}", serde_json::json!({ "vms": rows })),
                 false => print!("{}", status::table(&rows, cli.verbose > 0)),
@@ -56,14 +57,15 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         Some(Cmd::Fetch { vm }) => {
             let env = env(false)?;
             flow::drop_to(env.user)?;
-            fetch::run(&env, vm.as_deref())?
+            fetch::run(&env, cli::vm(vm.as_deref())?.as_ref())?
                 .iter()
                 .for_each(|f| println!("{}", f.line));
             return Ok(ExitCode::SUCCESS);
         }
         Some(Cmd::Shell { vm, ssh, command }) => {
             let user_env = env(false)?;
-            let plan = shell::plan(&user_env, vm.as_deref(), ssh.as_deref())?;
+            let ssh = cli::ssh(ssh.as_deref())?;
+            let plan = shell::plan(&user_env, cli::vm(vm.as_deref())?, ssh.as_ref())?;
             let serving = shell::serving(&user_env, &plan);
             if nix::unistd::Uid::effective().is_root() {
                 let opts = Options {
@@ -72,11 +74,11 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                     progress,
                     ..Options::default()
                 };
-                let out = flow::link(&env(true)?, Some(&plan.vm), None, opts)?;
+                let out = flow::link(&env(true)?, Some(plan.vm.clone()), None, opts)?;
                 out.lines().iter().for_each(|l| eprintln!("{l}"));
                 anyhow::ensure!(out.success(), "linking and starting {} failed", plan.vm);
             } else if !serving {
-                shell::link_through_sudo(&plan.vm, ssh.as_deref())?;
+                shell::link_through_sudo(&plan.vm, ssh.as_ref())?;
             }
             let control = shell::wait(&user_env, &plan, serving, ssh_timeout, progress)?;
             let code = shell::run(&plan, control.as_deref(), command)?;
@@ -117,9 +119,10 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                 ssh_timeout,
                 ..Options::default()
             };
-            (flow::unlink(&env(true)?, vm, opts)?, *json)
+            (flow::unlink(&env(true)?, &vm.parse()?, opts)?, *json)
         }
         None => {
+            let env = env(true)?;
             let opts = Options {
                 dry_run: a.dry_run,
                 no_restart: a.no_restart,
@@ -127,10 +130,10 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                 progress: progress && !a.json,
                 no_wait: a.no_wait,
                 if_needed: a.if_needed,
-                ssh: a.ssh.clone(),
+                ssh: cli::ssh(a.ssh.as_deref())?,
                 ssh_timeout,
             };
-            let out = flow::link(&env(true)?, a.vm.as_deref(), a.repo.as_deref(), opts)?;
+            let out = flow::link(&env, cli::vm(a.vm.as_deref())?, a.repo.as_deref(), opts)?;
             (out, a.json)
         }
     };

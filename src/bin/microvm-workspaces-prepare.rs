@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use microvm_workspaces::{
     engine::prepare, fs::chase::Tree, fs::paths, host::logging, host::systemd, host::units,
-    model::config::Config, model::record, model::runner,
+    model::config::Config, model::names::VmName, model::record, model::runner,
 };
 
 /// Make every share source of a microvm.nix VM exist before it starts.
@@ -62,7 +62,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args, vm: &str) -> Result<()> {
-    paths::check_name("VM", vm)?;
+    let vm = &VmName::try_from(vm)?;
     if args.release {
         return prepare::release_fallbacks(vm);
     }
@@ -84,7 +84,7 @@ fn run(args: &Args, vm: &str) -> Result<()> {
     record::write(&tree, &record::VmRecord::new(vm, &out.prepared))
         .with_context(|| format!("VM {vm}"))?;
     tracing::debug!(
-        vm,
+        vm = vm.as_str(),
         shares = out.prepared.len(),
         actions = out.actions.len(),
         "prepared"

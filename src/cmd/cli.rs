@@ -2,7 +2,10 @@
 
 use std::path::PathBuf;
 
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+
+use crate::model::names::{SshDest, VmName};
 
 const EXAMPLES: &str = "Examples:
   cd ~/src/vm1 && microvm-link          link ~/src/vm1 into VM vm1, restart it
@@ -148,4 +151,15 @@ pub enum Cmd {
         after_help = "Examples:\n  microvm-link completions bash > /etc/bash_completion.d/microvm-link\n  microvm-link completions fish > ~/.config/fish/completions/microvm-link.fish"
     )]
     Completions { shell: clap_complete::Shell },
+}
+
+/// A VM named on the command line, checked once, here (`VM name "../x" starts with '.'`).
+/// Not clap's value parser: its error is a usage message, not microvm-link's one line.
+pub fn vm(arg: Option<&str>) -> Result<Option<VmName>> {
+    Ok(arg.map(VmName::try_from).transpose()?)
+}
+
+/// `--ssh DEST`, checked once, here: never an ssh option, one word.
+pub fn ssh(arg: Option<&str>) -> Result<Option<SshDest>> {
+    arg.map(SshDest::try_from).transpose().context("--ssh")
 }

@@ -17,6 +17,7 @@ use crate::engine::links::read_record;
 use crate::fs::chase::{self, is_symlink, Tree, Trust, Walk};
 use crate::fs::paths::{self, show, Root};
 use crate::model::config::{Config, Proto};
+use crate::model::names::{SshDest, VmName};
 use crate::model::runner::{self, Share};
 use crate::{cmd::status, host::units};
 
@@ -80,7 +81,7 @@ pub trait Host {
     /// The running microvm-link (what sudo is asked to run), a real path.
     fn own_exe(&self) -> Option<PathBuf>;
     /// Where `destination` leads as the caller's ssh resolves it (`ssh -G`, run as them).
-    fn ssh_target(&self, destination: &str, caller: u32) -> Result<crate::host::ssh::Target>;
+    fn ssh_target(&self, destination: &SshDest, caller: u32) -> Result<crate::host::ssh::Target>;
     /// From here on, look as `caller` (root acting for someone gives up root).
     fn drop_to(&self, caller: u32) -> Result<()>;
 }
@@ -152,7 +153,7 @@ impl Host for System {
         std::env::current_exe().ok()
     }
 
-    fn ssh_target(&self, destination: &str, caller: u32) -> Result<crate::host::ssh::Target> {
+    fn ssh_target(&self, destination: &SshDest, caller: u32) -> Result<crate::host::ssh::Target> {
         crate::host::ssh::resolve(destination, crate::host::ssh::as_user(caller))
     }
 
@@ -407,7 +408,7 @@ fn exists(tree: &Tree, path: &Path) -> bool {
 }
 
 /// The generator installed where systemd looks, and its output present (it ran).
-fn check_generator(tree: &Tree, cfg: &Config, vms: &[String], out: &mut Vec<Finding>) {
+fn check_generator(tree: &Tree, cfg: &Config, vms: &[VmName], out: &mut Vec<Finding>) {
     let installed: Vec<PathBuf> = GENERATOR_DIRS
         .iter()
         .map(|d| Path::new(d).join(GENERATOR_NAME))
@@ -460,7 +461,7 @@ fn check_generator(tree: &Tree, cfg: &Config, vms: &[String], out: &mut Vec<Find
 /// `microvm-virtiofsd@<vm>`: prepare must be among it.
 fn check_dropins(
     root: &Root,
-    vms: &[String],
+    vms: &[VmName],
     tree: &Tree,
     cfg: &Config,
     host: &dyn Host,
@@ -530,9 +531,9 @@ fn check_dropins(
 fn check_runners(
     tree: &Tree,
     cfg: &Config,
-    vms: &[String],
+    vms: &[VmName],
     out: &mut Vec<Finding>,
-) -> Vec<(String, Vec<Share>)> {
+) -> Vec<(VmName, Vec<Share>)> {
     let mut all = Vec::new();
     let mut bad = 0;
     for vm in vms {
@@ -644,11 +645,11 @@ fn check_virtiofsd(
     root: &Root,
     tree: &Tree,
     cfg: &Config,
-    shares: &[(String, Vec<Share>)],
+    shares: &[(VmName, Vec<Share>)],
     host: &dyn Host,
     out: &mut Vec<Finding>,
-) -> Vec<(String, Option<Version>)> {
-    let users: Vec<&String> = shares
+) -> Vec<(VmName, Option<Version>)> {
+    let users: Vec<&VmName> = shares
         .iter()
         .filter(|(_, s)| s.iter().any(|s| s.proto == Proto::Virtiofs))
         .map(|(vm, _)| vm)
@@ -666,7 +667,7 @@ fn check_virtiofsd(
             exists(tree, &debian).then_some(debian)
         });
     // (exe, version, VMs)
-    let mut seen: Vec<(PathBuf, Option<Version>, Vec<String>)> = Vec::new();
+    let mut seen: Vec<(PathBuf, Option<Version>, Vec<&str>)> = Vec::new();
     let mut per_vm = Vec::new();
     for vm in users {
         let exe = runner_virtiofsd(tree, cfg, vm).or_else(|| on_path.clone());
@@ -676,12 +677,12 @@ fn check_virtiofsd(
         };
         let v = match seen.iter_mut().find(|(e, _, _)| *e == exe) {
             Some((_, v, vms)) => {
-                vms.push(vm.clone());
+                vms.push(vm.as_str());
                 *v
             }
             None => {
                 let v = version_of(root, tree, &exe, host);
-                seen.push((exe, v, vec![vm.clone()]));
+                seen.push((exe, v, vec![vm.as_str()]));
                 v
             }
         };
@@ -699,7 +700,7 @@ fn check_virtiofsd(
     }
     let unfound: Vec<&str> = per_vm
         .iter()
-        .filter(|(vm, _)| !seen.iter().any(|(_, _, vms)| vms.contains(vm)))
+        .filter(|(vm, _)| !seen.iter().any(|(_, _, vms)| vms.contains(&vm.as_str())))
         .map(|(vm, _)| vm.as_str())
         .collect();
     if !unfound.is_empty() {
@@ -721,8 +722,8 @@ fn check_virtiofsd(
 fn check_symlinked_sources(
     tree: &Tree,
     cfg: &Config,
-    shares: &[(String, Vec<Share>)],
-    versions: &[(String, Option<Version>)],
+    shares: &[(VmName, Vec<Share>)],
+    versions: &[(VmName, Option<Version>)],
     out: &mut Vec<Finding>,
 ) {
     let mut found = false;
@@ -776,7 +777,7 @@ fn check_symlinked_sources(
 
 /// `microvm-virtiofsd@` has `PrivateTmp=`: virtiofsd sees an empty /tmp and /var/tmp of its
 /// own, so a source there does not exist for it.
-fn check_private_tmp(cfg: &Config, shares: &[(String, Vec<Share>)], out: &mut Vec<Finding>) {
+fn check_private_tmp(cfg: &Config, shares: &[(VmName, Vec<Share>)], out: &mut Vec<Finding>) {
     let mut found = false;
     for (vm, list) in shares {
         for s in list.iter().filter(|s| s.proto == Proto::Virtiofs) {
@@ -1198,7 +1199,7 @@ mod tests {
         fn drop_to(&self, _: u32) -> Result<()> {
             Ok(())
         }
-        fn ssh_target(&self, destination: &str, _: u32) -> Result<crate::host::ssh::Target> {
+        fn ssh_target(&self, destination: &SshDest, _: u32) -> Result<crate::host::ssh::Target> {
             // "vsock/1" has the proxy (systemd 256+), any other vsock/ name does not.
             let proxy = if destination == "vsock/1" {
                 "/usr/lib/systemd/systemd-ssh-proxy %h %p"
@@ -1245,7 +1246,7 @@ mod tests {
         let mut out = Vec::new();
         check_dropins(
             root,
-            &["mvw-doctor-test".into()],
+            &["mvw-doctor-test".parse().unwrap()],
             &tree,
             &cfg,
             host,

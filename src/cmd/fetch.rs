@@ -19,8 +19,9 @@ use crate::engine::entry::Workspace;
 use crate::engine::gitview;
 use crate::engine::links::read_record;
 use crate::fs::chase::{self, Node};
-use crate::fs::paths::{self, show};
+use crate::fs::paths::show;
 use crate::model::config::GitMode;
+use crate::model::names::VmName;
 use crate::model::workspace::entry_name_of;
 
 /// What one fetch did, in one line.
@@ -32,7 +33,7 @@ pub struct Fetched {
 
 /// Fetches from every private git dir that `vm` (or, without one, every VM that sees the repo
 /// of the working directory) serves to its guest.
-pub fn run(env: &Env, vm: Option<&str>) -> Result<Vec<Fetched>> {
+pub fn run(env: &Env, vm: Option<&VmName>) -> Result<Vec<Fetched>> {
     let ws = Workspace::find(&env.tree, &env.cfg)?
         .with_context(|| format!("no workspace dir {}", show(&env.cfg.workspace_dir)))?;
     let links = ws.links()?;
@@ -40,7 +41,6 @@ pub fn run(env: &Env, vm: Option<&str>) -> Result<Vec<Fetched>> {
     let mut todo: Vec<(String, PathBuf)> = Vec::new();
     match vm {
         Some(vm) => {
-            paths::check_name("VM", vm)?;
             crate::model::runner::check_known(&env.tree, &env.cfg, vm)?;
             for s in crate::model::runner::shares(&env.tree, &env.cfg, vm)? {
                 let Some(name) = entry_name_of(&env.cfg.workspace_dir, &s.path) else {
@@ -94,7 +94,7 @@ pub fn run(env: &Env, vm: Option<&str>) -> Result<Vec<Fetched>> {
 /// What `microvm-link shell` says when its session ends: what arrived from the VM's own git
 /// dirs, in one line; `None` when the VM keeps none (or nothing could be read: the session's
 /// exit status is what matters then, and `microvm-link fetch` says why).
-pub fn after_shell(env: &Env, vm: &str) -> Option<String> {
+pub fn after_shell(env: &Env, vm: &VmName) -> Option<String> {
     let done = run(env, Some(vm)).ok()?;
     let lines: Vec<String> = done
         .into_iter()

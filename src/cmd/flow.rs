@@ -14,6 +14,7 @@ use crate::engine::policy::Caller;
 use crate::fs::chase::{Node, Tree, Trust, Walk};
 use crate::fs::paths::{self, show, Root};
 use crate::model::config::Config;
+use crate::model::names::{SshDest, VmName};
 use crate::model::workspace::{self, entry_name_of, live_of};
 use crate::{
     engine::prepare, host::logging, host::ssh, host::systemd, host::units, model::record,
@@ -190,9 +191,8 @@ impl Env {
         })
     }
 
-    /// A VM name that is valid and known (a runner or a config entry).
-    pub fn known_vm(&self, vm: &str) -> Result<()> {
-        paths::check_name("VM", vm)?;
+    /// `vm` is known (a runner or a config entry).
+    pub fn known_vm(&self, vm: &VmName) -> Result<()> {
         runner::check_known(&self.tree, &self.cfg, vm)
     }
 
@@ -250,7 +250,7 @@ pub fn repo_root(start: &Path) -> PathBuf {
 
 /// The VM name for a repo: its directory name with every run of characters outside
 /// `[A-Za-z0-9._-]` replaced by `-`, and leading and trailing `-` trimmed.
-pub fn derive_vm_name(repo: &Path) -> Result<String> {
+pub fn derive_vm_name(repo: &Path) -> Result<VmName> {
     let base = repo
         .file_name()
         .with_context(|| format!("cannot derive a VM name from {}; name the VM", show(repo)))?;
@@ -262,14 +262,12 @@ pub fn derive_vm_name(repo: &Path) -> Result<String> {
             name.push('-');
         }
     }
-    let name = name.trim_matches('-').to_string();
-    paths::check_name("derived VM", &name).with_context(|| {
+    VmName::try_from(name.trim_matches('-')).with_context(|| {
         format!(
             "from the repo directory {}; name the VM explicitly",
             show(repo)
         )
-    })?;
-    Ok(name)
+    })
 }
 
 /// What the caller asked for besides the change itself.
@@ -285,7 +283,7 @@ pub struct Options {
     /// Link and (re)start only what is not so already (`microvm-link shell`).
     pub if_needed: bool,
     /// The SSH destination to wait for, instead of the config's.
-    pub ssh: Option<String>,
+    pub ssh: Option<SshDest>,
     /// How long to wait for its banner.
     pub ssh_timeout: Duration,
 }
@@ -316,19 +314,19 @@ pub enum SshWait {
     /// Reached through a ProxyCommand or ProxyJump: no banner to probe from here (as
     /// `shell`, which then lets ssh itself connect).
     Proxied {
-        destination: String,
+        destination: SshDest,
     },
     Ready {
         target: ssh::Target,
         secs: f64,
     },
     Failed {
-        destination: String,
+        destination: SshDest,
         why: String,
     },
     /// A destination nobody chose (the module's default) gave no answer: said, not a failure.
     Unanswered {
-        destination: String,
+        destination: SshDest,
         why: String,
     },
 }
@@ -363,19 +361,23 @@ pub const DEFAULT_DESTINATION_WAIT: Duration = Duration::from_secs(15);
 
 /// The SSH destination of `vm`: `--ssh`, else the config's `ssh` (both chosen by someone),
 /// else its `sshDefault` (the module's guess).
-pub fn ssh_destination(env: &Env, vm: &str, given: Option<&str>) -> Option<ssh::Destination> {
-    let chosen = |name: &str| ssh::Destination {
-        name: name.to_string(),
+pub fn ssh_destination(
+    env: &Env,
+    vm: &VmName,
+    given: Option<&SshDest>,
+) -> Option<ssh::Destination> {
+    let chosen = |name: &SshDest| ssh::Destination {
+        name: name.clone(),
         chosen: true,
     };
-    let v = env.cfg.vms.get(vm);
+    let v = env.cfg.vm(vm);
     given
         .map(chosen)
-        .or_else(|| v.and_then(|v| v.ssh.as_deref()).map(chosen))
+        .or_else(|| v.and_then(|v| v.ssh.as_ref()).map(chosen))
         .or_else(|| {
-            v.and_then(|v| v.ssh_default.as_deref())
+            v.and_then(|v| v.ssh_default.as_ref())
                 .map(|name| ssh::Destination {
-                    name: name.to_string(),
+                    name: name.clone(),
                     chosen: false,
                 })
         })
@@ -385,8 +387,8 @@ pub fn ssh_destination(env: &Env, vm: &str, given: Option<&str>) -> Option<ssh::
 /// A destination someone chose is waited for up to `--ssh-timeout` and fails the run when it
 /// stays silent; a default one is waited for briefly (not at all when its name does not
 /// resolve) and never fails it.
-pub fn wait_for_ssh(env: &Env, vm: &str, opts: &Options) -> SshWait {
-    let given = opts.ssh.as_deref();
+pub fn wait_for_ssh(env: &Env, vm: &VmName, opts: &Options) -> SshWait {
+    let given = opts.ssh.as_ref();
     let Some(dest) = ssh_destination(env, vm, given) else {
         return SshWait::NoDestination;
     };
@@ -486,7 +488,7 @@ impl Restart {
 #[derive(Debug, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Outcome {
-    pub vm: String,
+    pub vm: VmName,
     /// Who asked (0: root).
     #[serde(skip)]
     pub caller: u32,
@@ -609,7 +611,7 @@ impl Outcome {
 /// The changes linking `vm` to `repo` implies: the VM's own entry, and each companion
 /// (linked when the repo has that relative path as a directory owned by `user`, else turned
 /// back into a placeholder).
-pub fn link_changes(env: &Env, vm: &str, repo: &Path) -> Vec<Change> {
+pub fn link_changes(env: &Env, vm: &VmName, repo: &Path) -> Vec<Change> {
     let mut out = vec![Change {
         name: vm.to_string(),
         target: Some(repo.to_path_buf()),
@@ -621,7 +623,7 @@ pub fn link_changes(env: &Env, vm: &str, repo: &Path) -> Vec<Change> {
             _ => false,
         };
         out.push(Change {
-            name: name.clone(),
+            name: name.to_string(),
             target: usable.then_some(target),
         });
     }
@@ -629,7 +631,7 @@ pub fn link_changes(env: &Env, vm: &str, repo: &Path) -> Vec<Change> {
 }
 
 /// The changes unlinking `vm` implies: its entry and its companions, back to placeholders.
-pub fn unlink_changes(env: &Env, vm: &str) -> Vec<Change> {
+pub fn unlink_changes(env: &Env, vm: &VmName) -> Vec<Change> {
     std::iter::once(vm.to_string())
         .chain(
             env.cfg
@@ -637,7 +639,7 @@ pub fn unlink_changes(env: &Env, vm: &str) -> Vec<Change> {
                 .get(vm)
                 .into_iter()
                 .flatten()
-                .map(|(n, _)| n.clone()),
+                .map(|(n, _)| n.to_string()),
         )
         .map(|name| Change { name, target: None })
         .collect()
@@ -645,16 +647,13 @@ pub fn unlink_changes(env: &Env, vm: &str) -> Vec<Change> {
 
 /// Links `vm` (default: named after the repo) to `repo` (default: the repo around the
 /// working directory; see [`Env::repo`]).
-pub fn link(env: &Env, vm: Option<&str>, repo: Option<&Path>, opts: Options) -> Result<Outcome> {
+pub fn link(env: &Env, vm: Option<VmName>, repo: Option<&Path>, opts: Options) -> Result<Outcome> {
     let repo = env.repo(repo)?;
     let vm = match vm {
-        Some(v) => v.to_string(),
+        Some(v) => v,
         None => derive_vm_name(&repo.path)?,
     };
     env.known_vm(&vm)?;
-    if let Some(d) = &opts.ssh {
-        crate::model::config::check_ssh_destination(d).context("--ssh")?;
-    }
     let mut changes = link_changes(env, &vm, &repo.path);
     if opts.if_needed && linked_to(env, &vm, &repo)? {
         changes.clear();
@@ -677,7 +676,7 @@ fn linked_to(env: &Env, vm: &str, repo: &Node) -> Result<bool> {
 }
 
 /// Unlinks `vm`: its placeholder (and its companions') serve again.
-pub fn unlink(env: &Env, vm: &str, opts: Options) -> Result<Outcome> {
+pub fn unlink(env: &Env, vm: &VmName, opts: Options) -> Result<Outcome> {
     env.known_vm(vm)?;
     let changes = unlink_changes(env, vm);
     run(env, vm, None, changes, opts)
@@ -685,7 +684,7 @@ pub fn unlink(env: &Env, vm: &str, opts: Options) -> Result<Outcome> {
 
 fn run(
     env: &Env,
-    vm: &str,
+    vm: &VmName,
     repo: Option<String>,
     changes: Vec<Change>,
     opts: Options,
@@ -744,15 +743,17 @@ fn run(
     if opts.restart_stale && !opts.dry_run {
         for s in &stale {
             match stale_by_others(env, &relinked.changed_names, s) {
-                None => restarted_stale
-                    .push((s.vm.clone(), restart_vm(env, &s.vm, false, opts.progress))),
-                Some(why) => stale_kept.push((s.vm.clone(), why)),
+                None => restarted_stale.push((
+                    s.vm.to_string(),
+                    restart_vm(env, &s.vm, false, opts.progress),
+                )),
+                Some(why) => stale_kept.push((s.vm.to_string(), why)),
             }
         }
     }
     Ok(Outcome {
         caller: env.user,
-        vm: vm.to_string(),
+        vm: vm.clone(),
         repo,
         dry_run: opts.dry_run,
         changes,
@@ -815,7 +816,7 @@ fn stale_by_others(env: &Env, changed: &[String], s: &VmStatus) -> Option<String
     None
 }
 
-fn is_stale(env: &Env, vm: &str) -> bool {
+fn is_stale(env: &Env, vm: &VmName) -> bool {
     status::status_of(&env.tree, &env.cfg, &env.root, vm).is_ok_and(|s| s.stale)
 }
 
@@ -866,13 +867,13 @@ fn affected(env: &Env, changed: &[Change]) -> (Vec<Affected>, Vec<Skipped>) {
                     })
                     .collect();
                 if !shares.is_empty() {
-                    vms.push((vm, shares));
+                    vms.push((vm.to_string(), shares));
                 }
             }
             Err(e) => {
                 let why = logging::one_line(&e);
-                tracing::warn!(vm, "skipping VM {vm}: {why}");
-                skipped.push((vm, why));
+                tracing::warn!(vm = vm.as_str(), "skipping VM {vm}: {why}");
+                skipped.push((vm.to_string(), why));
             }
         }
     }

@@ -14,14 +14,15 @@ use crate::cmd::flow::{self, Env};
 use crate::fs::paths::{self, show};
 use crate::host::ssh;
 use crate::model::config::Config;
+use crate::model::names::{SshDest, VmName};
 
 /// Where `shell` goes.
 #[derive(Debug)]
 pub struct Plan {
-    pub vm: String,
+    pub vm: VmName,
     /// The repo around the working directory (inside path).
     pub repo: PathBuf,
-    pub destination: String,
+    pub destination: SshDest,
     /// The guest directory matching the working directory, when the workspace share's
     /// mount point is known.
     pub dir: Option<String>,
@@ -31,10 +32,10 @@ pub struct Plan {
 
 /// The VM (named, or derived from the repo around the working directory), its destination,
 /// and the guest directory matching the working directory.
-pub fn plan(env: &Env, vm: Option<&str>, given: Option<&str>) -> Result<Plan> {
+pub fn plan(env: &Env, vm: Option<VmName>, given: Option<&SshDest>) -> Result<Plan> {
     let repo = env.repo(None)?;
     let vm = match vm {
-        Some(v) => v.to_string(),
+        Some(v) => v,
         None => flow::derive_vm_name(&repo.path)?,
     };
     env.known_vm(&vm)?;
@@ -43,7 +44,6 @@ pub fn plan(env: &Env, vm: Option<&str>, given: Option<&str>) -> Result<Plan> {
             format!("{vm} has no SSH destination; set vms.{vm}.ssh in the config (NixOS: services.microvm-workspaces.ssh) or pass --ssh DEST")
         })?
         .name;
-    crate::model::config::check_ssh_destination(&destination)?;
     let cwd = std::env::current_dir().context("cannot read the working directory")?;
     let rel = env
         .root
@@ -72,10 +72,10 @@ pub fn plan(env: &Env, vm: Option<&str>, given: Option<&str>) -> Result<Plan> {
 /// Where the guest sees `vm`'s own workspace, from the config: the mount point of its share
 /// of `<workspaceDir>/<vm>`, or `<mount point>/current` for its live root
 /// `<workspaceDir>/.live/<vm>`.
-pub fn guest_workspace(cfg: &Config, vm: &str) -> Option<String> {
+pub fn guest_workspace(cfg: &Config, vm: &VmName) -> Option<String> {
     let pinned = cfg.workspace_dir.join(vm);
     let live = cfg.workspace_dir.join(paths::LIVE).join(vm);
-    cfg.vms.get(vm)?.shares.iter().find_map(|s| {
+    cfg.vm(vm)?.shares.iter().find_map(|s| {
         let path = paths::normalize(&cfg.state_dir.join(vm).join(&s.source));
         let mp = s.mount_point.as_deref()?;
         if path == pinned {
@@ -94,7 +94,7 @@ pub fn guest_workspace(cfg: &Config, vm: &str) -> Option<String> {
 
 /// The privileged part for a user who is not root: `sudo microvm-link VM --if-needed
 /// --no-wait`, in this working directory; its output is theirs to see.
-pub fn link_through_sudo(vm: &str, given: Option<&str>) -> Result<()> {
+pub fn link_through_sudo(vm: &VmName, given: Option<&SshDest>) -> Result<()> {
     let (mut c, sudo) = flow::sudo_command();
     let exe = std::env::current_exe().context("cannot find microvm-link's own executable")?;
     c.arg("--").arg(&exe).args(["--if-needed", "--no-wait"]);
@@ -102,7 +102,7 @@ pub fn link_through_sudo(vm: &str, given: Option<&str>) -> Result<()> {
         c.arg(format!("--ssh={d}"));
     }
     // After `--`: a VM named like a subcommand or an option is still the VM.
-    c.args(["--", vm]);
+    c.arg("--").arg(vm);
     // Its report is about linking, not the session: stderr, so that `$(microvm-link shell --
     // CMD)` captures only CMD's output (as when root runs shell and links in-process).
     let status = c
@@ -135,7 +135,7 @@ const CONTROL_PERSIST: Duration = Duration::from_secs(300);
 const SETTLED: Duration = Duration::from_secs(60);
 
 /// When `vm` last started: the mtime of its /run record, which prepare writes at every start.
-fn start_record(env: &Env, vm: &str) -> Option<std::fs::Metadata> {
+fn start_record(env: &Env, vm: &VmName) -> Option<std::fs::Metadata> {
     std::fs::metadata(env.root.real(&crate::model::record::record_path(vm))).ok()
 }
 
@@ -259,12 +259,13 @@ mod tests {
                 "c": {"shares": [{"tag": "w", "proto": "virtiofs", "source": "/var/lib/microvm-workspaces/c"}]}}}"#,
         )
         .unwrap();
-        assert_eq!(guest_workspace(&cfg, "a").as_deref(), Some("/work"));
+        let vm = |n: &str| VmName::try_from(n).unwrap();
+        assert_eq!(guest_workspace(&cfg, &vm("a")).as_deref(), Some("/work"));
         assert_eq!(
-            guest_workspace(&cfg, "b").as_deref(),
+            guest_workspace(&cfg, &vm("b")).as_deref(),
             Some("/run/microvm-workspaces/l/current")
         );
-        assert_eq!(guest_workspace(&cfg, "c"), None);
-        assert_eq!(guest_workspace(&cfg, "nope"), None);
+        assert_eq!(guest_workspace(&cfg, &vm("c")), None);
+        assert_eq!(guest_workspace(&cfg, &vm("nope")), None);
     }
 }

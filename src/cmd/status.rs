@@ -11,6 +11,7 @@ use crate::fs::chase::Tree;
 use crate::fs::idmap::Guest;
 use crate::fs::paths::Root;
 use crate::model::config::{Config, GitMode, Seen};
+use crate::model::names::VmName;
 use crate::model::record::Kind;
 use crate::model::record::Shows;
 use crate::model::record::{self, ShareRecord};
@@ -21,13 +22,12 @@ pub fn collect(
     tree: &Tree,
     cfg: &Config,
     root: &Root,
-    vm: Option<&str>,
+    vm: Option<&VmName>,
 ) -> anyhow::Result<Vec<VmStatus>> {
     let vms = match vm {
         Some(v) => {
-            crate::fs::paths::check_name("VM", v)?;
             crate::model::runner::check_known(tree, cfg, v)?;
-            vec![v.to_string()]
+            vec![v.clone()]
         }
         None => all_vms(tree, cfg),
     };
@@ -35,7 +35,7 @@ pub fn collect(
 }
 
 /// Every VM `status` shows: known ones (a runner or a config entry) and those with a record.
-pub fn all_vms(tree: &Tree, cfg: &Config) -> Vec<String> {
+pub fn all_vms(tree: &Tree, cfg: &Config) -> Vec<VmName> {
     let mut v = crate::model::runner::known_vms(tree, cfg);
     v.extend(record::recorded_vms(tree));
     v.sort();
@@ -76,7 +76,7 @@ pub struct Ident {
 /// One VM in `microvm-link status`.
 #[derive(Debug, Clone, Serialize)]
 pub struct VmStatus {
-    pub vm: String,
+    pub vm: VmName,
     /// `microvm@<vm>` active; `null` when systemd cannot be asked (re-rooted, no systemd).
     pub running: Option<bool>,
     pub workspace: EntryView,
@@ -133,12 +133,12 @@ impl GuestView {
 }
 
 /// How `vm`'s guest sees linked repos: its config, else the default.
-pub fn seen_by(cfg: &Config, vm: &str) -> Seen {
-    cfg.vms.get(vm).map(|v| v.seen()).unwrap_or_default()
+pub fn seen_by(cfg: &Config, vm: &VmName) -> Seen {
+    cfg.vm(vm).map(|v| v.seen()).unwrap_or_default()
 }
 
 /// The status of `vm`: its workspace entry, and each share at start vs now.
-pub fn status_of(tree: &Tree, cfg: &Config, root: &Root, vm: &str) -> anyhow::Result<VmStatus> {
+pub fn status_of(tree: &Tree, cfg: &Config, root: &Root, vm: &VmName) -> anyhow::Result<VmStatus> {
     let running = if root.is_rerooted() {
         None
     } else {
@@ -153,13 +153,17 @@ pub fn status_of(tree: &Tree, cfg: &Config, root: &Root, vm: &str) -> anyhow::Re
     };
     // One unreadable record must not take status (or a link's stale list) down with it.
     let record = record::read(tree, vm).unwrap_or_else(|e| {
-        tracing::warn!(vm, "ignoring it: {}", crate::host::logging::one_line(&e));
+        tracing::warn!(
+            vm = vm.as_str(),
+            "ignoring it: {}",
+            crate::host::logging::one_line(&e)
+        );
         None
     });
     let mut shares: Vec<ShareStatus> = Vec::new();
     let current = crate::model::runner::shares(tree, cfg, vm).unwrap_or_else(|e| {
         tracing::warn!(
-            vm,
+            vm = vm.as_str(),
             "not showing its shares: {}",
             crate::host::logging::one_line(&e)
         );
@@ -206,7 +210,7 @@ pub fn status_of(tree: &Tree, cfg: &Config, root: &Root, vm: &str) -> anyhow::Re
     }
     let stale = shares.iter().any(|s| s.stale);
     Ok(VmStatus {
-        vm: vm.to_string(),
+        vm: vm.clone(),
         running,
         workspace,
         shares,
@@ -292,7 +296,7 @@ pub fn table(rows: &[VmStatus], verbose: bool) -> String {
         };
         if r.shares.is_empty() {
             table.push(vec![
-                r.vm.clone(),
+                r.vm.to_string(),
                 running.into(),
                 r.guest.words(),
                 ws.clone(),
@@ -306,7 +310,11 @@ pub fn table(rows: &[VmStatus], verbose: bool) -> String {
         for (i, s) in r.shares.iter().enumerate() {
             let first = i == 0;
             table.push(vec![
-                if first { r.vm.clone() } else { String::new() },
+                if first {
+                    r.vm.to_string()
+                } else {
+                    String::new()
+                },
                 if first { running.into() } else { String::new() },
                 if first {
                     r.guest.words()

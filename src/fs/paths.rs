@@ -168,9 +168,12 @@ pub fn serialize_shown<S: serde::Serializer>(p: &Option<PathBuf>, s: S) -> Resul
     }
 }
 
-/// VM and entry names are single path components we create under our directories.
-pub fn check_name(what: &str, name: &str) -> Result<()> {
-    let bad = if name.is_empty() {
+/// Why `name` cannot be a VM or workspace entry name (one visible path component we create
+/// under our directories: `<workspaceDir>/<name>`, `/run/microvm-workspaces/<name>.json`), or
+/// `None` when it can. The one rule: `model::names::{VmName, EntryName}` are made through it
+/// (this layer cannot name them; see [`check_name`]).
+pub fn component_fault(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
         Some("is empty")
     } else if name.starts_with('.') {
         Some("starts with '.'")
@@ -182,8 +185,15 @@ pub fn check_name(what: &str, name: &str) -> Result<()> {
         Some("is longer than 200 bytes")
     } else {
         None
-    };
-    match bad {
+    }
+}
+
+/// [`component_fault`] as an error (`{what} name "..." starts with '.'`). Only for the engine's
+/// check of the entry names it holds as `String` (`engine::link`'s `check_targets`, on
+/// `entry::Change::name`); everything else holds a `model::names::VmName` or `EntryName`,
+/// valid by construction.
+pub fn check_name(what: &str, name: &str) -> Result<()> {
+    match component_fault(name) {
         Some(why) => bail!("{what} name {:?} {why}", name),
         None => Ok(()),
     }

@@ -7,12 +7,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
 use crate::fs::chase::{self, Tree};
 use crate::fs::idmap::{Guest, DEFAULT_GUEST_UID};
-use crate::fs::paths::{self, check_name, show};
+use crate::fs::paths::{self, show};
 use crate::fs::placeholder::PlaceholderSpec;
+use crate::model::names::{EntryName, Refused, SshDest, VmName};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -30,11 +32,13 @@ pub struct Config {
     /// (docs/reference/workspace.md#displaced).
     #[serde(default)]
     pub hypervisor: Hypervisor,
-    #[serde(default)]
+    /// Every key is a valid [`VmName`], checked as the file is read (see [`Config::vm_names`]).
+    /// Still `String` keys: `engine::entry` copies them into maps of `String`s.
+    #[serde(default, deserialize_with = "vm_keys")]
     pub vms: BTreeMap<String, VmConfig>,
     /// `companions.<vm>.<name> = <path relative to the repo>`.
-    #[serde(default)]
-    pub companions: BTreeMap<String, BTreeMap<String, PathBuf>>,
+    #[serde(default, deserialize_with = "companion_keys")]
+    pub companions: BTreeMap<VmName, BTreeMap<EntryName, PathBuf>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -68,13 +72,13 @@ pub struct VmConfig {
     /// The VM's SSH destination (an ssh destination or alias, optionally with a port:
     /// `host`, `user@host`, `ssh://user@host:2222`), for waiting on SSH and `microvm-link
     /// shell`. Never starts with `-` and has no control characters: it is given to ssh.
-    #[serde(default)]
-    pub ssh: Option<String>,
+    #[serde(default, deserialize_with = "ssh_key")]
+    pub ssh: Option<SshDest>,
     /// A destination nobody chose (the NixOS module's guess: the VM's name, or `vsock/<cid>`),
     /// used when `ssh` is absent. Waited for briefly; it never fails a link
     /// (docs/reference/cli.md#ssh-wait).
-    #[serde(default)]
-    pub ssh_default: Option<String>,
+    #[serde(default, deserialize_with = "ssh_default_key")]
+    pub ssh_default: Option<SshDest>,
     /// The guest user whose files are the linker's (docs/security.md#idmap); no other guest id
     /// maps, root included.
     #[serde(default = "default_guest_uid")]
@@ -244,7 +248,114 @@ fn parse_mode(s: &str) -> Option<u32> {
     u32::from_str_radix(s, 8).ok()
 }
 
+/// `vms.<vm>.ssh`, its key named when it is refused (serde adds the line and column).
+fn ssh_key<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SshDest>, D::Error> {
+    keyed_dest(d, "ssh")
+}
+
+/// `vms.<vm>.sshDefault`, as [`ssh_key`].
+fn ssh_default_key<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SshDest>, D::Error> {
+    keyed_dest(d, "sshDefault")
+}
+
+fn keyed_dest<'de, D: Deserializer<'de>>(d: D, key: &str) -> Result<Option<SshDest>, D::Error> {
+    Option::<String>::deserialize(d)?
+        .map(SshDest::try_from)
+        .transpose()
+        .map_err(|e| de::Error::custom(format_args!("{key}: {e}")))
+}
+
+/// An object whose keys must parse as `K`: a key that does not fails as `{at}: {why}`
+/// (`vms: VM name ".x" starts with '.'`).
+struct Keyed<K, V> {
+    at: String,
+    kv: std::marker::PhantomData<(K, V)>,
+}
+
+impl<K, V> Keyed<K, V> {
+    fn at(at: impl Into<String>) -> Keyed<K, V> {
+        Keyed {
+            at: at.into(),
+            kv: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<'de, K, V> de::DeserializeSeed<'de> for Keyed<K, V>
+where
+    K: TryFrom<String, Error = Refused> + Ord,
+    V: Deserialize<'de>,
+{
+    type Value = BTreeMap<K, V>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de, K, V> Visitor<'de> for Keyed<K, V>
+where
+    K: TryFrom<String, Error = Refused> + Ord,
+    V: Deserialize<'de>,
+{
+    type Value = BTreeMap<K, V>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "an object ({})", self.at)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+        let mut out = BTreeMap::new();
+        while let Some(key) = m.next_key::<String>()? {
+            let key = K::try_from(key)
+                .map_err(|e| de::Error::custom(format_args!("{}: {e}", self.at)))?;
+            out.insert(key, m.next_value()?);
+        }
+        Ok(out)
+    }
+}
+
+/// `vms`: every key a [`VmName`].
+fn vm_keys<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, VmConfig>, D::Error> {
+    let vms = de::DeserializeSeed::deserialize(Keyed::<VmName, VmConfig>::at("vms"), d)?;
+    Ok(vms.into_iter().map(|(k, v)| (k.into(), v)).collect())
+}
+
+/// `companions`: every key a [`VmName`], every key below it an [`EntryName`].
+fn companion_keys<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<VmName, BTreeMap<EntryName, PathBuf>>, D::Error> {
+    struct Companions;
+    impl<'de> Visitor<'de> for Companions {
+        type Value = BTreeMap<VmName, BTreeMap<EntryName, PathBuf>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object (companions)")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some(vm) = m.next_key::<String>()? {
+                let vm = VmName::try_from(vm)
+                    .map_err(|e| de::Error::custom(format_args!("companions: {e}")))?;
+                let set =
+                    m.next_value_seed(Keyed::<EntryName, PathBuf>::at(format!("companions.{vm}")))?;
+                out.insert(vm, set);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Companions)
+}
+
 impl Config {
+    /// The configured VMs' names, sorted (the keys of `vms`, each checked when it was read).
+    pub fn vm_names(&self) -> impl Iterator<Item = VmName> + '_ {
+        self.vms
+            .keys()
+            .filter_map(|vm| VmName::try_from(vm.as_str()).ok())
+    }
+
+    /// The configuration of `vm`, if it has one.
+    pub fn vm(&self, vm: &VmName) -> Option<&VmConfig> {
+        self.vms.get(vm.as_str())
+    }
+
     /// The configured placeholder owner resolved to numbers (names through the host's user
     /// database).
     pub fn placeholder_spec(&self) -> Result<PlaceholderSpec> {
@@ -294,12 +405,6 @@ impl Config {
             );
         }
         for (vm, v) in &self.vms {
-            check_name("vms: VM", vm)?;
-            for (key, dest) in [("ssh", &v.ssh), ("sshDefault", &v.ssh_default)] {
-                if let Some(dest) = dest {
-                    check_ssh_destination(dest).with_context(|| format!("vms.{vm}.{key}"))?;
-                }
-            }
             if v.idmap && v.guest_uid == 0 {
                 bail!("vms.{vm}.guestUid is 0: the guest's root is never the linker (set idmap = false for that)");
             }
@@ -311,9 +416,7 @@ impl Config {
             }
         }
         for (vm, set) in &self.companions {
-            check_name("companions: VM", vm)?;
             for (name, rel) in set {
-                check_name(&format!("companions.{vm}: entry"), name)?;
                 if rel.is_absolute() || rel.as_os_str().is_empty() {
                     bail!(
                         "companions.{vm}.{name}: {} must be a path relative to the repo",
@@ -352,21 +455,6 @@ pub fn gid_of(name: &str) -> Option<u32> {
     }
 }
 
-/// An SSH destination as given to ssh: never an option (`-...`), no control characters or
-/// spaces, not empty.
-pub fn check_ssh_destination(dest: &str) -> Result<()> {
-    if dest.is_empty() {
-        bail!("the SSH destination is empty");
-    }
-    if dest.starts_with('-') {
-        bail!("SSH destination {dest:?} starts with '-' (it would be taken for an ssh option)");
-    }
-    if dest.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        bail!("SSH destination {dest:?} contains a space or a control character");
-    }
-    Ok(())
-}
-
 /// A share source as written by the user: one line, no NUL.
 pub fn check_source(source: &str) -> Result<()> {
     if source.is_empty() {
@@ -383,5 +471,88 @@ pub fn user_label(uid: u32) -> String {
     match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
         Ok(Some(u)) => format!("{} (uid {uid})", u.name),
         _ => format!("uid {uid}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The one-line error of a config text, as the binaries print it.
+    fn refusal(text: &str) -> String {
+        let e = Config::parse(text.as_bytes()).expect_err(text);
+        let line = format!("{e:#}");
+        assert!(!line.contains(char::is_control), "{line:?}");
+        line
+    }
+
+    #[test]
+    fn names_in_the_config_are_checked_as_it_is_read_naming_where() {
+        for (text, want) in [
+            (
+                r#"{"vms": {".x": {}}}"#,
+                r#"vms: VM name ".x" starts with '.'"#,
+            ),
+            (
+                r#"{"vms": {"../evil": {}}}"#,
+                r#"vms: VM name "../evil" starts with '.'"#,
+            ),
+            (
+                r#"{"vms": {"a/b": {}}}"#,
+                r#"vms: VM name "a/b" contains '/'"#,
+            ),
+            (
+                r#"{"companions": {"../vm1": {"side": "x"}}}"#,
+                r#"companions: VM name "../vm1" starts with '.'"#,
+            ),
+            (
+                r#"{"companions": {"vm1": {".links": "../x"}}}"#,
+                r#"companions.vm1: entry name ".links" starts with '.'"#,
+            ),
+            (
+                r#"{"companions": {"vm1": {"a\nb": "../x"}}}"#,
+                r#"companions.vm1: entry name "a\nb" contains a control character"#,
+            ),
+            (
+                r#"{"vms": {"vm1": {"ssh": "-oProxyCommand=x"}}}"#,
+                r#"ssh: SSH destination "-oProxyCommand=x" starts with '-' (it would be taken for an ssh option)"#,
+            ),
+            (
+                r#"{"vms": {"vm1": {"sshDefault": "a b"}}}"#,
+                r#"sshDefault: SSH destination "a b" contains a space or a control character"#,
+            ),
+            (
+                r#"{"vms": {"vm1": {"ssh": ""}}}"#,
+                r#"ssh: SSH destination "" is empty"#,
+            ),
+        ] {
+            let line = refusal(text);
+            assert!(line.starts_with(want), "{text}: {line}");
+            assert!(line.contains(" at line 1 column "), "{text}: {line}");
+        }
+        // The checks that are not of a name still run after parsing.
+        assert!(refusal(r#"{"companions": {"vm1": {"side": "/etc"}}}"#)
+            .contains("companions.vm1.side: /etc must be a path relative to the repo"));
+    }
+
+    #[test]
+    fn names_read_from_the_config_are_typed() {
+        let cfg = Config::parse(
+            br#"{"vms": {"b": {"ssh": "alice@b"}, "a": {"sshDefault": "vsock/3", "ssh": null}},
+                 "companions": {"a": {"nix-secrets": "../nix-secrets"}}}"#,
+        )
+        .unwrap();
+        let names: Vec<String> = cfg.vm_names().map(String::from).collect();
+        assert_eq!(names, ["a", "b"]);
+        let b = VmName::try_from("b").unwrap();
+        assert_eq!(cfg.vm(&b).unwrap().ssh.as_ref().unwrap(), "alice@b");
+        let a = VmName::try_from("a").unwrap();
+        assert_eq!(cfg.vm(&a).unwrap().ssh, None);
+        assert_eq!(cfg.vm(&a).unwrap().ssh_default.as_ref().unwrap(), "vsock/3");
+        let side = &cfg.companions[&a];
+        assert_eq!(
+            side.keys().map(|n| n.as_str()).collect::<Vec<_>>(),
+            ["nix-secrets"]
+        );
     }
 }

@@ -1,5 +1,6 @@
 pub mod action;
 pub mod config;
+pub mod names;
 pub mod record;
 pub mod runner;
 pub mod workspace;

@@ -18,6 +18,7 @@ use crate::fs::dirs;
 use crate::fs::failpoint::step;
 use crate::fs::paths::{self, show, tmp_name};
 use crate::model::config::user_label;
+use crate::model::names::VmName;
 use crate::model::runner::Share;
 
 /// What a source was at this start.
@@ -252,21 +253,15 @@ pub fn read(tree: &Tree, vm: &str) -> Result<Option<VmRecord>> {
 }
 
 /// VMs that have a runtime record.
-pub fn recorded_vms(tree: &Tree) -> Vec<String> {
+pub fn recorded_vms(tree: &Tree) -> Vec<VmName> {
     let dir = match tree.walk(Path::new(paths::RUNTIME_DIR), Trust::RootOwned) {
         Ok(Walk::Found(n)) if n.is_dir() => n,
         _ => return Vec::new(),
     };
-    let mut vms: Vec<String> = chase::list_dir(&dir)
+    let mut vms: Vec<VmName> = chase::list_dir(&dir)
         .unwrap_or_default()
         .into_iter()
-        .filter_map(|n| {
-            n.into_string()
-                .ok()?
-                .strip_suffix(".json")
-                .map(str::to_string)
-        })
-        .filter(|vm| paths::check_name("VM", vm).is_ok())
+        .filter_map(|n| VmName::try_from(n.to_str()?.strip_suffix(".json")?).ok())
         .collect();
     vms.sort();
     vms

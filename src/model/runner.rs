@@ -15,6 +15,7 @@ use nix::sys::stat::{fstat, SFlag};
 use crate::fs::chase::{self, Node, Tree, Trust, Walk};
 use crate::fs::paths::{self, show};
 use crate::model::config::{check_source, Config, Proto};
+use crate::model::names::VmName;
 
 /// One share of a VM, its source resolved to an absolute, normalized inside path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,14 +39,15 @@ pub fn has_runner(tree: &Tree, cfg: &Config, vm: &str) -> bool {
 }
 
 /// VMs that have a runner in the state dir or an entry in the config, sorted.
-pub fn known_vms(tree: &Tree, cfg: &Config) -> Vec<String> {
-    let mut vms: Vec<String> = cfg.vms.keys().cloned().collect();
+pub fn known_vms(tree: &Tree, cfg: &Config) -> Vec<VmName> {
+    let mut vms: Vec<VmName> = cfg.vm_names().collect();
     if let Ok(Walk::Found(dir)) = tree.walk(&cfg.state_dir, Trust::All) {
         for name in chase::list_dir(&dir).unwrap_or_default() {
-            if let Some(name) = name.to_str() {
-                if paths::check_name("VM", name).is_ok() && has_runner(tree, cfg, name) {
-                    vms.push(name.to_string());
-                }
+            let Some(Ok(vm)) = name.to_str().map(VmName::try_from) else {
+                continue;
+            };
+            if has_runner(tree, cfg, &vm) {
+                vms.push(vm);
             }
         }
     }
@@ -187,15 +189,19 @@ pub fn shares(tree: &Tree, cfg: &Config, vm: &str) -> Result<Vec<Share>> {
 }
 
 /// Is `vm` known (a runner or a config entry)? Otherwise the error lists the known VMs.
-pub fn check_known(tree: &Tree, cfg: &Config, vm: &str) -> Result<()> {
-    if cfg.vms.contains_key(vm) || has_runner(tree, cfg, vm) {
+pub fn check_known(tree: &Tree, cfg: &Config, vm: &VmName) -> Result<()> {
+    if cfg.vm(vm).is_some() || has_runner(tree, cfg, vm) {
         return Ok(());
     }
     let known = known_vms(tree, cfg);
     let list = if known.is_empty() {
         "none".to_string()
     } else {
-        known.join(", ")
+        known
+            .iter()
+            .map(VmName::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
     };
     bail!(
         "unknown VM {vm:?}: no runner at {} and no entry in the config (known VMs: {list})",

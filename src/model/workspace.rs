@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::fs::paths::{self, show, LIVE_CURRENT};
+use crate::model::names::EntryName;
 
 /// The live root a share source names: `<workspaceDir>/.live/<name>[/<path>]` gives the
 /// entry name and the path below it. `Err` for a live source that is not valid (an entry
@@ -30,8 +31,7 @@ pub fn live_of(workspace_dir: &Path, source: &Path) -> Option<Result<(OsString, 
         let n = name.to_str().with_context(|| {
             format!("live source {}: the entry name is not UTF-8", show(source))
         })?;
-        paths::check_name("live entry", n)
-            .with_context(|| format!("live source {}", show(source)))?;
+        EntryName::try_from(n).with_context(|| format!("live source {}", show(source)))?;
         if rel.components().any(|c| c.as_os_str() == LIVE_CURRENT) {
             bail!(
                 "live source {} has a component named {LIVE_CURRENT}, which would be ambiguous",

@@ -1,5 +1,5 @@
 //! Every library item the integration tests use, named in one place: when modules in src/
-//! move, only the paths here change. Tests write `api::Tree`, `api::check_name`, ...
+//! move, only the paths here change. Tests write `api::Tree`, `api::VmName`, ...
 #![allow(unused_imports)]
 
 pub use microvm_workspaces::cmd::flow::{derive_vm_name, repo_root};
@@ -12,8 +12,9 @@ pub use microvm_workspaces::engine::prepare::prepare_vm;
 pub use microvm_workspaces::fs::chase::{Tree, Trust, Walk};
 pub use microvm_workspaces::fs::failpoint::FAILPOINT_ENV;
 pub use microvm_workspaces::fs::idmap::unmount;
-pub use microvm_workspaces::fs::paths::{check_name, normalize, Root};
+pub use microvm_workspaces::fs::paths::{normalize, Root};
 pub use microvm_workspaces::host::logging::one_line;
 pub use microvm_workspaces::host::units::{generate, mangle, unmangle, GenEnv, Generated};
 pub use microvm_workspaces::model::config::Config;
+pub use microvm_workspaces::model::names::{EntryName, VmName};
 pub use microvm_workspaces::model::runner::shares;

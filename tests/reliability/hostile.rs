@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PConfig, RngAlgorithm, TestRng, TestRunner};
 
-use crate::common::api::{self, check_name, derive_vm_name, Config, Root, Tree};
+use crate::common::api::{self, derive_vm_name, Config, EntryName, Root, Tree, VmName};
 use crate::common::*;
 
 pub static CASES: AtomicUsize = AtomicUsize::new(0);
@@ -222,16 +222,16 @@ pub fn structured_config() -> impl Strategy<Value = serde_json::Value> {
 pub fn accepted(cfg: &Config) -> Result<(), TestCaseError> {
     prop_assert!(cfg.workspace_dir.is_absolute() && cfg.state_dir.is_absolute());
     for (vm, v) in &cfg.vms {
-        prop_assert!(check_name("VM", vm).is_ok());
+        prop_assert!(VmName::try_from(vm.as_str()).is_ok());
         for s in &v.shares {
             prop_assert!(!s.source.is_empty() && !s.source.contains(['\n', '\0']));
             prop_assert!(!s.tag.is_empty() && !s.tag.contains('/'));
         }
     }
     for (vm, set) in &cfg.companions {
-        prop_assert!(check_name("VM", vm).is_ok());
+        prop_assert!(VmName::try_from(vm.as_str()).is_ok());
         for (name, rel) in set {
-            prop_assert!(check_name("entry", name).is_ok());
+            prop_assert!(EntryName::try_from(name.as_str()).is_ok());
             prop_assert!(rel.is_relative());
         }
     }
@@ -478,7 +478,7 @@ fn hostile_names_never_panic_and_derive_only_safe_names() {
         match derive_vm_name(&p) {
             Ok(name) => {
                 derived.fetch_add(1, Ordering::Relaxed);
-                prop_assert!(check_name("VM", &name).is_ok());
+                prop_assert!(VmName::try_from(name.as_str()).is_ok());
                 prop_assert!(name
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)));
@@ -493,7 +493,7 @@ fn hostile_names_never_panic_and_derive_only_safe_names() {
     check("unit instance names", 500, 8, nasty_bytes(), |b| {
         let inst = String::from_utf8_lossy(&b);
         let vm = api::unmangle(&inst);
-        if check_name("VM", &vm).is_ok() {
+        if VmName::try_from(vm.as_str()).is_ok() {
             prop_assert!(!vm.contains('/') && vm != ".." && vm != ".");
             prop_assert_eq!(api::unmangle(&api::mangle(&vm)), vm);
         }
@@ -505,12 +505,12 @@ fn hostile_names_never_panic_and_derive_only_safe_names() {
     );
 }
 
-/// What `check_name` must mean for names that become paths (`<workspaceDir>/<name>`,
+/// What `VmName` (and `EntryName`, the same rule) must mean for names that become paths (`<workspaceDir>/<name>`,
 /// `/run/microvm-workspaces/<name>.json`), judged by the path library and the file system
 /// rather than by restating its rules: an accepted name is one visible path component that
 /// names a new entry right inside the directory it is joined to; ordinary VM names pass.
 #[test]
-fn check_name_accepts_exactly_the_names_that_stay_one_visible_component() {
+fn vm_names_are_exactly_the_names_that_stay_one_visible_component() {
     let n0 = CASES.load(Ordering::Relaxed);
     let long_ok = "a".repeat(200);
     let long_utf8_ok = "é".repeat(100); // 200 bytes
@@ -526,7 +526,7 @@ fn check_name_accepts_exactly_the_names_that_stay_one_visible_component() {
         long_ok.as_str(),
         long_utf8_ok.as_str(),
     ] {
-        assert!(check_name("VM", name).is_ok(), "{name:?} refused");
+        assert!(VmName::try_from(name).is_ok(), "{name:?} refused");
     }
     let too_long = "a".repeat(201);
     let too_long_utf8 = format!("{}a", "é".repeat(100)); // 201 bytes, 101 characters
@@ -550,7 +550,7 @@ fn check_name_accepts_exactly_the_names_that_stay_one_visible_component() {
         too_long.as_str(),
         too_long_utf8.as_str(),
     ] {
-        let e = check_name("VM", name).expect_err(name);
+        let e = anyhow::Error::from(VmName::try_from(name).expect_err(name));
         let line = api::one_line(&e);
         assert!(line.starts_with("VM name "), "{name:?}: {line}");
     }
@@ -558,9 +558,9 @@ fn check_name_accepts_exactly_the_names_that_stay_one_visible_component() {
     // Oracles: std's path parser, and the file system itself.
     let dir = tempfile::tempdir().unwrap();
     let accepted = AtomicUsize::new(0);
-    check("check_name", 1000, 7, nasty_bytes(), |b| {
+    check("VmName", 1000, 7, nasty_bytes(), |b| {
         let s = String::from_utf8_lossy(&b).into_owned();
-        let Ok(()) = check_name("VM", &s) else {
+        let Ok(_) = VmName::try_from(s.as_str()) else {
             return Ok(());
         };
         accepted.fetch_add(1, Ordering::Relaxed);
@@ -590,11 +590,11 @@ fn check_name_accepts_exactly_the_names_that_stay_one_visible_component() {
         10,
         "[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}",
         |s| {
-            prop_assert!(check_name("VM", &s).is_ok(), "{:?} refused", s);
+            prop_assert!(VmName::try_from(s.as_str()).is_ok(), "{:?} refused", s);
             Ok(())
         },
     );
-    eprintln!("check_name: {} cases", CASES.load(Ordering::Relaxed) - n0);
+    eprintln!("VmName: {} cases", CASES.load(Ordering::Relaxed) - n0);
 }
 
 /// The runner is read with one `openat2` per source when no symlink is on the way; a runner
