@@ -48,8 +48,40 @@ pub struct Placeholder {
     pub user: String,
     #[serde(default = "root_name")]
     pub group: String,
-    #[serde(default = "default_mode")]
-    pub mode: String,
+    #[serde(default = "default_mode", deserialize_with = "placeholder_mode")]
+    pub mode: Mode,
+}
+
+/// A file mode from the config: 1 to 4 octal digits (`"0555"`), parsed once, as the file is
+/// read; an invalid one is a config error naming its key, never a default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mode(u32);
+
+impl Mode {
+    pub fn bits(self) -> u32 {
+        self.0
+    }
+}
+
+impl TryFrom<String> for Mode {
+    type Error = Refused;
+    fn try_from(s: String) -> Result<Mode, Refused> {
+        let octal = !s.is_empty() && s.len() <= 4 && s.bytes().all(|b| (b'0'..=b'7').contains(&b));
+        match octal.then(|| u32::from_str_radix(&s, 8).ok()).flatten() {
+            Some(bits) => Ok(Mode(bits)),
+            None => Err(Refused::new(
+                "mode",
+                s,
+                "is not an octal mode like \"0555\"",
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:04o}", self.0)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -191,8 +223,8 @@ fn default_guest_uid() -> u32 {
 fn root_name() -> String {
     "root".into()
 }
-fn default_mode() -> String {
-    "0555".into()
+fn default_mode() -> Mode {
+    Mode(0o555)
 }
 fn hypervisor_user() -> String {
     "microvm".into()
@@ -234,18 +266,10 @@ impl Default for Config {
     }
 }
 
-impl Placeholder {
-    /// The mode as a number; config validation guarantees it parses.
-    pub fn mode_bits(&self) -> u32 {
-        parse_mode(&self.mode).unwrap_or(0o555)
-    }
-}
-
-fn parse_mode(s: &str) -> Option<u32> {
-    if s.is_empty() || s.len() > 4 || !s.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
-        return None;
-    }
-    u32::from_str_radix(s, 8).ok()
+/// `placeholder.mode`, its key named when it is refused.
+fn placeholder_mode<'de, D: Deserializer<'de>>(d: D) -> Result<Mode, D::Error> {
+    Mode::try_from(String::deserialize(d)?)
+        .map_err(|e| de::Error::custom(format_args!("placeholder.mode: {e}")))
 }
 
 /// `vms.<vm>.ssh`, its key named when it is refused (serde adds the line and column).
@@ -367,7 +391,7 @@ impl Config {
         Ok(PlaceholderSpec {
             uid,
             gid,
-            mode: p.mode_bits(),
+            mode: p.mode.bits(),
         })
     }
 
@@ -397,12 +421,6 @@ impl Config {
             if !dir.is_absolute() {
                 bail!("{key} {} is not an absolute path", show(dir));
             }
-        }
-        if parse_mode(&self.placeholder.mode).is_none() {
-            bail!(
-                "placeholder.mode {:?} is not an octal mode like \"0555\"",
-                self.placeholder.mode
-            );
         }
         for (vm, v) in &self.vms {
             if v.idmap && v.guest_uid == 0 {
@@ -484,6 +502,37 @@ mod tests {
         let line = format!("{e:#}");
         assert!(!line.contains(char::is_control), "{line:?}");
         line
+    }
+
+    #[test]
+    fn the_placeholder_mode_is_parsed_once_and_never_defaulted_when_invalid() {
+        assert_eq!(Config::parse(b"{}").unwrap().placeholder.mode.bits(), 0o555);
+        for (text, bits) in [
+            ("0555", 0o555),
+            ("0500", 0o500),
+            ("7", 0o7),
+            ("0777", 0o777),
+        ] {
+            let cfg =
+                Config::parse(format!(r#"{{"placeholder": {{"mode": "{text}"}}}}"#).as_bytes())
+                    .unwrap();
+            assert_eq!(cfg.placeholder.mode.bits(), bits, "{text}");
+            assert_eq!(cfg.placeholder_spec().unwrap().mode, bits);
+        }
+        assert_eq!(
+            Mode::try_from("0750".to_string()).unwrap().to_string(),
+            "0750"
+        );
+        for bad in ["", "rwx", "0558", "01234", "-1", "+555", " 555"] {
+            let line = refusal(&format!(r#"{{"placeholder": {{"mode": "{bad}"}}}}"#));
+            assert!(
+                line.starts_with(&format!(
+                    "placeholder.mode: mode {bad:?} is not an octal mode like \"0555\" at line 1"
+                )),
+                "{line}"
+            );
+        }
+        assert!(refusal(r#"{"placeholder": {"mode": 555}}"#).contains("invalid type"));
     }
 
     #[test]
