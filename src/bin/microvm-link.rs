@@ -10,10 +10,10 @@ use clap::{CommandFactory, Parser};
 use microvm_workspaces::cmd::cli::{self, Cli, Cmd};
 use microvm_workspaces::cmd::flow::{self, Env, Options};
 use microvm_workspaces::cmd::{doctor, fetch, shell, status};
-use microvm_workspaces::{fs::paths, host::logging, host::ssh};
+use microvm_workspaces::{fs::paths, host::caller, host::logging, host::ssh};
 
 fn main() -> ExitCode {
-    flow::harden();
+    caller::harden();
     let cli = Cli::parse();
     logging::init(cli.verbose);
     match run(&cli) {
@@ -31,7 +31,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
     let ssh_timeout = std::time::Duration::from_secs(cli.ssh_timeout);
     let env = |privileged: bool| -> Result<Env> {
         if privileged {
-            flow::become_root(cli.root.is_some(), cli.user.is_some())?;
+            caller::become_root(cli.root.is_some(), cli.user.is_some())?;
         }
         Env::open(cli.root.as_deref(), cli.user.as_deref())
     };
@@ -45,7 +45,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         Some(Cmd::Status { vm, json }) => {
             let env = env(false)?;
             // Root for a caller looks with the caller's eyes (docs/security.md#sudo-boundary).
-            flow::drop_to(env.user)?;
+            caller::drop_to(env.caller)?;
             let vm = cli::vm(vm.as_deref())?;
             let rows = status::collect(&env.tree, &env.cfg, &env.root, vm.as_ref())?;
             match json {
@@ -56,7 +56,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         }
         Some(Cmd::Fetch { vm }) => {
             let env = env(false)?;
-            flow::drop_to(env.user)?;
+            caller::drop_to(env.caller)?;
             fetch::run(&env, cli::vm(vm.as_deref())?.as_ref())?
                 .iter()
                 .for_each(|f| println!("{}", f.line));
@@ -82,7 +82,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             }
             let control = shell::wait(&user_env, &plan, serving, ssh_timeout, progress)?;
             let code = shell::run(&plan, control.as_deref(), command)?;
-            flow::drop_to(user_env.user)?;
+            caller::drop_to(user_env.caller)?;
             if let Some(line) = fetch::after_shell(&user_env, &plan.vm) {
                 eprintln!("microvm-link: {line}");
             }
@@ -90,7 +90,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         }
         Some(Cmd::Doctor { json }) => {
             let root = paths::Root::from_args(cli.root.as_deref())?;
-            let caller = flow::invoking_user(cli.user.as_deref())?;
+            let caller = caller::invoking_user(cli.user.as_deref())?;
             let found = doctor::run(&root, caller, &doctor::System)?;
             let failed = doctor::failed(&found);
             match json {

@@ -16,6 +16,7 @@ use crate::engine::entry::{RepoNow, Workspace};
 use crate::engine::links::read_record;
 use crate::fs::chase::{self, is_symlink, Tree, Trust, Walk};
 use crate::fs::paths::{self, show, Root};
+use crate::host::caller::{self, Caller};
 use crate::model::config::{Config, Proto};
 use crate::model::names::{SshDest, VmName};
 use crate::model::runner::{self, Share};
@@ -81,9 +82,10 @@ pub trait Host {
     /// The running microvm-link (what sudo is asked to run), a real path.
     fn own_exe(&self) -> Option<PathBuf>;
     /// Where `destination` leads as the caller's ssh resolves it (`ssh -G`, run as them).
-    fn ssh_target(&self, destination: &SshDest, caller: u32) -> Result<crate::host::ssh::Target>;
+    fn ssh_target(&self, destination: &SshDest, caller: Caller)
+        -> Result<crate::host::ssh::Target>;
     /// From here on, look as `caller` (root acting for someone gives up root).
-    fn drop_to(&self, caller: u32) -> Result<()>;
+    fn drop_to(&self, caller: Caller) -> Result<()>;
 }
 
 /// The real system: `systemctl`, child processes, `PATH`.
@@ -111,15 +113,8 @@ impl Host for System {
         let mut cmd = Command::new(exe);
         // Root for someone else (sudo) runs nothing as root that it did not have to: the
         // version is asked as the caller.
-        if let (true, Some(uid)) = (
-            nix::unistd::Uid::effective().is_root(),
-            paths::sudo_uid().and_then(|u| u.to_str()?.parse::<u32>().ok()),
-        ) {
-            let gid = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-                .ok()
-                .flatten()
-                .map_or(uid, |u| u.gid.as_raw());
-            cmd.uid(uid).gid(gid);
+        if let Some(ids) = caller::sudo_user() {
+            cmd.uid(ids.uid).gid(ids.gid);
         }
         let mut child = cmd
             .arg("--version")
@@ -153,12 +148,16 @@ impl Host for System {
         std::env::current_exe().ok()
     }
 
-    fn ssh_target(&self, destination: &SshDest, caller: u32) -> Result<crate::host::ssh::Target> {
-        crate::host::ssh::resolve(destination, crate::host::ssh::as_user(caller))
+    fn ssh_target(
+        &self,
+        destination: &SshDest,
+        caller: Caller,
+    ) -> Result<crate::host::ssh::Target> {
+        crate::host::ssh::resolve(destination, crate::host::ssh::as_user(caller).as_ref())
     }
 
-    fn drop_to(&self, caller: u32) -> Result<()> {
-        crate::cmd::flow::drop_to(caller)
+    fn drop_to(&self, caller: Caller) -> Result<()> {
+        caller::drop_to(caller)
     }
 }
 
@@ -176,8 +175,8 @@ pub const GENERATOR_OUT: &str = "/run/systemd/generator";
 pub const GENERATOR_NAME: &str = "microvm-workspaces-generator";
 const PREPARE_NAME: &str = "microvm-workspaces-prepare";
 
-/// Runs every check. `caller`: the uid doctor speaks for (sudo group membership).
-pub fn run(root: &Root, caller: u32, host: &dyn Host) -> Result<Vec<Finding>> {
+/// Runs every check. `caller`: whom doctor speaks for (sudo group membership).
+pub fn run(root: &Root, caller: Caller, host: &dyn Host) -> Result<Vec<Finding>> {
     let tree = Tree::open(root)?;
     let mut out = Vec::new();
     // The sudoers files are root's to read; everything after looks at paths a caller can
@@ -208,7 +207,7 @@ pub fn run(root: &Root, caller: u32, host: &dyn Host) -> Result<Vec<Finding>> {
 /// Can the workspace dir's file system make idmapped mounts? (A detached clone is idmapped
 /// and dropped; nothing is attached.) A repo on a file system that cannot is refused at link
 /// time, naming it.
-fn check_idmap_support(tree: &Tree, caller: u32, out: &mut Vec<Finding>) {
+fn check_idmap_support(tree: &Tree, caller: Caller, out: &mut Vec<Finding>) {
     let Ok(cfg) = Config::load(tree) else { return };
     if !cfg.vms.values().any(|v| v.idmap) && !cfg.vms.is_empty() {
         return;
@@ -258,7 +257,7 @@ fn check_idmap_support(tree: &Tree, caller: u32, out: &mut Vec<Finding>) {
         let mapped = ws
             .guest_of(&name)
             .is_ok_and(|g| g.ids != crate::fs::idmap::Guest::Plain);
-        if !mapped || (caller != 0 && rec.owner != caller) {
+        if !mapped || !caller.may_use(rec.owner) {
             continue;
         }
         let crate::engine::entry::RepoNow::Found(repo) = ws.repo_now(&rec) else {
@@ -811,7 +810,7 @@ fn check_private_tmp(cfg: &Config, shares: &[(VmName, Vec<Share>)], out: &mut Ve
 /// A sudo rule for microvm-link: `/etc/sudoers` and `/etc/sudoers.d/*` (NixOS writes its
 /// rules, sudo-rs too, into `/etc/sudoers`) searched for a line naming microvm-link. Those
 /// files are root's and mode 0440: a normal user cannot read them, and is told so.
-fn check_sudo(root: &Root, tree: &Tree, caller: u32, host: &dyn Host, out: &mut Vec<Finding>) {
+fn check_sudo(root: &Root, tree: &Tree, caller: Caller, host: &dyn Host, out: &mut Vec<Finding>) {
     let mut files = vec![PathBuf::from("/etc/sudoers")];
     let mut unreadable = Vec::new();
     let dropin_dir = Path::new("/etc/sudoers.d");
@@ -885,9 +884,13 @@ fn check_sudo(root: &Root, tree: &Tree, caller: u32, host: &dyn Host, out: &mut 
             }
         }
         if let (Some(group), None, false) = (who.strip_prefix('%'), &problem, root.is_rerooted()) {
-            if caller != 0 && !in_group(caller, group) {
+            let outside = match caller {
+                Caller::Root => false,
+                Caller::User(uid) => !caller::Ids::of(uid).in_group(group),
+            };
+            if outside {
                 what.push_str(&format!(
-                    "; uid {caller} is not in group {group} (or the user database does not say so)"
+                    "; {caller} is not in group {group} (or the user database does not say so)"
                 ));
                 out.push(warn("sudo", what, format!("usermod -aG {group} <user>, then log in again (NixOS: users.users.<user>.extraGroups)")));
                 continue;
@@ -928,18 +931,6 @@ pub fn sudo_rules(text: &str) -> Vec<(String, String)> {
         }
     }
     out
-}
-
-/// Is `uid` a member of `group` (primary or supplementary), as the user database says?
-fn in_group(uid: u32, group: &str) -> bool {
-    use nix::unistd::{Group, Uid, User};
-    let Ok(Some(g)) = Group::from_name(group) else {
-        return false;
-    };
-    match User::from_uid(Uid::from_raw(uid)) {
-        Ok(Some(u)) => u.gid == g.gid || g.mem.contains(&u.name),
-        _ => false,
-    }
 }
 
 /// Link records whose repo is gone: the placeholder serves instead of the repo.
@@ -1078,7 +1069,7 @@ fn check_stale(tree: &Tree, cfg: &Config, root: &Root, out: &mut Vec<Finding>) {
 /// the host's ssh to know that name: systemd 256+ ships `systemd-ssh-proxy` and an ssh_config
 /// snippet (`Host unix/* vsock/*`) that sends it through the proxy. Without it ssh would look
 /// `vsock/3` up as a host name.
-fn check_vsock(cfg: &Config, caller: u32, host: &dyn Host, out: &mut Vec<Finding>) {
+fn check_vsock(cfg: &Config, caller: Caller, host: &dyn Host, out: &mut Vec<Finding>) {
     for (vm, v) in &cfg.vms {
         let (dest, chosen) = match (&v.ssh, &v.ssh_default) {
             (Some(d), _) => (d, true),
@@ -1196,10 +1187,10 @@ mod tests {
         fn own_exe(&self) -> Option<PathBuf> {
             None
         }
-        fn drop_to(&self, _: u32) -> Result<()> {
+        fn drop_to(&self, _: Caller) -> Result<()> {
             Ok(())
         }
-        fn ssh_target(&self, destination: &SshDest, _: u32) -> Result<crate::host::ssh::Target> {
+        fn ssh_target(&self, destination: &SshDest, _: Caller) -> Result<crate::host::ssh::Target> {
             // "vsock/1" has the proxy (systemd 256+), any other vsock/ name does not.
             let proxy = if destination == "vsock/1" {
                 "/usr/lib/systemd/systemd-ssh-proxy %h %p"
@@ -1221,7 +1212,7 @@ mod tests {
         )
         .unwrap();
         let mut out = Vec::new();
-        check_vsock(&cfg, 0, &Scripted(vec![]), &mut out);
+        check_vsock(&cfg, Caller::Root, &Scripted(vec![]), &mut out);
         let got: Vec<(Severity, &str)> =
             out.iter().map(|f| (f.severity, f.what.as_str())).collect();
         assert_eq!(

@@ -10,9 +10,10 @@ use anyhow::{bail, Context, Result};
 
 use crate::cmd::status::{self, VmStatus};
 use crate::engine::entry::{Change, Relinked, Workspace};
-use crate::engine::policy::Caller;
+use crate::engine::policy;
 use crate::fs::chase::{Node, Tree, Trust, Walk};
 use crate::fs::paths::{self, show, Root};
+use crate::host::caller::{self, Caller};
 use crate::model::config::Config;
 use crate::model::names::{SshDest, VmName};
 use crate::model::workspace::{self, entry_name_of, live_of};
@@ -24,162 +25,24 @@ use crate::{
 /// How long a restart may take before we stop waiting (microvm.nix's default start timeout).
 pub const RESTART_TIMEOUT: Duration = Duration::from_secs(150);
 
-/// Who asked. Through sudo (real uid root, `SUDO_UID` set and not 0): the sudo user, who may
-/// not name another with `--user`. Root itself: root, or whoever `--user` names. `SUDO_UID`
-/// is believed only when the real uid is root too (a set-uid copy must not let the caller
-/// claim to be anyone).
-pub fn invoking_user(user_flag: Option<&str>) -> Result<u32> {
-    let real = nix::unistd::getuid();
-    let sudo = match std::env::var("SUDO_UID") {
-        Ok(v) if real.is_root() => Some(
-            v.parse::<u32>()
-                .with_context(|| format!("SUDO_UID {v:?} is not a number"))?,
-        ),
-        Ok(_) => {
-            bail!("SUDO_UID is set but the real user is uid {real}, not root; refusing to trust it")
-        }
-        Err(_) => None,
-    };
-    match (sudo, user_flag) {
-        (Some(uid), Some(_)) if uid != 0 => {
-            bail!("--user is refused through sudo (SUDO_UID={uid}): only root itself may act for another user")
-        }
-        (Some(uid), None) => Ok(uid),
-        (_, Some(u)) if real.is_root() => match u.parse::<u32>() {
-            Ok(n) => Ok(n),
-            Err(_) => match nix::unistd::User::from_name(u) {
-                Ok(Some(user)) => Ok(user.uid.as_raw()),
-                _ => bail!("--user {u:?}: no such user"),
-            },
-        },
-        (_, Some(_)) => bail!("--user needs root itself"),
-        (None, None) => Ok(real.as_raw()),
-    }
-}
-
-/// Re-executes through sudo unless already root (the NixOS module can allow a group to do so
-/// without a password). Re-rooting and acting for someone else are root's own: through sudo
-/// they would be refused (`paths::Root::from_args`, [`invoking_user`]), so say so first.
-pub fn become_root(root_flag: bool, user_flag: bool) -> Result<()> {
-    use std::os::unix::process::CommandExt;
-    if nix::unistd::Uid::effective().is_root() {
-        return Ok(());
-    }
-    if root_flag || std::env::var_os(paths::ROOT_ENV).is_some_and(|r| !r.is_empty()) {
-        bail!(
-            "--root and {} need root itself; through sudo they are refused",
-            paths::ROOT_ENV
-        );
-    }
-    if user_flag {
-        bail!("--user needs root itself; through sudo it is refused");
-    }
-    // Set on the re-execution below. The real sudo drops it (env_reset) and makes us root;
-    // seeing it while still not root means `sudo` ran us unprivileged: going round again
-    // would loop for ever.
-    const VIA_SUDO: &str = "MICROVM_LINK_VIA_SUDO";
-    let (mut cmd, sudo) = sudo_command();
-    if std::env::var_os(VIA_SUDO).is_some() {
-        bail!(
-            "{sudo} ran microvm-link again as uid {}, not as root; check that {sudo} is the real sudo and allows you to run microvm-link",
-            nix::unistd::Uid::effective()
-        );
-    }
-    let exe = std::env::current_exe().context("cannot find microvm-link's own executable")?;
-    let err = cmd
-        .env(VIA_SUDO, "1")
-        .arg("--")
-        .arg(&exe)
-        .args(std::env::args_os().skip(1))
-        .exec();
-    bail!("microvm-link needs root and could not run {sudo}: {err}")
-}
-
-/// NixOS's setuid wrappers: sudo (and sudo-rs) is there, and only there, on a NixOS host.
-const WRAPPER_SUDO: &str = "/run/wrappers/bin/sudo";
-
-/// `sudo` for a user asking for root, found when it runs (one package for every host): a
-/// packager's fixed path if built with one, else NixOS's wrapper, else sudo from PATH. With
-/// no terminal to ask a password on (sudo asks on /dev/tty, not stdin), `-n`: a refusal is at
-/// once and says so, never a hang.
-pub fn sudo_command() -> (std::process::Command, String) {
-    let sudo = option_env!("MICROVM_WORKSPACES_SUDO")
-        .map(str::to_string)
-        .unwrap_or_else(|| match Path::new(WRAPPER_SUDO).exists() {
-            true => WRAPPER_SUDO.to_string(),
-            false => "sudo".to_string(),
-        });
-    let mut cmd = std::process::Command::new(&sudo);
-    let tty = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/tty");
-    if tty.is_err() {
-        cmd.arg("-n");
-    }
-    (cmd, sudo)
-}
-
-/// Gives up root for good and becomes `uid` (with its primary and supplementary groups), for
-/// commands that only look (`status`, `doctor`) at paths a caller can influence: a symlink in
-/// their repo must not make root reveal what lies where they cannot look. A no-op unless
-/// root is acting for someone else (`uid` not 0).
-pub fn drop_to(uid: u32) -> Result<()> {
-    use nix::unistd::{getgrouplist, setgid, setgroups, setuid, Gid, Uid, User};
-    if uid == 0 || !Uid::effective().is_root() {
-        return Ok(());
-    }
-    let user = User::from_uid(Uid::from_raw(uid)).ok().flatten();
-    let gid = user.as_ref().map_or(Gid::from_raw(uid), |u| u.gid);
-    let groups = user
-        .as_ref()
-        .and_then(|u| {
-            let name = std::ffi::CString::new(u.name.as_bytes()).ok()?;
-            getgrouplist(&name, gid).ok()
-        })
-        .unwrap_or_else(|| vec![gid]);
-    setgroups(&groups)
-        .and_then(|_| setgid(gid))
-        .and_then(|_| setuid(Uid::from_raw(uid)))
-        .with_context(|| format!("cannot drop to uid {uid}"))
-}
-
 /// A VM left out, and why.
 pub type Skipped = (String, String);
 
 /// A VM and its shares through the changed entries.
 type Affected = (String, Vec<runner::Share>);
 
-/// Directories root looks programs up in when acting for someone through sudo.
-pub const SAFE_PATH: &str =
-    "/run/wrappers/bin:/run/current-system/sw/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// Root acting for a user through sudo: what the caller chose for this process is not what
-/// root should use. sudo keeps the caller's PATH unless sudoers sets `secure_path` (NixOS's
-/// does not), so systemctl, ssh or virtiofsd would be looked up where the caller says; and
-/// the caller's umask would shape what root creates. Call first, while single-threaded.
-pub fn harden() {
-    if !nix::unistd::Uid::effective().is_root() {
-        return;
-    }
-    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
-    if paths::sudo_uid().is_some() {
-        std::env::set_var("PATH", SAFE_PATH);
-    }
-}
-
 /// Everything one run of microvm-link works with.
 pub struct Env {
     pub root: Root,
     pub tree: Tree,
     pub cfg: Config,
-    /// Who asked (see [`invoking_user`]).
-    pub user: u32,
+    /// Who asked (see [`caller::invoking_user`]).
+    pub caller: Caller,
 }
 
 impl Env {
     pub fn open(root: Option<&Path>, user_flag: Option<&str>) -> Result<Env> {
-        let user = invoking_user(user_flag)?;
+        let caller = caller::invoking_user(user_flag)?;
         let root = Root::from_args(root)?;
         let tree = Tree::open(&root)?;
         let cfg = Config::load(&tree)?;
@@ -187,7 +50,7 @@ impl Env {
             root,
             tree,
             cfg,
-            user,
+            caller,
         })
     }
 
@@ -226,12 +89,12 @@ impl Env {
                 &self.cfg.workspace_dir,
             ));
         }
-        if self.user != 0 && node.uid() != self.user {
+        if !self.caller.may_use(node.uid()) {
             bail!(
-                "repo {} is owned by uid {}, not by you (uid {}); you may only link your own repos",
+                "repo {} is owned by uid {}, not by you ({}); you may only link your own repos",
                 show(&node.path),
                 node.uid(),
-                self.user
+                self.caller
             );
         }
         Ok(node)
@@ -402,7 +265,8 @@ pub fn wait_for_ssh(env: &Env, vm: &VmName, opts: &Options) -> SshWait {
             why: logging::one_line(&e),
         },
     };
-    let target = match ssh::resolve(&dest.name, ssh::as_user(env.user)) {
+    let user = ssh::as_user(env.caller);
+    let target = match ssh::resolve(&dest.name, user.as_ref()) {
         Ok(t) => t,
         Err(e) => return failed(e),
     };
@@ -416,13 +280,7 @@ pub fn wait_for_ssh(env: &Env, vm: &VmName, opts: &Options) -> SshWait {
         false => opts.ssh_timeout.min(DEFAULT_DESTINATION_WAIT),
     };
     // A default that does not resolve is not waited for at all (asked as the caller).
-    match ssh::wait_for_banner(
-        &target,
-        ssh::as_user(env.user),
-        timeout,
-        opts.progress,
-        !dest.chosen,
-    ) {
+    match ssh::wait_for_banner(&target, user.as_ref(), timeout, opts.progress, !dest.chosen) {
         Ok(d) => SshWait::Ready {
             target,
             secs: d.as_secs_f64(),
@@ -489,9 +347,9 @@ impl Restart {
 #[serde(rename_all = "camelCase")]
 pub struct Outcome {
     pub vm: VmName,
-    /// Who asked (0: root).
+    /// Who asked.
     #[serde(skip)]
-    pub caller: u32,
+    pub caller: Caller,
     pub repo: Option<String>,
     pub dry_run: bool,
     pub changes: Vec<Change>,
@@ -557,7 +415,7 @@ impl Outcome {
         let mut out: Vec<String> = Vec::new();
         // What was in the way first: it was moved before anything was linked.
         for d in &self.relinked.displaced {
-            let whose = match d.owner == self.caller {
+            let whose = match d.owner == self.caller.uid() {
                 true => "your directory".to_string(),
                 false => format!(
                     "the directory of {}",
@@ -619,7 +477,7 @@ pub fn link_changes(env: &Env, vm: &VmName, repo: &Path) -> Vec<Change> {
     for (name, rel) in env.cfg.companions.get(vm).into_iter().flatten() {
         let target = paths::normalize(&repo.join(rel));
         let usable = match env.tree.walk(&target, Trust::Owners) {
-            Ok(Walk::Found(n)) => n.is_dir() && (env.user == 0 || n.uid() == env.user),
+            Ok(Walk::Found(n)) => n.is_dir() && env.caller.may_use(n.uid()),
             _ => false,
         };
         out.push(Change {
@@ -693,7 +551,8 @@ fn run(
     let (affected, mut skipped) = affected(env, &changes);
     // Everything that can be checked is checked before anything changes.
     check_affected(env, &affected, &changes)?;
-    let caller = Caller::from_uid(env.user);
+    // The engine's own `Caller` (engine::policy) until it takes host::caller's.
+    let caller = policy::Caller::from_uid(env.caller.uid());
     let relinked =
         crate::engine::link::relink(&env.tree, &env.cfg, &changes, caller, opts.dry_run)?;
     let ensured = ensure_affected(env, &affected, opts.dry_run, &mut skipped);
@@ -752,7 +611,7 @@ fn run(
         }
     }
     Ok(Outcome {
-        caller: env.user,
+        caller: env.caller,
         vm: vm.clone(),
         repo,
         dry_run: opts.dry_run,
@@ -774,7 +633,7 @@ fn run(
 /// through an entry that someone else links, or that this run did not change (only they, or
 /// root, restart VMs for their links). `None`: the caller may restart it.
 fn stale_by_others(env: &Env, changed: &[String], s: &VmStatus) -> Option<String> {
-    if env.user == 0 {
+    if env.caller.is_root() {
         return None;
     }
     let unreadable = || Some("the workspace dir cannot be read".to_string());
@@ -795,7 +654,7 @@ fn stale_by_others(env: &Env, changed: &[String], s: &VmStatus) -> Option<String
             continue;
         }
         match crate::engine::links::read_record(links.as_ref(), &name) {
-            Ok(Some(rec)) if rec.owner == env.user => {}
+            Ok(Some(rec)) if env.caller.may_use(rec.owner) => {}
             Ok(Some(rec)) => {
                 return Some(format!(
                     "its share {} passes through {}, linked by {}",

@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::cmd::flow::{self, Env};
 use crate::fs::paths::{self, show};
+use crate::host::caller::{self, Ids};
 use crate::host::ssh;
 use crate::model::config::Config;
 use crate::model::names::{SshDest, VmName};
@@ -27,7 +28,7 @@ pub struct Plan {
     /// mount point is known.
     pub dir: Option<String>,
     /// Whom ssh runs as (`None`: whoever runs this).
-    pub user: Option<ssh::As>,
+    pub user: Option<Ids>,
 }
 
 /// The VM (named, or derived from the repo around the working directory), its destination,
@@ -65,7 +66,7 @@ pub fn plan(env: &Env, vm: Option<VmName>, given: Option<&SshDest>) -> Result<Pl
         repo: repo.path,
         destination,
         dir,
-        user: ssh::as_user(env.user),
+        user: ssh::as_user(env.caller),
     })
 }
 
@@ -95,7 +96,7 @@ pub fn guest_workspace(cfg: &Config, vm: &VmName) -> Option<String> {
 /// The privileged part for a user who is not root: `sudo microvm-link VM --if-needed
 /// --no-wait`, in this working directory; its output is theirs to see.
 pub fn link_through_sudo(vm: &VmName, given: Option<&SshDest>) -> Result<()> {
-    let (mut c, sudo) = flow::sudo_command();
+    let (mut c, sudo) = caller::sudo_command();
     let exe = std::env::current_exe().context("cannot find microvm-link's own executable")?;
     c.arg("--").arg(&exe).args(["--if-needed", "--no-wait"]);
     if let Some(d) = given {
@@ -151,7 +152,7 @@ pub fn wait(
     timeout: Duration,
     progress: bool,
 ) -> Result<Option<PathBuf>> {
-    let target = ssh::resolve(&plan.destination, plan.user)?;
+    let target = ssh::resolve(&plan.destination, plan.user.as_ref())?;
     let control = match target.own_control || plan.user.is_some() {
         true => None,
         false => control_path(env, plan),
@@ -164,7 +165,7 @@ pub fn wait(
             .and_then(|t| t.elapsed().ok())
             .is_some_and(|age| age > SETTLED);
     if !target.proxied && !master && !settled {
-        let took = ssh::wait_for_banner(&target, plan.user, timeout, progress, false)?;
+        let took = ssh::wait_for_banner(&target, plan.user.as_ref(), timeout, progress, false)?;
         if progress {
             eprintln!(
                 "ssh {} ({}:{}) answered after {:.1} s",
@@ -221,7 +222,7 @@ pub fn control_path(env: &Env, plan: &Plan) -> Option<PathBuf> {
 /// shared connection, kept for a while after the last session. (Not exec: when the session
 /// ends, what the guest committed is fetched.)
 pub fn run(plan: &Plan, control: Option<&Path>, command: &[String]) -> anyhow::Result<u8> {
-    let mut c = ssh::command(plan.user);
+    let mut c = ssh::command(plan.user.as_ref());
     if command.is_empty() && std::io::stdin().is_terminal() {
         c.arg("-t");
     }

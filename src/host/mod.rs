@@ -1,3 +1,4 @@
+pub mod caller;
 pub mod logging;
 pub mod ssh;
 pub mod systemd;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::host::caller::{Caller, Ids};
 use crate::model::names::SshDest;
 
 /// Where a destination leads, as `ssh -G` says.
@@ -34,32 +35,23 @@ pub struct Destination {
     pub chosen: bool,
 }
 
-/// A user to run ssh as: uid, primary gid.
-pub type As = (u32, u32);
-
-/// The user to run ssh as, for root acting for `uid` (their primary group from the user
-/// database); `None` for root itself or when running as that user already.
-pub fn as_user(uid: u32) -> Option<As> {
-    if uid == 0 || nix::unistd::Uid::effective().as_raw() == uid {
-        return None;
+/// The user to run ssh as, for root acting for `caller`; `None` for root itself or when
+/// running as that user already.
+pub fn as_user(caller: Caller) -> Option<Ids> {
+    match caller {
+        Caller::User(uid) if nix::unistd::Uid::effective().as_raw() != uid => Some(Ids::of(uid)),
+        _ => None,
     }
-    let gid = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-        .ok()
-        .flatten()
-        .map_or(uid, |u| u.gid.as_raw());
-    Some((uid, gid))
 }
 
 /// An `ssh` command run as `user` (root acting for someone runs ssh as them, never as root:
 /// their `~/.ssh/config`, keys and known hosts apply). std drops the supplementary groups.
-pub fn command(user: Option<As>) -> std::process::Command {
+pub fn command(user: Option<&Ids>) -> std::process::Command {
     let mut c = std::process::Command::new(ssh_program());
-    if let Some((uid, gid)) = user {
-        c.uid(uid).gid(gid);
-        if let Ok(Some(u)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
-            c.env("HOME", &u.dir)
-                .env("USER", &u.name)
-                .env("LOGNAME", &u.name);
+    if let Some(ids) = user {
+        c.uid(ids.uid).gid(ids.gid);
+        if let (Some(name), Some(home)) = (&ids.name, &ids.home) {
+            c.env("HOME", home).env("USER", name).env("LOGNAME", name);
         }
     }
     c
@@ -70,7 +62,7 @@ fn ssh_program() -> &'static str {
 }
 
 /// Resolves `destination` with `ssh -G` as `user`: host, port, and whether a proxy is used.
-pub fn resolve(destination: &SshDest, user: Option<As>) -> Result<Target> {
+pub fn resolve(destination: &SshDest, user: Option<&Ids>) -> Result<Target> {
     let out = command(user)
         .args(["-G", "--", destination])
         .stdin(std::process::Stdio::null())
@@ -120,7 +112,7 @@ pub fn parse_g(destination: &SshDest, text: &str) -> Result<Target> {
 /// (the error is then an [`Unresolved`]).
 pub fn wait_for_banner(
     t: &Target,
-    user: Option<As>,
+    user: Option<&Ids>,
     timeout: Duration,
     progress: bool,
     give_up_unresolved: bool,
@@ -174,15 +166,15 @@ pub const PROBE_LIMIT: Duration = Duration::from_secs(2);
 /// The child is the caller's (they may stop it or make it talk): it gets `PROBE_LIMIT` and a
 /// second, then it is killed; of what it says, one line of at most 512 bytes is kept, its
 /// control characters escaped. Exit status 2 means its host name did not resolve.
-fn probe_as(exe: &Path, t: &Target, user: Option<As>) -> Result<()> {
+fn probe_as(exe: &Path, t: &Target, user: Option<&Ids>) -> Result<()> {
     use std::process::Stdio;
-    let Some((uid, gid)) = user else {
+    let Some(ids) = user else {
         return probe(&t.host, t.port, PROBE_LIMIT);
     };
     let mut child = std::process::Command::new(exe)
         .args(["__probe-ssh", "--", &t.host, &t.port.to_string()])
-        .uid(uid)
-        .gid(gid)
+        .uid(ids.uid)
+        .gid(ids.gid)
         .env_remove("SUDO_UID")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
