@@ -25,8 +25,18 @@ use crate::{
 /// How long a restart may take before we stop waiting (microvm.nix's default start timeout).
 pub const RESTART_TIMEOUT: Duration = Duration::from_secs(150);
 
-/// A VM left out, and why.
-pub type Skipped = (String, String);
+/// A VM left out (its sources could not be ensured: a runner that is not root's), and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Skipped {
+    pub vm: String,
+    pub why: String,
+}
+
+impl std::fmt::Display for Skipped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "skipped VM {}: {}", self.vm, self.why)
+    }
+}
 
 /// A VM and its shares through the changed entries.
 type Affected = (String, Vec<runner::Share>);
@@ -357,28 +367,55 @@ pub struct Outcome {
     pub relinked: Relinked,
     pub ensured: Vec<String>,
     /// VMs whose sources could not be ensured (a runner that is not root's), and why.
-    pub skipped: Vec<(String, String)>,
+    pub skipped: Vec<Skipped>,
     pub link_ms: f64,
     pub restart: Restart,
     #[serde(serialize_with = "stale_json")]
     pub stale: Vec<VmStatus>,
-    pub restarted_stale: Vec<(String, Restart)>,
+    /// Stale VMs `--restart-stale` restarted.
+    pub restarted_stale: Vec<RestartedStale>,
     /// Stale VMs `--restart-stale` left alone for this caller, and why.
-    pub stale_kept: Vec<(String, String)>,
-    /// Running VMs that see the change now through live shares: (VM, tags).
-    pub live: Vec<(String, Vec<String>)>,
+    pub stale_kept: Vec<StaleKept>,
+    /// Running VMs that see the change now through live shares.
+    pub live: Vec<LiveVm>,
     pub ssh: SshWait,
 }
 
+/// A stale VM `--restart-stale` restarted, and how that ended.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RestartedStale {
+    pub vm: VmName,
+    pub restart: Restart,
+}
+
+/// A stale VM `--restart-stale` left alone for this caller, and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StaleKept {
+    pub vm: VmName,
+    pub why: String,
+}
+
+/// A running VM that sees the change now through live shares, and those shares' tags.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LiveVm {
+    pub vm: String,
+    pub tags: Vec<String>,
+}
+
+/// A stale VM in the `--json` report: whether it runs, and its stale shares' tags.
+#[derive(Debug, serde::Serialize)]
+struct StaleVm<'a> {
+    vm: &'a VmName,
+    running: Option<bool>,
+    tags: Vec<String>,
+}
+
 fn stale_json<S: serde::Serializer>(stale: &[VmStatus], s: S) -> Result<S::Ok, S::Error> {
-    use serde::ser::SerializeSeq;
-    let mut seq = s.serialize_seq(Some(stale.len()))?;
-    for v in stale {
-        seq.serialize_element(
-            &serde_json::json!({"vm": v.vm, "running": v.running, "tags": stale_tags(v)}),
-        )?;
-    }
-    seq.end()
+    s.collect_seq(stale.iter().map(|v| StaleVm {
+        vm: &v.vm,
+        running: v.running,
+        tags: stale_tags(v),
+    }))
 }
 
 fn stale_tags(s: &VmStatus) -> Vec<String> {
@@ -393,8 +430,8 @@ impl Outcome {
     /// Prints it: a warning line per skipped VM on stderr, then the report (one line per
     /// fact) or, with `json`, the outcome as JSON on stdout.
     pub fn print(&self, json: bool) -> Result<()> {
-        for (vm, why) in &self.skipped {
-            eprintln!("microvm-link: warning: skipped VM {vm}: {why}");
+        for s in &self.skipped {
+            eprintln!("microvm-link: warning: {s}");
         }
         match json {
             true => println!("{}", serde_json::to_string_pretty(self)?),
@@ -406,7 +443,7 @@ impl Outcome {
     /// Success unless a restart this run asked for failed.
     pub fn success(&self) -> bool {
         !self.restart.failed()
-            && !self.restarted_stale.iter().any(|(_, r)| r.failed())
+            && !self.restarted_stale.iter().any(|r| r.restart.failed())
             && !matches!(self.ssh, SshWait::Failed { .. })
     }
 
@@ -430,7 +467,7 @@ impl Outcome {
         out.extend(self.relinked.steps.iter().chain(&self.ensured).cloned());
         out.extend(self.restart.line(&self.vm));
         out.extend(self.ssh.line(&self.vm));
-        for (vm, tags) in self.live.iter().filter(|(v, _)| *v != self.vm) {
+        for LiveVm { vm, tags } in self.live.iter().filter(|l| l.vm != self.vm) {
             // A VM with pinned shares left stale as well is not done: the stale line follows.
             let done = match self.stale.iter().any(|s| s.vm == *vm) {
                 true => "",
@@ -443,17 +480,17 @@ impl Outcome {
         }
         for s in &self.stale {
             let tags = stale_tags(s).join(", ");
-            let kept = self.stale_kept.iter().find(|(v, _)| *v == s.vm);
-            match self.restarted_stale.iter().find(|(v, _)| *v == s.vm) {
-                Some((_, r)) => out.push(format!(
+            let kept = self.stale_kept.iter().find(|k| k.vm == s.vm);
+            match self.restarted_stale.iter().find(|r| r.vm == s.vm) {
+                Some(r) => out.push(format!(
                     "{} was stale ({tags}): {}",
                     s.vm,
-                    r.line(&s.vm).unwrap_or_default()
+                    r.restart.line(&s.vm).unwrap_or_default()
                 )),
                 None if kept.is_some() => out.push(format!(
                     "stale: {} still sees the old directory for {tags}; not restarted for you: {}",
                     s.vm,
-                    kept.map(|(_, why)| why.as_str()).unwrap_or_default()
+                    kept.map(|k| k.why.as_str()).unwrap_or_default()
                 )),
                 None => out.push(format!(
                     "stale: {} still sees the old directory for {tags}; restart it (systemctl restart {}) or use --restart-stale",
@@ -602,11 +639,14 @@ fn run(
     if opts.restart_stale && !opts.dry_run {
         for s in &stale {
             match stale_by_others(env, &relinked.changed_names, s) {
-                None => restarted_stale.push((
-                    s.vm.to_string(),
-                    restart_vm(env, &s.vm, false, opts.progress),
-                )),
-                Some(why) => stale_kept.push((s.vm.to_string(), why)),
+                None => restarted_stale.push(RestartedStale {
+                    vm: s.vm.clone(),
+                    restart: restart_vm(env, &s.vm, false, opts.progress),
+                }),
+                Some(why) => stale_kept.push(StaleKept {
+                    vm: s.vm.clone(),
+                    why,
+                }),
             }
         }
     }
@@ -624,7 +664,10 @@ fn run(
         stale,
         restarted_stale,
         stale_kept,
-        live,
+        live: live
+            .into_iter()
+            .map(|(vm, tags)| LiveVm { vm, tags })
+            .collect(),
         ssh,
     })
 }
@@ -732,7 +775,10 @@ fn affected(env: &Env, changed: &[Change]) -> (Vec<Affected>, Vec<Skipped>) {
             Err(e) => {
                 let why = logging::one_line(&e);
                 tracing::warn!(vm = vm.as_str(), "skipping VM {vm}: {why}");
-                skipped.push((vm.to_string(), why));
+                skipped.push(Skipped {
+                    vm: vm.to_string(),
+                    why,
+                });
             }
         }
     }
@@ -774,7 +820,10 @@ fn ensure_affected(
             Err(e) => {
                 let why = logging::one_line(&e);
                 tracing::warn!(vm, "skipping VM {vm}: {why}");
-                skipped.push((vm.clone(), why));
+                skipped.push(Skipped {
+                    vm: vm.clone(),
+                    why,
+                });
             }
         }
     }
@@ -814,4 +863,92 @@ fn stale_others(env: &Env, vm: &str) -> Vec<VmStatus> {
         .filter_map(|other| status::status_of(&env.tree, &env.cfg, &env.root, &other).ok())
         .filter(|s| s.stale && s.running != Some(false))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::entry::{EntryView, State};
+    use crate::model::config::GitMode;
+
+    fn vm(n: &str) -> VmName {
+        VmName::try_from(n).unwrap()
+    }
+
+    /// Every list in `microvm-link --json` is of objects with named fields, never of tuples.
+    #[test]
+    fn the_json_report_names_every_field() {
+        let stale = VmStatus {
+            vm: vm("web"),
+            running: Some(true),
+            workspace: EntryView {
+                state: State::Linked,
+                target: None,
+            },
+            shares: Vec::new(),
+            stale: true,
+            guest: status::GuestView {
+                idmap: true,
+                uid: Some(1000),
+                git: GitMode::Private,
+            },
+        };
+        let out = Outcome {
+            vm: vm("vm1"),
+            caller: Caller::Root,
+            repo: Some("/home/alice/vm1".into()),
+            dry_run: false,
+            changes: Vec::new(),
+            relinked: Relinked::default(),
+            ensured: Vec::new(),
+            skipped: vec![Skipped {
+                vm: "evil".into(),
+                why: "runner is not root's".into(),
+            }],
+            link_ms: 1.0,
+            restart: Restart::NotAsked,
+            stale: vec![stale],
+            restarted_stale: vec![RestartedStale {
+                vm: vm("web"),
+                restart: Restart::Skipped {
+                    why: "re-rooted".into(),
+                },
+            }],
+            stale_kept: vec![StaleKept {
+                vm: vm("db"),
+                why: "linked by uid 4343".into(),
+            }],
+            live: vec![LiveVm {
+                vm: "testvm".into(),
+                tags: vec!["nixfiles".into()],
+            }],
+            ssh: SshWait::NotAsked,
+        };
+        let v = serde_json::to_value(&out).unwrap();
+        assert_eq!(v["vm"], "vm1");
+        assert_eq!(
+            v["skipped"],
+            serde_json::json!([{"vm": "evil", "why": "runner is not root's"}])
+        );
+        assert_eq!(
+            v["restartedStale"],
+            serde_json::json!([{"vm": "web", "restart": {"result": "skipped", "why": "re-rooted"}}])
+        );
+        assert_eq!(
+            v["staleKept"],
+            serde_json::json!([{"vm": "db", "why": "linked by uid 4343"}])
+        );
+        assert_eq!(
+            v["live"],
+            serde_json::json!([{"vm": "testvm", "tags": ["nixfiles"]}])
+        );
+        assert_eq!(
+            v["stale"],
+            serde_json::json!([{"vm": "web", "running": true, "tags": []}])
+        );
+        assert_eq!(
+            out.skipped[0].to_string(),
+            "skipped VM evil: runner is not root's"
+        );
+    }
 }

@@ -1189,12 +1189,17 @@ fn link_json(fx: &Fx, uid: u32, cwd: &str, args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// The VMs named in a JSON list of `[vm, ...]` pairs or `{"vm": ...}` objects.
+/// The VMs named in a JSON list of `{"vm": ...}` objects (every list in `--json` is one).
 fn vms_in(list: &serde_json::Value) -> Vec<String> {
     list.as_array()
         .unwrap()
         .iter()
-        .filter_map(|x| x[0].as_str().or(x["vm"].as_str()).map(str::to_string))
+        .map(|x| {
+            x["vm"]
+                .as_str()
+                .expect("an object naming its vm")
+                .to_string()
+        })
         .collect()
 }
 
@@ -1266,9 +1271,16 @@ fn restart_stale_restarts_only_what_the_callers_links_made_stale() {
         "{v}"
     );
     assert_eq!(vms_in(&v["restartedStale"]), ["watch-alice"], "{v}");
-    let kept = v["staleKept"].to_string();
+    assert_eq!(vms_in(&v["staleKept"]), ["watch-bob"], "{v}");
     assert!(
-        kept.contains("watch-bob") && kept.contains("linked by uid 4343"),
+        v["staleKept"][0]["why"]
+            .as_str()
+            .unwrap()
+            .contains("linked by uid 4343"),
+        "{v}"
+    );
+    assert_eq!(
+        v["restartedStale"][0]["restart"]["result"], "skipped",
         "{v}"
     );
     let text = Run::link(&fx)
