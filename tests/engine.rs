@@ -95,7 +95,7 @@ fn run(fx: &Fx, intent: Intent) -> (Result<Vec<String>, String>, Result<Vec<Stri
                     _ => None,
                 };
                 let change = Change {
-                    name: "vm1".into(),
+                    name: "vm1".parse().unwrap(),
                     target: target.map(|t| root.inside(&t).unwrap()),
                 };
                 relink(&tree, &cfg, &[change], Caller::User(ALICE), dry_run)

@@ -605,7 +605,7 @@ fn relink_checks_the_owner_of_the_very_directory_it_mounts() {
     let tree = Tree::open(&root).unwrap();
     let cfg = Config::load(&tree).unwrap();
     let change = Change {
-        name: "vm1".into(),
+        name: "vm1".parse().unwrap(),
         target: Some("/home/bob/secret".into()),
     };
     let err = format!(

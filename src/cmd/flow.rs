@@ -10,12 +10,11 @@ use anyhow::{bail, Context, Result};
 
 use crate::cmd::status::{self, VmStatus};
 use crate::engine::entry::{Change, Relinked, Workspace};
-use crate::engine::policy;
 use crate::fs::chase::{Node, Tree, Trust, Walk};
 use crate::fs::paths::{self, show, Root};
 use crate::host::caller::{self, Caller};
 use crate::model::config::Config;
-use crate::model::names::{SshDest, VmName};
+use crate::model::names::{EntryName, SshDest, VmName};
 use crate::model::workspace::{self, entry_name_of, live_of};
 use crate::{
     engine::prepare, host::logging, host::ssh, host::systemd, host::units, model::record,
@@ -508,7 +507,7 @@ impl Outcome {
 /// back into a placeholder).
 pub fn link_changes(env: &Env, vm: &VmName, repo: &Path) -> Vec<Change> {
     let mut out = vec![Change {
-        name: vm.to_string(),
+        name: EntryName::from(vm.clone()),
         target: Some(repo.to_path_buf()),
     }];
     for (name, rel) in env.cfg.companions.get(vm).into_iter().flatten() {
@@ -518,7 +517,7 @@ pub fn link_changes(env: &Env, vm: &VmName, repo: &Path) -> Vec<Change> {
             _ => false,
         };
         out.push(Change {
-            name: name.to_string(),
+            name: name.clone(),
             target: usable.then_some(target),
         });
     }
@@ -527,14 +526,14 @@ pub fn link_changes(env: &Env, vm: &VmName, repo: &Path) -> Vec<Change> {
 
 /// The changes unlinking `vm` implies: its entry and its companions, back to placeholders.
 pub fn unlink_changes(env: &Env, vm: &VmName) -> Vec<Change> {
-    std::iter::once(vm.to_string())
+    std::iter::once(EntryName::from(vm.clone()))
         .chain(
             env.cfg
                 .companions
                 .get(vm)
                 .into_iter()
                 .flatten()
-                .map(|(n, _)| n.to_string()),
+                .map(|(n, _)| n.clone()),
         )
         .map(|name| Change { name, target: None })
         .collect()
@@ -588,8 +587,7 @@ fn run(
     let (affected, mut skipped) = affected(env, &changes);
     // Everything that can be checked is checked before anything changes.
     check_affected(env, &affected, &changes)?;
-    // The engine's own `Caller` (engine::policy) until it takes host::caller's.
-    let caller = policy::Caller::from_uid(env.caller.uid());
+    let caller = env.caller;
     let relinked =
         crate::engine::link::relink(&env.tree, &env.cfg, &changes, caller, opts.dry_run)?;
     let ensured = ensure_affected(env, &affected, opts.dry_run, &mut skipped);
@@ -734,7 +732,7 @@ fn live_views(env: &Env, affected: &[Affected]) -> Vec<(String, Vec<String>)> {
         .filter_map(|(vm, shares)| {
             let tags: Vec<String> = shares
                 .iter()
-                .filter(|s| live_of(&env.cfg.workspace_dir, &s.path).is_some())
+                .filter(|s| matches!(live_of(&env.cfg.workspace_dir, &s.path), Some(Ok(_))))
                 .map(|s| s.tag.clone())
                 .collect();
             (!tags.is_empty()).then(|| (vm.clone(), tags))
@@ -748,7 +746,7 @@ fn pinned_through(env: &Env, vm: &str, affected: &[Affected]) -> usize {
         .iter()
         .filter(|(v, _)| v == vm)
         .flat_map(|(_, shares)| shares)
-        .filter(|s| live_of(&env.cfg.workspace_dir, &s.path).is_none())
+        .filter(|s| !matches!(live_of(&env.cfg.workspace_dir, &s.path), Some(Ok(_))))
         .count()
 }
 
@@ -791,7 +789,7 @@ fn affected(env: &Env, changed: &[Change]) -> (Vec<Affected>, Vec<Skipped>) {
 fn check_affected(env: &Env, affected: &[Affected], changed: &[Change]) -> Result<()> {
     let assume: Vec<(String, Option<PathBuf>)> = changed
         .iter()
-        .map(|c| (c.name.clone(), c.target.clone()))
+        .map(|c| (c.name.to_string(), c.target.clone()))
         .collect();
     for (vm, shares) in affected {
         prepare::plan_assuming(&env.tree, &env.cfg, vm, shares, &assume)?;

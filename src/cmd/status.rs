@@ -233,7 +233,7 @@ fn share_status(
         device: r.device,
         inode: r.inode,
     });
-    let live = live_of(&cfg.workspace_dir, Path::new(&path)).is_some();
+    let live = matches!(live_of(&cfg.workspace_dir, Path::new(&path)), Some(Ok(_)));
     // A fallback placeholder is what the VM gets until the repo can serve the source: a
     // restart would give the same, so it is never stale (status says it in words).
     let fallback = rec.is_some_and(|r| r.kind == Kind::Fallback);

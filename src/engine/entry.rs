@@ -19,13 +19,14 @@ use nix::errno::Errno;
 use crate::engine::gitview;
 use crate::engine::guests::Guests;
 use crate::engine::links::{read_record, Record};
-use crate::fs::chase::{self, Node, Tree, Trust, Walk};
+use crate::fs::chase::{self, Node, Tree, Trust, Walk, WalkError};
 use crate::fs::dirs;
 use crate::fs::failpoint::step;
 use crate::fs::idmap::Ids;
 use crate::fs::paths::{self, show, LIVE_CURRENT};
 use crate::fs::placeholder::{self, PlaceholderSpec};
 use crate::model::config::{self, Config, Seen};
+use crate::model::names::EntryName;
 
 /// What a workspace entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,7 +82,7 @@ pub struct EntryView {
 /// placeholder (`None`).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Change {
-    pub name: String,
+    pub name: EntryName,
     #[serde(serialize_with = "paths::serialize_shown")]
     pub target: Option<PathBuf>,
 }
@@ -223,14 +224,13 @@ impl<'t> Workspace<'t> {
     /// live root, a mount of ours): a link must not outlive its maker's repos, nor point into
     /// what this tool makes.
     pub fn repo_now(&self, rec: &Record) -> RepoNow {
-        match self.tree.walk(&rec.target, Trust::Owners) {
+        match self.tree.try_walk(&rec.target, Trust::Owners) {
             Ok(Walk::Found(n)) if n.is_dir() => match self.not_a_repo_of(&n, rec.owner) {
                 Some(why) => RepoNow::Unusable(why),
                 None => RepoNow::Found(n),
             },
-            Ok(_) => RepoNow::Missing,
-            Err(e) if e.downcast_ref::<crate::fs::chase::Dangling>().is_some() => RepoNow::Missing,
-            Err(e) => RepoNow::Unusable(crate::host::logging::one_line(&e)),
+            Ok(_) | Err(WalkError::Dangling(_)) => RepoNow::Missing,
+            Err(e) => RepoNow::Unusable(crate::host::logging::one_line(&e.into_anyhow())),
         }
     }
 

@@ -13,7 +13,7 @@ use crate::engine::observe::{self, Held, WantOf};
 use crate::engine::plan::{self, Intent, Op};
 use crate::engine::policy::{self, Caller};
 use crate::fs::chase::{Node, Tree, Trust, Walk};
-use crate::fs::paths::{self, show};
+use crate::fs::paths::show;
 use crate::model::config::Config;
 use crate::model::workspace::inside_workspace;
 
@@ -86,7 +86,7 @@ pub fn relink(
         }
         if p.changed {
             out.changed += 1;
-            out.changed_names.push(c.name.clone());
+            out.changed_names.push(c.name.to_string());
         }
     }
     out.displaced = applied.displaced;
@@ -106,7 +106,6 @@ fn check_targets(
 ) -> Result<Vec<Option<Node>>> {
     let mut repos = Vec::new();
     for c in changes {
-        paths::check_name("workspace entry", &c.name)?;
         repos.push(match &c.target {
             None => None,
             Some(t) => match tree.walk(t, Trust::Owners)? {

@@ -12,37 +12,8 @@ use anyhow::{bail, Result};
 
 use crate::engine::facts::{Entry, EntryFacts};
 use crate::fs::paths::show;
+pub use crate::host::caller::Caller;
 use crate::model::config::user_label;
-
-/// Who asks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Caller {
-    /// Root itself (not through sudo, or `sudo` by root).
-    Root,
-    /// A user, through sudo (`SUDO_UID`) or running as themselves.
-    User(u32),
-}
-
-impl Caller {
-    /// `uid` 0 is root.
-    pub fn from_uid(uid: u32) -> Caller {
-        match uid {
-            0 => Caller::Root,
-            u => Caller::User(u),
-        }
-    }
-
-    pub fn uid(self) -> u32 {
-        match self {
-            Caller::Root => 0,
-            Caller::User(u) => u,
-        }
-    }
-
-    pub fn is_root(self) -> bool {
-        self == Caller::Root
-    }
-}
 
 /// "<at> is <what> of <owner><detail>; only they or root may change it".
 fn not_yours(at: &Path, what: &str, owner: u32, detail: &str) -> String {
@@ -146,7 +117,5 @@ mod tests {
         assert!(may_move_aside(p, 4343, false, Caller::User(4242)).is_err());
         assert!(may_move_aside(p, 0, true, Caller::User(4242)).is_ok());
         assert!(may_move_aside(p, 4242, false, Caller::User(4242)).is_ok());
-        assert_eq!(Caller::from_uid(0), Caller::Root);
-        assert_eq!(Caller::from_uid(7).uid(), 7);
     }
 }

@@ -16,7 +16,6 @@ use crate::fs::paths;
 
 /// Whom microvm-link acts for: root itself, or a user (through sudo, or named by root's
 /// `--user`). Made by [`Caller::from_uid`] (here, [`invoking_user`]), a `User` is never uid 0.
-/// The same shape as `engine::policy::Caller`, which the engine still takes (`flow` converts).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Caller {
     Root,
