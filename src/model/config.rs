@@ -14,7 +14,7 @@ use crate::fs::chase::{self, Tree};
 use crate::fs::idmap::{Guest, DEFAULT_GUEST_UID};
 use crate::fs::paths::{self, show};
 use crate::fs::placeholder::PlaceholderSpec;
-use crate::model::names::{EntryName, Refused, SshDest, VmName};
+use crate::model::names::{EntryName, PoolName, Refused, SshDest, VmName};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -39,6 +39,12 @@ pub struct Config {
     /// `companions.<vm>.<name> = <path relative to the repo>`.
     #[serde(default, deserialize_with = "companion_keys")]
     pub companions: BTreeMap<VmName, BTreeMap<EntryName, PathBuf>>,
+    /// `pools.<pool> = [vm, ...]`: VMs with a live workspace share, leased one per worktree
+    /// (docs/reference/config.md#pools). Checked as the file is read ([`Config::parse`]):
+    /// not empty, every VM declared in `vms` with a live share of its own entry, a VM in at
+    /// most one pool.
+    #[serde(default, deserialize_with = "pool_keys")]
+    pub pools: BTreeMap<PoolName, Vec<VmName>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -262,6 +268,7 @@ impl Default for Config {
             hypervisor: Hypervisor::default(),
             vms: BTreeMap::new(),
             companions: BTreeMap::new(),
+            pools: BTreeMap::new(),
         }
     }
 }
@@ -367,6 +374,34 @@ fn companion_keys<'de, D: Deserializer<'de>>(
     d.deserialize_map(Companions)
 }
 
+/// `pools`: every key a [`PoolName`], every VM of a pool a [`VmName`], each refusal naming
+/// `pools` or `pools.<pool>`.
+fn pool_keys<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<PoolName, Vec<VmName>>, D::Error> {
+    struct Pools;
+    impl<'de> Visitor<'de> for Pools {
+        type Value = BTreeMap<PoolName, Vec<VmName>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object (pools)")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some(pool) = m.next_key::<String>()? {
+                let pool = PoolName::try_from(pool)
+                    .map_err(|e| de::Error::custom(format_args!("pools: {e}")))?;
+                let vms: Vec<String> = m.next_value()?;
+                let vms = vms
+                    .into_iter()
+                    .map(VmName::try_from)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| de::Error::custom(format_args!("pools.{pool}: {e}")))?;
+                out.insert(pool, vms);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Pools)
+}
+
 impl Config {
     /// The configured VMs' names, sorted (the keys of `vms`, each checked when it was read).
     pub fn vm_names(&self) -> impl Iterator<Item = VmName> + '_ {
@@ -433,12 +468,70 @@ impl Config {
                 check_source(&s.source).with_context(|| format!("vms.{vm}: share {:?}", s.tag))?;
             }
         }
+        self.validate_pools()?;
         for (vm, set) in &self.companions {
             for (name, rel) in set {
                 if rel.is_absolute() || rel.as_os_str().is_empty() {
                     bail!(
                         "companions.{vm}.{name}: {} must be a path relative to the repo",
                         show(rel)
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// The live root of `vm`'s own entry, `<workspaceDir>/.live/<vm>`: what a pool VM's
+    /// workspace share must have as its source.
+    pub fn live_workspace(&self, vm: &VmName) -> PathBuf {
+        self.workspace_dir.join(paths::LIVE).join(vm)
+    }
+
+    /// Whether the config lists a share of `vm` whose source (a relative one taken against
+    /// `<stateDir>/<vm>`) is its own live root.
+    pub fn has_live_workspace(&self, vm: &VmName) -> bool {
+        let want = self.live_workspace(vm);
+        self.vm(vm).is_some_and(|v| {
+            v.shares
+                .iter()
+                .any(|s| paths::normalize(&self.state_dir.join(vm).join(&s.source)) == want)
+        })
+    }
+
+    /// The pool `vm` is in, if any (a VM is in at most one).
+    pub fn pool_of(&self, vm: &VmName) -> Option<&PoolName> {
+        self.pools
+            .iter()
+            .find_map(|(p, vms)| vms.contains(vm).then_some(p))
+    }
+
+    /// Every pool: not empty, each VM declared in `vms` (the NixOS module writes every VM of
+    /// `microvm.vms` there) with a live workspace share, listed once, in one pool only.
+    fn validate_pools(&self) -> Result<()> {
+        let mut seen: BTreeMap<&VmName, &PoolName> = BTreeMap::new();
+        for (pool, vms) in &self.pools {
+            if vms.is_empty() {
+                bail!("pools.{pool} is empty: a pool needs at least one VM");
+            }
+            for vm in vms {
+                if let Some(other) = seen.insert(vm, pool) {
+                    match other == pool {
+                        true => bail!("pools.{pool} lists VM {vm} twice"),
+                        false => bail!(
+                            "pools.{pool}: VM {vm} is in pool {other} too; a VM is in at most one pool"
+                        ),
+                    }
+                }
+                if self.vm(vm).is_none() {
+                    bail!("pools.{pool}: VM {vm} is not declared in vms");
+                }
+                if !self.has_live_workspace(vm) {
+                    bail!(
+                        "pools.{pool}: VM {vm} has no live workspace share (a share of vms.{vm} whose source is {})",
+                        show(&self.live_workspace(vm))
                     );
                 }
             }
@@ -582,6 +675,50 @@ mod tests {
         // The checks that are not of a name still run after parsing.
         assert!(refusal(r#"{"companions": {"vm1": {"side": "/etc"}}}"#)
             .contains("companions.vm1.side: /etc must be a path relative to the repo"));
+    }
+
+    /// Two VMs with live workspace shares (one relative to the state dir), one without.
+    const POOL_VMS: &str = r#""vms": {
+        "a1": {"shares": [{"tag": "w", "proto": "virtiofs", "source": "/var/lib/microvm-workspaces/.live/a1"}]},
+        "a2": {"shares": [{"tag": "w", "proto": "virtiofs", "source": "../../microvm-workspaces/.live/a2"}]},
+        "pinned": {"shares": [{"tag": "w", "proto": "virtiofs", "source": "/var/lib/microvm-workspaces/pinned"}]}}"#;
+
+    #[test]
+    fn pools_are_read_typed_and_in_order() {
+        let cfg = Config::parse(
+            format!(r#"{{{POOL_VMS}, "pools": {{"agents": ["a2", "a1"]}}}}"#).as_bytes(),
+        )
+        .unwrap();
+        let agents = PoolName::try_from("agents").unwrap();
+        let vms: Vec<&str> = cfg.pools[&agents].iter().map(VmName::as_str).collect();
+        assert_eq!(vms, ["a2", "a1"], "the pool's order is the config's");
+        let a1 = VmName::try_from("a1").unwrap();
+        assert_eq!(cfg.pool_of(&a1), Some(&agents));
+        assert_eq!(cfg.pool_of(&VmName::try_from("pinned").unwrap()), None);
+        assert!(Config::parse(b"{}").unwrap().pools.is_empty());
+    }
+
+    #[test]
+    fn bad_pools_are_refused_in_one_line_naming_the_pool_and_the_vm() {
+        for (pools, want) in [
+            (r#"{"agents": []}"#, "pools.agents is empty: a pool needs at least one VM"),
+            (r#"{"agents": ["a1", "a1"]}"#, "pools.agents lists VM a1 twice"),
+            (
+                r#"{"agents": ["a1"], "ci": ["a2", "a1"]}"#,
+                "pools.ci: VM a1 is in pool agents too; a VM is in at most one pool",
+            ),
+            (r#"{"agents": ["ghost"]}"#, "pools.agents: VM ghost is not declared in vms"),
+            (
+                r#"{"agents": ["a1", "pinned"]}"#,
+                "pools.agents: VM pinned has no live workspace share (a share of vms.pinned whose source is /var/lib/microvm-workspaces/.live/pinned)",
+            ),
+            (r#"{"-x": ["a1"]}"#, r#"pools: pool name "-x" does not start with a letter"#),
+            (r#"{"agents": ["../a1"]}"#, r#"pools.agents: VM name "../a1" starts with '.'"#),
+            (r#"{"agents": "a1"}"#, "invalid type: string"),
+        ] {
+            let line = refusal(&format!(r#"{{{POOL_VMS}, "pools": {pools}}}"#));
+            assert!(line.starts_with(want) || line.contains(want), "{pools}: {line}");
+        }
     }
 
     #[test]

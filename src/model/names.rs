@@ -1,6 +1,6 @@
 //! Names valid by construction: a [`VmName`] or an [`EntryName`] is one visible path
 //! component of ours (`<workspaceDir>/<name>`, `/run/microvm-workspaces/<vm>.json`), an
-//! [`SshDest`] is never taken for an ssh option. They are made only by checking
+//! [`SshDest`] is never taken for an ssh option, a [`PoolName`] is one plain word. They are made only by checking
 //! (`TryFrom<String>`, `FromStr`, serde's `try_from`), so whoever holds one need not check
 //! it again: command-line text and config keys are parsed once, at the edge.
 //!
@@ -192,6 +192,27 @@ fn ssh_fault(s: &str) -> Option<(&'static str, &'static str)> {
     Some(("SSH destination", why))
 }
 
+/// A pool's name (`pools.<pool>`, `--pool`): 1 to 64 bytes of `A-Z a-z 0-9 _ . -`, starting
+/// with a letter, a digit or `_`: one word on a command line and in a message, never an
+/// option.
+fn pool_fault(s: &str) -> Option<(&'static str, &'static str)> {
+    let why = if s.is_empty() {
+        "is empty"
+    } else if s.len() > 64 {
+        "is longer than 64 bytes"
+    } else if !s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+    {
+        "has a character other than A-Z, a-z, 0-9, '_', '.' and '-'"
+    } else if !s.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+        "does not start with a letter, a digit or '_'"
+    } else {
+        return None;
+    };
+    Some(("pool name", why))
+}
+
 /// A VM's name (microvm.nix's, `microvm@<name>`): one visible path component, at most 200
 /// bytes (see [`paths::component_fault`]). A VM's own workspace entry has its name.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Deserialize)]
@@ -216,6 +237,13 @@ checked_string!(EntryName, entry_fault);
 pub struct SshDest(String);
 
 checked_string!(SshDest, ssh_fault);
+
+/// A pool of VMs for parallel work (`config.json` `pools.<pool>`; docs/reference/config.md#pools).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub struct PoolName(String);
+
+checked_string!(PoolName, pool_fault);
 
 impl AsRef<Path> for VmName {
     fn as_ref(&self) -> &Path {
@@ -361,6 +389,39 @@ mod tests {
             let e = SshDest::try_from(d).unwrap_err();
             assert_eq!(e.why(), why, "{d:?}");
             assert_one_line(&e, "SSH destination", d);
+        }
+    }
+
+    #[test]
+    fn pool_names_are_one_plain_word() {
+        for n in ["agents", "a", "_x", "9lives", "ci.fast-2", &"p".repeat(64)] {
+            assert_eq!(PoolName::try_from(n).unwrap(), n);
+        }
+        for (n, why) in [
+            ("", "is empty"),
+            ("-x", "does not start with a letter, a digit or '_'"),
+            (".x", "does not start with a letter, a digit or '_'"),
+            (
+                "a b",
+                "has a character other than A-Z, a-z, 0-9, '_', '.' and '-'",
+            ),
+            (
+                "a/b",
+                "has a character other than A-Z, a-z, 0-9, '_', '.' and '-'",
+            ),
+            (
+                "ä",
+                "has a character other than A-Z, a-z, 0-9, '_', '.' and '-'",
+            ),
+            (
+                "a\nb",
+                "has a character other than A-Z, a-z, 0-9, '_', '.' and '-'",
+            ),
+            (&"p".repeat(65), "is longer than 64 bytes"),
+        ] {
+            let e = PoolName::try_from(n).unwrap_err();
+            assert_eq!(e.why(), why, "{n:?}");
+            assert_one_line(&e, "pool name", n);
         }
     }
 
