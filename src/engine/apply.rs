@@ -12,6 +12,7 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use crate::engine::entry::{Displaced, RepoNow, Workspace};
 use crate::engine::gitview;
+use crate::engine::leases::{remove_lease, write_lease};
 use crate::engine::links::{remove_record, write_record, Record};
 use crate::engine::observe::Held;
 use crate::engine::plan::Op;
@@ -172,6 +173,19 @@ fn one(ws: &Workspace, held: &mut Held, op: &Op, out: &mut Applied) -> Result<()
                 .get(&ws.path().join(crate::fs::paths::LINKS))
                 .context("the records' directory was not looked at")?;
             remove_record(links, at.file_name().context("an entry has a name")?)?;
+        }
+        Op::WriteLease {
+            at,
+            worktree,
+            owner,
+            ..
+        } => {
+            let (dir, name) = parent(held, at)?;
+            write_lease(dir, name, worktree, *owner)?;
+        }
+        Op::RemoveLease { at, .. } => {
+            let (dir, name) = parent(held, at)?;
+            remove_lease(dir, name)?;
         }
         Op::Unmount { at, id, .. } => {
             let n = open(held, at)?;

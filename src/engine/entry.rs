@@ -201,6 +201,10 @@ impl<'t> Workspace<'t> {
         if let Some(links) = self.links()? {
             dirs::remove_leftovers(&links)?;
         }
+        // Leases are written like records, through the same temporary names.
+        if let Some(leases) = self.leases()? {
+            dirs::remove_leftovers(&leases)?;
+        }
         gitview::clear_leftovers(&self.node)?;
         Ok(lock)
     }

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use crate::fs::idmap::Ids;
 use crate::fs::placeholder::PlaceholderSpec;
 use crate::model::config::GitMode;
+use crate::model::names::VmName;
 
 /// A file's identity: (device, inode).
 pub type Id = (u64, u64);
@@ -147,4 +148,25 @@ pub struct Missing {
     pub dir_gid: u32,
     pub dir_placeholder: bool,
     pub rest: Vec<OsString>,
+}
+
+/// A lease of a pool VM as read (`.leases/<vm>`, engine::leases): whose, for which worktree,
+/// since when, and whether that worktree is still a directory of its holder's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseFacts {
+    pub worktree: PathBuf,
+    pub owner: u32,
+    /// When it was taken (unix seconds).
+    pub since: i64,
+    /// The worktree is gone (missing, moved, not its holder's any more): nobody's lease.
+    pub gone: bool,
+}
+
+/// One VM of a pool as observed: its lease and its link record, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    pub vm: VmName,
+    pub lease: Option<LeaseFacts>,
+    /// `.links/<vm>` (never legacy here).
+    pub link: Option<Rec>,
 }

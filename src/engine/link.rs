@@ -1,20 +1,27 @@
 //! microvm-link's relink: observe every changed entry, plan each (engine::plan: a link, an
 //! unlink, the sudo-boundary policy first), then apply the plans under the workspace lock.
+//! A pool's lease ([`lease`]) and its release ([`release`]) go the same way, their lease
+//! records planned and applied with the link under the same lock.
 
 use std::ffi::OsStr;
-use std::path::Path;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 
 use crate::engine::apply::{apply, Applied, Log};
 use crate::engine::entry::{Change, Relinked, Workspace};
+use crate::engine::facts::{LeaseFacts, Slot};
 use crate::engine::guests::Guests;
+use crate::engine::leases::{read_lease, remove_lease};
 use crate::engine::observe::{self, Held, WantOf};
-use crate::engine::plan::{self, Intent, Op};
+use crate::engine::plan::{self, EntryPlan, Intent, Op};
 use crate::engine::policy::{self, Caller};
+use crate::engine::pool::{self, Choice, Released};
 use crate::fs::chase::{Node, Tree, Trust, Walk};
-use crate::fs::paths::show;
+use crate::fs::paths::{self, show};
 use crate::model::config::Config;
+use crate::model::names::{PoolName, VmName};
 use crate::model::workspace::inside_workspace;
 
 /// Links and unlinks `changes` for `caller`: every target resolved and checked and every
@@ -32,66 +39,301 @@ pub fn relink(
 ) -> Result<Relinked> {
     let guests = Guests::of(cfg);
     let repos = check_targets(tree, &cfg.workspace_dir, &guests, changes, caller)?;
-    let mut out = Relinked::default();
-    let ws = match Workspace::find(tree, cfg)? {
-        Some(ws) => Some(ws),
-        None => {
-            let made = Op::RootDir {
-                path: cfg.workspace_dir.clone(),
+    let mut run = Session::open(tree, cfg, dry_run)?;
+    let plans = run.plan(changes, &repos, caller)?;
+    run.apply(changes, &plans, &[], &[])?;
+    Ok(run.out)
+}
+
+/// A lease asked of pool `pool` (its VMs in order) for the worktree `worktree` (checked: a
+/// directory of the caller's, outside the workspace dir).
+pub struct LeaseAsk<'a> {
+    pub pool: &'a PoolName,
+    pub vms: &'a [VmName],
+    pub worktree: &'a Node,
+}
+
+/// What a lease's choice means for the entries: the changes to make (link the chosen VM to
+/// the worktree, unlink those of the released leases), or a refusal.
+pub type ChangesFor<'a> = dyn FnMut(&Choice, &[Released]) -> Result<Vec<Change>> + 'a;
+
+/// What a lease call did (or, in a dry run, would do).
+#[derive(Debug)]
+pub struct Leased {
+    pub vm: VmName,
+    /// A lease recorded now (else the worktree's own, found again).
+    pub new: bool,
+    pub owner: u32,
+    pub worktree: PathBuf,
+    /// When the lease was taken (unix seconds; now for a new one).
+    pub since: i64,
+    /// Leases of the pool whose worktree was gone, ended by this call.
+    pub released: Vec<Released>,
+    /// The changes made for it (link the VM to the worktree, unlink VMs of released leases).
+    pub changes: Vec<Change>,
+    pub relinked: Relinked,
+}
+
+/// Leases a VM of `ask.pool` for `ask.worktree`, holding the workspace lock from looking at
+/// the leases to recording the new one, so two callers never get one VM: observe every VM's
+/// lease and link, choose (engine::pool: the worktree's own lease, else the first free VM,
+/// else a refusal naming every holder), ask `changes_for` what that means for the entries
+/// (it may refuse: checks of what the change affects), plan them, and apply the lease record
+/// first, then the link, then the end of every lease whose worktree is gone. A dry run plans
+/// the same from what it sees, without the lock.
+pub fn lease(
+    tree: &Tree,
+    cfg: &Config,
+    ask: &LeaseAsk,
+    caller: Caller,
+    dry_run: bool,
+    changes_for: &mut ChangesFor,
+) -> Result<Leased> {
+    let mut run = Session::open(tree, cfg, dry_run)?;
+    let slots = match &run.ws {
+        Some(ws) => ws.observe_pool(ask.vms, &mut run.held)?,
+        None => ask
+            .vms
+            .iter()
+            .map(|vm| Slot {
+                vm: vm.clone(),
+                lease: None,
+                link: None,
+            })
+            .collect(),
+    };
+    let worktree = &ask.worktree.path;
+    let decision = pool::choose(ask.pool, &slots, caller.uid(), worktree);
+    let choice = decision.choice.clone()?;
+    let changes = changes_for(&choice, &decision.released)?;
+    let repos = check_targets(tree, &cfg.workspace_dir, &run.guests, &changes, caller)?;
+    let plans = run.plan(&changes, &repos, caller)?;
+    let leases = cfg.workspace_dir.join(paths::LEASES);
+    let mut before = Vec::new();
+    if let Choice::Take(vm) = &choice {
+        if run.held.get(&leases).is_none() {
+            before.push(Op::RootDir {
+                path: leases.clone(),
                 what: "",
-            };
-            out.steps.push(match dry_run {
-                true => format!("would {made}"),
-                false => made.to_string(),
             });
-            out.ops.push(made);
-            match dry_run {
-                true => None,
-                false => Some(Workspace::ensure(tree, cfg)?),
+        }
+        before.push(Op::WriteLease {
+            at: leases.join(vm),
+            worktree: worktree.clone(),
+            owner: caller.uid(),
+            pool: ask.pool.clone(),
+        });
+    }
+    let after: Vec<Op> = decision
+        .released
+        .iter()
+        .filter(|r| &r.vm != choice.vm())
+        .map(|r| Op::RemoveLease {
+            at: leases.join(&r.vm),
+            why: "its worktree is gone",
+        })
+        .collect();
+    if let Err(e) = run.apply(&changes, &plans, &before, &after) {
+        // The link failed after the new lease was written: the lease goes too (a lease
+        // without its link would hold the VM for nobody).
+        if run
+            .out
+            .ops
+            .iter()
+            .any(|o| matches!(o, Op::WriteLease { .. }))
+        {
+            if let Some(dir) = run.held.get(&leases) {
+                let _ = remove_lease(dir, OsStr::new(choice.vm().as_str()));
             }
         }
-    };
-    let _lock = match (&ws, dry_run) {
-        (Some(ws), false) => Some(ws.lock()?),
-        _ => None,
-    };
-    let mut held = Held::default();
-    let mut plans = Vec::new();
-    for (c, repo) in changes.iter().zip(&repos) {
-        let name = OsStr::new(&c.name);
-        let (want, intent) = match repo {
-            Some(r) => (WantOf::Repo(r), Intent::Link(caller)),
-            None => (WantOf::Nothing, Intent::Unlink(caller)),
-        };
-        let facts = match &ws {
-            Some(ws) => ws.observe_entry(name, want, &mut held)?,
-            None => observe::absent_entry(cfg, &guests, name, want)?,
-        };
-        plans.push((c, plan::entry(&facts, &intent)?));
+        return Err(e);
     }
-    let mut applied = Applied::default();
-    for (c, p) in &plans {
-        out.steps.extend(p.summary.iter().map(|s| s.line(dry_run)));
-        match &ws {
-            Some(ws) if !dry_run => {
-                for w in &p.warnings {
-                    tracing::warn!("{w}");
+    let own = slots.iter().find(|s| s.vm == *choice.vm());
+    let since = match (&choice, own.and_then(|s| s.lease.as_ref())) {
+        (Choice::Own(_), Some(l)) => l.since,
+        _ => now(),
+    };
+    Ok(Leased {
+        vm: choice.vm().clone(),
+        new: matches!(choice, Choice::Take(_)),
+        owner: caller.uid(),
+        worktree: worktree.clone(),
+        since,
+        released: decision.released,
+        changes,
+        relinked: run.out,
+    })
+}
+
+/// Ends the lease of pool VM `vm` for `caller` (only its holder or root, or anyone once its
+/// worktree is gone: `policy::may_release`): the `changes` that unlink it are applied, then
+/// the lease record removed, under the lock. `expect`: the worktree the caller found the
+/// lease for (a lease of anything else now is refused). `None` when `vm` is not leased.
+pub fn release(
+    tree: &Tree,
+    cfg: &Config,
+    vm: &VmName,
+    expect: Option<&Path>,
+    changes: &[Change],
+    caller: Caller,
+    dry_run: bool,
+) -> Result<Option<(LeaseFacts, Relinked)>> {
+    let guests = Guests::of(cfg);
+    let repos = check_targets(tree, &cfg.workspace_dir, &guests, changes, caller)?;
+    let mut run = Session::open(tree, cfg, dry_run)?;
+    let Some(ws) = &run.ws else { return Ok(None) };
+    let dir = ws.leases()?;
+    let Some(lease) = read_lease(dir.as_ref(), OsStr::new(vm.as_str()))? else {
+        return Ok(None);
+    };
+    let facts = ws.lease_facts(&lease);
+    if let Some(wt) = expect.filter(|wt| *wt != facts.worktree) {
+        bail!(
+            "{vm} is no longer leased for {}: its lease is for {} now",
+            show(wt),
+            show(&facts.worktree)
+        );
+    }
+    policy::may_release(vm, &facts, caller)?;
+    let at = ws.path().join(paths::LEASES).join(vm);
+    if let Some(d) = dir {
+        run.held.keep(d);
+    }
+    let plans = run.plan(changes, &repos, caller)?;
+    let after = [Op::RemoveLease {
+        at,
+        why: "released",
+    }];
+    run.apply(changes, &plans, &[], &after)?;
+    Ok(Some((facts, run.out)))
+}
+
+/// Now, in unix seconds.
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// One relink: the workspace dir (found, or made; in a dry run perhaps not there yet), its
+/// lock (not in a dry run), what was observed, and what was done.
+struct Session<'t> {
+    cfg: &'t Config,
+    guests: Guests,
+    ws: Option<Workspace<'t>>,
+    dry_run: bool,
+    held: Held,
+    out: Relinked,
+    _lock: Option<OwnedFd>,
+}
+
+impl<'t> Session<'t> {
+    fn open(tree: &'t Tree, cfg: &'t Config, dry_run: bool) -> Result<Session<'t>> {
+        let mut out = Relinked::default();
+        let ws = match Workspace::find(tree, cfg)? {
+            Some(ws) => Some(ws),
+            None => {
+                let made = Op::RootDir {
+                    path: cfg.workspace_dir.clone(),
+                    what: "",
+                };
+                out.steps.push(match dry_run {
+                    true => format!("would {made}"),
+                    false => made.to_string(),
+                });
+                out.ops.push(made);
+                match dry_run {
+                    true => None,
+                    false => Some(Workspace::ensure(tree, cfg)?),
                 }
-                apply(ws, &mut held, &p.ops, &Log::default(), &mut applied)?;
             }
-            _ => {
-                out.steps.extend(p.ops.iter().map(|o| format!("would {o}")));
-                out.ops.extend(p.ops.iter().cloned());
-            }
+        };
+        let lock = match (&ws, dry_run) {
+            (Some(ws), false) => Some(ws.lock()?),
+            _ => None,
+        };
+        Ok(Session {
+            cfg,
+            guests: Guests::of(cfg),
+            ws,
+            dry_run,
+            held: Held::default(),
+            out,
+            _lock: lock,
+        })
+    }
+
+    /// Every change observed and planned (a refusal before anything is applied).
+    fn plan(
+        &mut self,
+        changes: &[Change],
+        repos: &[Option<Node>],
+        caller: Caller,
+    ) -> Result<Vec<EntryPlan>> {
+        let mut plans = Vec::new();
+        for (c, repo) in changes.iter().zip(repos) {
+            let name = OsStr::new(&c.name);
+            let (want, intent) = match repo {
+                Some(r) => (WantOf::Repo(r), Intent::Link(caller)),
+                None => (WantOf::Nothing, Intent::Unlink(caller)),
+            };
+            let facts = match &self.ws {
+                Some(ws) => ws.observe_entry(name, want, &mut self.held)?,
+                None => observe::absent_entry(self.cfg, &self.guests, name, want)?,
+            };
+            plans.push(plan::entry(&facts, &intent)?);
         }
-        if p.changed {
-            out.changed += 1;
-            out.changed_names.push(c.name.to_string());
+        Ok(plans)
+    }
+
+    /// `before`, each plan in order, then `after`: applied, or in a dry run listed. What was
+    /// done is in `out.ops` even when a step fails.
+    fn apply(
+        &mut self,
+        changes: &[Change],
+        plans: &[EntryPlan],
+        before: &[Op],
+        after: &[Op],
+    ) -> Result<()> {
+        let dry_run = self.dry_run;
+        let mut applied = Applied::default();
+        let res = (|| -> Result<()> {
+            self.ops(before, &mut applied)?;
+            for (c, p) in changes.iter().zip(plans) {
+                self.out
+                    .steps
+                    .extend(p.summary.iter().map(|s| s.line(dry_run)));
+                if !dry_run {
+                    for w in &p.warnings {
+                        tracing::warn!("{w}");
+                    }
+                }
+                self.ops(&p.ops, &mut applied)?;
+                if p.changed {
+                    self.out.changed += 1;
+                    self.out.changed_names.push(c.name.to_string());
+                }
+            }
+            self.ops(after, &mut applied)
+        })();
+        self.out.displaced = applied.displaced;
+        self.out.ops.append(&mut applied.done);
+        res
+    }
+
+    fn ops(&mut self, ops: &[Op], applied: &mut Applied) -> Result<()> {
+        match &self.ws {
+            Some(ws) if !self.dry_run => apply(ws, &mut self.held, ops, &Log::default(), applied),
+            _ => {
+                self.out
+                    .steps
+                    .extend(ops.iter().map(|o| format!("would {o}")));
+                self.out.ops.extend(ops.iter().cloned());
+                Ok(())
+            }
         }
     }
-    out.displaced = applied.displaced;
-    out.ops.append(&mut applied.done);
-    Ok(out)
 }
 
 /// Every target resolved and owner-checked before anything changes. The node checked here is

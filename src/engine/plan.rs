@@ -21,6 +21,7 @@ use crate::fs::paths::show;
 use crate::fs::placeholder::PlaceholderSpec;
 use crate::model::action::{Act, Action};
 use crate::model::config::GitMode;
+use crate::model::names::PoolName;
 
 /// `current` of a live root while unlinked: root's, read-only, whatever the configured
 /// placeholder owner.
@@ -78,6 +79,19 @@ pub enum Op {
     },
     RemoveRecord {
         at: PathBuf,
+    },
+    /// `.leases/<vm>` written atomically: `vm` of pool `pool` leased by `owner` for
+    /// `worktree` (engine::pool, engine::leases).
+    WriteLease {
+        at: PathBuf,
+        worktree: PathBuf,
+        owner: u32,
+        pool: PoolName,
+    },
+    /// `.leases/<vm>` removed: the lease ends (its VM's link ended first).
+    RemoveLease {
+        at: PathBuf,
+        why: &'static str,
     },
     /// Detach the mount whose root was seen at `at` with identity `id`.
     Unmount {
@@ -147,6 +161,17 @@ impl Op {
                 format!("-> {}, owner uid {owner}", show(target)),
             ),
             Op::RemoveRecord { at } => (Act::Unrecord, at, String::new()),
+            Op::WriteLease {
+                at,
+                worktree,
+                owner,
+                pool,
+            } => (
+                Act::Lease,
+                at,
+                format!("pool {pool}, -> {}, owner uid {owner}", show(worktree)),
+            ),
+            Op::RemoveLease { at, why } => (Act::Unlease, at, why.to_string()),
             Op::Unmount { at, why, .. } => (Act::Unmount, at, why.clone()),
             Op::Mount {
                 at,
@@ -181,6 +206,8 @@ impl Op {
             | Op::MoveAside { at, .. }
             | Op::WriteRecord { at, .. }
             | Op::RemoveRecord { at }
+            | Op::WriteLease { at, .. }
+            | Op::RemoveLease { at, .. }
             | Op::Unmount { at, .. }
             | Op::Mount { at, .. } => at,
         }

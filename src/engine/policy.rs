@@ -2,15 +2,16 @@
 //!
 //! microvm-link runs as root for users through a sudo rule that allows any arguments. Owners
 //! decide: a user changes only entries that are not linked or are linked by them, links only
-//! repos of their own, and has only their own directories (or nobody's: root's, the
-//! hypervisor's) moved aside. Root itself may do anything. Every rule is a pure function of
+//! repos of their own, has only their own directories (or nobody's: root's, the
+//! hypervisor's) moved aside, and releases only their own leases (or nobody's: one whose
+//! worktree is gone). Root itself may do anything. Every rule is a pure function of
 //! what was observed, so it is tested without root; the engine asks it before planning.
 
 use std::path::Path;
 
 use anyhow::{bail, Result};
 
-use crate::engine::facts::{Entry, EntryFacts};
+use crate::engine::facts::{Entry, EntryFacts, LeaseFacts};
 use crate::fs::paths::show;
 pub use crate::host::caller::Caller;
 use crate::model::config::user_label;
@@ -70,6 +71,21 @@ pub fn may_link(path: &Path, owner: u32, caller: Caller) -> Result<()> {
     }
 }
 
+/// May `caller` end the lease `l` of pool VM `vm`? Its holder and root may; anyone may end a
+/// lease whose worktree is gone (nobody's any more, as a link whose repo is gone). A lease is
+/// only ever taken for the caller's own worktree (the repo check of every link), so nobody
+/// leases for someone else.
+pub fn may_release(vm: &str, l: &LeaseFacts, caller: Caller) -> Result<()> {
+    match caller {
+        Caller::User(uid) if l.owner != uid && !l.gone => bail!(
+            "{vm} is leased by {} for {}; only they or root may release it",
+            user_label(l.owner),
+            show(&l.worktree)
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// Where people's uids start (NixOS `isNormalUser`, Debian's `UID_MIN`); below are services'.
 pub const FIRST_PERSON_UID: u32 = 1000;
 
@@ -117,5 +133,24 @@ mod tests {
         assert!(may_move_aside(p, 4343, false, Caller::User(4242)).is_err());
         assert!(may_move_aside(p, 0, true, Caller::User(4242)).is_ok());
         assert!(may_move_aside(p, 4242, false, Caller::User(4242)).is_ok());
+    }
+
+    #[test]
+    fn a_lease_is_released_by_its_holder_or_root_or_anyone_once_its_worktree_is_gone() {
+        let mut l = LeaseFacts {
+            worktree: "/home/bob/wt".into(),
+            owner: 4343,
+            since: 0,
+            gone: false,
+        };
+        assert!(may_release("a1", &l, Caller::User(4343)).is_ok());
+        assert!(may_release("a1", &l, Caller::Root).is_ok());
+        let e = may_release("a1", &l, Caller::User(4242)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "a1 is leased by uid 4343 for /home/bob/wt; only they or root may release it"
+        );
+        l.gone = true;
+        assert!(may_release("a1", &l, Caller::User(4242)).is_ok());
     }
 }

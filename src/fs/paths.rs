@@ -18,6 +18,8 @@ pub const WORKSPACE_DIR: &str = "/var/lib/microvm-workspaces";
 pub const RUNTIME_DIR: &str = "/run/microvm-workspaces";
 /// Inside the workspace dir: link records, displaced user directories, and the lock.
 pub const LINKS: &str = ".links";
+/// Inside the workspace dir: the leases of pool VMs, beside the link records.
+pub const LEASES: &str = ".leases";
 pub const DISPLACED: &str = ".displaced";
 pub const LOCK: &str = ".lock";
 /// Prefix of every temporary name this project creates; leftovers are removed under the lock.

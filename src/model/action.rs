@@ -19,6 +19,8 @@ pub enum Act {
     MoveAside,
     Record,
     Unrecord,
+    Lease,
+    Unlease,
 }
 
 impl Act {
@@ -33,6 +35,8 @@ impl Act {
             Act::MoveAside => "move-aside",
             Act::Record => "record",
             Act::Unrecord => "unrecord",
+            Act::Lease => "lease",
+            Act::Unlease => "unlease",
         }
     }
 
@@ -47,6 +51,8 @@ impl Act {
             Act::MoveAside => "move aside",
             Act::Record => "write record",
             Act::Unrecord => "remove record",
+            Act::Lease => "write lease",
+            Act::Unlease => "remove lease",
         }
     }
 }

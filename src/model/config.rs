@@ -577,6 +577,14 @@ pub fn check_source(source: &str) -> Result<()> {
     Ok(())
 }
 
+/// "alice", or "uid 1000" when the user database does not know it (short, for lists).
+pub fn user_name(uid: u32) -> String {
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        Ok(Some(u)) => u.name,
+        _ => format!("uid {uid}"),
+    }
+}
+
 /// "alice (uid 1000)", or "uid 1000" when the user database does not know it.
 pub fn user_label(uid: u32) -> String {
     match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
