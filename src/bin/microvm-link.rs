@@ -46,12 +46,8 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             let env = env(false)?;
             // Root for a caller looks with the caller's eyes (docs/security.md#sudo-boundary).
             caller::drop_to(env.caller)?;
-            let vm = cli::vm(vm.as_deref())?;
-            let rows = status::collect(&env.tree, &env.cfg, &env.root, vm.as_ref())?;
-            match json {
-                true => println!("{:#}", serde_json::json!({ "vms": rows })),
-                false => print!("{}", status::table(&rows, cli.verbose > 0)),
-            }
+            let (vm, verbose) = (cli::vm(vm.as_deref())?, cli.verbose > 0);
+            status::print(&env.tree, &env.cfg, &env.root, vm.as_ref(), *json, verbose)?;
             return Ok(ExitCode::SUCCESS);
         }
         Some(Cmd::Fetch { vm }) => {
@@ -62,49 +58,23 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                 .for_each(|f| println!("{}", f.line));
             return Ok(ExitCode::SUCCESS);
         }
-        Some(Cmd::Shell { vm, ssh, command }) => {
-            let user_env = env(false)?;
+        Some(Cmd::Shell {
+            vm,
+            pool,
+            ssh,
+            command,
+        }) => {
+            let target = cli::target(vm.as_deref(), pool.as_deref())?;
             let ssh = cli::ssh(ssh.as_deref())?;
-            let plan = shell::plan(&user_env, cli::vm(vm.as_deref())?, ssh.as_ref())?;
-            let serving = shell::serving(&user_env, &plan);
-            if nix::unistd::Uid::effective().is_root() {
-                let opts = Options {
-                    if_needed: true,
-                    no_wait: true,
-                    progress,
-                    ..Options::default()
-                };
-                let out = flow::link(&env(true)?, Some(plan.vm.clone()), None, opts)?;
-                out.lines().iter().for_each(|l| eprintln!("{l}"));
-                anyhow::ensure!(out.success(), "linking and starting {} failed", plan.vm);
-            } else if !serving {
-                shell::link_through_sudo(&plan.vm, ssh.as_ref())?;
-            }
-            let control = shell::wait(&user_env, &plan, serving, ssh_timeout, progress)?;
-            let code = shell::run(&plan, control.as_deref(), command)?;
-            caller::drop_to(user_env.caller)?;
-            if let Some(line) = fetch::after_shell(&user_env, &plan.vm) {
-                eprintln!("microvm-link: {line}");
-            }
+            let env = env(false)?;
+            let code = shell::main(&env, target, ssh.as_ref(), command, ssh_timeout, progress)?;
             return Ok(ExitCode::from(code));
         }
         Some(Cmd::Doctor { json }) => {
             let root = paths::Root::from_args(cli.root.as_deref())?;
             let caller = caller::invoking_user(cli.user.as_deref())?;
-            let found = doctor::run(&root, caller, &doctor::System)?;
-            let failed = doctor::failed(&found);
-            match json {
-                true => println!(
-                    "{:#}",
-                    serde_json::json!({ "ok": !failed, "findings": found })
-                ),
-                false => print!("{}", doctor::render(&found)),
-            }
-            return Ok(if failed {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
-            });
+            let failed = doctor::print(&root, caller, &doctor::System, *json)?;
+            return Ok(ExitCode::from(u8::from(failed)));
         }
         Some(Cmd::Unlink {
             vm,
@@ -121,7 +91,26 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             };
             (flow::unlink(&env(true)?, &vm.parse()?, opts)?, *json)
         }
+        Some(Cmd::Release {
+            vm,
+            no_restart,
+            no_wait,
+            dry_run,
+            json,
+        }) => {
+            let opts = Options {
+                no_restart: *no_restart,
+                no_wait: *no_wait,
+                dry_run: *dry_run,
+                progress: progress && !json,
+                ssh_timeout,
+                ..Options::default()
+            };
+            let vm = cli::vm(vm.as_deref())?;
+            (flow::release(&env(true)?, vm, opts)?, *json)
+        }
         None => {
+            let target = cli::target(a.vm.as_deref(), a.pool.as_deref())?;
             let env = env(true)?;
             let opts = Options {
                 dry_run: a.dry_run,
@@ -133,7 +122,10 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                 ssh: cli::ssh(a.ssh.as_deref())?,
                 ssh_timeout,
             };
-            let out = flow::link(&env, cli::vm(a.vm.as_deref())?, a.repo.as_deref(), opts)?;
+            let out = match target {
+                cli::Target::Pool(p) => flow::lease(&env, &p, a.repo.as_deref(), opts)?,
+                cli::Target::Vm(vm) => flow::link(&env, vm, a.repo.as_deref(), opts)?,
+            };
             (out, a.json)
         }
     };

@@ -5,14 +5,16 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crate::model::names::{SshDest, VmName};
+use crate::model::names::{PoolName, SshDest, VmName};
 
 const EXAMPLES: &str = "Examples:
   cd ~/src/vm1 && microvm-link          link ~/src/vm1 into VM vm1, restart it
   microvm-link web --repo ~/src/site    link another directory into VM web
   microvm-link --no-restart --dry-run   show what would change, change nothing
   microvm-link status                   which VMs see what, and which are stale
-  microvm-link unlink vm1               back to the read-only placeholder";
+  microvm-link unlink vm1               back to the read-only placeholder
+  cd ~/src/proj-wt1 && microvm-link --pool agents   lease a VM of pool agents for this worktree
+  microvm-link release                  end this worktree's lease";
 
 #[derive(Parser)]
 #[command(name = "microvm-link", version, subcommand_precedence_over_arg = true, after_help = EXAMPLES)]
@@ -69,6 +71,10 @@ pub struct LinkArgs {
     /// Link only if the repo is not linked already, (re)start only if it is not running.
     #[arg(long)]
     pub if_needed: bool,
+    /// Lease a VM of this pool for the repo (a worktree): its own lease if it holds one, else
+    /// the pool's first free VM, linked without a restart (live share). Names no VM.
+    #[arg(long, value_name = "POOL", allow_hyphen_values = true)]
+    pub pool: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -123,12 +129,36 @@ pub enum Cmd {
     Shell {
         /// The VM; default: the repo directory's name.
         vm: Option<String>,
+        /// Lease a VM of this pool for the repo (or find its lease) instead of naming one.
+        #[arg(long, value_name = "POOL", allow_hyphen_values = true)]
+        pool: Option<String>,
         /// The VM's SSH destination (default: the config's vms.<vm>.ssh).
         #[arg(long, value_name = "DEST", allow_hyphen_values = true)]
         ssh: Option<String>,
         /// The command to run (after --); default: a login shell.
         #[arg(last = true, value_name = "COMMAND")]
         command: Vec<String>,
+    },
+    /// End a lease of a pool VM: VM's, or (none named) the lease of the worktree you are in.
+    /// The VM is unlinked (its placeholder serves; it keeps running) and the lease removed.
+    ///
+    /// Only the lease's holder or root may release it, or anyone once its worktree is gone.
+    #[command(
+        after_help = "Examples:\n  cd ~/src/proj-wt1 && microvm-link release\n  microvm-link release agents-2"
+    )]
+    Release {
+        /// The pool VM (default: the one leased for the worktree you are in).
+        vm: Option<String>,
+        #[arg(long)]
+        no_restart: bool,
+        /// Do not wait for SSH after restarting the VM.
+        #[arg(long)]
+        no_wait: bool,
+        /// Print what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
     },
     /// Bring the guest's branches home: from the VM's own git dir (git = private) into the
     /// repo as remote-tracking refs refs/remotes/<entry>/<branch>. Runs as you.
@@ -157,6 +187,25 @@ pub enum Cmd {
 /// Not clap's value parser: its error is a usage message, not microvm-link's one line.
 pub fn vm(arg: Option<&str>) -> Result<Option<VmName>> {
     Ok(arg.map(VmName::try_from).transpose()?)
+}
+
+/// What a link or a shell goes to: a VM (named, or derived from the repo), or a lease from a
+/// pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Vm(Option<VmName>),
+    Pool(PoolName),
+}
+
+/// The VM or `--pool POOL`, each checked once, here; both at once is refused in one line.
+pub fn target(vm: Option<&str>, pool: Option<&str>) -> Result<Target> {
+    match (self::vm(vm)?, pool) {
+        (None, Some(p)) => Ok(Target::Pool(PoolName::try_from(p).context("--pool")?)),
+        (Some(v), Some(p)) => {
+            anyhow::bail!("--pool {p:?} chooses the VM itself: name no VM ({v}) with it")
+        }
+        (vm, None) => Ok(Target::Vm(vm)),
+    }
 }
 
 /// `--ssh DEST`, checked once, here: never an ssh option, one word.

@@ -175,6 +175,21 @@ pub const GENERATOR_OUT: &str = "/run/systemd/generator";
 pub const GENERATOR_NAME: &str = "microvm-workspaces-generator";
 const PREPARE_NAME: &str = "microvm-workspaces-prepare";
 
+/// `doctor`, printed (the findings, or with `json` `{"ok": bool, "findings": [...]}`);
+/// whether a finding failed (the exit status is 1 then).
+pub fn print(root: &Root, caller: Caller, host: &dyn Host, json: bool) -> Result<bool> {
+    let found = run(root, caller, host)?;
+    let failed = failed(&found);
+    match json {
+        true => println!(
+            "{:#}",
+            serde_json::json!({ "ok": !failed, "findings": found })
+        ),
+        false => print!("{}", render(&found)),
+    }
+    Ok(failed)
+}
+
 /// Runs every check. `caller`: whom doctor speaks for (sudo group membership).
 pub fn run(root: &Root, caller: Caller, host: &dyn Host) -> Result<Vec<Finding>> {
     let tree = Tree::open(root)?;

@@ -8,13 +8,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::cmd::pool::{self, LeaseReport, LeaseView, ReleasedLease};
 use crate::cmd::status::{self, VmStatus};
 use crate::engine::entry::{Change, Relinked, Workspace};
+use crate::engine::link::LeaseAsk;
+use crate::engine::pool::{Choice, Released};
 use crate::fs::chase::{Node, Tree, Trust, Walk};
 use crate::fs::paths::{self, show, Root};
 use crate::host::caller::{self, Caller};
 use crate::model::config::Config;
-use crate::model::names::{EntryName, SshDest, VmName};
+use crate::model::names::{EntryName, PoolName, SshDest, VmName};
 use crate::model::workspace::{self, entry_name_of, live_of};
 use crate::{
     engine::prepare, host::logging, host::ssh, host::systemd, host::units, model::record,
@@ -378,6 +381,10 @@ pub struct Outcome {
     /// Running VMs that see the change now through live shares.
     pub live: Vec<LiveVm>,
     pub ssh: SshWait,
+    /// `--pool`: the lease (new, or the worktree's own found again).
+    pub lease: Option<LeaseReport>,
+    /// Leases this run ended (`release`; a lease call ends those whose worktree is gone).
+    pub released: Vec<ReleasedLease>,
 }
 
 /// A stale VM `--restart-stale` restarted, and how that ended.
@@ -463,6 +470,8 @@ impl Outcome {
                 d.from, d.to
             ));
         }
+        out.extend(self.released.iter().map(|r| r.line(self.dry_run)));
+        out.extend(self.lease.iter().map(|l| l.line(self.dry_run)));
         out.extend(self.relinked.steps.iter().chain(&self.ensured).cloned());
         out.extend(self.restart.line(&self.vm));
         out.extend(self.ssh.line(&self.vm));
@@ -576,6 +585,145 @@ pub fn unlink(env: &Env, vm: &VmName, opts: Options) -> Result<Outcome> {
     run(env, vm, None, changes, opts)
 }
 
+/// Leases a VM of `pool` for the worktree `repo` (default: the repo around the working
+/// directory; see [`Env::repo`]) and links it there: the worktree's own lease if it holds
+/// one, else the pool's first free VM, chosen and recorded under the workspace lock
+/// (`engine::link::lease`); leases of the pool whose worktree is gone end on the way. A
+/// running VM sees the worktree through its live share at once (no restart); a stopped one
+/// is started. As `--if-needed`: a VM that shows the worktree already is not linked again.
+pub fn lease(env: &Env, pool: &PoolName, repo: Option<&Path>, opts: Options) -> Result<Outcome> {
+    let t0 = Instant::now();
+    let vms = pool::vms_of(&env.cfg, pool)?;
+    pool::check_live_shares(&env.tree, &env.cfg, pool)?;
+    let repo = env.repo(repo)?;
+    let ask = LeaseAsk {
+        pool,
+        vms,
+        worktree: &repo,
+    };
+    let mut changes_for = |choice: &Choice, released: &[Released]| -> Result<Vec<Change>> {
+        let vm = choice.vm();
+        let mut changes = match linked_to(env, vm, &repo)? {
+            true => Vec::new(),
+            false => link_changes(env, vm, &repo.path),
+        };
+        for r in released.iter().filter(|r| &r.vm != vm) {
+            changes.extend(unlink_changes(env, &r.vm));
+        }
+        // Checked under the lock, before anything changes.
+        check_affected(env, &affected(env, &changes).0, &changes)?;
+        Ok(changes)
+    };
+    let leased = crate::engine::link::lease(
+        &env.tree,
+        &env.cfg,
+        &ask,
+        env.caller,
+        opts.dry_run,
+        &mut changes_for,
+    )?;
+    let view = |vm: &VmName, l: &crate::engine::facts::LeaseFacts| LeaseView::of(&env.cfg, vm, l);
+    let report = LeaseReport {
+        lease: view(
+            &leased.vm,
+            &crate::engine::facts::LeaseFacts {
+                worktree: leased.worktree.clone(),
+                owner: leased.owner,
+                since: leased.since,
+                gone: false,
+            },
+        ),
+        new: leased.new,
+    };
+    let released = leased
+        .released
+        .iter()
+        .map(|r| ReleasedLease {
+            lease: view(&r.vm, &r.lease),
+            why: "its worktree is gone".into(),
+        })
+        .collect();
+    let opts = Options {
+        if_needed: true,
+        ..opts
+    };
+    let repo = Some(show(&repo.path));
+    let mut out = finish(
+        env,
+        &leased.vm,
+        repo,
+        leased.changes,
+        leased.relinked,
+        opts,
+        t0,
+    );
+    out.lease = Some(report);
+    out.released = released;
+    Ok(out)
+}
+
+/// Ends a lease: of `vm`, or (none given) the caller's lease for the worktree around the
+/// working directory. Only its holder or root may, or anyone once its worktree is gone
+/// (`policy::may_release`). The VM is unlinked (its placeholder serves, seen at once through
+/// its live share; it keeps running) and the lease record removed, under the lock.
+pub fn release(env: &Env, vm: Option<VmName>, opts: Options) -> Result<Outcome> {
+    let t0 = Instant::now();
+    let (vm, expect) = match vm {
+        Some(vm) => {
+            env.known_vm(&vm)?;
+            (vm, None)
+        }
+        None => {
+            let repo = env.repo(None)?;
+            let mut own = pool::own_leases(&env.tree, &env.cfg, env.caller.uid(), &repo.path)?;
+            match own.len() {
+                0 => bail!(
+                    "no VM is leased for {} by you; name the VM to release (microvm-link status lists the leases)",
+                    show(&repo.path)
+                ),
+                1 => (own.remove(0).0, Some(repo.path)),
+                _ => bail!(
+                    "{} holds several leases ({}); name the VM to release",
+                    show(&repo.path),
+                    own.iter()
+                        .map(|(vm, _)| vm.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }
+        }
+    };
+    let changes = unlink_changes(env, &vm);
+    check_affected(env, &affected(env, &changes).0, &changes)?;
+    let done = crate::engine::link::release(
+        &env.tree,
+        &env.cfg,
+        &vm,
+        expect.as_deref(),
+        &changes,
+        env.caller,
+        opts.dry_run,
+    )?;
+    let Some((facts, relinked)) = done else {
+        let mut out = finish(env, &vm, None, Vec::new(), Relinked::default(), opts, t0);
+        out.restart = Restart::NotAsked;
+        out.relinked
+            .steps
+            .push(format!("{vm} is not leased; nothing to release"));
+        return Ok(out);
+    };
+    let lease = LeaseView::of(&env.cfg, &vm, &facts);
+    let mut out = finish(env, &vm, None, changes, relinked, opts, t0);
+    out.released.push(ReleasedLease {
+        lease,
+        why: match facts.gone {
+            true => "released (its worktree is gone)".into(),
+            false => "released".into(),
+        },
+    });
+    Ok(out)
+}
+
 fn run(
     env: &Env,
     vm: &VmName,
@@ -584,12 +732,26 @@ fn run(
     opts: Options,
 ) -> Result<Outcome> {
     let t0 = Instant::now();
-    let (affected, mut skipped) = affected(env, &changes);
+    let (affected, _) = affected(env, &changes);
     // Everything that can be checked is checked before anything changes.
     check_affected(env, &affected, &changes)?;
     let caller = env.caller;
     let relinked =
         crate::engine::link::relink(&env.tree, &env.cfg, &changes, caller, opts.dry_run)?;
+    Ok(finish(env, vm, repo, changes, relinked, opts, t0))
+}
+
+/// After the relink: ensure what it affects, restart (or not), wait for SSH, report stale VMs.
+fn finish(
+    env: &Env,
+    vm: &VmName,
+    repo: Option<String>,
+    changes: Vec<Change>,
+    relinked: Relinked,
+    opts: Options,
+    t0: Instant,
+) -> Outcome {
+    let (affected, mut skipped) = affected(env, &changes);
     let ensured = ensure_affected(env, &affected, opts.dry_run, &mut skipped);
     let link_ms = t0.elapsed().as_secs_f64() * 1000.0;
     let live = live_views(env, &affected);
@@ -648,7 +810,7 @@ fn run(
             }
         }
     }
-    Ok(Outcome {
+    Outcome {
         caller: env.caller,
         vm: vm.clone(),
         repo,
@@ -667,7 +829,9 @@ fn run(
             .map(|(vm, tags)| LiveVm { vm, tags })
             .collect(),
         ssh,
-    })
+        lease: None,
+        released: Vec::new(),
+    }
 }
 
 /// Why `--restart-stale` leaves `s` alone for this caller: a stale share of it passes
@@ -921,6 +1085,8 @@ mod tests {
                 tags: vec!["nixfiles".into()],
             }],
             ssh: SshWait::NotAsked,
+            lease: None,
+            released: Vec::new(),
         };
         let v = serde_json::to_value(&out).unwrap();
         assert_eq!(v["vm"], "vm1");

@@ -10,12 +10,14 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::cmd::flow::{self, Env};
+use crate::cmd::cli::Target;
+use crate::cmd::flow::{self, Env, Options};
+use crate::cmd::{fetch, pool};
 use crate::fs::paths::{self, show};
 use crate::host::caller::{self, Ids};
 use crate::host::ssh;
 use crate::model::config::Config;
-use crate::model::names::{SshDest, VmName};
+use crate::model::names::{PoolName, SshDest, VmName};
 
 /// Where `shell` goes.
 #[derive(Debug)]
@@ -29,6 +31,76 @@ pub struct Plan {
     pub dir: Option<String>,
     /// Whom ssh runs as (`None`: whoever runs this).
     pub user: Option<Ids>,
+}
+
+/// `microvm-link shell`, whole: the VM (named, derived, or leased from a pool), linked and
+/// started only if needed (through sudo for a user, only then), the SSH wait, the session as
+/// the caller, the guest's branches fetched after. Returns the remote command's status.
+pub fn main(
+    env: &Env,
+    target: Target,
+    given: Option<&SshDest>,
+    command: &[String],
+    timeout: Duration,
+    progress: bool,
+) -> Result<u8> {
+    let root = nix::unistd::Uid::effective().is_root();
+    let (vm, pool) = match target {
+        Target::Vm(vm) => (vm, None),
+        Target::Pool(p) => {
+            pool::vms_of(&env.cfg, &p)?;
+            let repo = env.repo(None)?;
+            let own = pool::own_lease_in(&env.tree, &env.cfg, &p, env.caller.uid(), &repo.path);
+            (own, Some(p))
+        }
+    };
+    // A pool with no lease of this worktree yet: nothing to plan until one is taken.
+    let planned = match (&vm, &pool) {
+        (None, Some(_)) => None,
+        _ => Some(plan(env, vm.clone(), given)?),
+    };
+    let serving = planned.as_ref().is_some_and(|p| serving(env, p));
+    let mut vm = planned.as_ref().map(|p| p.vm.clone());
+    if root {
+        let opts = Options {
+            if_needed: true,
+            no_wait: true,
+            progress,
+            ..Options::default()
+        };
+        let out = match &pool {
+            Some(p) => flow::lease(env, p, None, opts)?,
+            None => flow::link(env, vm.clone(), None, opts)?,
+        };
+        out.lines().iter().for_each(|l| eprintln!("{l}"));
+        anyhow::ensure!(out.success(), "linking and starting {} failed", out.vm);
+        vm = Some(out.vm);
+    } else if !serving {
+        link_through_sudo(vm.as_ref(), pool.as_ref(), given)?;
+        if let Some(p) = &pool {
+            let repo = env.repo(None)?;
+            vm = Some(
+                pool::own_lease_in(&env.tree, &env.cfg, p, env.caller.uid(), &repo.path)
+                    .with_context(|| {
+                        format!(
+                            "no lease of pool {p} is recorded for {} after leasing",
+                            show(&repo.path)
+                        )
+                    })?,
+            );
+        }
+    }
+    let plan = match planned {
+        Some(p) if Some(&p.vm) == vm.as_ref() => p,
+        _ => plan(env, vm, given)?,
+    };
+    let control = wait(env, &plan, serving, timeout, progress)?;
+    let code = run(&plan, control.as_deref(), command)?;
+    caller::drop_to(env.caller)?;
+    if let Some(line) = fetch::after_shell(env, &plan.vm) {
+        eprintln!("microvm-link: {line}");
+    }
+    Ok(code)
 }
 
 /// The VM (named, or derived from the repo around the working directory), its destination,
@@ -94,16 +166,26 @@ pub fn guest_workspace(cfg: &Config, vm: &VmName) -> Option<String> {
 }
 
 /// The privileged part for a user who is not root: `sudo microvm-link VM --if-needed
-/// --no-wait`, in this working directory; its output is theirs to see.
-pub fn link_through_sudo(vm: &VmName, given: Option<&SshDest>) -> Result<()> {
+/// --no-wait` (or `--pool POOL` instead of the VM), in this working directory; its output is
+/// theirs to see.
+pub fn link_through_sudo(
+    vm: Option<&VmName>,
+    pool: Option<&PoolName>,
+    given: Option<&SshDest>,
+) -> Result<()> {
     let (mut c, sudo) = caller::sudo_command();
     let exe = std::env::current_exe().context("cannot find microvm-link's own executable")?;
     c.arg("--").arg(&exe).args(["--if-needed", "--no-wait"]);
     if let Some(d) = given {
         c.arg(format!("--ssh={d}"));
     }
+    if let Some(p) = pool {
+        c.arg(format!("--pool={p}"));
+    }
     // After `--`: a VM named like a subcommand or an option is still the VM.
-    c.arg("--").arg(vm);
+    if let Some(vm) = vm.filter(|_| pool.is_none()) {
+        c.arg("--").arg(vm);
+    }
     // Its report is about linking, not the session: stderr, so that `$(microvm-link shell --
     // CMD)` captures only CMD's output (as when root runs shell and links in-process).
     let status = c
@@ -111,7 +193,11 @@ pub fn link_through_sudo(vm: &VmName, given: Option<&SshDest>) -> Result<()> {
         .status()
         .with_context(|| format!("microvm-link needs root and could not run {sudo}"))?;
     if !status.success() {
-        bail!("linking and starting {vm} failed ({status})");
+        match (pool, vm) {
+            (Some(p), _) => bail!("leasing a VM of pool {p} failed ({status})"),
+            (None, Some(vm)) => bail!("linking and starting {vm} failed ({status})"),
+            (None, None) => bail!("linking and starting the VM failed ({status})"),
+        }
     }
     Ok(())
 }

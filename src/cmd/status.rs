@@ -34,6 +34,37 @@ pub fn collect(
     vms.iter().map(|v| status_of(tree, cfg, root, v)).collect()
 }
 
+/// `status`, printed: the VMs' table and, when there are pools or leases, the pools' (or
+/// with `json`, `{"vms": [...], "pools": [...], "strayLeases": [...]}`).
+pub fn print(
+    tree: &Tree,
+    cfg: &Config,
+    root: &Root,
+    vm: Option<&VmName>,
+    json: bool,
+    verbose: bool,
+) -> anyhow::Result<()> {
+    let rows = collect(tree, cfg, root, vm)?;
+    let pools = crate::cmd::pool::collect(tree, cfg, vm)?;
+    let stray = match vm {
+        Some(_) => Vec::new(),
+        None => crate::cmd::pool::stray_leases(tree, cfg)?,
+    };
+    match json {
+        true => println!(
+            "{:#}",
+            serde_json::json!({ "vms": rows, "pools": pools, "strayLeases": stray })
+        ),
+        false => {
+            print!("{}", table(&rows, verbose));
+            if !pools.is_empty() || !stray.is_empty() {
+                print!("\n{}", crate::cmd::pool::table(&pools, &stray));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Every VM `status` shows: known ones (a runner or a config entry) and those with a record.
 pub fn all_vms(tree: &Tree, cfg: &Config) -> Vec<VmName> {
     let mut v = crate::model::runner::known_vms(tree, cfg);
