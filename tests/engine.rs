@@ -1,5 +1,6 @@
 //! The engine's promise (issue 19): what a dry run plans is exactly what the act then does,
-//! for generated workspaces and intents, and a refusal changes nothing. Needs root: the
+//! for generated workspaces and intents (a pool's lease and release among them, issue 20),
+//! and a refusal changes nothing. Needs root: the
 //! placeholders carry trusted xattrs and links are (idmapped) mounts.
 
 mod common;
@@ -22,6 +23,10 @@ enum Before {
     LinkedRepoGone,
     LinkedByRoot,
     LiveRoot,
+    /// vm1 leased from pool `p` for /home/alice/a.
+    Leased,
+    /// vm1 leased for a worktree that has moved away since.
+    LeaseGone,
 }
 
 /// What is asked of it.
@@ -31,6 +36,11 @@ enum Intent {
     LinkB,
     Unlink,
     Start,
+    /// `--pool p` from /home/alice/a, and from /home/alice/b.
+    LeaseA,
+    LeaseB,
+    /// `release vm1`.
+    Release,
 }
 
 fn before() -> impl Strategy<Value = Before> {
@@ -44,6 +54,8 @@ fn before() -> impl Strategy<Value = Before> {
         Just(Before::LinkedRepoGone),
         Just(Before::LinkedByRoot),
         Just(Before::LiveRoot),
+        Just(Before::Leased),
+        Just(Before::LeaseGone),
     ]
 }
 
@@ -53,6 +65,9 @@ fn intent() -> impl Strategy<Value = Intent> {
         Just(Intent::LinkB),
         Just(Intent::Unlink),
         Just(Intent::Start),
+        Just(Intent::LeaseA),
+        Just(Intent::LeaseB),
+        Just(Intent::Release),
     ]
 }
 
@@ -81,7 +96,30 @@ fn run(fx: &Fx, intent: Intent) -> (Result<Vec<String>, String>, Result<Vec<Stri
     let cfg = Config::load(&tree).unwrap();
     let once = |dry_run: bool| -> Result<Vec<String>, String> {
         let text = |ops: &[Op]| ops.iter().map(|o| o.to_string()).collect::<Vec<_>>();
+        let env = || Env {
+            root: root.clone(),
+            tree: Tree::open(&root).unwrap(),
+            cfg: cfg.clone(),
+            caller: Caller::User(ALICE),
+        };
+        let opts = Options {
+            dry_run,
+            no_restart: true,
+            ..Options::default()
+        };
         match intent {
+            Intent::LeaseA | Intent::LeaseB => {
+                let wt = fx.p(match intent {
+                    Intent::LeaseA => "/home/alice/a",
+                    _ => "/home/alice/b",
+                });
+                flow_lease(&env(), &"p".parse().unwrap(), Some(&wt), opts)
+                    .map(|o| text(&o.relinked.ops))
+                    .map_err(|e| one_line(&e))
+            }
+            Intent::Release => flow_release(&env(), Some("vm1".parse().unwrap()), opts)
+                .map(|o| text(&o.relinked.ops))
+                .map_err(|e| one_line(&e)),
             Intent::Start => {
                 let shares = shares(&tree, &cfg, "vm1").map_err(|e| one_line(&e))?;
                 prepare_shares(&tree, &cfg, "vm1", &shares, dry_run)
@@ -111,6 +149,11 @@ fn run(fx: &Fx, intent: Intent) -> (Result<Vec<String>, String>, Result<Vec<Stri
 
 fn setup(b: Before) -> Rig {
     let fx = rig();
+    // vm1 is pool p's one VM: a live share of its own entry, in the config.
+    fx.config(
+        r#"{"vms": {"vm1": {"shares": [{"tag": "pool", "proto": "virtiofs",
+            "source": "/var/lib/microvm-workspaces/.live/vm1"}]}}, "pools": {"p": ["vm1"]}}"#,
+    );
     fx.runner(
         "vm1",
         &[
@@ -158,6 +201,21 @@ fn setup(b: Before) -> Rig {
             link_as(ALICE, "/home/alice/a");
             fx.prepare_ok("vm1");
         }
+        Before::Leased | Before::LeaseGone => {
+            let wt = match b {
+                Before::Leased => "/home/alice/a",
+                _ => "/home/alice/c",
+            };
+            repo(&fx, "/home/alice/c", false);
+            Run::link(&fx)
+                .user(ALICE)
+                .cwd(wt)
+                .args(["--pool", "p", "--no-restart"])
+                .ok_stdout();
+            if matches!(b, Before::LeaseGone) {
+                std::fs::rename(fx.p("/home/alice/c"), fx.p("/home/alice/c-moved")).unwrap();
+            }
+        }
     }
     fx
 }
@@ -167,6 +225,8 @@ fn the_plan_is_exactly_what_the_act_does_and_a_refusal_changes_nothing() {
     in_mount_ns!(the_plan_is_exactly_what_the_act_does_and_a_refusal_changes_nothing);
     use std::cell::Cell;
     let (cases, changed, refused) = (Cell::new(0), Cell::new(0), Cell::new(0));
+    // Plans that wrote and removed a lease record.
+    let (leased, released) = (Cell::new(0), Cell::new(0));
     let config = ProptestConfig {
         cases: 128,
         failure_persistence: None,
@@ -184,6 +244,12 @@ fn the_plan_is_exactly_what_the_act_does_and_a_refusal_changes_nothing() {
                     if !d.is_empty() {
                         changed.set(changed.get() + 1);
                     }
+                    if d.iter().any(|o| o.starts_with("write lease ")) {
+                        leased.set(leased.get() + 1);
+                    }
+                    if d.iter().any(|o| o.starts_with("remove lease ")) {
+                        released.set(released.get() + 1);
+                    }
                 }
                 (Err(p), Err(d)) => {
                     prop_assert_eq!(p, d, "{:?} then {:?}", b, i);
@@ -200,10 +266,11 @@ fn the_plan_is_exactly_what_the_act_does_and_a_refusal_changes_nothing() {
         }
     });
     let (cases, changed, refused) = (cases.get(), changed.get(), refused.get());
-    eprintln!("engine: {cases} intents, {changed} with operations, {refused} refused; plan == act in each");
+    let (leased, released) = (leased.get(), released.get());
+    eprintln!("engine: {cases} intents, {changed} with operations ({leased} wrote a lease, {released} removed one), {refused} refused; plan == act in each");
     // The generator reached what it is for.
     assert!(
-        changed > 10 && refused > 0,
-        "{changed} changed, {refused} refused"
+        changed > 10 && refused > 0 && leased > 0 && released > 0,
+        "{changed} changed, {refused} refused, {leased} leased, {released} released"
     );
 }

@@ -2,7 +2,8 @@
 //! move, only the paths here change. Tests write `api::Tree`, `api::VmName`, ...
 #![allow(unused_imports)]
 
-pub use microvm_workspaces::cmd::flow::{derive_vm_name, repo_root};
+pub use microvm_workspaces::cmd::flow::{derive_vm_name, repo_root, Env, Options};
+pub use microvm_workspaces::cmd::flow::{lease as flow_lease, release as flow_release};
 pub use microvm_workspaces::engine::entry::{Change, Workspace};
 pub use microvm_workspaces::engine::link::relink;
 pub use microvm_workspaces::engine::plan::Op;
