@@ -406,3 +406,63 @@ fn doctor_help_says_what_it_checks_and_the_exit_status() {
         assert!(help.contains(needle), "{needle:?} not in:\n{help}");
     }
 }
+
+#[test]
+fn pools_say_whether_each_vm_has_its_live_share_and_which_leases_are_gone() {
+    let fx = healthy();
+    let (_, f) = doctor(&fx);
+    assert!(of(&f, "pools", "ok").is_empty(), "no pools, nothing said");
+    let live = |vm: &str| format!("/var/lib/microvm-workspaces/.live/{vm}");
+    fx.config(&format!(
+        r#"{{"vms": {{"p1": {{"shares": [{{"tag": "w", "proto": "virtiofs", "source": "{}"}}]}},
+                     "p2": {{"shares": [{{"tag": "w", "proto": "virtiofs", "source": "{}"}}]}}}},
+            "pools": {{"agents": ["p1", "p2"]}}}}"#,
+        live("p1"),
+        live("p2")
+    ));
+    fx.runner("p1", &[("w", live("p1").as_bytes())]);
+    let (code, f) = doctor(&fx);
+    assert_eq!(code, 0, "{f:#?}");
+    one(
+        &f,
+        "pools",
+        "ok",
+        "pool agents: 2 VMs with live workspace shares, 0 leased",
+    );
+    // A runner that gives p2 its pinned entry instead; a lease of p1 whose worktree is gone;
+    // a lease of vm1, in no pool.
+    fx.runner("p2", &[("w", b"/var/lib/microvm-workspaces/p2")]);
+    fx.mkdir("/var/lib/microvm-workspaces/.leases", 0, 0o755);
+    fx.symlink_as(
+        "/home/alice/gone",
+        "/var/lib/microvm-workspaces/.leases/p1",
+        ALICE,
+    );
+    fx.repo("/home/alice/wt", ALICE);
+    fx.symlink_as(
+        "/home/alice/wt",
+        "/var/lib/microvm-workspaces/.leases/vm1",
+        ALICE,
+    );
+    let (code, f) = doctor(&fx);
+    assert_eq!(code, 0, "no VM fails to start: {f:#?}");
+    one(
+        &f,
+        "pools",
+        "warn",
+        "pool agents: VM p2 has no live workspace share: none of its shares has the source /var/lib/microvm-workspaces/.live/p2",
+    );
+    one(
+        &f,
+        "pools",
+        "warn",
+        "p1 (pool agents) leased by uid 4242 for /home/alice/gone since ",
+    );
+    one(
+        &f,
+        "pools",
+        "warn",
+        "vm1 leased by uid 4242 for /home/alice/wt since ",
+    );
+    assert!(of(&f, "pools", "ok").is_empty(), "{f:#?}");
+}

@@ -20,7 +20,7 @@ use crate::host::caller::{self, Caller};
 use crate::model::config::{Config, Proto};
 use crate::model::names::{SshDest, VmName};
 use crate::model::runner::{self, Share};
-use crate::{cmd::status, host::units};
+use crate::{cmd::pool, cmd::status, host::units};
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -37,7 +37,8 @@ pub enum Severity {
 #[derive(Debug, Clone, Serialize)]
 pub struct Finding {
     /// Which check: `config`, `generator`, `drop-ins`, `virtiofsd`, `symlinked-source`,
-    /// `private-tmp`, `runner`, `sudo`, `link-records`, `stale`, `vsock`, `idmap`, `guest`.
+    /// `private-tmp`, `runner`, `sudo`, `link-records`, `pools`, `stale`, `vsock`, `idmap`,
+    /// `guest`.
     pub check: &'static str,
     pub severity: Severity,
     pub what: String,
@@ -212,6 +213,7 @@ pub fn run(root: &Root, caller: Caller, host: &dyn Host) -> Result<Vec<Finding>>
     check_private_tmp(&cfg, &shares, &mut out);
     out.append(&mut sudo);
     check_link_records(&tree, &cfg, &mut out);
+    check_pools(&tree, &cfg, &mut out);
     check_stale(&tree, &cfg, root, &mut out);
     check_vsock(&cfg, caller, host, &mut out);
     out.append(&mut idmap);
@@ -1020,6 +1022,77 @@ fn check_link_records(tree: &Tree, cfg: &Config, out: &mut Vec<Finding>) {
         out.push(ok(
             "link-records",
             format!("{n} link records, every repo present"),
+        ));
+    }
+}
+
+/// Pools: each VM runs with the live share of its own entry (the config says so when read; a
+/// runner can differ), and leases whose worktree is gone, or of a VM in no pool any more.
+/// Nothing is said on a host without pools or leases.
+fn check_pools(tree: &Tree, cfg: &Config, out: &mut Vec<Finding>) {
+    let (pools, stray) = match (
+        pool::collect(tree, cfg, None),
+        pool::stray_leases(tree, cfg),
+    ) {
+        (Ok(p), Ok(s)) => (p, s),
+        (Err(e), _) | (_, Err(e)) => {
+            out.push(warn(
+                "pools",
+                format!(
+                    "cannot read the leases: {}",
+                    crate::host::logging::one_line(&e)
+                ),
+                "make .leases a root-owned 0755 directory",
+            ));
+            return;
+        }
+    };
+    for p in &pools {
+        let mut fine = true;
+        if let Err(e) = pool::check_live_shares(tree, cfg, &p.pool) {
+            fine = false;
+            out.push(warn(
+                "pools",
+                crate::host::logging::one_line(&e),
+                format!("give the VM a share whose source is its live root (NixOS guest module: services.microvm-workspaces.guest.shares.<share>.entry = the VM's name), or take it out of pools.{}", p.pool),
+            ));
+        }
+        for l in p.vms.iter().filter_map(|v| v.lease.as_ref()) {
+            if l.worktree_gone {
+                fine = false;
+                out.push(warn(
+                    "pools",
+                    format!(
+                        "{}, but its worktree is gone; the VM shows the placeholder",
+                        l.words()
+                    ),
+                    format!(
+                        "the next microvm-link --pool {} ends it; or microvm-link release {}",
+                        p.pool, l.vm
+                    ),
+                ));
+            }
+        }
+        if fine {
+            let leased = p.vms.iter().filter(|v| v.lease.is_some()).count();
+            out.push(ok(
+                "pools",
+                format!(
+                    "pool {}: {} VMs with live workspace shares, {leased} leased",
+                    p.pool,
+                    p.vms.len()
+                ),
+            ));
+        }
+    }
+    for l in &stray {
+        out.push(warn(
+            "pools",
+            format!("{}, a VM in no pool now", l.words()),
+            format!(
+                "microvm-link release {} when its worktree is done with it",
+                l.vm
+            ),
         ));
     }
 }
