@@ -112,7 +112,7 @@ let
 
   settings = mw.mkConfig {
     stateDir = if hasMicrovmHost then config.microvm.stateDir else "/var/lib/microvms";
-    inherit (cfg) workspaceDir companions;
+    inherit (cfg) workspaceDir companions pools;
     placeholder = {
       inherit (cfg.placeholder) user group mode;
     };
@@ -381,6 +381,30 @@ in
       '';
     };
 
+    pools = lib.mkOption {
+      type = lib.types.attrsOf (lib.types.listOf lib.types.str);
+      default = { };
+      example = {
+        agents = [
+          "agent1"
+          "agent2"
+          "agent3"
+        ];
+      };
+      description = ''
+        Pools of VMs for parallel work, written to {file}`config.json` as
+        `pools`. `microvm-link --pool <pool>` (and `microvm-link shell --pool
+        <pool>`), run in a git worktree, leases the pool's first VM that nobody
+        leases, links the worktree into it without a restart, and records the
+        lease in {file}`<workspaceDir>/.leases/<vm>`; the same worktree finds its
+        lease again, `microvm-link release` ends it. Each VM must be in
+        `microvm.vms`, in one pool only, and have a live share of its own
+        workspace (a share whose source is {file}`<workspaceDir>/.live/<vm>`,
+        e.g. `services.microvm-workspaces.guest.shares.<share>.entry = "<vm>"`
+        in the guest); assertions name what is not.
+      '';
+    };
+
     linkGroup = lib.mkOption {
       type = lib.types.nullOr (lib.types.strMatching mw.groupNameRegex);
       default = null;
@@ -457,6 +481,11 @@ in
               microvmVms = config.microvm.vms;
             }
           )
+          ++ mw.poolProblems {
+            inherit (cfg) pools workspaceDir;
+            inherit vms;
+            stateDir = if hasMicrovmHost then config.microvm.stateDir else "/var/lib/microvms";
+          }
           ++ mw.companionProblems cfg.companions
           ++ mw.companionClashes {
             inherit (cfg) companions;

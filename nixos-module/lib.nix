@@ -162,6 +162,7 @@ rec {
       vms,
       companions,
       hypervisor ? hypervisorIds,
+      pools ? { },
     }:
     {
       enable = true;
@@ -174,7 +175,10 @@ rec {
         inherit (hypervisor) user group;
       };
       inherit vms companions;
-    };
+    }
+    # Only when there are pools: a config.json without them stays readable by a package of
+    # before pools (config.json's unknown keys are errors).
+    // (if pools == { } then { } else { inherit pools; });
 
   # Share sources for which microvm.nix's host module writes tmpfiles lines
   # that must go: those under the workspace dir (prepare creates them at VM
@@ -979,5 +983,97 @@ rec {
         else
           [ ]
       )
+    ) names;
+
+  # ---- Pools (issue 20): services.microvm-workspaces.pools.<pool> = [ vm ... ] ----
+
+  # A pool's name: what src/model/names.rs PoolName accepts, 1 to 64 bytes of
+  # letters, digits, "_", "." and "-", not starting with "." or "-".
+  isPoolName = s: matches "[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}" s;
+
+  # A path with "." and ".." resolved lexically (".." above "/" stays at "/"),
+  # as the Rust side's paths::normalize: "/a/b/../c" -> "/a/c".
+  normalizePath =
+    p:
+    let
+      parts = filter (c: c != "" && c != ".") (pathComponents p);
+      dropLast = l: builtins.genList (i: builtins.elemAt l i) (length l - 1);
+      step = acc: c: if c == ".." then (if acc == [ ] then [ ] else dropLast acc) else acc ++ [ c ];
+    in
+    "/" + builtins.concatStringsSep "/" (foldl' step [ ] parts);
+
+  # Does VM `vm` (an entry of config.json's vms) have a share whose source is
+  # its own live root <workspaceDir>/.live/<vm>? A relative source is taken
+  # against <stateDir>/<vm>, as prepare does.
+  hasLiveWorkspace =
+    {
+      vm,
+      vms,
+      workspaceDir,
+      stateDir,
+    }:
+    let
+      want = "${toString workspaceDir}/.live/${vm}";
+      resolve = src: normalizePath (if substring 0 1 src == "/" then src else "${toString stateDir}/${vm}/${src}");
+    in
+    builtins.any (s: isString s.source && resolve s.source == want) ((vms.${vm} or { }).shares or [ ]);
+
+  # Problems config.json's parser would refuse `pools` for (Config::validate_pools
+  # in src/model/config.rs): a pool name that is not one, an empty pool, a VM
+  # not in config.json's vms (every VM of microvm.vms is), listed twice or in
+  # two pools, or without a live workspace share. A list of messages.
+  poolProblems =
+    {
+      pools,
+      vms,
+      workspaceDir,
+      stateDir,
+    }:
+    let
+      opt = "services.microvm-workspaces.pools";
+      names = attrNames pools;
+      # every (pool, vm) in order, to find a VM's first pool
+      listed = concatMap (pool: map (vm: { inherit pool vm; }) pools.${pool}) names;
+      firstPool = vm: (head (filter (x: x.vm == vm) listed)).pool;
+      count = pool: vm: length (filter (x: x == vm) pools.${pool});
+    in
+    concatMap (
+      pool:
+      let
+        at = "${opt}.${showAttr pool}";
+        members = pools.${pool};
+      in
+      (
+        if isPoolName pool then
+          [ ]
+        else
+          [
+            "${at}: a pool name is 1 to 64 letters, digits, \"_\", \".\" or \"-\", not starting with \".\" or \"-\"."
+          ]
+      )
+      ++ (if members == [ ] then [ "${at} is empty: a pool needs at least one VM." ] else [ ])
+      ++ concatMap (
+        vm:
+        if !isString vm then
+          [ "${at}: ${quote vm} is not a VM name." ]
+        else if count pool vm > 1 then
+          [ "${at} lists the VM ${quote vm} more than once." ]
+        else if firstPool vm != pool then
+          [
+            "${at}: the VM ${quote vm} is in the pool ${quote (firstPool vm)} too; a VM is in at most one pool."
+          ]
+        else if !(vms ? ${vm}) then
+          [ "${at}: there is no VM ${quote vm} in microvm.vms." ]
+        else if
+          !hasLiveWorkspace {
+            inherit vm vms workspaceDir stateDir;
+          }
+        then
+          [
+            "${at}: the VM ${quote vm} has no live workspace share (a share whose source is ${toString workspaceDir}/.live/${vm}; in the guest: services.microvm-workspaces.guest.shares.<share>.entry = ${quote vm}), so a lease could not switch it without a restart."
+          ]
+        else
+          [ ]
+      ) (unique members)
     ) names;
 }

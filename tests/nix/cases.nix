@@ -58,6 +58,14 @@ let
     cache = "auto";
     readOnly = false;
   };
+  # A live share of the VM's own entry, as a pool VM has (the guest module's way).
+  liveWorkspace = name: {
+    tag = "live-workspace";
+    proto = "virtiofs";
+    source = "${ws}/.live/${name}";
+    mountPoint = "/run/microvm-workspaces/workspace";
+    readOnly = false;
+  };
 in
 {
   values = {
@@ -225,6 +233,79 @@ in
       p
       (mw.isUnder ws p)
     ]) [ ws "${ws}/x" "${ws}/x/y" "${ws}-old/x" "/var/lib" ];
+
+    # A pool in config.json: written only when there is one (the mk-config case has none).
+    mk-config-pools = mw.mkConfig {
+      stateDir = "/var/lib/microvms";
+      workspaceDir = ws;
+      placeholder = {
+        user = "root";
+        group = "root";
+        mode = "0555";
+      };
+      vms = mw.collectVms {
+        a1 = declarative (guest "a1" [ (liveWorkspace "a1") ]);
+      };
+      companions = { };
+      pools.agents = [ "a1" ];
+    };
+
+    pool-names = map mw.isPoolName [
+      "agents"
+      "_x"
+      "9lives"
+      "ci.fast-2"
+      "${builtins.concatStringsSep "" (builtins.genList (_: "p") 64)}"
+      ""
+      "-x"
+      ".x"
+      "a b"
+      "a/b"
+      "${builtins.concatStringsSep "" (builtins.genList (_: "p") 65)}"
+    ];
+
+    normalized-paths = map mw.normalizePath [
+      "/var/lib/microvms/a2/../../microvm-workspaces/.live/a2"
+      "/a/./b//c/"
+      "/../x"
+    ];
+
+    # Every refusal of Config::validate_pools, named by option; a1 and a2 are fine (a2's
+    # live share is relative to its state dir, as microvm.nix allows).
+    pool-problems = mw.poolProblems {
+      workspaceDir = ws;
+      stateDir = "/var/lib/microvms";
+      vms = mw.collectVms {
+        a1 = declarative (guest "a1" [ (liveWorkspace "a1") ]);
+        a2 = declarative (guest "a2" [
+          ((liveWorkspace "a2") // { source = "../../microvm-workspaces/.live/a2"; })
+        ]);
+        pinned = declarative (guest "pinned" [ (workspace "pinned") ]);
+      };
+      pools = {
+        agents = [
+          "a1"
+          "a2"
+          "a1"
+        ];
+        ci = [
+          "a2"
+          "ghost"
+          "pinned"
+        ];
+        empty = [ ];
+        "-bad" = [ ];
+      };
+    };
+
+    no-pool-problems = mw.poolProblems {
+      workspaceDir = ws;
+      stateDir = "/var/lib/microvms";
+      vms = mw.collectVms {
+        a1 = declarative (guest "a1" [ (liveWorkspace "a1") ]);
+      };
+      pools.agents = [ "a1" ];
+    };
 
     escape-sudoers = map mw.escapeSudoersCommand [
       "/nix/store/abc-microvm-workspaces-0.1.0/bin/microvm-link"

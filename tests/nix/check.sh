@@ -305,7 +305,7 @@ check_options() { # module prefix option...
 }
 check_options nixos-module/default.nix services.microvm-workspaces \
     enable package workspaceDir placeholder.user placeholder.group placeholder.mode \
-    companions ssh.destination ssh.perVm linkGroup \
+    companions ssh.destination ssh.perVm linkGroup pools \
     vms 'vms.<name>.guestUid' 'vms.<name>.guestGid' 'vms.<name>.idmap' 'vms.<name>.git'
 check_options nixos-module/guest.nix services.microvm-workspaces.guest \
     workspaceDir shares 'shares.<name>.entry' 'shares.<name>.path' \
