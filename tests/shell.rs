@@ -282,3 +282,84 @@ fn the_ssh_banner_probe_connects_as_the_caller() {
         .output();
     assert_one_line_error(&out, &["__probe-ssh is internal and refused through sudo"]);
 }
+
+#[test]
+fn shell_with_a_pool_leases_a_vm_for_the_worktree_and_goes_into_its_live_view() {
+    in_mount_ns!(shell_with_a_pool_leases_a_vm_for_the_worktree_and_goes_into_its_live_view);
+    let fx = Fx::new();
+    let vms: Vec<String> = ["a1", "a2"]
+        .iter()
+        .map(|vm| {
+            format!(
+                r#""{vm}": {{"ssh": "{vm}", "shares": [{{"tag": "workspace", "proto": "virtiofs", "source": "/var/lib/microvm-workspaces/.live/{vm}", "mountPoint": "/work"}}]}}"#
+            )
+        })
+        .collect();
+    fx.config(&format!(
+        r#"{{"vms": {{{}}}, "pools": {{"agents": ["a1", "a2"]}}}}"#,
+        vms.join(", ")
+    ));
+    for vm in ["a1", "a2"] {
+        let src = format!("/var/lib/microvm-workspaces/.live/{vm}");
+        fx.runner(vm, &[("workspace", src.as_bytes())]);
+    }
+    fx.mkdir("/home/alice", ALICE, 0o755);
+    for wt in ["/home/alice/wt1", "/home/alice/wt2"] {
+        fx.repo(wt, ALICE);
+        fx.mkdir(&format!("{wt}/.git"), ALICE, 0o755);
+        fx.mkdir(&format!("{wt}/sub"), ALICE, 0o755);
+    }
+    let ssh = FakeSsh::new(banner_server());
+    let out = shell(
+        &fx,
+        &ssh,
+        "/home/alice/wt1/sub",
+        &["shell", "--pool", "agents", "--", "pwd"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(7), "{err}");
+    assert!(
+        err.contains("leased a1 from pool agents for /home/alice/wt1"),
+        "{err}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "the lease's report belongs on stderr"
+    );
+    let log = ssh.log().expect("ssh never ran");
+    assert_eq!(
+        log[1..],
+        ["--", "a1", "cd '/work/current/sub' && exec 'pwd'"],
+        "{log:?}"
+    );
+    // Another worktree: the next VM. The first again: its own lease, nothing new.
+    shell(
+        &fx,
+        &ssh,
+        "/home/alice/wt2",
+        &["shell", "--pool", "agents", "--", "true"],
+    );
+    assert_eq!(ssh.log().unwrap()[2], "a2");
+    let out = shell(
+        &fx,
+        &ssh,
+        "/home/alice/wt1",
+        &["shell", "--pool", "agents", "--", "true"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        err.contains("a1 is leased for /home/alice/wt1 already"),
+        "{err}"
+    );
+    assert_eq!(ssh.log().unwrap()[2], "a1");
+    // A VM named with --pool: refused before anything happens.
+    assert_one_line_error(
+        &shell(
+            &fx,
+            &ssh,
+            "/home/alice/wt1",
+            &["shell", "a2", "--pool", "agents", "--", "true"],
+        ),
+        &["--pool \"agents\" chooses the VM itself: name no VM (a2) with it"],
+    );
+}
