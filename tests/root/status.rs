@@ -2,11 +2,9 @@
 //! (from the runtime record prepare writes) and shows now, and why a stale one is stale.
 //! Against temporary roots; tests that link run in a private mount namespace.
 
-mod common;
-
 use std::process::{Command, Output};
 
-use common::*;
+use crate::common::*;
 
 /// A user the user database knows, so the reason can name them.
 const NOBODY: u32 = 65534;

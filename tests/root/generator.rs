@@ -7,13 +7,11 @@
 //! Every generated tree is also loaded by the real `systemd-analyze verify` next to stub
 //! templates shaped like microvm.nix's, which must accept it without a word on stderr.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{text_tree, Run, GENERATOR};
+use crate::common::{text_tree, Run, GENERATOR};
 
 fn cases() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/generator");

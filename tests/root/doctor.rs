@@ -3,12 +3,10 @@
 //! Re-rooted, systemd is not asked (the drop-in check's firing is a unit test in
 //! src/cmd/doctor.rs); the real systemd is the end-to-end suite's.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 /// A virtiofsd in the store printing `version`, named (as microvm.nix does) in a supervisord

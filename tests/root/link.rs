@@ -2,14 +2,12 @@
 //! test that mounts in its own private mount namespace. The restart path is proven for real
 //! by the end-to-end suite (tests/e2e).
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use common::api::{derive_vm_name, repo_root};
-use common::*;
+use crate::common::api::{derive_vm_name, repo_root};
+use crate::common::*;
 
 const WS: &str = "/var/lib/microvm-workspaces";
 
@@ -598,7 +596,7 @@ fn help_has_examples_and_completions_are_generated() {
 fn relink_checks_the_owner_of_the_very_directory_it_mounts() {
     // microvm-link checks the repo's owner first; a user can swap the path before relink looks
     // again. relink must refuse on its own look, which is what it mounts (by descriptor).
-    use common::api::{relink, Caller, Change, Config, Root, Tree};
+    use crate::common::api::{relink, Caller, Change, Config, Root, Tree};
     let fx = vm1_fixture();
     fx.repo("/home/bob/secret", BOB);
     let root = Root::from_args(Some(fx.root())).unwrap();
