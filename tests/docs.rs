@@ -18,7 +18,7 @@ const NOT_RUST: [&str; 1] = ["Acquire"];
 struct Src {
     /// Module name -> the `layer/module` files of that name.
     modules: BTreeMap<String, Vec<String>>,
-    /// The layer directories of src (not `bin`).
+    /// The layer directories of src (not `bin`, not `tests`).
     layers: BTreeSet<String>,
     /// `layer/module` -> items at its top level (name -> is a type: struct, enum, union,
     /// trait or type alias).
@@ -41,7 +41,8 @@ impl Src {
         };
         for layer in std::fs::read_dir(root.join("src")).unwrap().flatten() {
             let l = layer.file_name().to_string_lossy().to_string();
-            if !layer.path().is_dir() || l == "bin" {
+            // Not layers: the binaries, and these tests (src/tests), which no doc need cite.
+            if !layer.path().is_dir() || l == "bin" || l == "tests" {
                 continue;
             }
             src.layers.insert(l.clone());

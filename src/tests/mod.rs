@@ -1,0 +1,5 @@
+//! The library's tests that are about more than one module (each module's own are beside
+//! it). Like every in-crate test they need no root: `cargo test` runs them for anyone. The
+//! tests that mount, chown and act as other users are tests/root and tests/reliability.
+
+mod layout;
