@@ -2,5 +2,7 @@
 //! it). Like every in-crate test they need no root: `cargo test` runs them for anyone. The
 //! tests that mount, chown and act as other users are tests/root and tests/reliability.
 
+mod cli;
 mod docs;
 mod layout;
+mod names;

@@ -391,16 +391,3 @@ fn a_stale_vm_is_reported_with_its_reason() {
     );
     one(&f, "stale", "warn", "systemctl restart microvm@vm1.service");
 }
-
-#[test]
-fn doctor_help_says_what_it_checks_and_the_exit_status() {
-    let out = Command::new(LINK)
-        .args(["doctor", "--help"])
-        .output()
-        .unwrap();
-    assert_ok(&out);
-    let help = String::from_utf8(out.stdout).unwrap();
-    for needle in ["--json", "Exits 1", "sudo", "Example"] {
-        assert!(help.contains(needle), "{needle:?} not in:\n{help}");
-    }
-}

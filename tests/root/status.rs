@@ -243,25 +243,3 @@ fn a_normal_user_sees_placeholders_in_words_too() {
         "{s}"
     );
 }
-
-#[test]
-fn status_help_documents_vm_json_and_the_words() {
-    let out = Command::new(LINK)
-        .args(["status", "--help"])
-        .output()
-        .unwrap();
-    assert_ok(&out);
-    let help = String::from_utf8(out.stdout).unwrap();
-    for needle in [
-        "[VM]",
-        "--json",
-        "placeholder",
-        "repo PATH",
-        "directory",
-        "missing",
-        "STALE",
-        "device:inode",
-    ] {
-        assert!(help.contains(needle), "{needle:?} not in:\n{help}");
-    }
-}
