@@ -4,5 +4,9 @@
 
 mod cli;
 mod docs;
+mod hostile_input;
 mod layout;
 mod names;
+
+// How the binaries print an error: what hostile_input checks errors against.
+use crate::host::logging::one_line;

@@ -3,7 +3,8 @@
 //!
 //! * `crash`: runs killed at every step (a failpoint per change) and after random delays;
 //! * `race`: prepares and links racing on VMs that share sources;
-//! * `hostile`: bounded property tests of the parsers and name derivation;
+//! * `hostile`: bounded property tests of the config and runner parsers (name derivation's
+//!   are the library's, src/tests/names.rs, since they need no root);
 //! * `privilege`: attacks by an unprivileged user, and on the sudo boundary (issue 9);
 //! * `full_disk`: a full or read-only file system under the workspace dir.
 //!
@@ -20,12 +21,16 @@ mod common;
 mod crash;
 mod full_disk;
 mod hostile;
+// The seeded runner and hostile inputs, shared with the library's own tests.
+#[path = "../../src/tests/hostile_input.rs"]
+mod hostile_input;
 mod privilege;
 mod race;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use common::api::one_line;
 use common::*;
 
 const WS: &str = "/var/lib/microvm-workspaces";
