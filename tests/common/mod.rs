@@ -21,10 +21,14 @@ pub const GENERATOR: &str = env!("CARGO_BIN_EXE_microvm-workspaces-generator");
 pub const ALICE: u32 = 4242;
 pub const BOB: u32 = 4343;
 
+/// The first thing every test of the root set does, directly or through [`Fx::new`],
+/// [`rig`] or [`isolated`]: without root it fails saying why, it never skips.
 pub fn require_root() {
     assert!(
         nix::unistd::Uid::effective().is_root(),
-        "these tests create root-owned trees, set trusted xattrs and mount: run them as root (CI does)"
+        "the root set (tests/root, tests/reliability) creates root-owned trees, sets trusted \
+         xattrs and mounts: run it as root (CI does); `cargo test` alone runs the tests that \
+         need no root"
     );
 }
 

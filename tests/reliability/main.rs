@@ -8,7 +8,9 @@
 //! * `privilege`: attacks by an unprivileged user, and on the sudo boundary (issue 9);
 //! * `full_disk`: a full or read-only file system under the workspace dir.
 //!
-//! Every test runs as root against a temporary root; those that mount run in a private mount
+//! Every test runs as root against a temporary root, and checks for root first
+//! (`common::require_root`, through `Fx::new`, `rig`, `in_mount_ns!` or directly): without
+//! root it fails saying so, it never skips. Those that mount run in a private mount
 //! namespace (`in_mount_ns!`, which re-runs `module::test` by its full name). Nothing here
 //! asserts on timing. Counts (kills, races, cases, attacks) are printed with `--nocapture`.
 //! What the modules share (the workspace dir, the two-checkout fixture, what must hold after

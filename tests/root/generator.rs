@@ -6,12 +6,16 @@
 //!
 //! Every generated tree is also loaded by the real `systemd-analyze verify` next to stub
 //! templates shaped like microvm.nix's, which must accept it without a word on stderr.
+//!
+//! The generator runs as root, as systemd runs it: it believes a config only in root-owned
+//! files, so as anyone else it refuses the cases' configs and the trees cannot match. Each
+//! test checks for root first (the last one, the control of verify, with its subject).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::common::{text_tree, Run, GENERATOR};
+use crate::common::{require_root, text_tree, Run, GENERATOR};
 
 fn cases() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/generator");
@@ -75,6 +79,7 @@ fn run_case(case: &Path, out: &Path) -> std::process::Output {
 
 #[test]
 fn golden_files() {
+    require_root();
     let prepare = expected_prepare();
     let mut failures = Vec::new();
     for case in cases() {
@@ -118,6 +123,7 @@ fn golden_files() {
 
 #[test]
 fn generated_output_is_deterministic_and_excl() {
+    require_root();
     // Output is written with O_EXCL: a second run into the same directory must fail rather
     // than silently rewrite (systemd hands generators empty directories).
     let case = case("02-config-with-vms");
@@ -226,6 +232,7 @@ fn unit_dir_with(generated: &Path) -> tempfile::TempDir {
 
 #[test]
 fn systemd_analyze_verify_accepts_every_generated_file() {
+    require_root();
     let mut checked = 0;
     for case in cases() {
         let out = tempfile::tempdir().unwrap();
@@ -266,6 +273,7 @@ fn systemd_analyze_verify_accepts_every_generated_file() {
 
 #[test]
 fn instance_drop_ins_add_to_the_template_drop_in_rather_than_replace_it() {
+    require_root();
     // Point the template drop-in's ExecStartPre= at a missing file: verify complains about it
     // for an instance with its own drop-in only if the template drop-in still applies there.
     let case = case("02-config-with-vms");
@@ -295,6 +303,7 @@ fn instance_drop_ins_add_to_the_template_drop_in_rather_than_replace_it() {
 
 #[test]
 fn systemd_analyze_verify_does_read_our_drop_ins() {
+    require_root();
     // The control for the test above: a broken drop-in in the same layout must be reported,
     // or a clean verify would prove nothing.
     let gen = tempfile::tempdir().unwrap();
