@@ -50,13 +50,21 @@ fn expected_prepare() -> String {
 }
 
 fn run_case(case: &Path, out: &Path) -> std::process::Output {
-    let empty = tempfile::tempdir().unwrap();
-    let root = case.join("root");
-    let root = if root.is_dir() {
-        root
+    // The case's tree, copied by root (so root-owned): the generator believes only root-owned
+    // configs, and a checkout is owned by whoever cloned it, not necessarily root.
+    let copy = tempfile::tempdir().unwrap();
+    let root = copy.path().join("root");
+    if case.join("root").is_dir() {
+        let cp = Command::new("cp")
+            .arg("-r")
+            .arg(case.join("root"))
+            .arg(&root)
+            .status()
+            .unwrap();
+        assert!(cp.success(), "copying {}", case.display());
     } else {
-        empty.path().to_path_buf()
-    };
+        std::fs::create_dir(&root).unwrap();
+    }
     let nargs: usize = std::fs::read_to_string(case.join("args"))
         .map(|s| s.trim().parse().unwrap())
         .unwrap_or(1);
