@@ -301,19 +301,14 @@ pub fn assert_all_owned_by(dir: &Path, uid: u32, ctx: &str) {
     }
 }
 
+/// Whether `p` itself (a symlink is not followed) carries the placeholder mark, read with
+/// `lgetxattr` here rather than through the library.
 pub fn is_marked(p: &Path) -> bool {
-    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
     let mut buf = [0u8; 32];
-    // SAFETY: valid C strings and buffer.
-    let n = unsafe {
-        nix::libc::lgetxattr(
-            c.as_ptr(),
-            c"trusted.microvm-workspaces".as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    n > 0 && &buf[..n as usize] == b"placeholder"
+    matches!(
+        rustix::fs::lgetxattr(p, "trusted.microvm-workspaces", &mut buf[..]),
+        Ok(n) if &buf[..n] == b"placeholder"
+    )
 }
 
 pub fn meta(p: &Path) -> (u32, u32, u32) {

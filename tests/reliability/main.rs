@@ -16,6 +16,8 @@
 //! What the modules share (the workspace dir, the two-checkout fixture, what must hold after
 //! any run) is here.
 
+#![forbid(unsafe_code)]
+
 #[macro_use]
 #[path = "../common/mod.rs"]
 mod common;

@@ -17,6 +17,8 @@
 //! Tests that mount run in a private mount namespace (`in_mount_ns!`, which re-runs
 //! `module::test` by its full name). Tests without root are the library's (`cargo test`).
 
+#![forbid(unsafe_code)]
+
 #[macro_use]
 #[path = "../common/mod.rs"]
 mod common;
