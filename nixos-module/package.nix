@@ -24,7 +24,8 @@ rustPlatform.buildRustPackage {
 
   # Only what cargo needs to build: the units/*.in templates are compiled in
   # with include_str!. tests/ stays out, so editing a test does not rebuild
-  # the package; cargo finds no integration tests then, and needs none.
+  # the package; its test targets need the root-tests feature, so cargo never
+  # looks for them.
   src = lib.fileset.toSource {
     root = ../.;
     fileset = lib.fileset.unions [
@@ -50,12 +51,16 @@ rustPlatform.buildRustPackage {
     MICROVM_WORKSPACES_UNSHARE = lib.getExe' util-linux "unshare";
   };
 
-  # Only the library's unit tests (pure: path normalization, unit name
-  # escaping, ...). The integration tests make bind mounts, mount namespaces
-  # and trusted.* extended attributes, which need root and are not available
-  # in the build sandbox; they run in the repository's CI, and the NixOS VM
-  # test in the flake's checks exercises the installed package.
+  # Only the library's tests (no root: names, unit name escaping, the command
+  # line, the code's layout read from src/, ...). The root set (tests/root,
+  # tests/reliability) makes bind mounts, mount namespaces and trusted.*
+  # extended attributes, which need root and are not available in the build
+  # sandbox; it runs in the repository's CI, and the NixOS VM test in the
+  # flake's checks exercises the installed package.
   cargoTestFlags = [ "--lib" ];
+  # Of those, the docs checks (src/tests/docs.rs) read the whole repository:
+  # its Markdown, scripts and Nix, which this source leaves out.
+  checkFlags = [ "--skip=tests::docs::" ];
 
   # cargo installs every binary into bin/; only microvm-link belongs there.
   postInstall = ''

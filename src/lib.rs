@@ -2,7 +2,7 @@
 //! link a repo into a VM's workspace. ARCHITECTURE.md is the map; the binaries are thin.
 //!
 //! Five layers, each a directory; a layer imports only the layers above it in this list
-//! (tests/layout.rs reads the first segment of every `crate::` path):
+//! (src/tests/layout.rs reads the first segment of every `crate::` path):
 //! * [`fs`]: file-system safety: paths, resolving as root without being tricked, trusted
 //!   directories and the lock, placeholders and their mark, link mounts (idmapped);
 //! * [`model`]: what the tool knows: config, VM shares, the runtime record, typed steps;
@@ -16,3 +16,6 @@ pub mod engine;
 pub mod fs;
 pub mod host;
 pub mod model;
+
+#[cfg(test)]
+mod tests;

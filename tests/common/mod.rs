@@ -21,10 +21,14 @@ pub const GENERATOR: &str = env!("CARGO_BIN_EXE_microvm-workspaces-generator");
 pub const ALICE: u32 = 4242;
 pub const BOB: u32 = 4343;
 
+/// The first thing every test of the root set does, directly or through [`Fx::new`],
+/// [`rig`] or [`isolated`]: without root it fails saying why, it never skips.
 pub fn require_root() {
     assert!(
         nix::unistd::Uid::effective().is_root(),
-        "these tests create root-owned trees, set trusted xattrs and mount: run them as root (CI does)"
+        "the root set (tests/root, tests/reliability) creates root-owned trees, sets trusted \
+         xattrs and mounts: run it as root (CI does); `cargo test` alone runs the tests that \
+         need no root"
     );
 }
 
@@ -297,19 +301,14 @@ pub fn assert_all_owned_by(dir: &Path, uid: u32, ctx: &str) {
     }
 }
 
+/// Whether `p` itself (a symlink is not followed) carries the placeholder mark, read with
+/// `lgetxattr` here rather than through the library.
 pub fn is_marked(p: &Path) -> bool {
-    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
     let mut buf = [0u8; 32];
-    // SAFETY: valid C strings and buffer.
-    let n = unsafe {
-        nix::libc::lgetxattr(
-            c.as_ptr(),
-            c"trusted.microvm-workspaces".as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    n > 0 && &buf[..n as usize] == b"placeholder"
+    matches!(
+        rustix::fs::lgetxattr(p, "trusted.microvm-workspaces", &mut buf[..]),
+        Ok(n) if &buf[..n] == b"placeholder"
+    )
 }
 
 pub fn meta(p: &Path) -> (u32, u32, u32) {

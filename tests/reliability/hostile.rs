@@ -1,94 +1,15 @@
-//! Hostile input: bounded property tests of the config and runner parsers and of name
-//! derivation, in process and through the binaries.
+//! Hostile input: bounded property tests of the config and runner parsers, in process and
+//! through the binaries (name derivation and `VmName`, which need no root, are the
+//! library's: src/tests/names.rs). The runner and the inputs are src/tests/hostile_input.rs.
 
-use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config as PConfig, RngAlgorithm, TestRng, TestRunner};
 
-use crate::common::api::{self, derive_vm_name, Config, EntryName, Root, Tree, VmName};
+use crate::common::api::{self, Config, EntryName, Root, Tree, VmName};
 use crate::common::*;
-
-pub static CASES: AtomicUsize = AtomicUsize::new(0);
-
-/// A runner with a fixed seed (reproducible in CI) and no regression files.
-pub fn seeded(cases: u32, seed: u8) -> TestRunner {
-    let cfg = PConfig {
-        cases,
-        failure_persistence: None,
-        max_shrink_iters: 200,
-        ..PConfig::default()
-    };
-    TestRunner::new_with_rng(cfg, TestRng::from_seed(RngAlgorithm::ChaCha, &[seed; 32]))
-}
-
-pub fn check<S: Strategy>(
-    what: &str,
-    cases: u32,
-    seed: u8,
-    s: S,
-    f: impl Fn(S::Value) -> Result<(), TestCaseError>,
-) where
-    S::Value: std::fmt::Debug,
-{
-    let r = seeded(cases, seed).run(&s, |v| {
-        CASES.fetch_add(1, Ordering::Relaxed);
-        f(v)
-    });
-    if let Err(e) = r {
-        panic!("{what}: {e}");
-    }
-}
-
-/// An error as the binaries print it (`one_line`) is the whole chain of causes, each
-/// non-empty, joined by ": ", every control character escaped and nothing else changed (a
-/// carriage return or an escape sequence would garble a terminal or the journal). Checked
-/// against [`printed`], an escaping done here independently: a line that dropped a cause,
-/// kept a raw control character or mangled the text fails.
-pub fn one_clean_line(e: &anyhow::Error) -> Result<(), TestCaseError> {
-    let causes: Vec<String> = e.chain().map(ToString::to_string).collect();
-    prop_assert!(
-        causes.iter().all(|c| !c.trim().is_empty()),
-        "an empty cause in {:?}",
-        causes
-    );
-    prop_assert_eq!(api::one_line(e), printed(&causes));
-    Ok(())
-}
-
-/// The causes of an error as one terminal-safe line: joined by ": ", control characters as
-/// Rust writes them in a string literal (`\n`, `\r`, `\t`, `\u{1b}`).
-pub fn printed(causes: &[String]) -> String {
-    let mut out = String::new();
-    for ch in causes.join(": ").chars() {
-        match ch {
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// Bytes that like to break parsers and paths.
-pub fn nasty_bytes() -> impl Strategy<Value = Vec<u8>> {
-    let piece = prop_oneof![
-        4 => any::<u8>().prop_map(|b| vec![b]),
-        2 => prop::sample::select(vec![
-            &b"/"[..], b"..", b".", b"\n", b"\0", b"\r", b"\x1b[2J", b"\xff", b"\xc3",
-            b"\xc3\xbc", b"//", b"../", b"/etc", b"/nix/store", b" ", b"\\", b"%",
-            b"\"", b"-", b"\t", b"\xe2\x80\xae",
-        ])
-        .prop_map(|s| s.to_vec()),
-        2 => "[a-z0-9._-]{1,8}".prop_map(|s| s.into_bytes()),
-    ];
-    prop::collection::vec(piece, 0..24).prop_map(|v| v.concat())
-}
+use crate::hostile_input::*;
 
 const TEMPLATES: &[&str] = &[
     r#"{"enable": true, "stateDir": "/var/lib/microvms", "workspaceDir": "/var/lib/microvm-workspaces",
@@ -240,6 +161,8 @@ pub fn accepted(cfg: &Config) -> Result<(), TestCaseError> {
 
 #[test]
 fn hostile_config_bytes_never_panic_and_fail_in_one_clean_line() {
+    // The generator below believes only root-owned configs, and the binary runs as root.
+    require_root();
     let n0 = CASES.load(Ordering::Relaxed);
     check(
         "arbitrary bytes",
@@ -467,134 +390,6 @@ fn hostile_runner_sources_never_panic_and_fail_in_one_clean_line() {
         "hostile runner: {} cases",
         CASES.load(Ordering::Relaxed) - n0
     );
-}
-
-#[test]
-fn hostile_names_never_panic_and_derive_only_safe_names() {
-    let n0 = CASES.load(Ordering::Relaxed);
-    let derived = AtomicUsize::new(0);
-    check("derive_vm_name", 1000, 6, nasty_bytes(), |b| {
-        let p = PathBuf::from("/home/u").join(OsStr::from_bytes(&b));
-        match derive_vm_name(&p) {
-            Ok(name) => {
-                derived.fetch_add(1, Ordering::Relaxed);
-                prop_assert!(VmName::try_from(name.as_str()).is_ok());
-                prop_assert!(name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)));
-                prop_assert!(!name.starts_with('-') && !name.ends_with('-'));
-                Ok(())
-            }
-            Err(e) => one_clean_line(&e),
-        }
-    });
-    assert!(derived.load(Ordering::Relaxed) > 0);
-    // A unit instance (%i), unescaped the way prepare does it: never a path out of its dir.
-    check("unit instance names", 500, 8, nasty_bytes(), |b| {
-        let inst = String::from_utf8_lossy(&b);
-        let vm = api::unmangle(&inst);
-        if VmName::try_from(vm.as_str()).is_ok() {
-            prop_assert!(!vm.contains('/') && vm != ".." && vm != ".");
-            prop_assert_eq!(api::unmangle(&api::mangle(&vm)), vm);
-        }
-        Ok(())
-    });
-    eprintln!(
-        "hostile names: {} cases",
-        CASES.load(Ordering::Relaxed) - n0
-    );
-}
-
-/// What `VmName` (and `EntryName`, the same rule) must mean for names that become paths (`<workspaceDir>/<name>`,
-/// `/run/microvm-workspaces/<name>.json`), judged by the path library and the file system
-/// rather than by restating its rules: an accepted name is one visible path component that
-/// names a new entry right inside the directory it is joined to; ordinary VM names pass.
-#[test]
-fn vm_names_are_exactly_the_names_that_stay_one_visible_component() {
-    let n0 = CASES.load(Ordering::Relaxed);
-    let long_ok = "a".repeat(200);
-    let long_utf8_ok = "é".repeat(100); // 200 bytes
-    for name in [
-        "vm1",
-        "nixfiles",
-        "nix-secrets",
-        "my_vm.2",
-        "a..b",
-        "trailing.",
-        "ümlaut",
-        "with space",
-        long_ok.as_str(),
-        long_utf8_ok.as_str(),
-    ] {
-        assert!(VmName::try_from(name).is_ok(), "{name:?} refused");
-    }
-    let too_long = "a".repeat(201);
-    let too_long_utf8 = format!("{}a", "é".repeat(100)); // 201 bytes, 101 characters
-    for name in [
-        "",
-        ".",
-        "..",
-        ".hidden",
-        "..hidden",
-        "a/b",
-        "/",
-        "vm1/",
-        "/vm1",
-        "../etc",
-        "a\nb",
-        "a\rb",
-        "a\tb",
-        "a\u{1b}[2Jb",
-        "a\0b",
-        "a\u{85}b",
-        too_long.as_str(),
-        too_long_utf8.as_str(),
-    ] {
-        let e = anyhow::Error::from(VmName::try_from(name).expect_err(name));
-        let line = api::one_line(&e);
-        assert!(line.starts_with("VM name "), "{name:?}: {line}");
-    }
-
-    // Oracles: std's path parser, and the file system itself.
-    let dir = tempfile::tempdir().unwrap();
-    let accepted = AtomicUsize::new(0);
-    check("VmName", 1000, 7, nasty_bytes(), |b| {
-        let s = String::from_utf8_lossy(&b).into_owned();
-        let Ok(_) = VmName::try_from(s.as_str()) else {
-            return Ok(());
-        };
-        accepted.fetch_add(1, Ordering::Relaxed);
-        let parts: Vec<_> = Path::new(&s).components().collect();
-        prop_assert_eq!(
-            parts,
-            vec![std::path::Component::Normal(OsStr::new(&s))],
-            "not one path component"
-        );
-        prop_assert!(!s.starts_with('.'), "hidden: {:?}", s);
-        prop_assert!(!s.chars().any(char::is_control), "control: {:?}", s);
-        let made = dir.path().join(&s);
-        std::fs::create_dir(&made).map_err(|e| TestCaseError::fail(format!("{s:?}: {e}")))?;
-        let listed: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        std::fs::remove_dir(&made).unwrap();
-        prop_assert_eq!(listed, vec![OsStr::new(&s).to_os_string()]);
-        Ok(())
-    });
-    assert!(accepted.load(Ordering::Relaxed) > 0);
-    // Names as people write them for hosts and VMs always pass.
-    check(
-        "ordinary names",
-        300,
-        10,
-        "[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}",
-        |s| {
-            prop_assert!(VmName::try_from(s.as_str()).is_ok(), "{:?} refused", s);
-            Ok(())
-        },
-    );
-    eprintln!("VmName: {} cases", CASES.load(Ordering::Relaxed) - n0);
 }
 
 /// The runner is read with one `openat2` per source when no symlink is on the way; a runner

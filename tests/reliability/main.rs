@@ -3,15 +3,20 @@
 //!
 //! * `crash`: runs killed at every step (a failpoint per change) and after random delays;
 //! * `race`: prepares and links racing on VMs that share sources;
-//! * `hostile`: bounded property tests of the parsers and name derivation;
+//! * `hostile`: bounded property tests of the config and runner parsers (name derivation's
+//!   are the library's, src/tests/names.rs, since they need no root);
 //! * `privilege`: attacks by an unprivileged user, and on the sudo boundary (issue 9);
 //! * `full_disk`: a full or read-only file system under the workspace dir.
 //!
-//! Every test runs as root against a temporary root; those that mount run in a private mount
+//! Every test runs as root against a temporary root, and checks for root first
+//! (`common::require_root`, through `Fx::new`, `rig`, `in_mount_ns!` or directly): without
+//! root it fails saying so, it never skips. Those that mount run in a private mount
 //! namespace (`in_mount_ns!`, which re-runs `module::test` by its full name). Nothing here
 //! asserts on timing. Counts (kills, races, cases, attacks) are printed with `--nocapture`.
 //! What the modules share (the workspace dir, the two-checkout fixture, what must hold after
 //! any run) is here.
+
+#![forbid(unsafe_code)]
 
 #[macro_use]
 #[path = "../common/mod.rs"]
@@ -20,12 +25,16 @@ mod common;
 mod crash;
 mod full_disk;
 mod hostile;
+// The seeded runner and hostile inputs, shared with the library's own tests.
+#[path = "../../src/tests/hostile_input.rs"]
+mod hostile_input;
 mod privilege;
 mod race;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use common::api::one_line;
 use common::*;
 
 const WS: &str = "/var/lib/microvm-workspaces";

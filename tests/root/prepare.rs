@@ -1,12 +1,10 @@
 //! Prepare against a temporary root, as root: one test per rule of docs/design.md#prepare-rules.
 //! Tests that mount run in a private mount namespace (see `common::isolated`).
 
-mod common;
-
 use std::os::unix::fs::MetadataExt;
 use std::process::Stdio;
 
-use common::*;
+use crate::common::*;
 
 const WS: &str = "/var/lib/microvm-workspaces";
 

@@ -6,14 +6,18 @@
 //!
 //! Every generated tree is also loaded by the real `systemd-analyze verify` next to stub
 //! templates shaped like microvm.nix's, which must accept it without a word on stderr.
-
-mod common;
+//!
+//! The generator runs as root, as systemd runs it: it believes a config only in root-owned
+//! files, so as anyone else it refuses the cases' configs and the trees cannot match. Each
+//! test checks for root first, also the two that would pass without it (the control of
+//! verify, and the argument check), which need the binary or systemd-analyze: the library's
+//! tests, the set without root, reach neither.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{text_tree, Run, GENERATOR};
+use crate::common::{require_root, text_tree, Run, GENERATOR};
 
 fn cases() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/generator");
@@ -48,13 +52,21 @@ fn expected_prepare() -> String {
 }
 
 fn run_case(case: &Path, out: &Path) -> std::process::Output {
-    let empty = tempfile::tempdir().unwrap();
-    let root = case.join("root");
-    let root = if root.is_dir() {
-        root
+    // The case's tree, copied by root (so root-owned): the generator believes only root-owned
+    // configs, and a checkout is owned by whoever cloned it, not necessarily root.
+    let copy = tempfile::tempdir().unwrap();
+    let root = copy.path().join("root");
+    if case.join("root").is_dir() {
+        let cp = Command::new("cp")
+            .arg("-r")
+            .arg(case.join("root"))
+            .arg(&root)
+            .status()
+            .unwrap();
+        assert!(cp.success(), "copying {}", case.display());
     } else {
-        empty.path().to_path_buf()
-    };
+        std::fs::create_dir(&root).unwrap();
+    }
     let nargs: usize = std::fs::read_to_string(case.join("args"))
         .map(|s| s.trim().parse().unwrap())
         .unwrap_or(1);
@@ -77,6 +89,7 @@ fn run_case(case: &Path, out: &Path) -> std::process::Output {
 
 #[test]
 fn golden_files() {
+    require_root();
     let prepare = expected_prepare();
     let mut failures = Vec::new();
     for case in cases() {
@@ -120,6 +133,7 @@ fn golden_files() {
 
 #[test]
 fn generated_output_is_deterministic_and_excl() {
+    require_root();
     // Output is written with O_EXCL: a second run into the same directory must fail rather
     // than silently rewrite (systemd hands generators empty directories).
     let case = case("02-config-with-vms");
@@ -228,6 +242,7 @@ fn unit_dir_with(generated: &Path) -> tempfile::TempDir {
 
 #[test]
 fn systemd_analyze_verify_accepts_every_generated_file() {
+    require_root();
     let mut checked = 0;
     for case in cases() {
         let out = tempfile::tempdir().unwrap();
@@ -268,6 +283,7 @@ fn systemd_analyze_verify_accepts_every_generated_file() {
 
 #[test]
 fn instance_drop_ins_add_to_the_template_drop_in_rather_than_replace_it() {
+    require_root();
     // Point the template drop-in's ExecStartPre= at a missing file: verify complains about it
     // for an instance with its own drop-in only if the template drop-in still applies there.
     let case = case("02-config-with-vms");
@@ -297,6 +313,7 @@ fn instance_drop_ins_add_to_the_template_drop_in_rather_than_replace_it() {
 
 #[test]
 fn systemd_analyze_verify_does_read_our_drop_ins() {
+    require_root();
     // The control for the test above: a broken drop-in in the same layout must be reported,
     // or a clean verify would prove nothing.
     let gen = tempfile::tempdir().unwrap();
@@ -317,6 +334,7 @@ fn systemd_analyze_verify_does_read_our_drop_ins() {
 
 #[test]
 fn options_and_relative_paths_write_nothing() {
+    require_root();
     let cwd = tempfile::tempdir().unwrap();
     for (args, code, says) in [
         (

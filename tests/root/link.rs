@@ -2,14 +2,11 @@
 //! test that mounts in its own private mount namespace. The restart path is proven for real
 //! by the end-to-end suite (tests/e2e).
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use common::api::{derive_vm_name, repo_root};
-use common::*;
+use crate::common::*;
 
 const WS: &str = "/var/lib/microvm-workspaces";
 
@@ -61,38 +58,6 @@ fn vm1_fixture() -> Fx {
     );
     fx.runner("vm3", &[("other", b"/var/lib/microvm-workspaces/vm3")]);
     fx
-}
-
-#[test]
-fn vm_names_derive_from_the_repo_directory() {
-    for (dir, want) in [
-        ("/home/a/vm1", "vm1"),
-        ("/home/a/My Project", "My-Project"),
-        ("/home/a/  two  spaces ", "two-spaces"),
-        ("/home/a/ümlaut-vm", "mlaut-vm"),
-        ("/home/a/web.app_2", "web.app_2"),
-        ("/home/a/--x--", "x"),
-    ] {
-        assert_eq!(derive_vm_name(Path::new(dir)).unwrap(), want, "{dir}");
-    }
-    for dir in ["/home/a/.dotfiles", "/home/a/§§§", "/"] {
-        let err = format!("{:#}", derive_vm_name(Path::new(dir)).unwrap_err());
-        assert!(err.contains("name the VM"), "{dir}: {err}");
-    }
-}
-
-#[test]
-fn the_repo_root_is_the_nearest_ancestor_with_git() {
-    let t = tempfile::tempdir().unwrap();
-    let repo = t.path().join("r");
-    std::fs::create_dir_all(repo.join("a/b")).unwrap();
-    assert_eq!(
-        repo_root(&repo.join("a/b")),
-        repo.join("a/b"),
-        "no .git: the directory itself"
-    );
-    std::fs::write(repo.join(".git"), "gitdir: elsewhere\n").unwrap(); // a worktree's .git file
-    assert_eq!(repo_root(&repo.join("a/b")), repo);
 }
 
 #[test]
@@ -565,40 +530,10 @@ fn a_host_migrating_from_the_shell_layout_keeps_its_links() {
 }
 
 #[test]
-fn help_has_examples_and_completions_are_generated() {
-    for args in [
-        &["--help"][..],
-        &["status", "--help"],
-        &["unlink", "--help"],
-        &["completions", "--help"],
-    ] {
-        let out = Run::new(LINK).args(args).output();
-        assert_ok(&out);
-        assert!(
-            String::from_utf8_lossy(&out.stdout).contains("Example"),
-            "{args:?}"
-        );
-    }
-    for (shell, needle) in [
-        ("bash", "complete -F"),
-        ("zsh", "#compdef microvm-link"),
-        ("fish", "complete -c microvm-link"),
-    ] {
-        let out = Run::new(LINK).args(["completions", shell]).output();
-        assert_ok(&out);
-        let text = String::from_utf8(out.stdout).unwrap();
-        assert!(
-            text.contains(needle) && text.contains("restart-stale"),
-            "{shell}"
-        );
-    }
-}
-
-#[test]
 fn relink_checks_the_owner_of_the_very_directory_it_mounts() {
     // microvm-link checks the repo's owner first; a user can swap the path before relink looks
     // again. relink must refuse on its own look, which is what it mounts (by descriptor).
-    use common::api::{relink, Caller, Change, Config, Root, Tree};
+    use crate::common::api::{relink, Caller, Change, Config, Root, Tree};
     let fx = vm1_fixture();
     fx.repo("/home/bob/secret", BOB);
     let root = Root::from_args(Some(fx.root())).unwrap();

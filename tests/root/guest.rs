@@ -4,13 +4,11 @@
 //! tests act with those ids on the host side of the mount, as virtiofsd would. The real
 //! guest's view is proven by the end-to-end suite (`18-guest-contained`).
 
-mod common;
-
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Output;
 
-use common::*;
+use crate::common::*;
 
 const WS: &str = "/var/lib/microvm-workspaces";
 

@@ -3,12 +3,10 @@
 //! Re-rooted, systemd is not asked (the drop-in check's firing is a unit test in
 //! src/cmd/doctor.rs); the real systemd is the end-to-end suite's.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 /// A virtiofsd in the store printing `version`, named (as microvm.nix does) in a supervisord
@@ -392,19 +390,6 @@ fn a_stale_vm_is_reported_with_its_reason() {
         "VM vm1 is stale (workspace: started on the placeholder; directory now)",
     );
     one(&f, "stale", "warn", "systemctl restart microvm@vm1.service");
-}
-
-#[test]
-fn doctor_help_says_what_it_checks_and_the_exit_status() {
-    let out = Command::new(LINK)
-        .args(["doctor", "--help"])
-        .output()
-        .unwrap();
-    assert_ok(&out);
-    let help = String::from_utf8(out.stdout).unwrap();
-    for needle in ["--json", "Exits 1", "sudo", "Example"] {
-        assert!(help.contains(needle), "{needle:?} not in:\n{help}");
-    }
 }
 
 #[test]

@@ -2,11 +2,9 @@
 //! (from the runtime record prepare writes) and shows now, and why a stale one is stale.
 //! Against temporary roots; tests that link run in a private mount namespace.
 
-mod common;
-
 use std::process::{Command, Output};
 
-use common::*;
+use crate::common::*;
 
 /// A user the user database knows, so the reason can name them.
 const NOBODY: u32 = 65534;
@@ -244,26 +242,4 @@ fn a_normal_user_sees_placeholders_in_words_too() {
         (Some("placeholder"), Some("placeholder")),
         "{s}"
     );
-}
-
-#[test]
-fn status_help_documents_vm_json_and_the_words() {
-    let out = Command::new(LINK)
-        .args(["status", "--help"])
-        .output()
-        .unwrap();
-    assert_ok(&out);
-    let help = String::from_utf8(out.stdout).unwrap();
-    for needle in [
-        "[VM]",
-        "--json",
-        "placeholder",
-        "repo PATH",
-        "directory",
-        "missing",
-        "STALE",
-        "device:inode",
-    ] {
-        assert!(help.contains(needle), "{needle:?} not in:\n{help}");
-    }
 }

@@ -3,13 +3,11 @@
 //! `<live root>/current`, with no restart. Re-rooted trees, private mount namespaces; the
 //! running guest's view is proven by the end-to-end suite.
 
-mod common;
-
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Output;
 
-use common::*;
+use crate::common::*;
 
 const WS: &str = "/var/lib/microvm-workspaces";
 const LIVE: &str = "/var/lib/microvm-workspaces/.live";

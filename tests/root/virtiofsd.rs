@@ -5,15 +5,13 @@
 //!
 //! virtiofsd comes from `$VIRTIOFSD`, else the CI cache, else PATH; missing, the test fails.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn virtiofsd() -> PathBuf {
     if let Some(p) = std::env::var_os("VIRTIOFSD") {

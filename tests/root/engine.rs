@@ -3,10 +3,8 @@
 //! and a refusal changes nothing. Needs root: the
 //! placeholders carry trusted xattrs and links are (idmapped) mounts.
 
-mod common;
-
-use common::api::*;
-use common::*;
+use crate::common::api::*;
+use crate::common::*;
 use proptest::prelude::*;
 
 const WS: &str = "/var/lib/microvm-workspaces";

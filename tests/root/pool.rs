@@ -5,12 +5,10 @@
 //! files that outlive mounts. Re-rooted trees in private mount namespaces; the running
 //! guests are the end-to-end suite's (21-pool-worktrees).
 
-mod common;
-
 use std::os::unix::fs::MetadataExt;
 use std::process::Output;
 
-use common::*;
+use crate::common::*;
 
 const WS: &str = "/var/lib/microvm-workspaces";
 

@@ -2,14 +2,12 @@
 //! PATH (it answers `-G` and records how it was run) and a local listener that speaks the
 //! first bytes of SSH. The real ssh into a real guest is proven by the end-to-end suite.
 
-mod common;
-
 use std::io::Write;
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
-use common::*;
+use crate::common::*;
 
 /// A directory alice can reach, holding the stand-in `ssh` and its log.
 struct FakeSsh {
