@@ -22,6 +22,9 @@ declare -gA E2E_VMS=(
     # live shares (docs/design.md#live-links): sources below $E2E_WS/.live
     [testvm]="nixfiles=$E2E_WS/.live/nixfiles=ro host=$E2E_WS/.live/nixfiles/hosts/microvms/testvm"
     [web]="nixfiles=$E2E_WS/nixfiles=ro nixfiles-live=$E2E_WS/.live/nixfiles=ro"
+    # the pool "agents" (issue 20): each a live share of its own entry, and SSH
+    [pool1]="workspace=$E2E_WS/.live/pool1"
+    [pool2]="workspace=$E2E_WS/.live/pool2"
 )
 
 # VMs whose guest runs an SSH server (dropbear, lib/guest-init): vm -> the TCP
@@ -38,11 +41,15 @@ declare -gA E2E_VMS=(
 declare -gA E2E_SSH_PORTS=(
     [vmssh]=2201
     [testvm]=2202
+    [pool1]=2203
+    [pool2]=2204
 )
-# config.json's "companions" (JSON). E2E_VMS, E2E_SSH_PORTS and this are
-# the fixture's parameters: a caller with VMs of its own (demo.sh) sets
-# all three after sourcing this file, before e2e_fixture.
+# config.json's "companions" and "pools" (JSON; pools left out when empty).
+# E2E_VMS, E2E_SSH_PORTS and these are the fixture's parameters: a caller
+# with VMs of its own (demo.sh) sets them after sourcing this file, before
+# e2e_fixture.
 E2E_COMPANIONS='{ "nixfiles": { "nix-secrets": "../nix-secrets" } }'
+E2E_POOLS='{ "agents": [ "pool1", "pool2" ] }'
 E2E_SSH_USER=alice
 E2E_SSH_KEY=/home/alice/.ssh/id_ed25519
 E2E_SSH_HOME=/home/alice      # the guest user's home: `pwd` of a login there
@@ -257,18 +264,22 @@ e2e_config() {
         done
         printf ' ] }'
     done
-    printf '\n  },\n  "companions": %s\n}\n' "$E2E_COMPANIONS"
+    printf '\n  },\n  "companions": %s' "$E2E_COMPANIONS"
+    [ -z "${E2E_POOLS:-}" ] || printf ',\n  "pools": %s' "$E2E_POOLS"
+    printf '\n}\n'
 }
 
 # e2e_config_ssh ROOT: in config.json, each VM of E2E_SSH_PORTS gets its
-# ssh_config alias as `ssh` and every share its guest mount point
-# `/mnt/<tag>` (where lib/guest-init mounts it) as `mountPoint`, which
-# `microvm-link shell` needs to find the guest directory. jq of the rootfs.
+# ssh_config alias as `ssh` and every share its guest mount point (where
+# lib/guest-init mounts it) as `mountPoint`, which `microvm-link shell`
+# needs to find the guest directory: `/mnt/<tag>`, or for a live share
+# `/run/microvm-workspaces/<tag>` (whose `current` /mnt/<tag> links to, as
+# the NixOS guest module does). jq of the rootfs.
 e2e_config_ssh() {
     local root=$1 cfg=/etc/microvm-workspaces/config.json vm
     for vm in "${!E2E_SSH_PORTS[@]}"; do
-        chroot "$root" jq --arg vm "$vm" \
-            '.vms[$vm].ssh = $vm | .vms[$vm].shares |= map(.mountPoint = "/mnt/" + .tag)' \
+        chroot "$root" jq --arg vm "$vm" --arg live "$E2E_WS/.live/" \
+            '.vms[$vm].ssh = $vm | .vms[$vm].shares |= map(.mountPoint = (if (.source | startswith($live)) then "/run/microvm-workspaces/" else "/mnt/" end) + .tag)' \
             "$cfg" > "$root$cfg.new" || e2e_die "could not add vms.$vm.ssh to $cfg"
         mv "$root$cfg.new" "$root$cfg"
     done
