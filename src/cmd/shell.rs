@@ -31,6 +31,9 @@ pub struct Plan {
     pub dir: Option<String>,
     /// Whom ssh runs as (`None`: whoever runs this).
     pub user: Option<Ids>,
+    /// For a live workspace share: the guest path of its `current` and the inode (the
+    /// repo's on the host, which virtiofs passes on) it must show before the command runs.
+    pub view: Option<(String, u64)>,
 }
 
 /// `microvm-link shell`, whole: the VM (named, derived, or leased from a pool), linked and
@@ -122,7 +125,12 @@ pub fn plan(env: &Env, vm: Option<VmName>, given: Option<&SshDest>) -> Result<Pl
         .root
         .inside(&cwd)
         .and_then(|c| c.strip_prefix(&repo.path).ok().map(Path::to_path_buf));
-    let dir = match (guest_workspace(&env.cfg, &vm), rel) {
+    let guest = guest_view(&env.cfg, &vm);
+    let view = guest
+        .as_ref()
+        .filter(|g| g.1)
+        .map(|(mp, _)| (mp.clone(), repo.id().1));
+    let dir = match (guest.map(|g| g.0), rel) {
         (Some(mp), Some(rel)) if rel.as_os_str().is_empty() => Some(mp),
         (Some(mp), Some(rel)) => Some(
             Path::new(&mp)
@@ -139,6 +147,7 @@ pub fn plan(env: &Env, vm: Option<VmName>, given: Option<&SshDest>) -> Result<Pl
         destination,
         dir,
         user: ssh::as_user(env.caller),
+        view,
     })
 }
 
@@ -146,19 +155,21 @@ pub fn plan(env: &Env, vm: Option<VmName>, given: Option<&SshDest>) -> Result<Pl
 /// of `<workspaceDir>/<vm>`, or `<mount point>/current` for its live root
 /// `<workspaceDir>/.live/<vm>`.
 pub fn guest_workspace(cfg: &Config, vm: &VmName) -> Option<String> {
+    guest_view(cfg, vm).map(|(dir, _)| dir)
+}
+
+/// [`guest_workspace`], and whether it is the live view (`<mount point>/current`).
+fn guest_view(cfg: &Config, vm: &VmName) -> Option<(String, bool)> {
     let pinned = cfg.workspace_dir.join(vm);
     let live = cfg.workspace_dir.join(paths::LIVE).join(vm);
     cfg.vm(vm)?.shares.iter().find_map(|s| {
         let path = paths::normalize(&cfg.state_dir.join(vm).join(&s.source));
         let mp = s.mount_point.as_deref()?;
         if path == pinned {
-            Some(mp.to_string())
+            Some((mp.to_string(), false))
         } else if path == live {
-            Some(format!(
-                "{}/{}",
-                mp.trim_end_matches('/'),
-                crate::fs::paths::LIVE_CURRENT
-            ))
+            let current = crate::fs::paths::LIVE_CURRENT;
+            Some((format!("{}/{current}", mp.trim_end_matches('/')), true))
         } else {
             None
         }
@@ -214,6 +225,10 @@ pub fn serving(env: &Env, plan: &Plan) -> bool {
             && s.workspace.target == Some(show(&plan.repo))
     })
 }
+
+/// How long a shell waits, in the guest, for a live view to show the repo (virtiofs'
+/// `--cache=auto` keeps an entry for a second).
+const VIEW_WAIT: Duration = Duration::from_secs(3);
 
 /// How long a shared connection outlives its last session.
 const CONTROL_PERSIST: Duration = Duration::from_secs(300);
@@ -318,10 +333,16 @@ pub fn run(plan: &Plan, control: Option<&Path>, command: &[String]) -> anyhow::R
         c.arg("-o")
             .arg(format!("ControlPersist={}", CONTROL_PERSIST.as_secs()));
     }
+    // A live view just switched may still be the previous one in the guest for up to a
+    // second (virtiofs caches the entry `current`): wait for the repo's own inode first.
+    let fresh = match &plan.view {
+        Some((view, ino)) => ssh::await_inode(view, *ino, VIEW_WAIT),
+        None => String::new(),
+    };
     let st = c
         .arg("--")
         .arg(&plan.destination)
-        .arg(ssh::remote_command(plan.dir.as_deref(), command))
+        .arg(fresh + &ssh::remote_command(plan.dir.as_deref(), command))
         .status()
         .map_err(|e| anyhow::anyhow!("cannot run ssh: {e}"))?;
     // Killed by a signal: the shell's convention, 128 + its number.

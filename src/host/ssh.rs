@@ -278,6 +278,18 @@ pub fn shell_quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', r"'\''"))
 }
 
+/// A remote preamble: wait (polling every 0.1 s, at most `limit`) until the guest's
+/// directory `dir` has inode number `ino`, then go on whatever it shows. The guest's virtiofs
+/// keeps a looked-up entry for its cache time (a second with `--cache=auto`), so a live view
+/// switched on the host a moment ago can still show the previous directory there.
+pub fn await_inode(dir: &str, ino: u64, limit: std::time::Duration) -> String {
+    let tries = (limit.as_millis() / 100).max(1);
+    format!(
+        "n=0; while [ \"$(stat -c %i {}/. 2>/dev/null)\" != {ino} ] && [ $n -lt {tries} ]; do sleep 0.1; n=$((n+1)); done; ",
+        shell_quote(dir)
+    )
+}
+
 /// The remote command: into `dir` (if known), then `command` (each word quoted) or a login
 /// shell.
 pub fn remote_command(dir: Option<&str>, command: &[String]) -> String {
@@ -297,6 +309,14 @@ mod tests {
 
     fn vm1() -> SshDest {
         SshDest::try_from("vm1").unwrap()
+    }
+
+    #[test]
+    fn the_view_wait_polls_the_quoted_directory_and_gives_up() {
+        assert_eq!(
+            await_inode("/run/it's/current", 42, std::time::Duration::from_secs(3)),
+            r#"n=0; while [ "$(stat -c %i '/run/it'\''s/current'/. 2>/dev/null)" != 42 ] && [ $n -lt 30 ]; do sleep 0.1; n=$((n+1)); done; "#
+        );
     }
 
     #[test]
