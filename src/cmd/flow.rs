@@ -385,6 +385,8 @@ pub struct Outcome {
     pub lease: Option<LeaseReport>,
     /// Leases this run ended (`release`; a lease call ends those whose worktree is gone).
     pub released: Vec<ReleasedLease>,
+    /// The VM was (re)started for its new holder: its guest ran someone else's work.
+    pub fresh_guest: Option<FreshGuest>,
 }
 
 /// A stale VM `--restart-stale` restarted, and how that ended.
@@ -473,6 +475,19 @@ impl Outcome {
         out.extend(self.released.iter().map(|r| r.line(self.dry_run)));
         out.extend(self.lease.iter().map(|l| l.line(self.dry_run)));
         out.extend(self.relinked.steps.iter().chain(&self.ensured).cloned());
+        if let Some(f) = &self.fresh_guest {
+            let who = crate::model::config::user_name(f.uid);
+            out.push(match self.restart {
+                Restart::NotAsked if !self.dry_run => format!(
+                    "warning: {} ran {who}'s work since its start and is not restarted (--no-restart): what runs there for them sees this worktree, writing as you",
+                    self.vm
+                ),
+                _ => format!(
+                    "{} ran {who}'s work since its start: restarted, so that nothing of it meets this worktree",
+                    self.vm
+                ),
+            });
+        }
         out.extend(self.restart.line(&self.vm));
         out.extend(self.ssh.line(&self.vm));
         for LiveVm { vm, tags } in self.live.iter().filter(|l| l.vm != self.vm) {
@@ -640,23 +655,25 @@ pub fn lease(env: &Env, pool: &PoolName, repo: Option<&Path>, opts: Options) -> 
         .iter()
         .map(|r| ReleasedLease {
             lease: view(&r.vm, &r.lease),
-            why: "its worktree is gone".into(),
+            why: Some("its worktree is gone".into()),
         })
         .collect();
     let opts = Options {
         if_needed: true,
         ..opts
     };
-    let repo = Some(show(&repo.path));
-    let mut out = finish(
-        env,
-        &leased.vm,
-        repo,
-        leased.changes,
-        leased.relinked,
-        opts,
-        t0,
-    );
+    let fresh = match leased.new {
+        true => fresh_guest(env, &leased.vm, leased.owner, leased.previous),
+        false => None,
+    };
+    let done = Done {
+        vm: &leased.vm,
+        repo: Some(show(&repo.path)),
+        changes: leased.changes,
+        relinked: leased.relinked,
+        fresh,
+    };
+    let mut out = finish(env, done, opts, t0);
     out.lease = Some(report);
     out.released = released;
     Ok(out)
@@ -705,7 +722,8 @@ pub fn release(env: &Env, vm: Option<VmName>, opts: Options) -> Result<Outcome> 
         opts.dry_run,
     )?;
     let Some((facts, relinked)) = done else {
-        let mut out = finish(env, &vm, None, Vec::new(), Relinked::default(), opts, t0);
+        let done = Done::of(&vm, None, Vec::new(), Relinked::default());
+        let mut out = finish(env, done, opts, t0);
         out.restart = Restart::NotAsked;
         out.relinked
             .steps
@@ -713,13 +731,10 @@ pub fn release(env: &Env, vm: Option<VmName>, opts: Options) -> Result<Outcome> 
         return Ok(out);
     };
     let lease = LeaseView::of(&env.cfg, &vm, &facts);
-    let mut out = finish(env, &vm, None, changes, relinked, opts, t0);
+    let mut out = finish(env, Done::of(&vm, None, changes, relinked), opts, t0);
     out.released.push(ReleasedLease {
         lease,
-        why: match facts.gone {
-            true => "released (its worktree is gone)".into(),
-            false => "released".into(),
-        },
+        why: facts.gone.then(|| "its worktree is gone".into()),
     });
     Ok(out)
 }
@@ -738,26 +753,51 @@ fn run(
     let caller = env.caller;
     let relinked =
         crate::engine::link::relink(&env.tree, &env.cfg, &changes, caller, opts.dry_run)?;
-    Ok(finish(env, vm, repo, changes, relinked, opts, t0))
+    Ok(finish(env, Done::of(vm, repo, changes, relinked), opts, t0))
 }
 
-/// After the relink: ensure what it affects, restart (or not), wait for SSH, report stale VMs.
-fn finish(
-    env: &Env,
-    vm: &VmName,
+/// What a relink did, for [`finish`]: the VM, its repo, the changes and their outcome, and
+/// whether the VM needs a fresh guest.
+struct Done<'a> {
+    vm: &'a VmName,
     repo: Option<String>,
     changes: Vec<Change>,
     relinked: Relinked,
-    opts: Options,
-    t0: Instant,
-) -> Outcome {
+    fresh: Option<FreshGuest>,
+}
+
+impl<'a> Done<'a> {
+    fn of(vm: &'a VmName, repo: Option<String>, changes: Vec<Change>, relinked: Relinked) -> Self {
+        Done {
+            vm,
+            repo,
+            changes,
+            relinked,
+            fresh: None,
+        }
+    }
+}
+
+/// After the relink: ensure what it affects, restart (or not), wait for SSH, report stale VMs.
+fn finish(env: &Env, done: Done, opts: Options, t0: Instant) -> Outcome {
+    let Done {
+        vm,
+        repo,
+        changes,
+        relinked,
+        fresh,
+    } = done;
     let (affected, mut skipped) = affected(env, &changes);
     let ensured = ensure_affected(env, &affected, opts.dry_run, &mut skipped);
     let link_ms = t0.elapsed().as_secs_f64() * 1000.0;
     let live = live_views(env, &affected);
     let own_live = live.iter().find(|(v, _)| v == vm);
+    let fresh = fresh.filter(|_| is_running(env, vm));
     let restart = if opts.no_restart || opts.dry_run {
         Restart::NotAsked
+    } else if fresh.is_some() {
+        // A new holder of a pool VM that ran someone else's work: a fresh guest.
+        restart_vm(env, vm, false, opts.progress)
     } else if let Some((_, tags)) = own_live.filter(|_| pinned_through(env, vm, &affected) == 0) {
         // Every share of the VM through the changed entries is live, and it runs: it sees
         // the change already.
@@ -831,7 +871,36 @@ fn finish(
         ssh,
         lease: None,
         released: Vec::new(),
+        fresh_guest: fresh,
     }
+}
+
+/// A pool VM leased to a new holder whose guest has run someone else's work since its start
+/// (`engine::pool::previous_holder`): restarted, so that nothing left of it meets the new
+/// holder's worktree, which the guest writes as its holder.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FreshGuest {
+    /// Whose work it ran.
+    pub uid: u32,
+}
+
+/// Whether the new lease of `vm` for `owner` needs a fresh guest: its previous holder was
+/// someone else, and that ended after the VM's current start (its runtime record's mtime).
+fn fresh_guest(
+    env: &Env,
+    vm: &VmName,
+    owner: u32,
+    previous: Option<(u32, i64)>,
+) -> Option<FreshGuest> {
+    let (uid, ended) = previous.filter(|(uid, _)| *uid != owner)?;
+    let started = std::fs::metadata(env.root.real(&record::record_path(vm)))
+        .ok()?
+        .modified()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs() as i64;
+    (ended >= started).then_some(FreshGuest { uid })
 }
 
 /// Why `--restart-stale` leaves `s` alone for this caller: a stale share of it passes
@@ -1087,6 +1156,7 @@ mod tests {
             ssh: SshWait::NotAsked,
             lease: None,
             released: Vec::new(),
+            fresh_guest: None,
         };
         let v = serde_json::to_value(&out).unwrap();
         assert_eq!(v["vm"], "vm1");

@@ -90,25 +90,28 @@ impl LeaseReport {
     }
 }
 
-/// A lease this run ended, and why.
+/// A lease this run ended, and why when it is not its holder's (or root's) `release`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ReleasedLease {
     #[serde(flatten)]
     pub lease: LeaseView,
-    pub why: String,
+    pub why: Option<String>,
 }
 
 impl ReleasedLease {
     pub fn line(&self, dry_run: bool) -> String {
         let l = &self.lease;
+        let why = match &self.why {
+            Some(why) => format!(": {why}"),
+            None => String::new(),
+        };
         format!(
-            "{} the lease of {} ({} for {}, since {}): {}",
+            "{} the lease of {} ({} for {}, since {}){why}",
             if dry_run { "would end" } else { "released" },
             l.vm,
             l.user,
             l.worktree,
             l.since_utc,
-            self.why
         )
     }
 }

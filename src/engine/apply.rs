@@ -12,7 +12,7 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use crate::engine::entry::{Displaced, RepoNow, Workspace};
 use crate::engine::gitview;
-use crate::engine::leases::{remove_lease, write_lease};
+use crate::engine::leases::{end_lease, write_lease};
 use crate::engine::links::{remove_record, write_record, Record};
 use crate::engine::observe::Held;
 use crate::engine::plan::Op;
@@ -185,7 +185,7 @@ fn one(ws: &Workspace, held: &mut Held, op: &Op, out: &mut Applied) -> Result<()
         }
         Op::RemoveLease { at, .. } => {
             let (dir, name) = parent(held, at)?;
-            remove_lease(dir, name)?;
+            end_lease(dir, name)?;
         }
         Op::Unmount { at, id, .. } => {
             let n = open(held, at)?;

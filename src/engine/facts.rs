@@ -169,4 +169,6 @@ pub struct Slot {
     pub lease: Option<LeaseFacts>,
     /// `.links/<vm>` (never legacy here).
     pub link: Option<Rec>,
+    /// Who last held a lease of it, and when that ended (unix seconds).
+    pub last: Option<(u32, i64)>,
 }

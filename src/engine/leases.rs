@@ -64,9 +64,37 @@ pub fn write_lease(leases: &Node, vm: &OsStr, worktree: &Path, owner: u32) -> Re
     )
 }
 
-/// Removes `.leases/<vm>` (nothing there is fine).
+/// Removes `.leases/<vm>` (nothing there is fine): a new lease that could not be linked.
 pub fn remove_lease(leases: &Node, vm: &OsStr) -> Result<()> {
     links::remove_record(leases, vm)
+}
+
+/// The name that keeps who last held `vm`: `.last-<vm>` (no VM name starts with `.`).
+pub fn last_name(vm: &OsStr) -> std::ffi::OsString {
+    let mut n = std::ffi::OsString::from(".last-");
+    n.push(vm);
+    n
+}
+
+/// Ends the lease `.leases/<vm>`: renamed over `.leases/.last-<vm>`, which then says who last
+/// held the VM and (its ctime) when that ended, for the next lease's rule of a fresh guest
+/// for a new holder (`engine::pool::previous_holder`). Nothing there is fine.
+pub fn end_lease(leases: &Node, vm: &OsStr) -> Result<()> {
+    match nix::fcntl::renameat(&leases.fd, vm, &leases.fd, &*last_name(vm)) {
+        Ok(()) => {
+            crate::fs::failpoint::step("end a lease");
+            Ok(())
+        }
+        Err(Errno::ENOENT) => Ok(()),
+        Err(e) => Err(anyhow!(e))
+            .with_context(|| format!("cannot end lease {}", show(&leases.path.join(vm)))),
+    }
+}
+
+/// Who last held `vm` and when that ended (`.leases/.last-<vm>`: its owner, its ctime).
+pub fn read_last(leases: Option<&Node>, vm: &OsStr) -> Option<(u32, i64)> {
+    let node = leases?.child(&last_name(vm)).ok()?;
+    is_symlink(&node.st).then(|| (node.uid(), node.st.st_ctime))
 }
 
 impl Workspace<'_> {
@@ -118,6 +146,7 @@ impl Workspace<'_> {
                 vm: vm.clone(),
                 lease,
                 link,
+                last: read_last(leases.as_ref(), name),
             });
         }
         held.keep(self.node.try_clone()?);

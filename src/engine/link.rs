@@ -69,6 +69,9 @@ pub struct Leased {
     pub since: i64,
     /// Leases of the pool whose worktree was gone, ended by this call.
     pub released: Vec<Released>,
+    /// For a new lease: whose work the VM's guest may still hold, and when that ended
+    /// (`engine::pool::previous_holder`).
+    pub previous: Option<(u32, i64)>,
     /// The changes made for it (link the VM to the worktree, unlink VMs of released leases).
     pub changes: Vec<Change>,
     pub relinked: Relinked,
@@ -99,6 +102,7 @@ pub fn lease(
                 vm: vm.clone(),
                 lease: None,
                 link: None,
+                last: None,
             })
             .collect(),
     };
@@ -153,6 +157,10 @@ pub fn lease(
         (Choice::Own(_), Some(l)) => l.since,
         _ => now(),
     };
+    let previous = match choice {
+        Choice::Take(_) => own.and_then(|s| pool::previous_holder(s, now())),
+        Choice::Own(_) => None,
+    };
     Ok(Leased {
         vm: choice.vm().clone(),
         new: matches!(choice, Choice::Take(_)),
@@ -160,6 +168,7 @@ pub fn lease(
         worktree: worktree.clone(),
         since,
         released: decision.released,
+        previous,
         changes,
         relinked: run.out,
     })

@@ -88,7 +88,8 @@ pub enum Op {
         owner: u32,
         pool: PoolName,
     },
-    /// `.leases/<vm>` removed: the lease ends (its VM's link ended first).
+    /// `.leases/<vm>` ends (its VM's link ended first): renamed to `.leases/.last-<vm>`,
+    /// which says who last held the VM (`leases::end_lease`).
     RemoveLease {
         at: PathBuf,
         why: &'static str,

@@ -157,6 +157,22 @@ pub fn choose(pool: &PoolName, slots: &[Slot], owner: u32, worktree: &Path) -> D
     Decision { choice, released }
 }
 
+/// Whose work the guest of `slot`'s VM may still hold, and since when it is over (unix
+/// seconds; `now` for what ends with this lease): a lease of someone whose worktree is gone,
+/// a link of someone's whose repo is gone, else who last held a lease. A new holder other
+/// than them gets a freshly started guest if the VM has run since then (flow's rule): what
+/// ran in it for one person must not meet the next one's worktree, which the guest writes
+/// as its holder.
+pub fn previous_holder(slot: &Slot, now: i64) -> Option<(u32, i64)> {
+    if let Some(l) = &slot.lease {
+        return Some((l.owner, now));
+    }
+    if let Some(r) = &slot.link {
+        return Some((r.owner, now));
+    }
+    slot.last
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,6 +194,7 @@ mod tests {
             vm: vm(n),
             lease: None,
             link: None,
+            last: None,
         }
     }
 
@@ -197,6 +214,7 @@ mod tests {
                 repo_found: !gone,
                 legacy: false,
             }),
+            last: None,
         }
     }
 
@@ -210,6 +228,7 @@ mod tests {
                 repo_found: found,
                 legacy: false,
             }),
+            last: None,
         }
     }
 
@@ -322,5 +341,18 @@ mod tests {
         // A gone lease is not found again even by its own worktree path.
         let d = choose(&pool(), &slots, BOB, Path::new("/home/bob/deleted"));
         assert_eq!(d.choice, Ok(Choice::Take(vm("a2"))));
+    }
+
+    #[test]
+    fn the_previous_holder_is_the_lease_or_link_ending_now_else_the_last_lease() {
+        let now = 1_800_000_000;
+        assert_eq!(previous_holder(&free("a1"), now), None);
+        let mut s = free("a1");
+        s.last = Some((BOB, 1_700_000_000));
+        assert_eq!(previous_holder(&s, now), Some((BOB, 1_700_000_000)));
+        let gone = leased("a1", BOB, "/home/bob/x", true);
+        assert_eq!(previous_holder(&gone, now), Some((BOB, now)));
+        let hand = linked("a1", BOB, "/home/bob/x", false);
+        assert_eq!(previous_holder(&hand, now), Some((BOB, now)));
     }
 }

@@ -42,6 +42,32 @@ e2e_pool_lease() {
 
 e2e_pool_first_line() { head -n 1 "$E2E_RUN/mvl.out"; }
 
+# bob (uid 1001; the rootfs has alice only), the sudo rule for him too, and
+# his repo ~bob/bproj with a worktree ~bob/bproj-wt
+e2e_pool_bob() {
+    e2e_ct sh -c 'id bob >/dev/null 2>&1 || useradd -m -u 1001 -s /bin/bash bob' || fail "could not add bob"
+    e2e_ct sh -c 'echo "bob ALL=(root) NOPASSWD: /usr/bin/microvm-link" > /etc/sudoers.d/microvm-link-bob && chmod 0440 /etc/sudoers.d/microvm-link-bob' ||
+        fail "could not give bob the sudo rule"
+    e2e_ct_as bob sh -c '
+        set -e
+        cd ~ && rm -rf bproj bproj-wt && git init -q -b main bproj && cd bproj && echo bob > MARKER && git add MARKER
+        git -c user.name=bob -c user.email=bob@host commit -q -m main
+        git worktree add -q ../bproj-wt -b wt && echo "worktree of bob" > ../bproj-wt/MARKER' ||
+        fail "could not make ~bob/bproj and its worktree"
+}
+
+# e2e_bob_mvl DIR ARGS...: microvm-link ARGS as bob in DIR (as e2e_mvl_alice)
+e2e_bob_mvl() {
+    local dir=$1 rc; shift
+    e2e_ct runuser -u bob -- env HOME=/home/bob USER=bob LOGNAME=bob \
+        sh -c 'cd "$1" && shift && exec microvm-link "$@"' sh "$dir" "$@" > "$E2E_RUN/mvl.out" 2> "$E2E_RUN/mvl.err"; rc=$?
+    printf '$ (bob in %s) microvm-link%s\n' "$dir" "$([ $# = 0 ] || printf ' %q' "$@")"
+    sed 's/^/  stdout| /' "$E2E_RUN/mvl.out"
+    sed 's/^/  stderr| /' "$E2E_RUN/mvl.err"
+    printf '  [exit %s]\n' "$rc"
+    return $rc
+}
+
 # the pool's VMs running on their placeholders, their SSH answering
 e2e_pool_start() {
     local vm out
@@ -116,7 +142,7 @@ s_pool_worktrees() {
 
     step "release ~/proj-wt1's lease: pool1 shows its placeholder, keeps running; ~/proj-wt3 leases it"
     e2e_mvl_alice /home/alice/proj-wt1 release || fail "release in ~/proj-wt1 exited $?: $(e2e_mvl_all | tr '\n' '|')"
-    e2e_pool_first_line | grep -q '^released the lease of pool1 (alice for /home/alice/proj-wt1, since .*): released$' ||
+    e2e_pool_first_line | grep -q '^released the lease of pool1 (alice for /home/alice/proj-wt1, since [^)]*)$' ||
         fail "release said '$(e2e_pool_first_line)'"
     [ "$(e2e_pool_lease pool1)" = none ] || fail ".leases/pool1 is still '$(e2e_pool_lease pool1)'"
     e2e_poll 20 "pool1's guest to see its placeholder" e2e_pool_no_marker pool1 >/dev/null ||
@@ -129,10 +155,28 @@ s_pool_worktrees() {
     e2e_expect_same_vm pool1 "$ids1" "$b1"
     e2e_expect_same_vm pool2 "$ids2" "$b2"
 
+    step "bob (a second user) in a worktree of his own repo: may not release alice's lease"
+    e2e_pool_bob
+    e2e_bob_mvl /home/bob/bproj-wt release pool2; rc=$?
+    [ $rc = 1 ] || fail "bob's release of pool2 exited $rc"
+    [ "$(cat "$E2E_RUN/mvl.err")" = "microvm-link: pool2 is leased by alice (uid 1000) for /home/alice/proj-wt2; only they or root may release it" ] ||
+        fail "bob's release of alice's lease: '$(tr '\n' '|' < "$E2E_RUN/mvl.err")'"
+    [ "$(e2e_pool_lease pool2)" = "alice /home/alice/proj-wt2" ] || fail "bob's refused release changed .leases/pool2"
+    step "alice releases pool1; bob leases it: its guest ran alice's work, so it starts afresh for him"
+    e2e_mvl_alice /home/alice/proj-wt3 release || fail "release in ~/proj-wt3 exited $?"
+    e2e_bob_mvl /home/bob/bproj-wt --pool agents || fail "bob's --pool exited $?: $(e2e_mvl_all | tr '\n' '|')"
+    [ "$(e2e_pool_first_line)" = "leased pool1 from pool agents for /home/bob/bproj-wt" ] || fail "bob's lease said '$(e2e_pool_first_line)'"
+    grep -qx "pool1 ran alice's work since its start: restarted, so that nothing of it meets this worktree" "$E2E_RUN/mvl.out" ||
+        fail "bob's lease did not say why pool1 restarts: $(e2e_mvl_all | tr '\n' '|')"
+    grep -q '^restarted microvm@pool1.service: active after ' "$E2E_RUN/mvl.out" || fail "bob's lease did not restart pool1"
+    [ "$(e2e_boot_count pool1)" -gt "$b1" ] || fail "pool1's guest did not boot again for bob"
+    e2e_pool_sees pool1 "worktree of bob" || fail "pool1's guest does not read bob's worktree: '$(e2e_ssh_marker pool1)'"
+    e2e_expect_same_vm pool2 "$ids2" "$b2"
+
     step "a reboot of the container: the leases stay; a lease call starts the VM"
     e2e_ct_poweroff
     e2e_ct_boot
-    [ "$(e2e_pool_lease pool1)" = "alice /home/alice/proj-wt3" ] || fail "after the reboot .leases/pool1 is '$(e2e_pool_lease pool1)'"
+    [ "$(e2e_pool_lease pool1)" = "bob /home/bob/bproj-wt" ] || fail "after the reboot .leases/pool1 is '$(e2e_pool_lease pool1)'"
     [ "$(e2e_pool_lease pool2)" = "alice /home/alice/proj-wt2" ] || fail "after the reboot .leases/pool2 is '$(e2e_pool_lease pool2)'"
     [ "$(e2e_unit_state microvm@pool2.service)" = inactive ] || fail "pool2 runs after the reboot"
     e2e_mvl_alice /home/alice/proj-wt2 --pool agents || fail "--pool in ~/proj-wt2 after the reboot exited $?: $(e2e_mvl_all | tr '\n' '|')"
@@ -156,16 +200,17 @@ e2e_pool_time() {
 # pool1, each: plain `ssh pool1 true`; `microvm-link shell --pool agents --
 # cat ID` in a fresh worktree with alice's shared connection to pool1 open
 # and, in another fresh worktree, closed first (what the first shell of a
-# VM's start pays); the same in the worktree that holds its lease. Each
+# VM's start pays); the same in the worktree that holds its lease; and the
+# lease alone (`microvm-link --pool agents`, through sudo) in a third. Each
 # shell must print its own worktree's ID: the timing ends when the command
 # ran in the new worktree. Leases are released between rounds (untimed).
 s_pool_bench() {
-    local n=${E2E_POOL_BENCH_RUNS:-3} i ids b plain=() fresh=() cold=() held=() stale=0 wt sock t got
+    local n=${E2E_POOL_BENCH_RUNS:-3} i ids b plain=() fresh=() cold=() held=() lease=() stale=0 wt sock t got
     [[ $n =~ ^[1-9][0-9]*$ ]] || fail "E2E_POOL_BENCH_RUNS must be a positive number, not '$n'"
     e2e_pool_repo
     for i in $(seq 1 "$n"); do
-        e2e_ct_as alice sh -c 'cd ~/proj && for w in "$@"; do git worktree add -q "../proj-$w" -b "$w" && echo "$w" > "../proj-$w/ID"; done' sh "f$i" "c$i" ||
-            fail "could not make worktrees f$i c$i"
+        e2e_ct_as alice sh -c 'cd ~/proj && for w in "$@"; do git worktree add -q "../proj-$w" -b "$w" && echo "$w" > "../proj-$w/ID"; done' sh "f$i" "c$i" "l$i" ||
+            fail "could not make worktrees f$i c$i l$i"
     done
     e2e_ct install -d -o alice -g alice -m 0700 /run/user/1000 || fail "could not make alice's runtime dir"
     e2e_pool_start pool1
@@ -196,12 +241,17 @@ s_pool_bench() {
             fi
             e2e_mvl_alice "/home/alice/proj-$wt" release > /dev/null || fail "round $i: release in ~/proj-$wt failed"
         done
+        t=$(e2e_pool_time "/home/alice/proj-l$i" microvm-link --pool agents) && [ -n "$t" ] ||
+            fail "round $i: microvm-link --pool in ~/proj-l$i failed"
+        lease+=("$t")
+        e2e_mvl_alice "/home/alice/proj-l$i" release > /dev/null || fail "round $i: release in ~/proj-l$i failed"
     done
     e2e_expect_same_vm pool1 "$ids" "$b"
     echo "plain ssh pool1 true, ms:            ${plain[*]}"
     echo "shell --pool, fresh worktree, ms:    ${fresh[*]}"
     echo "  ... shared connection closed, ms:  ${cold[*]}"
     echo "shell --pool, lease held, ms:        ${held[*]}"
+    echo "microvm-link --pool alone, ms:       ${lease[*]}"
     echo "shells that ran in the previous view: $stale of $((2 * n))"
     [ "$stale" = 0 ] || fail "$stale shells of fresh worktrees ran before the guest saw their worktree"
     # milliseconds (e2e_timing says "s": these are ms)
@@ -209,4 +259,5 @@ s_pool_bench() {
     e2e_timing pool-bench-fresh-median-ms "$(printf '%s\n' "${fresh[@]}" | e2e_median)"
     e2e_timing pool-bench-fresh-no-master-median-ms "$(printf '%s\n' "${cold[@]}" | e2e_median)"
     e2e_timing pool-bench-held-median-ms "$(printf '%s\n' "${held[@]}" | e2e_median)"
+    e2e_timing pool-bench-lease-alone-median-ms "$(printf '%s\n' "${lease[@]}" | e2e_median)"
 }

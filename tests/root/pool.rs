@@ -209,8 +209,22 @@ fn a_release_is_the_holders_or_roots_and_the_placeholder_serves() {
         text.starts_with("released the lease of a1 (uid 4242 for /home/alice/wt1, since "),
         "{text}"
     );
+    assert!(text.lines().next().unwrap().ends_with(" UTC)"), "{text}");
     assert_eq!(lease(&fx, "a1"), None);
     assert!(!fx.p(&format!("{WS}/.links/a1")).exists());
+    // Who held it last stays beside the leases (for the next holder's fresh guest rule), and
+    // is no lease: status shows a1 free.
+    assert_eq!(
+        lease(&fx, ".last-a1"),
+        Some(("/home/alice/wt1".into(), ALICE))
+    );
+    let st = json(&link(&fx, "/", 0, &["status", "--json"]));
+    assert_eq!(
+        st["pools"][0]["vms"][0]["lease"],
+        serde_json::Value::Null,
+        "{st}"
+    );
+    assert_eq!(st["strayLeases"], serde_json::json!([]));
     let current = fx.p(&format!("{WS}/.live/a1/current"));
     assert!(is_marked(&current) && !is_mountpoint(&current));
     // Releasing what is not leased says so.
