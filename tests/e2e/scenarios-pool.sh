@@ -205,7 +205,7 @@ e2e_pool_time() {
 # shell must print its own worktree's ID: the timing ends when the command
 # ran in the new worktree. Leases are released between rounds (untimed).
 s_pool_bench() {
-    local n=${E2E_POOL_BENCH_RUNS:-3} i ids b plain=() fresh=() cold=() held=() lease=() stale=0 wt sock t got
+    local n=${E2E_POOL_BENCH_RUNS:-3} i ids b plain=() fresh=() cold=() held=() lease=() view=() stale=0 wt sock t got ino
     [[ $n =~ ^[1-9][0-9]*$ ]] || fail "E2E_POOL_BENCH_RUNS must be a positive number, not '$n'"
     e2e_pool_repo
     for i in $(seq 1 "$n"); do
@@ -244,6 +244,12 @@ s_pool_bench() {
         t=$(e2e_pool_time "/home/alice/proj-l$i" microvm-link --pool agents) && [ -n "$t" ] ||
             fail "round $i: microvm-link --pool in ~/proj-l$i failed"
         lease+=("$t")
+        # then, through the shared connection, how long until the guest's view shows it
+        ino=$(e2e_stat %i "/home/alice/proj-l$i")
+        t=$(e2e_pool_time /home/alice ssh -o ControlPath="/run/user/1000/microvm-workspaces/$sock" pool1 \
+            "n=0; while [ \"\$(stat -c %i /run/microvm-workspaces/workspace/current/.)\" != $ino ] && [ \$n -lt 300 ]; do sleep 0.01; n=\$((n+1)); done; echo \$n") && [ -n "$t" ] ||
+            fail "round $i: the guest's view of ~/proj-l$i did not come"
+        view+=("$t")
         e2e_mvl_alice "/home/alice/proj-l$i" release > /dev/null || fail "round $i: release in ~/proj-l$i failed"
     done
     e2e_expect_same_vm pool1 "$ids" "$b"
@@ -252,6 +258,7 @@ s_pool_bench() {
     echo "  ... shared connection closed, ms:  ${cold[*]}"
     echo "shell --pool, lease held, ms:        ${held[*]}"
     echo "microvm-link --pool alone, ms:       ${lease[*]}"
+    echo "then until the guest's view shows it (an ssh through the shared connection included), ms: ${view[*]}"
     echo "shells that ran in the previous view: $stale of $((2 * n))"
     [ "$stale" = 0 ] || fail "$stale shells of fresh worktrees ran before the guest saw their worktree"
     # milliseconds (e2e_timing says "s": these are ms)
@@ -260,4 +267,5 @@ s_pool_bench() {
     e2e_timing pool-bench-fresh-no-master-median-ms "$(printf '%s\n' "${cold[@]}" | e2e_median)"
     e2e_timing pool-bench-held-median-ms "$(printf '%s\n' "${held[@]}" | e2e_median)"
     e2e_timing pool-bench-lease-alone-median-ms "$(printf '%s\n' "${lease[@]}" | e2e_median)"
+    e2e_timing pool-bench-lease-to-view-median-ms "$(printf '%s\n' "${view[@]}" | e2e_median)"
 }
