@@ -592,7 +592,9 @@ fn run(
         crate::engine::link::relink(&env.tree, &env.cfg, &changes, caller, opts.dry_run)?;
     let ensured = ensure_affected(env, &affected, opts.dry_run, &mut skipped);
     let link_ms = t0.elapsed().as_secs_f64() * 1000.0;
-    let live = live_views(env, &affected);
+    // systemd is asked once, about every VM this link looks at (issue 19).
+    let running = ask_running(env, vm, &affected);
+    let live = live_views(env, &affected, &running);
     let own_live = live.iter().find(|(v, _)| v == vm);
     let restart = if opts.no_restart || opts.dry_run {
         Restart::NotAsked
@@ -621,7 +623,7 @@ fn run(
                     .join(", ")
             ),
         }
-    } else if relinked.changed == 0 && is_running(env, vm) && !is_stale(env, vm) {
+    } else if relinked.changed == 0 && is_running(&running, vm) && !is_stale(env, vm) {
         // `--if-needed`, already linked, running and seeing it: leave it be.
         Restart::Unchanged
     } else {
@@ -631,7 +633,7 @@ fn run(
         Restart::Active { .. } if !opts.no_wait => wait_for_ssh(env, vm, &opts),
         _ => SshWait::NotAsked,
     };
-    let stale = stale_others(env, vm);
+    let stale = stale_others(env, vm, &running);
     let mut restarted_stale = Vec::new();
     let mut stale_kept = Vec::new();
     if opts.restart_stale && !opts.dry_run {
@@ -717,18 +719,39 @@ fn stale_by_others(env: &Env, changed: &[String], s: &VmStatus) -> Option<String
 }
 
 fn is_stale(env: &Env, vm: &VmName) -> bool {
-    status::status_of(&env.tree, &env.cfg, &env.root, vm).is_ok_and(|s| s.stale)
+    // Whether it runs plays no part in `stale`: systemd is not asked.
+    status::status_with(&env.tree, &env.cfg, vm, None).is_ok_and(|s| s.stale)
 }
 
-fn is_running(env: &Env, vm: &str) -> bool {
-    !env.root.is_rerooted() && systemd::is_active(&units::unit_name("microvm@", vm)) == Some(true)
+/// Whether `microvm@<vm>` runs, of everything a link looks at: `vm`, the VMs with shares
+/// through the changed entries, and every VM with a runtime record (the stale list), in one
+/// `systemctl show`. Re-rooted, systemd is not asked.
+fn ask_running(env: &Env, vm: &str, affected: &[Affected]) -> status::Running {
+    let mut vms: Vec<String> = affected.iter().map(|(v, _)| v.clone()).collect();
+    vms.push(vm.to_string());
+    vms.extend(
+        record::recorded_vms(&env.tree)
+            .iter()
+            .map(|v| v.to_string()),
+    );
+    vms.sort();
+    vms.dedup();
+    status::Running::ask(&env.root, &vms)
+}
+
+fn is_running(running: &status::Running, vm: &str) -> bool {
+    running.of(vm) == Some(true)
 }
 
 /// Running VMs with live shares through the changed entries, and those shares' tags.
-fn live_views(env: &Env, affected: &[Affected]) -> Vec<(String, Vec<String>)> {
+fn live_views(
+    env: &Env,
+    affected: &[Affected],
+    running: &status::Running,
+) -> Vec<(String, Vec<String>)> {
     affected
         .iter()
-        .filter(|(vm, _)| is_running(env, vm))
+        .filter(|(vm, _)| is_running(running, vm))
         .filter_map(|(vm, shares)| {
             let tags: Vec<String> = shares
                 .iter()
@@ -854,11 +877,13 @@ fn restart_vm(env: &Env, vm: &str, skip: bool, progress: bool) -> Restart {
 
 /// Other VMs, running (or, when systemd cannot be asked, recorded), whose recorded sources
 /// no longer resolve to what they did at their start.
-fn stale_others(env: &Env, vm: &str) -> Vec<VmStatus> {
+fn stale_others(env: &Env, vm: &str, running: &status::Running) -> Vec<VmStatus> {
     record::recorded_vms(&env.tree)
         .into_iter()
         .filter(|other| other != vm)
-        .filter_map(|other| status::status_of(&env.tree, &env.cfg, &env.root, &other).ok())
+        .filter_map(|other| {
+            status::status_with(&env.tree, &env.cfg, &other, running.of(&other)).ok()
+        })
         .filter(|s| s.stale && s.running != Some(false))
         .collect()
 }

@@ -31,7 +31,41 @@ pub fn collect(
         }
         None => all_vms(tree, cfg),
     };
-    vms.iter().map(|v| status_of(tree, cfg, root, v)).collect()
+    let running = Running::ask(root, &vms);
+    vms.iter()
+        .map(|v| status_with(tree, cfg, v, running.of(v)))
+        .collect()
+}
+
+/// Which VMs run (`microvm@<vm>` active), asked of systemd for all of them in one
+/// `systemctl show`. Re-rooted, systemd is not asked: nothing is known.
+#[derive(Debug, Default)]
+pub struct Running(std::collections::HashMap<String, bool>);
+
+impl Running {
+    pub fn ask<S: AsRef<str>>(root: &Root, vms: &[S]) -> Running {
+        if root.is_rerooted() || vms.is_empty() {
+            return Running::default();
+        }
+        let units: Vec<String> = vms
+            .iter()
+            .map(|v| crate::host::units::unit_name("microvm@", v.as_ref()))
+            .collect();
+        let Some(states) = crate::host::systemd::unit_states(&units) else {
+            return Running::default();
+        };
+        Running(
+            vms.iter()
+                .zip(states)
+                .filter_map(|(vm, s)| Some((vm.as_ref().to_string(), s?.active.is_active())))
+                .collect(),
+        )
+    }
+
+    /// `Some(true)` active, `Some(false)` not, `None` when systemd did not tell.
+    pub fn of(&self, vm: &str) -> Option<bool> {
+        self.0.get(vm).copied()
+    }
 }
 
 /// Every VM `status` shows: known ones (a runner or a config entry) and those with a record.
@@ -139,11 +173,16 @@ pub fn seen_by(cfg: &Config, vm: &VmName) -> Seen {
 
 /// The status of `vm`: its workspace entry, and each share at start vs now.
 pub fn status_of(tree: &Tree, cfg: &Config, root: &Root, vm: &VmName) -> anyhow::Result<VmStatus> {
-    let running = if root.is_rerooted() {
-        None
-    } else {
-        crate::host::systemd::is_active(&crate::host::units::unit_name("microvm@", vm))
-    };
+    status_with(tree, cfg, vm, Running::ask(root, &[vm.as_str()]).of(vm))
+}
+
+/// [`status_of`], with whether it runs already asked (see [`Running`]).
+pub fn status_with(
+    tree: &Tree,
+    cfg: &Config,
+    vm: &VmName,
+    running: Option<bool>,
+) -> anyhow::Result<VmStatus> {
     let mut workspace = match Workspace::find(tree, cfg)? {
         Some(ws) => ws.view(vm)?,
         None => EntryView {
