@@ -66,7 +66,7 @@ pub fn relink(
         };
         let facts = match &ws {
             Some(ws) => ws.observe_entry(name, want, &mut held)?,
-            None => observe::absent_entry(cfg, &guests, name, want)?,
+            None => observe::absent_entry(tree, cfg, &guests, name, want)?,
         };
         plans.push((c, plan::entry(&facts, &intent)?));
     }
