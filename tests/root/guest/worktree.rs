@@ -1,6 +1,7 @@
-//! Issue 20, item 1: a repo whose `.git` is a file (a linked worktree, a submodule
+//! Issue 20, items 1 and 2: a repo whose `.git` is a file (a linked worktree, a submodule
 //! checkout) works in the guest in every git mode, with nothing added to the guest's
-//! configuration and no host path in the guest (docs/security.md#git-file).
+//! configuration and no host path in the guest (docs/security.md#git-file); and the VM for a
+//! worktree is the one named after it, else after its main repo.
 //!
 //! A module of tests/root/guest.rs (its helpers: `fixture`, `link`, `git_as`, `one_vm`), in a
 //! file of its own so that it moves as one piece.
@@ -447,4 +448,49 @@ fn a_live_view_keeps_its_git_dir_beside_current_and_nothing_in_the_worktree() {
     assert_ok(&link(&fx, "/", ALICE, &["unlink", "pool1", "--no-restart"]));
     assert!(mounts_under(&live).is_empty(), "{:?}", mounts_under(&live));
     nothing_mounted_in_home(&fx);
+}
+
+#[test]
+fn the_vm_for_a_worktree_is_named_after_it_else_after_its_main_repo() {
+    in_mount_ns!(the_vm_for_a_worktree_is_named_after_it_else_after_its_main_repo);
+    let fx = fixture("");
+    let vms = |names: &[&str]| {
+        let vms: Vec<String> = names
+            .iter()
+            .map(|n| {
+                format!(
+                    r#""{n}": {{"shares": [{{"tag": "w", "proto": "virtiofs", "source": "{WS}/{n}"}}]}}"#
+                )
+            })
+            .collect();
+        fx.config(&format!(r#"{{"vms": {{{}}}}}"#, vms.join(", ")));
+    };
+    worktree(&fx);
+    let linked_into = |out: &Output| {
+        assert_ok(out);
+        stdout(out)
+            .lines()
+            .find_map(|l| l.strip_prefix("would link "))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let dry = || link(&fx, "/home/alice/proj-wt/sub", ALICE, &["--dry-run"]);
+    std::fs::create_dir_all(fx.p("/home/alice/proj-wt/sub")).unwrap();
+    vms(&["proj-wt", "proj"]);
+    assert!(linked_into(&dry()).starts_with(&format!("{WS}/proj-wt -> ")));
+    vms(&["proj"]);
+    assert!(linked_into(&dry()).starts_with(&format!("{WS}/proj -> ")));
+    // The named VM wins.
+    vms(&["proj", "other"]);
+    let out = link(&fx, "/home/alice/proj-wt", ALICE, &["other", "--dry-run"]);
+    assert!(linked_into(&out).starts_with(&format!("{WS}/other -> ")));
+    vms(&["other"]);
+    assert_one_line_error(
+        &dry(),
+        &[
+            "no VM for /home/alice/proj-wt",
+            "neither proj-wt (after its directory) nor proj (after its main repo /home/alice/proj)",
+            "known VMs: other",
+        ],
+    );
 }
