@@ -106,8 +106,8 @@ fn check_path_bytes(p: &[u8]) -> Result<()> {
 }
 
 /// `p` (from a file in `base`) as an absolute path: an absolute `p` as it is, a relative one
-/// below `base` after its leading `..`. A `..` or `.` anywhere else is refused (see the
-/// module's note), as is a `..` above `/`.
+/// below `base` after its leading `..`. A `..` anywhere else is refused (see the
+/// module's note), as is a `..` above `/`. (A `.` is no step: the kernel skips it as we do.)
 pub fn resolve(base: &Path, p: &Path) -> Result<PathBuf> {
     let mut out = if p.is_absolute() {
         PathBuf::from("/")
@@ -127,8 +127,9 @@ pub fn resolve(base: &Path, p: &Path) -> Result<PathBuf> {
                 named = true;
                 out.push(n);
             }
-            Component::ParentDir | Component::CurDir | Component::Prefix(_) => {
-                bail!("{} has a `.` or `..` after a name", show(p))
+            Component::CurDir => {}
+            Component::ParentDir | Component::Prefix(_) => {
+                bail!("{} has a `..` after a name", show(p))
             }
         }
     }
@@ -424,6 +425,10 @@ mod tests {
         assert_eq!(
             resolve(base, Path::new("/a/./b")).unwrap(),
             PathBuf::from("/a/b")
+        );
+        assert_eq!(
+            resolve(Path::new("/w"), Path::new("./g")).unwrap(),
+            PathBuf::from("/w/g")
         );
         for bad in ["a/../b", "../a/../b", "/a/../b", "../../../../../../../x"] {
             assert!(resolve(base, Path::new(bad)).is_err(), "{bad}");

@@ -34,12 +34,14 @@
 //!
 //! ```text
 //! <room>/                  the scaffold: tmpfs, root 0755, read-only, nosuid,nodev,noexec
-//!   .gitignore             "*": the guest's git neither shows it nor adds it
-//!   gitfile                "gitdir: <room>/c/.git[/worktrees/<id>]", the guest user's:
+//!   .gitignore             "*": the guest's git neither shows the room nor adds it
+//!   .git/                  0111: a name git never walks into or cleans; search-only, so the
+//!                          guest user's `git clean -ffdx` cannot list (and empty) it either
+//!     gitfile              "gitdir: <room>/.git/c/.git[/worktrees/<id>]", the guest user's:
 //!                          mounted read-only on the view's .git
-//!   c/                     0111: git walks through, `git clean -ffdx` cannot list it
-//!     [d/...]/.git/        the git dir: the VM's own (private, as above), or the common
-//!                          dir itself (readonly: read-only; shared: writable)
+//!     [d/...]c/.git/       the git dir: the VM's own (private, as above), or the common dir
+//!                          itself (readonly: read-only; shared: writable); `c` is a nested
+//!                          repo to git, which `git clean -fdx` (even the guest root's) skips
 //!   <path>                 for a submodule's core.worktree = ../(n)<path>: a link back to
 //!                          the view, which the git dir n levels deep climbs to
 //! ```
@@ -131,23 +133,27 @@ struct Shape {
     back: Option<Vec<OsString>>,
 }
 
-/// The scaffold's own names.
-const GITFILE: &str = "gitfile";
+/// The scaffold's own names: its top directory (named `.git`, which git never walks into
+/// or cleans; search-only), the git file in it, and what hides the rest from git.
+const TOP: &str = ".git";
+const GITFILE: &str = ".git/gitfile";
 const GITIGNORE: &str = ".gitignore";
 
-/// Where a scaffold puts `gf`'s git dir (the module's layout). `Err`: the git dir cannot be
-/// shown without the host's paths (what `core.worktree` or `commondir` say).
+/// Where a scaffold puts `gf`'s git dir (the module's layout): `.git/[d/...]c/.git`, `depth`
+/// levels deep (3 but for a climbing `core.worktree`). `Err`: the git dir cannot be shown
+/// without the host's paths (what `core.worktree` or `commondir` say).
 fn shape_for(gf: &GitFile, inner: Inner) -> Result<Shape> {
-    let at = |top: &str, depth: usize| {
-        let mut p = PathBuf::from(top);
-        for _ in 2..depth {
+    let at = |depth: usize| {
+        let mut p = PathBuf::from(TOP);
+        for _ in 3..depth {
             p.push("d");
         }
+        p.push("c");
         p.push(".git");
         p
     };
     if inner == Inner::Private {
-        let mount = at("c", 2);
+        let mount = at(3);
         return Ok(Shape {
             gitdir: mount.clone(),
             mount,
@@ -156,7 +162,7 @@ fn shape_for(gf: &GitFile, inner: Inner) -> Result<Shape> {
     }
     match &gf.layout {
         Layout::Worktree { id } => {
-            let mount = at("c", 2);
+            let mount = at(3);
             Ok(Shape {
                 gitdir: mount.join("worktrees").join(id),
                 mount,
@@ -166,7 +172,7 @@ fn shape_for(gf: &GitFile, inner: Inner) -> Result<Shape> {
         Layout::Own {
             worktree: CoreWorktree::Unset,
         } => {
-            let mount = at("c", 2);
+            let mount = at(3);
             Ok(Shape {
                 gitdir: mount.clone(),
                 mount,
@@ -177,8 +183,9 @@ fn shape_for(gf: &GitFile, inner: Inner) -> Result<Shape> {
             worktree: CoreWorktree::Climb(c),
         } => {
             // git does chdir(git dir), then chdir(core.worktree): the git dir `ups` deep, and
-            // `<rel>` at the top leading back to the view.
-            if c.ups < 2 {
+            // `<rel>` at the top leading back to the view. (A submodule's git dir is at least
+            // `.git/modules/<name>`: 3.)
+            if c.ups < 3 {
                 bail!(
                     "{}'s core.worktree climbs only {} level",
                     show(&gf.common.path),
@@ -186,18 +193,14 @@ fn shape_for(gf: &GitFile, inner: Inner) -> Result<Shape> {
                 );
             }
             let first = c.rel[0].as_os_str();
-            if first == GITFILE || first == GITIGNORE {
+            if first == TOP || first == GITIGNORE {
                 bail!(
                     "{}'s core.worktree names {}",
                     show(&gf.common.path),
                     paths::show_bytes(first)
                 );
             }
-            let top = ["c", "d", "e"]
-                .into_iter()
-                .find(|t| OsStr::new(t) != first)
-                .unwrap_or("c");
-            let mount = at(top, c.ups);
+            let mount = at(c.ups);
             Ok(Shape {
                 gitdir: mount.clone(),
                 mount,
@@ -509,11 +512,11 @@ pub fn mount(
                         )?;
                     }
                 }
-                seal_scaffold(&scaffold, &shape)?;
+                seal_scaffold(&scaffold)?;
                 // Our git file on the view's `.git` (a mount point: the guest cannot rename it).
                 let file = Node::open_at(
                     scaffold.as_fd(),
-                    OsStr::new(GITFILE),
+                    Path::new(GITFILE).as_os_str(),
                     room.path.join(GITFILE),
                 )
                 .context("the scaffold's git file")?;
@@ -661,12 +664,16 @@ fn scaffold(
     step("scaffold");
     let root = Node::open_at(mnt.as_fd(), OsStr::new("."), slot.path.clone())?;
     write_new(&root, GITIGNORE, 0, 0, 0o444, b"*\n")?;
+    let top = dirs::mkdir_as(&root, OsStr::new(TOP), 0, 0)?;
     let mut line = b"gitdir: ".to_vec();
     line.extend_from_slice(gitdir.as_os_str().as_encoded_bytes());
     line.push(b'\n');
-    write_new(&root, GITFILE, owner.0, owner.1, 0o444, &line)?;
-    let mut dir = root.try_clone()?;
-    for part in shape.mount.components() {
+    let file = Path::new(GITFILE)
+        .file_name()
+        .context("the git file's name")?;
+    write_new(&top, file, owner.0, owner.1, 0o444, &line)?;
+    let mut dir = top;
+    for part in shape.mount.components().skip(1) {
         dir = dirs::mkdir_as(&dir, part.as_os_str(), 0, 0)?;
     }
     if let Some(rel) = &shape.back {
@@ -693,16 +700,14 @@ fn scaffold(
 
 /// The scaffold done: its top directory search-only (what `git clean -ffdx` in the guest
 /// would empty it cannot list: its user's clean stops there), the whole of it read-only.
-fn seal_scaffold(mnt: &OwnedFd, shape: &Shape) -> Result<()> {
-    if let Some(top) = shape.mount.components().next() {
-        rustix::fs::chmodat(
-            mnt.as_fd(),
-            top.as_os_str(),
-            rustix::fs::Mode::from_raw_mode(0o111),
-            rustix::fs::AtFlags::empty(),
-        )
-        .context("cannot seal the scaffold")?;
-    }
+fn seal_scaffold(mnt: &OwnedFd) -> Result<()> {
+    rustix::fs::chmodat(
+        mnt.as_fd(),
+        TOP,
+        rustix::fs::Mode::from_raw_mode(0o111),
+        rustix::fs::AtFlags::empty(),
+    )
+    .context("cannot seal the scaffold")?;
     use nix::mount::{mount, MsFlags};
     mount(
         None::<&str>,

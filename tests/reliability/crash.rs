@@ -169,7 +169,7 @@ fn scenarios() -> Vec<Scenario> {
                 let view = fx.p(&format!("{WS}/vm1"));
                 assert_eq!(
                     std::fs::read_to_string(view.join(".git")).unwrap(),
-                    "gitdir: .microvm-git/c/.git\n",
+                    "gitdir: .microvm-git/.git/c/.git\n",
                     "{ctx}"
                 );
                 assert_eq!(mount_count(&view.join(".microvm-git")), 1, "{ctx}");

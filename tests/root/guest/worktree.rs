@@ -119,7 +119,7 @@ fn a_worktree_works_in_the_guest_in_every_git_mode() {
     // the common dir's refs, in a git dir of its own; its .git file names a path in the share.
     assert_eq!(
         std::fs::read_to_string(entry.join(".git")).unwrap(),
-        "gitdir: .microvm-git/c/.git\n"
+        "gitdir: .microvm-git/.git/c/.git\n"
     );
     let out = git_as(GUEST_UID, ALICE, &entry, "status --porcelain");
     assert_ok(&out);
@@ -239,8 +239,21 @@ fn a_worktree_works_in_the_guest_in_every_git_mode() {
         "shared-topic"
     );
     host_worktrees_valid(&main, &wt);
+    // git clean in the guest, even its root's `-fdx`, leaves the main repo's git dir alone.
     let _ = git_as(GUEST_UID, ALICE, &entry, "clean -ffdxq");
+    let _ = sh_as(
+        0,
+        0,
+        &format!(
+            "cd '{}' && git -c safe.directory='*' clean -fdxq",
+            entry.display()
+        ),
+    );
     assert_ok(&git_as(ALICE, ALICE, &main, "fsck --no-progress"));
+    assert_eq!(
+        stdout(&git_as(ALICE, ALICE, &main, "log -1 --format=%s feat")),
+        "shared-commit"
+    );
     nothing_mounted_in_home(&fx);
 }
 
@@ -407,7 +420,7 @@ fn a_live_view_keeps_its_git_dir_beside_current_and_nothing_in_the_worktree() {
     let current = live.join("current");
     assert_eq!(
         std::fs::read_to_string(current.join(".git")).unwrap(),
-        "gitdir: ../.microvm-git/c/.git\n"
+        "gitdir: ../.microvm-git/.git/c/.git\n"
     );
     assert!(is_mountpoint(&live.join(".microvm-git")));
     assert!(!wt.join(".microvm-git").exists(), "a room in the worktree");
