@@ -142,6 +142,51 @@ pub fn derive_vm_name(repo: &Path) -> Result<VmName> {
     })
 }
 
+/// The VM for `repo` when none is named: the one named after its directory
+/// ([`derive_vm_name`]); for a worktree or a submodule checkout (`.git` a file) whose own name
+/// is no VM, the one named after its main repo (the directory holding the git dir its `.git`
+/// file leads to); else an error naming both.
+pub fn vm_for(env: &Env, repo: &Node) -> Result<VmName> {
+    let own = derive_vm_name(&repo.path);
+    if let Ok(vm) = &own {
+        if env.known_vm(vm).is_ok() {
+            return Ok(vm.clone());
+        }
+    }
+    let main = match crate::engine::gitdir::find(&env.tree, repo)? {
+        crate::engine::gitdir::DotGit::File(f) => {
+            let gf = crate::engine::gitdir::follow(&env.tree, repo, f, &env.cfg.workspace_dir)
+                .with_context(|| format!("repo {}", show(&repo.path)))?;
+            crate::engine::gitdir::main_repo(&gf.common.path)
+        }
+        // Not a worktree: its own name, and the error saying which VMs there are.
+        _ => {
+            let vm = own?;
+            env.known_vm(&vm)?;
+            return Ok(vm);
+        }
+    };
+    let of_main = derive_vm_name(&main);
+    if let Ok(vm) = &of_main {
+        if env.known_vm(vm).is_ok() {
+            return Ok(vm.clone());
+        }
+    }
+    let name = |n: &Result<VmName>| match n {
+        Ok(v) => v.to_string(),
+        Err(_) => "(none: not a valid name)".to_string(),
+    };
+    let known = runner::known_vms(&env.tree, &env.cfg);
+    bail!(
+        "no VM for {}: neither {} (after its directory) nor {} (after its main repo {}) is a known VM (known VMs: {}); name the VM",
+        show(&repo.path),
+        name(&own),
+        name(&of_main),
+        show(&main),
+        if known.is_empty() { "none".to_string() } else { known.join(", ") }
+    )
+}
+
 /// What the caller asked for besides the change itself.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -545,7 +590,7 @@ pub fn link(env: &Env, vm: Option<VmName>, repo: Option<&Path>, opts: Options) -
     let repo = env.repo(repo)?;
     let vm = match vm {
         Some(v) => v,
-        None => derive_vm_name(&repo.path)?,
+        None => vm_for(env, &repo)?,
     };
     env.known_vm(&vm)?;
     let mut changes = link_changes(env, &vm, &repo.path);

@@ -4,10 +4,11 @@
 use std::ffi::OsStr;
 use std::path::Path;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::engine::apply::{apply, Applied, Log};
 use crate::engine::entry::{Change, Relinked, Workspace};
+use crate::engine::gitdir;
 use crate::engine::guests::Guests;
 use crate::engine::observe::{self, Held, WantOf};
 use crate::engine::plan::{self, Intent, Op};
@@ -65,7 +66,7 @@ pub fn relink(
         };
         let facts = match &ws {
             Some(ws) => ws.observe_entry(name, want, &mut held)?,
-            None => observe::absent_entry(cfg, &guests, name, want)?,
+            None => observe::absent_entry(tree, cfg, &guests, name, want)?,
         };
         plans.push((c, plan::entry(&facts, &intent)?));
     }
@@ -117,6 +118,7 @@ fn check_targets(
                 Walk::Found(n) if n.is_dir() => {
                     policy::may_link(&n.path, n.uid(), caller)?;
                     guests.check_mappable(OsStr::new(&c.name), &n)?;
+                    check_git_file(tree, workspace_dir, &n)?;
                     Some(n)
                 }
                 _ => bail!("{} is not a directory", show(t)),
@@ -124,4 +126,15 @@ fn check_targets(
         });
     }
     Ok(repos)
+}
+
+/// A repo whose `.git` is a file (a worktree, a submodule) is linked only if root may follow
+/// it (docs/security.md#git-file): the git dir and common dir it names must be the repo
+/// owner's, outside the workspace dir, reached through nobody else's symlinks.
+fn check_git_file(tree: &Tree, workspace_dir: &Path, repo: &Node) -> Result<()> {
+    if let gitdir::DotGit::File(f) = gitdir::find(tree, repo)? {
+        gitdir::follow(tree, repo, f, workspace_dir)
+            .with_context(|| format!("repo {}", show(&repo.path)))?;
+    }
+    Ok(())
 }
