@@ -2,6 +2,7 @@
 //! relink, the sources of every VM through the changed entries, the restart, and the other
 //! running VMs left stale. [`link`] and [`unlink`] share it and return a typed [`Outcome`].
 
+use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -36,6 +37,9 @@ impl std::fmt::Display for Skipped {
         write!(f, "skipped VM {}: {}", self.vm, self.why)
     }
 }
+
+/// Every VM's shares, as read once by [`affected`].
+type AllShares = BTreeMap<VmName, Vec<runner::Share>>;
 
 /// A VM and its shares through the changed entries.
 type Affected = (String, Vec<runner::Share>);
@@ -629,7 +633,7 @@ fn run(
     opts: Options,
 ) -> Result<Outcome> {
     let t0 = Instant::now();
-    let (affected, mut skipped) = affected(env, &changes);
+    let (shares, affected, mut skipped) = affected(env, &changes);
     // Everything that can be checked is checked before anything changes.
     check_affected(env, &affected, &changes)?;
     let caller = env.caller;
@@ -678,7 +682,7 @@ fn run(
         Restart::Active { .. } if !opts.no_wait => wait_for_ssh(env, vm, &opts),
         _ => SshWait::NotAsked,
     };
-    let stale = stale_others(env, vm, &running);
+    let stale = stale_others(env, vm, &shares, &running);
     let mut restarted_stale = Vec::new();
     let mut stale_kept = Vec::new();
     if opts.restart_stale && !opts.dry_run {
@@ -820,23 +824,28 @@ fn pinned_through(env: &Env, vm: &str, affected: &[Affected]) -> usize {
 
 /// Shares of every known VM that pass through a changed entry; VMs whose shares cannot be
 /// read (a runner that is not root's) come back apart, to be skipped with a warning.
-fn affected(env: &Env, changed: &[Change]) -> (Vec<Affected>, Vec<Skipped>) {
+fn affected(env: &Env, changed: &[Change]) -> (AllShares, Vec<Affected>, Vec<Skipped>) {
     let names: Vec<&OsStr> = changed.iter().map(|c| OsStr::new(&c.name)).collect();
+    let mut all = BTreeMap::new();
     let mut vms = Vec::new();
     let mut skipped = Vec::new();
-    for vm in runner::known_vms(&env.tree, &env.cfg) {
+    // Each VM's runner read once (a name without one has no shares but the config's); kept
+    // for the stale list.
+    for vm in runner::candidates(&env.tree, &env.cfg) {
         match runner::shares(&env.tree, &env.cfg, &vm) {
             Ok(shares) => {
-                let shares: Vec<_> = shares
-                    .into_iter()
+                let through: Vec<_> = shares
+                    .iter()
                     .filter(|s| {
                         entry_name_of(&env.cfg.workspace_dir, &s.path)
                             .is_some_and(|n| names.contains(&n.as_os_str()))
                     })
+                    .cloned()
                     .collect();
-                if !shares.is_empty() {
-                    vms.push((vm.to_string(), shares));
+                if !through.is_empty() {
+                    vms.push((vm.to_string(), through));
                 }
+                all.insert(vm, shares);
             }
             Err(e) => {
                 let why = logging::one_line(&e);
@@ -848,7 +857,7 @@ fn affected(env: &Env, changed: &[Change]) -> (Vec<Affected>, Vec<Skipped>) {
             }
         }
     }
-    (vms, skipped)
+    (all, vms, skipped)
 }
 
 /// Before relinking: every source [`ensure_affected`] will have to make afterwards, planned
@@ -922,10 +931,24 @@ fn restart_vm(env: &Env, vm: &str, skip: bool, progress: bool) -> Restart {
 
 /// Other VMs, running (or, when systemd cannot be asked, recorded), whose recorded sources
 /// no longer resolve to what they did at their start.
-fn stale_others(env: &Env, vm: &str, running: &status::Running) -> Vec<VmStatus> {
+fn stale_others(
+    env: &Env,
+    vm: &str,
+    shares: &AllShares,
+    running: &status::Running,
+) -> Vec<VmStatus> {
     record::recorded_vms(&env.tree)
         .into_iter()
         .filter(|other| other != vm)
+        // Only a VM that is stale gets its whole status (words, its entry): the cost of the
+        // others is the record, the runner and one walk per share.
+        .filter(|other| match shares.get(other) {
+            Some(current) => status::is_stale_vm(&env.tree, &env.cfg, other, current),
+            None => {
+                let current = runner::shares(&env.tree, &env.cfg, other).unwrap_or_default();
+                status::is_stale_vm(&env.tree, &env.cfg, other, &current)
+            }
+        })
         .filter_map(|other| {
             status::status_with(&env.tree, &env.cfg, &other, running.of(&other)).ok()
         })
