@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks of microvm-workspaces (issue 6), each beside a peer measured in the same run:
-#   generator        vs systemd-fstab-generator (same number of fstab entries, and 8x)
+#   generator        vs systemd-fstab-generator (same number of fstab entries, and 8x), and
+#                    bench/gen-floor.c: the system calls of its output layout and nothing else
 #   prepare          vs systemd-tmpfiles --create (equivalent `d` lines)
 #                    and vs bench/baseline-prepare.sh (test -d / install -d)
 #   microvm-link     relink without restart, 10 and 1000 workspace entries
@@ -12,6 +13,8 @@
 #
 # usage: sudo bench/run.sh          (root: mounts and trusted xattrs; runs in a private mount
 #                                    namespace). BENCH_RUNS=N sets the runs per measurement.
+#        sudo BENCH_ONLY=generator bench/run.sh   only the generator section, spliced into
+#                                    bench/results.md in place of the old one.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -61,6 +64,9 @@ trap cleanup EXIT
 # beyond the minimum). /bin/true is dynamically linked on Debian, so build one.
 NOOP=$W/noop
 gcc -static -O2 -o "$NOOP" "$here/noop.c"
+# The floor of the generator's output layout: its system calls and nothing else (issue 19).
+FLOOR=$W/gen-floor
+gcc -static -O2 -o "$FLOOR" "$here/gen-floor.c"
 
 # ---- helpers ----
 
@@ -87,6 +93,13 @@ group() {
 	jq -rs --argjson n $# '[range(0; $n) as $i | [.[].results[$i].times[]] | sort
 	    | (if length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end)
 	    | . * 1000 | tostring] | join(" ")' "$W/$name".*.json
+}
+
+# cputime NAME N: the mean CPU time (user + system, ms) of each of the N commands of group NAME,
+# over its rounds. Less moved by other load on the machine than the wall clock.
+cputime() {
+	jq -rs --argjson n "$2" '[range(0; $n) as $i | [.[].results[$i] | .user + .system] | add / length
+	    | . * 1000 | tostring] | join(" ")' "$W/$1".*.json
 }
 
 # peak RSS in KiB: median of 5 runs of COMMAND, each after PREP (a shell line).
@@ -178,19 +191,26 @@ for n in 0 10 100 1000; do
 	ours="env MICROVM_WORKSPACES_ROOT=$d/root SYSTEMD_IN_INITRD=0 SYSTEMD_PROC_CMDLINE= $GENERATOR $o $o $o"
 	peer="env SYSTEMD_IN_INITRD=0 SYSTEMD_PROC_CMDLINE= SYSTEMD_FSTAB=$d/fstab$n $FSTABGEN $o $o $o"
 	peer8="env SYSTEMD_IN_INITRD=0 SYSTEMD_PROC_CMDLINE= SYSTEMD_FSTAB=$d/fstab$((8 * n)) $FSTABGEN $o $o $o"
-	# Both really do the work: count what they wrote.
-	bash -c "$fresh" && $ours 2>/dev/null
-	got=$(find "$o" -name 50-microvm-workspaces.conf | wc -l)
-	[ "$got" = $((2 + 2 * n)) ] || { echo "generator wrote $got drop-ins for $n VMs" >&2; exit 1; }
+	floor="$FLOOR $o $n"
+	# All really do the work: count what they wrote (2 template drop-ins, 2 a VM; the floor
+	# writes the same names).
+	for cmd in "$ours" "$floor"; do
+		bash -c "$fresh" && $cmd 2>/dev/null
+		got=$(find "$o" -name '50-microvm-workspaces*.conf' | wc -l)
+		[ "$got" = $((2 + 2 * n)) ] || { echo "$cmd wrote $got drop-ins for $n VMs" >&2; exit 1; }
+	done
 	for m in $n $((8 * n)); do
 		bash -c "$fresh" && env SYSTEMD_IN_INITRD=0 SYSTEMD_PROC_CMDLINE= SYSTEMD_FSTAB="$d/fstab$m" "$FSTABGEN" "$o" "$o" "$o"
 		got=$(find "$o" -maxdepth 1 -name '*.mount' | wc -l)
 		[ "$got" = "$m" ] || { echo "fstab-generator made $got mount units of $m entries" >&2; exit 1; }
 	done
-	read -r "GEN[$n,ours]" "GEN[$n,peer]" "GEN[$n,peer8]" < <(group gen$n --prepare "bash -c '$fresh'" -- "$ours" "$peer" "$peer8")
+	read -r "GEN[$n,ours]" "GEN[$n,peer]" "GEN[$n,peer8]" "GEN[$n,floor]" < <(group gen$n --prepare "bash -c '$fresh'" -- "$ours" "$peer" "$peer8" "$floor")
+	read -r "GEN[$n,cours]" "GEN[$n,cpeer]" "GEN[$n,cpeer8]" "GEN[$n,cfloor]" < <(cputime gen$n 4)
 	GEN[$n,rss]=$(peak "$fresh" $ours)
 	GEN[$n,prss]=$(peak "$fresh" $peer)
 done
+
+if [ "${BENCH_ONLY:-}" != generator ]; then
 
 # ---- 2. prepare vs systemd-tmpfiles and the shell baseline ----
 
@@ -328,6 +348,8 @@ noopstat() {
 read -r NOOP_PREP NOOP_PREP_MIN < <(noopstat 0)
 read -r NOOP_NOOP NOOP_NOOP_MIN < <(noopstat 1)
 
+fi
+
 # ---- 7. sizes ----
 
 size() { stat -c %s "$1" | awk '{ printf "%.0f KiB", $1 / 1024 }'; }
@@ -336,7 +358,56 @@ LIMIT=$((1536 * 1024))
 
 # ---- report ----
 
+# The generator's section of the report.
+gen_section() {
+	echo "## Generator vs systemd-fstab-generator"
+	echo
+	echo "N VMs of 8 shares each in config.json, beside an fstab of N bind entries and of 8N."
+	echo "Both write into a fresh output directory on a tmpfs each run (as into /run/systemd); the"
+	echo "script checks that each really wrote its units (2 + 2N drop-ins; N and 8N .mount units)."
+	echo "Peak RSS: median of 5 runs."
+	if [ "${BENCH_ONLY:-}" = generator ]; then
+		echo
+		echo "Measured alone (\`BENCH_ONLY=generator bench/run.sh\`) on $(date -u +%Y-%m-%d): $RUNS runs of each"
+		echo "command in $ROUNDS rounds, $(nproc) CPUs, kernel $(uname -r), $sysd, $(hyperfine --version)."
+		echo "The rest of this file is from the run named at its top."
+	fi
+	echo
+	echo "| VMs | generator | fstab-gen, N entries | ratio | fstab-gen, 8N entries | ratio | peak RSS | fstab-gen peak RSS | ratio |"
+	echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+	for n in 0 10 100 1000; do
+		echo "| $n | $(ms "${GEN[$n,ours]}") ms | $(ms "${GEN[$n,peer]}") ms | $(ratio "${GEN[$n,ours]}" "${GEN[$n,peer]}") | $(ms "${GEN[$n,peer8]}") ms | $(ratio "${GEN[$n,ours]}" "${GEN[$n,peer8]}") | ${GEN[$n,rss]} KiB | ${GEN[$n,prss]} KiB | $(ratio "${GEN[$n,rss]}" "${GEN[$n,prss]}") |"
+	done
+	echo
+	echo "The floor of the output layout: \`bench/gen-floor.c\` (\`gcc -static\`), in the same hyperfine"
+	echo "runs, makes the same directories and files with the same system calls (mkdirat, openat +"
+	echo "one write + close, linkat) and does nothing else: no config, no text, no loader. The golden"
+	echo "trees of tests/generator fix that layout (2 + 2N directories, one file in each), so no"
+	echo "generator that writes it can be faster. CPU: mean user + system time of the same runs,"
+	echo "which other load on the machine moves less than the wall clock."
+	echo
+	echo "| VMs | generator | floor | fstab-gen, N | generator / fstab-gen | floor / fstab-gen | CPU: generator | CPU: floor | CPU: fstab-gen | CPU ratio |"
+	echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+	for n in 0 10 100 1000; do
+		echo "| $n | $(ms "${GEN[$n,ours]}") ms | $(ms "${GEN[$n,floor]}") ms | $(ms "${GEN[$n,peer]}") ms | $(ratio "${GEN[$n,ours]}" "${GEN[$n,peer]}") | $(ratio "${GEN[$n,floor]}" "${GEN[$n,peer]}") | $(ms "${GEN[$n,cours]}") ms | $(ms "${GEN[$n,cfloor]}") ms | $(ms "${GEN[$n,cpeer]}") ms | $(ratio "${GEN[$n,cours]}" "${GEN[$n,cpeer]}") |"
+	done
+	echo
+}
+
 out=$here/results.md
+if [ "${BENCH_ONLY:-}" = generator ]; then
+	# Splice: everything before the section and from the next "## " heading on stays.
+	gen_section >"$W/gen.md"
+	awk -v new="$W/gen.md" '
+	  /^## Generator vs systemd-fstab-generator$/ { while ((getline l < new) > 0) print l; skip = 1; next }
+	  skip && /^## / { skip = 0 }
+	  !skip { print }' "$out" >"$W/results.md"
+	cp "$W/results.md" "$out"
+	cat "$W/gen.md"
+	echo >&2
+	echo "generator section written into $out" >&2
+	exit 0
+fi
 {
 	echo "# Benchmarks"
 	echo
@@ -347,19 +418,7 @@ out=$here/results.md
 	echo "Machine: $(nproc) CPUs, $cpu; kernel $(uname -r); $sysd; work tree on $fs;"
 	echo "$(hyperfine --version); $(rustc --version 2>/dev/null || echo rustc)."
 	echo
-	echo "## Generator vs systemd-fstab-generator"
-	echo
-	echo "N VMs of 8 shares each in config.json, beside an fstab of N bind entries and of 8N."
-	echo "Both write into a fresh output directory on a tmpfs each run (as into /run/systemd); the"
-	echo "script checks that each really wrote its units (2 + 2N drop-ins; N and 8N .mount units)."
-	echo "Peak RSS: median of 5 runs."
-	echo
-	echo "| VMs | generator | fstab-gen, N entries | ratio | fstab-gen, 8N entries | ratio | peak RSS | fstab-gen peak RSS | ratio |"
-	echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-	for n in 0 10 100 1000; do
-		echo "| $n | $(ms "${GEN[$n,ours]}") ms | $(ms "${GEN[$n,peer]}") ms | $(ratio "${GEN[$n,ours]}" "${GEN[$n,peer]}") | $(ms "${GEN[$n,peer8]}") ms | $(ratio "${GEN[$n,ours]}" "${GEN[$n,peer8]}") | ${GEN[$n,rss]} KiB | ${GEN[$n,prss]} KiB | $(ratio "${GEN[$n,rss]}" "${GEN[$n,prss]}") |"
-	done
-	echo
+	gen_section
 	echo "## Prepare vs systemd-tmpfiles --create and a shell baseline"
 	echo
 	echo "One VM with S shares (\`<workspaceDir>/bench-vm/sN\`), read from its runner. tmpfiles gets"

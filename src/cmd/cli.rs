@@ -44,7 +44,8 @@ pub struct Cli {
 
 #[derive(Args)]
 pub struct LinkArgs {
-    /// The VM; default: the repo directory's name, cleaned to [A-Za-z0-9._-].
+    /// The VM; default: the repo directory's name, cleaned to [A-Za-z0-9._-] (for a worktree,
+    /// else its main repo's).
     pub vm: Option<String>,
     /// The repo to link; default: the nearest ancestor of the working directory holding .git.
     #[arg(long, value_name = "PATH")]

@@ -16,8 +16,8 @@ use anyhow::{bail, Context, Result};
 
 use crate::cmd::flow::Env;
 use crate::engine::entry::Workspace;
-use crate::engine::gitview;
 use crate::engine::links::read_record;
+use crate::engine::{gitdir, gitview};
 use crate::fs::chase::{self, Node};
 use crate::fs::paths::show;
 use crate::model::config::GitMode;
@@ -146,8 +146,8 @@ fn fetch_one(env: &Env, entry: &str, repo: &Path) -> Result<String> {
     )?;
     let mut alt = std::fs::File::create(t.join("objects/info/alternates"))?;
     alt.write_all(
-        repo_real
-            .join(".git/objects")
+        env.root
+            .real(&repo_objects(env, repo)?)
             .as_os_str()
             .as_encoded_bytes(),
     )?;
@@ -205,6 +205,23 @@ fn fetch_one(env: &Env, entry: &str, repo: &Path) -> Result<String> {
                 String::new()
             }
         ),
+    })
+}
+
+/// The repo's own objects (an inside path): in its `.git`, or for a worktree or a submodule
+/// (`.git` a file) in the common dir it names, followed as link follows it.
+fn repo_objects(env: &Env, repo: &Path) -> Result<PathBuf> {
+    let node = match env.tree.walk(repo, chase::Trust::Owners)? {
+        chase::Walk::Found(n) if n.is_dir() => n,
+        _ => bail!("{} is not a directory", show(repo)),
+    };
+    Ok(match gitdir::find(&env.tree, &node)? {
+        gitdir::DotGit::Dir(d) => d.path.join("objects"),
+        gitdir::DotGit::File(f) => gitdir::follow(&env.tree, &node, f, &env.cfg.workspace_dir)?
+            .common
+            .path
+            .join("objects"),
+        _ => bail!("{} has no git dir", show(repo)),
     })
 }
 

@@ -2,6 +2,7 @@
 //! relink, the sources of every VM through the changed entries, the restart, and the other
 //! running VMs left stale. [`link`] and [`unlink`] share it and return a typed [`Outcome`].
 
+use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -39,6 +40,9 @@ impl std::fmt::Display for Skipped {
         write!(f, "skipped VM {}: {}", self.vm, self.why)
     }
 }
+
+/// Every VM's shares, as read once by [`affected`].
+type AllShares = BTreeMap<VmName, Vec<runner::Share>>;
 
 /// A VM and its shares through the changed entries.
 type Affected = (String, Vec<runner::Share>);
@@ -143,6 +147,51 @@ pub fn derive_vm_name(repo: &Path) -> Result<VmName> {
             show(repo)
         )
     })
+}
+
+/// The VM for `repo` when none is named: the one named after its directory
+/// ([`derive_vm_name`]); for a worktree or a submodule checkout (`.git` a file) whose own name
+/// is no VM, the one named after its main repo (the directory holding the git dir its `.git`
+/// file leads to); else an error naming both.
+pub fn vm_for(env: &Env, repo: &Node) -> Result<VmName> {
+    let own = derive_vm_name(&repo.path);
+    if let Ok(vm) = &own {
+        if env.known_vm(vm).is_ok() {
+            return Ok(vm.clone());
+        }
+    }
+    let main = match crate::engine::gitdir::find(&env.tree, repo)? {
+        crate::engine::gitdir::DotGit::File(f) => {
+            let gf = crate::engine::gitdir::follow(&env.tree, repo, f, &env.cfg.workspace_dir)
+                .with_context(|| format!("repo {}", show(&repo.path)))?;
+            crate::engine::gitdir::main_repo(&gf.common.path)
+        }
+        // Not a worktree: its own name, and the error saying which VMs there are.
+        _ => {
+            let vm = own?;
+            env.known_vm(&vm)?;
+            return Ok(vm);
+        }
+    };
+    let of_main = derive_vm_name(&main);
+    if let Ok(vm) = &of_main {
+        if env.known_vm(vm).is_ok() {
+            return Ok(vm.clone());
+        }
+    }
+    let name = |n: &Result<VmName>| match n {
+        Ok(v) => v.to_string(),
+        Err(_) => "(none: not a valid name)".to_string(),
+    };
+    let known = runner::known_vms(&env.tree, &env.cfg);
+    bail!(
+        "no VM for {}: neither {} (after its directory) nor {} (after its main repo {}) is a known VM (known VMs: {}); name the VM",
+        show(&repo.path),
+        name(&own),
+        name(&of_main),
+        show(&main),
+        if known.is_empty() { "none".to_string() } else { known.join(", ") }
+    )
 }
 
 /// What the caller asked for besides the change itself.
@@ -569,7 +618,7 @@ pub fn link(env: &Env, vm: Option<VmName>, repo: Option<&Path>, opts: Options) -
     let repo = env.repo(repo)?;
     let vm = match vm {
         Some(v) => v,
-        None => derive_vm_name(&repo.path)?,
+        None => vm_for(env, &repo)?,
     };
     env.known_vm(&vm)?;
     let mut changes = link_changes(env, &vm, &repo.path);
@@ -626,7 +675,7 @@ pub fn lease(env: &Env, pool: &PoolName, repo: Option<&Path>, opts: Options) -> 
             changes.extend(unlink_changes(env, &r.vm));
         }
         // Checked under the lock, before anything changes.
-        check_affected(env, &affected(env, &changes).0, &changes)?;
+        check_affected(env, &affected(env, &changes).1, &changes)?;
         Ok(changes)
     };
     let leased = crate::engine::link::lease(
@@ -711,7 +760,7 @@ pub fn release(env: &Env, vm: Option<VmName>, opts: Options) -> Result<Outcome> 
         }
     };
     let changes = unlink_changes(env, &vm);
-    check_affected(env, &affected(env, &changes).0, &changes)?;
+    check_affected(env, &affected(env, &changes).1, &changes)?;
     let done = crate::engine::link::release(
         &env.tree,
         &env.cfg,
@@ -747,7 +796,7 @@ fn run(
     opts: Options,
 ) -> Result<Outcome> {
     let t0 = Instant::now();
-    let (affected, _) = affected(env, &changes);
+    let (_, affected, _) = affected(env, &changes);
     // Everything that can be checked is checked before anything changes.
     check_affected(env, &affected, &changes)?;
     let caller = env.caller;
@@ -787,12 +836,14 @@ fn finish(env: &Env, done: Done, opts: Options, t0: Instant) -> Outcome {
         relinked,
         fresh,
     } = done;
-    let (affected, mut skipped) = affected(env, &changes);
+    let (shares, affected, mut skipped) = affected(env, &changes);
     let ensured = ensure_affected(env, &affected, opts.dry_run, &mut skipped);
     let link_ms = t0.elapsed().as_secs_f64() * 1000.0;
-    let live = live_views(env, &affected);
+    // systemd is asked once, about every VM this link looks at (issue 19).
+    let running = ask_running(env, vm, &affected);
+    let live = live_views(env, &affected, &running);
     let own_live = live.iter().find(|(v, _)| v == vm);
-    let fresh = fresh.filter(|_| is_running(env, vm));
+    let fresh = fresh.filter(|_| is_running(&running, vm));
     let restart = if opts.no_restart || opts.dry_run {
         Restart::NotAsked
     } else if fresh.is_some() {
@@ -823,7 +874,7 @@ fn finish(env: &Env, done: Done, opts: Options, t0: Instant) -> Outcome {
                     .join(", ")
             ),
         }
-    } else if relinked.changed == 0 && is_running(env, vm) && !is_stale(env, vm) {
+    } else if relinked.changed == 0 && is_running(&running, vm) && !is_stale(env, vm) {
         // `--if-needed`, already linked, running and seeing it: leave it be.
         Restart::Unchanged
     } else {
@@ -833,7 +884,7 @@ fn finish(env: &Env, done: Done, opts: Options, t0: Instant) -> Outcome {
         Restart::Active { .. } if !opts.no_wait => wait_for_ssh(env, vm, &opts),
         _ => SshWait::NotAsked,
     };
-    let stale = stale_others(env, vm);
+    let stale = stale_others(env, vm, &shares, &running);
     let mut restarted_stale = Vec::new();
     let mut stale_kept = Vec::new();
     if opts.restart_stale && !opts.dry_run {
@@ -950,18 +1001,39 @@ fn stale_by_others(env: &Env, changed: &[String], s: &VmStatus) -> Option<String
 }
 
 fn is_stale(env: &Env, vm: &VmName) -> bool {
-    status::status_of(&env.tree, &env.cfg, &env.root, vm).is_ok_and(|s| s.stale)
+    // Whether it runs plays no part in `stale`: systemd is not asked.
+    status::status_with(&env.tree, &env.cfg, vm, None).is_ok_and(|s| s.stale)
 }
 
-fn is_running(env: &Env, vm: &str) -> bool {
-    !env.root.is_rerooted() && systemd::is_active(&units::unit_name("microvm@", vm)) == Some(true)
+/// Whether `microvm@<vm>` runs, of everything a link looks at: `vm`, the VMs with shares
+/// through the changed entries, and every VM with a runtime record (the stale list), in one
+/// `systemctl show`. Re-rooted, systemd is not asked.
+fn ask_running(env: &Env, vm: &str, affected: &[Affected]) -> status::Running {
+    let mut vms: Vec<String> = affected.iter().map(|(v, _)| v.clone()).collect();
+    vms.push(vm.to_string());
+    vms.extend(
+        record::recorded_vms(&env.tree)
+            .iter()
+            .map(|v| v.to_string()),
+    );
+    vms.sort();
+    vms.dedup();
+    status::Running::ask(&env.root, &vms)
+}
+
+fn is_running(running: &status::Running, vm: &str) -> bool {
+    running.of(vm) == Some(true)
 }
 
 /// Running VMs with live shares through the changed entries, and those shares' tags.
-fn live_views(env: &Env, affected: &[Affected]) -> Vec<(String, Vec<String>)> {
+fn live_views(
+    env: &Env,
+    affected: &[Affected],
+    running: &status::Running,
+) -> Vec<(String, Vec<String>)> {
     affected
         .iter()
-        .filter(|(vm, _)| is_running(env, vm))
+        .filter(|(vm, _)| is_running(running, vm))
         .filter_map(|(vm, shares)| {
             let tags: Vec<String> = shares
                 .iter()
@@ -985,23 +1057,28 @@ fn pinned_through(env: &Env, vm: &str, affected: &[Affected]) -> usize {
 
 /// Shares of every known VM that pass through a changed entry; VMs whose shares cannot be
 /// read (a runner that is not root's) come back apart, to be skipped with a warning.
-fn affected(env: &Env, changed: &[Change]) -> (Vec<Affected>, Vec<Skipped>) {
+fn affected(env: &Env, changed: &[Change]) -> (AllShares, Vec<Affected>, Vec<Skipped>) {
     let names: Vec<&OsStr> = changed.iter().map(|c| OsStr::new(&c.name)).collect();
+    let mut all = BTreeMap::new();
     let mut vms = Vec::new();
     let mut skipped = Vec::new();
-    for vm in runner::known_vms(&env.tree, &env.cfg) {
+    // Each VM's runner read once (a name without one has no shares but the config's); kept
+    // for the stale list.
+    for vm in runner::candidates(&env.tree, &env.cfg) {
         match runner::shares(&env.tree, &env.cfg, &vm) {
             Ok(shares) => {
-                let shares: Vec<_> = shares
-                    .into_iter()
+                let through: Vec<_> = shares
+                    .iter()
                     .filter(|s| {
                         entry_name_of(&env.cfg.workspace_dir, &s.path)
                             .is_some_and(|n| names.contains(&n.as_os_str()))
                     })
+                    .cloned()
                     .collect();
-                if !shares.is_empty() {
-                    vms.push((vm.to_string(), shares));
+                if !through.is_empty() {
+                    vms.push((vm.to_string(), through));
                 }
+                all.insert(vm, shares);
             }
             Err(e) => {
                 let why = logging::one_line(&e);
@@ -1013,7 +1090,7 @@ fn affected(env: &Env, changed: &[Change]) -> (Vec<Affected>, Vec<Skipped>) {
             }
         }
     }
-    (vms, skipped)
+    (all, vms, skipped)
 }
 
 /// Before relinking: every source [`ensure_affected`] will have to make afterwards, planned
@@ -1087,11 +1164,27 @@ fn restart_vm(env: &Env, vm: &str, skip: bool, progress: bool) -> Restart {
 
 /// Other VMs, running (or, when systemd cannot be asked, recorded), whose recorded sources
 /// no longer resolve to what they did at their start.
-fn stale_others(env: &Env, vm: &str) -> Vec<VmStatus> {
+fn stale_others(
+    env: &Env,
+    vm: &str,
+    shares: &AllShares,
+    running: &status::Running,
+) -> Vec<VmStatus> {
     record::recorded_vms(&env.tree)
         .into_iter()
         .filter(|other| other != vm)
-        .filter_map(|other| status::status_of(&env.tree, &env.cfg, &env.root, &other).ok())
+        // Only a VM that is stale gets its whole status (words, its entry): the cost of the
+        // others is the record, the runner and one walk per share.
+        .filter(|other| match shares.get(other) {
+            Some(current) => status::is_stale_vm(&env.tree, &env.cfg, other, current),
+            None => {
+                let current = runner::shares(&env.tree, &env.cfg, other).unwrap_or_default();
+                status::is_stale_vm(&env.tree, &env.cfg, other, &current)
+            }
+        })
+        .filter_map(|other| {
+            status::status_with(&env.tree, &env.cfg, &other, running.of(&other)).ok()
+        })
         .filter(|s| s.stale && s.running != Some(false))
         .collect()
 }

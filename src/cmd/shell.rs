@@ -112,7 +112,7 @@ pub fn plan(env: &Env, vm: Option<VmName>, given: Option<&SshDest>) -> Result<Pl
     let repo = env.repo(None)?;
     let vm = match vm {
         Some(v) => v,
-        None => flow::derive_vm_name(&repo.path)?,
+        None => flow::vm_for(env, &repo)?,
     };
     env.known_vm(&vm)?;
     let destination = flow::ssh_destination(env, &vm, given)

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::engine::entry::{EntryView, State, Workspace};
 use crate::engine::shows;
-use crate::fs::chase::Tree;
+use crate::fs::chase::{Tree, Trust, Walk};
 use crate::fs::idmap::Guest;
 use crate::fs::paths::Root;
 use crate::model::config::{Config, GitMode, Seen};
@@ -15,6 +15,7 @@ use crate::model::names::VmName;
 use crate::model::record::Kind;
 use crate::model::record::Shows;
 use crate::model::record::{self, ShareRecord};
+use crate::model::runner::Share;
 use crate::model::workspace::live_of;
 
 /// The status of `vm` (checked to be known), or of every VM.
@@ -31,7 +32,41 @@ pub fn collect(
         }
         None => all_vms(tree, cfg),
     };
-    vms.iter().map(|v| status_of(tree, cfg, root, v)).collect()
+    let running = Running::ask(root, &vms);
+    vms.iter()
+        .map(|v| status_with(tree, cfg, v, running.of(v)))
+        .collect()
+}
+
+/// Which VMs run (`microvm@<vm>` active), asked of systemd for all of them in one
+/// `systemctl show`. Re-rooted, systemd is not asked: nothing is known.
+#[derive(Debug, Default)]
+pub struct Running(std::collections::HashMap<String, bool>);
+
+impl Running {
+    pub fn ask<S: AsRef<str>>(root: &Root, vms: &[S]) -> Running {
+        if root.is_rerooted() || vms.is_empty() {
+            return Running::default();
+        }
+        let units: Vec<String> = vms
+            .iter()
+            .map(|v| crate::host::units::unit_name("microvm@", v.as_ref()))
+            .collect();
+        let Some(states) = crate::host::systemd::unit_states(&units) else {
+            return Running::default();
+        };
+        Running(
+            vms.iter()
+                .zip(states)
+                .filter_map(|(vm, s)| Some((vm.as_ref().to_string(), s?.active.is_active())))
+                .collect(),
+        )
+    }
+
+    /// `Some(true)` active, `Some(false)` not, `None` when systemd did not tell.
+    pub fn of(&self, vm: &str) -> Option<bool> {
+        self.0.get(vm).copied()
+    }
 }
 
 /// `status`, printed: the VMs' table and, when there are pools or leases, the pools' (or
@@ -170,11 +205,16 @@ pub fn seen_by(cfg: &Config, vm: &VmName) -> Seen {
 
 /// The status of `vm`: its workspace entry, and each share at start vs now.
 pub fn status_of(tree: &Tree, cfg: &Config, root: &Root, vm: &VmName) -> anyhow::Result<VmStatus> {
-    let running = if root.is_rerooted() {
-        None
-    } else {
-        crate::host::systemd::is_active(&crate::host::units::unit_name("microvm@", vm))
-    };
+    status_with(tree, cfg, vm, Running::ask(root, &[vm.as_str()]).of(vm))
+}
+
+/// [`status_of`], with whether it runs already asked (see [`Running`]).
+pub fn status_with(
+    tree: &Tree,
+    cfg: &Config,
+    vm: &VmName,
+    running: Option<bool>,
+) -> anyhow::Result<VmStatus> {
     let mut workspace = match Workspace::find(tree, cfg)? {
         Some(ws) => ws.view(vm)?,
         None => EntryView {
@@ -250,6 +290,48 @@ pub fn status_of(tree: &Tree, cfg: &Config, root: &Root, vm: &VmName) -> anyhow:
     })
 }
 
+/// The staleness rule of one share: its source no longer resolves to what it did at the
+/// start (`now`: its identity now, `None` when missing). A live share never is (its live root
+/// is what virtiofsd holds), nor a fallback placeholder, which is what the VM gets until the
+/// repo can serve the source: a restart would give the same (status says it in words).
+fn is_stale(cfg: &Config, path: &Path, rec: Option<&ShareRecord>, now: Option<&Ident>) -> bool {
+    let Some(r) = rec else { return false };
+    let live = matches!(live_of(&cfg.workspace_dir, path), Some(Ok(_)));
+    let at_start = Ident {
+        device: r.device,
+        inode: r.inode,
+    };
+    !live && r.kind != Kind::Fallback && Some(&at_start) != now
+}
+
+/// Whether `vm`, whose shares are `current` now, is stale, by [`status_with`]'s rule but
+/// without its words: the record and one walk per share. microvm-link asks it of every
+/// recorded VM, and builds the whole status only for those that are.
+pub fn is_stale_vm(tree: &Tree, cfg: &Config, vm: &VmName, current: &[Share]) -> bool {
+    let Ok(Some(record)) = record::read(tree, vm) else {
+        return false;
+    };
+    let now = |path: &Path| match tree.walk(path, Trust::All) {
+        Ok(Walk::Found(n)) if n.is_dir() => {
+            let (device, inode) = n.id();
+            Some(Ident { device, inode })
+        }
+        _ => None,
+    };
+    let of_runner = current.iter().map(|s| {
+        let rec = record.shares.iter().find(|r| r.tag == s.tag);
+        (s.path.clone(), rec)
+    });
+    let gone = record
+        .shares
+        .iter()
+        .filter(|r| !current.iter().any(|s| s.tag == r.tag))
+        .map(|r| (std::path::PathBuf::from(&r.path), Some(r)));
+    of_runner
+        .chain(gone)
+        .any(|(path, rec)| rec.is_some() && is_stale(cfg, &path, rec, now(&path).as_ref()))
+}
+
 fn share_status(
     tree: &Tree,
     cfg: &Config,
@@ -265,10 +347,7 @@ fn share_status(
         inode: r.inode,
     });
     let live = matches!(live_of(&cfg.workspace_dir, Path::new(&path)), Some(Ok(_)));
-    // A fallback placeholder is what the VM gets until the repo can serve the source: a
-    // restart would give the same, so it is never stale (status says it in words).
-    let fallback = rec.is_some_and(|r| r.kind == Kind::Fallback);
-    let stale = !live && !fallback && at_start.is_some() && at_start != now;
+    let stale = is_stale(cfg, Path::new(&path), rec, now.as_ref());
     // A record from before words: its kind still tells a placeholder.
     let showed = rec.and_then(|r| match &r.shows {
         Some(s) => Some(s.clone()),

@@ -11,7 +11,7 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::engine::entry::{Displaced, RepoNow, Workspace};
-use crate::engine::gitview;
+use crate::engine::gitview::{self, Place};
 use crate::engine::leases::{end_lease, write_lease};
 use crate::engine::links::{remove_record, write_record, Record};
 use crate::engine::observe::Held;
@@ -202,19 +202,24 @@ fn one(ws: &Workspace, held: &mut Held, op: &Op, out: &mut Applied) -> Result<()
             repo_id,
             ids,
             git,
-            ..
+            live,
         } => {
             let target = open(held, at)?;
             if !target.is_placeholder() || is_mount_root(target.fd.as_fd())? {
                 bail!("{} is not a placeholder under its mount", show(at));
             }
+            // A live view's git dir goes beside it, in its live root.
+            let place = match *live {
+                true => Place::Live(parent(held, at)?.0),
+                false => Place::Entry,
+            };
             let r = held
                 .get(repo)
                 .with_context(|| format!("{} was not looked at", show(repo)))?;
             if *repo_id != (0, 0) && r.id() != *repo_id {
                 bail!("{} changed meanwhile; not mounting it", show(repo));
             }
-            if let Err(e) = gitview::mount(ws.tree, &ws.node, entry, r, &target, ids, *git) {
+            if let Err(e) = gitview::mount(ws.tree, &ws.node, entry, r, &target, ids, *git, place) {
                 rollback(ws, held, at, out);
                 return Err(e);
             }
@@ -257,7 +262,16 @@ fn rollback(ws: &Workspace, held: &Held, at: &Path, out: &Applied) {
         if let (RepoNow::Found(old), Ok(entry)) = (ws.repo_now(&rec), ws.node.child(name)) {
             if let Ok(ids) = ws.ids_for(name, &old) {
                 let git = ws.guest_of(name).map(|g| g.git).unwrap_or_default();
-                let _ = gitview::mount(ws.tree, &ws.node, name, &old, &entry, &ids, git);
+                let _ = gitview::mount(
+                    ws.tree,
+                    &ws.node,
+                    name,
+                    &old,
+                    &entry,
+                    &ids,
+                    git,
+                    Place::Entry,
+                );
             }
         }
     }

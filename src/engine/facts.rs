@@ -78,9 +78,29 @@ pub enum Want {
 pub struct RepoFacts {
     pub path: PathBuf,
     pub id: Id,
+    /// Its owner and group (what is made in it is made as them).
+    pub owner: (u32, u32),
     /// The ids a mount of it gets for this entry's guests, or why it cannot be mapped.
     pub ids: std::result::Result<Ids, String>,
     pub git: GitMode,
+    /// `<repo>/.microvm-git`, the room the entry's view needs when the repo's `.git` is a file.
+    pub room: Room,
+}
+
+/// The room a view of a repo whose `.git` is a file needs for its git dir
+/// (docs/security.md#git-file): `<repo>/.microvm-git` for an entry's view (made as the repo's
+/// owner), `<live root>/.microvm-git` for a live one (root's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Room {
+    /// Not needed: the `.git` is no file that can be followed, or no share sees the view's
+    /// root (an entry only live shares pass through).
+    NotNeeded,
+    /// Needed, and not there.
+    Missing,
+    /// There (whether it will do is the view's to say: engine::gitview).
+    Ready,
+    /// A mount root with this identity (a live root's room with a scaffold on it).
+    Mounted(Id),
 }
 
 /// One workspace entry as observed, with what its intent wants it to show.
@@ -108,6 +128,9 @@ pub struct LiveFacts {
     /// (prepare's own live root; empty for every existing one).
     pub missing: Vec<PathBuf>,
     pub current: Current,
+    /// `<live root>/.microvm-git` beside `current`: [`Room::Missing`], [`Room::Ready`] or
+    /// [`Room::Mounted`].
+    pub room: Room,
     /// `<repo>/<rel>` of the wanted repo (`None`: nothing is wanted there).
     pub target: Option<Target>,
 }
@@ -132,6 +155,8 @@ pub enum Target {
     Found {
         path: PathBuf,
         id: Id,
+        /// Its `.git` is a file: a view of it needs the room beside `current`.
+        room: bool,
     },
     Missing(Missing),
     NotADirectory(PathBuf),

@@ -2,7 +2,7 @@
 //! config, which VMs share it and with which mapping and git view; the checks a repo must
 //! pass to be mounted for them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{OsStr, OsString};
 use std::path::Path;
 
@@ -21,6 +21,8 @@ pub struct Guests {
     by_entry: BTreeMap<OsString, Vec<(String, Seen)>>,
     /// Entry name -> a VM sharing it over 9p (qemu's own server: see `check_mappable`).
     nine_p: BTreeMap<OsString, String>,
+    /// Entries a configured share has as its source itself (not a live root, not below it).
+    pinned_roots: BTreeSet<OsString>,
 }
 
 impl Guests {
@@ -28,7 +30,17 @@ impl Guests {
         Guests {
             by_entry: guests_by_entry(cfg),
             nine_p: nine_p_by_entry(cfg),
+            pinned_roots: pinned_roots(cfg),
         }
+    }
+
+    /// Does a guest see entry `name`'s own root through a pinned share (so that its view of a
+    /// repo whose `.git` is a file needs room in the repo: docs/security.md#git-file)? Yes
+    /// when a configured share's source is the entry, and when the config names no share
+    /// through it at all (a VM only a runner knows); no when every configured share through
+    /// it is live or below its root (a pool's).
+    pub fn pinned_root(&self, name: &OsStr) -> bool {
+        !self.by_entry.contains_key(name) || self.pinned_roots.contains(name)
     }
 
     /// How the guests of entry `name` see a linked repo: the one mapping every VM sharing it
@@ -87,6 +99,23 @@ fn nine_p_by_entry(cfg: &Config) -> BTreeMap<OsString, String> {
         for s in v.shares.iter().filter(|s| s.proto == config::Proto::NineP) {
             if let Some(name) = entry_name_of(&cfg.workspace_dir, Path::new(&s.source)) {
                 out.entry(name).or_insert_with(|| vm.clone());
+            }
+        }
+    }
+    out
+}
+
+/// Entries some configured share has as its source.
+fn pinned_roots(cfg: &Config) -> BTreeSet<OsString> {
+    let mut out = BTreeSet::new();
+    for (vm, v) in &cfg.vms {
+        for s in &v.shares {
+            let path = paths::normalize(&cfg.state_dir.join(vm).join(&s.source));
+            if let Ok(rest) = path.strip_prefix(&cfg.workspace_dir) {
+                let mut c = rest.components();
+                if let (Some(std::path::Component::Normal(n)), None) = (c.next(), c.next()) {
+                    out.insert(n.to_os_string());
+                }
             }
         }
     }

@@ -7,11 +7,12 @@ use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::engine::apply::{apply, Applied, Log};
 use crate::engine::entry::{Change, Relinked, Workspace};
 use crate::engine::facts::{LeaseFacts, Slot};
+use crate::engine::gitdir;
 use crate::engine::guests::Guests;
 use crate::engine::leases::{read_lease, remove_lease};
 use crate::engine::observe::{self, Held, WantOf};
@@ -228,6 +229,7 @@ fn now() -> i64 {
 /// One relink: the workspace dir (found, or made; in a dry run perhaps not there yet), its
 /// lock (not in a dry run), what was observed, and what was done.
 struct Session<'t> {
+    tree: &'t Tree,
     cfg: &'t Config,
     guests: Guests,
     ws: Option<Workspace<'t>>,
@@ -263,6 +265,7 @@ impl<'t> Session<'t> {
             _ => None,
         };
         Ok(Session {
+            tree,
             cfg,
             guests: Guests::of(cfg),
             ws,
@@ -289,7 +292,7 @@ impl<'t> Session<'t> {
             };
             let facts = match &self.ws {
                 Some(ws) => ws.observe_entry(name, want, &mut self.held)?,
-                None => observe::absent_entry(self.cfg, &self.guests, name, want)?,
+                None => observe::absent_entry(self.tree, self.cfg, &self.guests, name, want)?,
             };
             plans.push(plan::entry(&facts, &intent)?);
         }
@@ -368,6 +371,7 @@ fn check_targets(
                 Walk::Found(n) if n.is_dir() => {
                     policy::may_link(&n.path, n.uid(), caller)?;
                     guests.check_mappable(OsStr::new(&c.name), &n)?;
+                    check_git_file(tree, workspace_dir, &n)?;
                     Some(n)
                 }
                 _ => bail!("{} is not a directory", show(t)),
@@ -375,4 +379,15 @@ fn check_targets(
         });
     }
     Ok(repos)
+}
+
+/// A repo whose `.git` is a file (a worktree, a submodule) is linked only if root may follow
+/// it (docs/security.md#git-file): the git dir and common dir it names must be the repo
+/// owner's, outside the workspace dir, reached through nobody else's symlinks.
+fn check_git_file(tree: &Tree, workspace_dir: &Path, repo: &Node) -> Result<()> {
+    if let gitdir::DotGit::File(f) = gitdir::find(tree, repo)? {
+        gitdir::follow(tree, repo, f, workspace_dir)
+            .with_context(|| format!("repo {}", show(&repo.path)))?;
+    }
+    Ok(())
 }

@@ -3,6 +3,7 @@
 pub mod apply;
 pub mod entry;
 pub mod facts;
+pub mod gitdir;
 pub mod gitview;
 pub mod guests;
 pub mod leases;

@@ -12,13 +12,13 @@ use nix::errno::Errno;
 
 use crate::engine::entry::{RepoNow, Workspace};
 use crate::engine::facts::{
-    Current, Entry, EntryFacts, LiveFacts, Missing, Rec, RepoFacts, Shows, Target, Want,
+    Current, Entry, EntryFacts, LiveFacts, Missing, Rec, RepoFacts, Room, Shows, Target, Want,
 };
-use crate::engine::gitview;
+use crate::engine::gitview::{self, Place};
 use crate::engine::guests::Guests;
 use crate::engine::links::{legacy_record, read_record};
 use crate::engine::policy;
-use crate::fs::chase::{is_mount_root, is_symlink, Node, Trust, Walk};
+use crate::fs::chase::{is_mount_root, is_symlink, Node, Tree, Trust, Walk};
 use crate::fs::idmap;
 use crate::fs::paths;
 use crate::fs::paths::LIVE_CURRENT;
@@ -131,7 +131,15 @@ impl Workspace<'_> {
                 *shows = match r.ids.as_ref().ok() {
                     Some(ids)
                         if idmap::mounted_as(n, repo, ids)?
-                            && gitview::view_is(self.tree, &self.node, name, n, repo, r.git)? =>
+                            && gitview::view_is(
+                                self.tree,
+                                &self.node,
+                                name,
+                                n,
+                                repo,
+                                r.git,
+                                Place::Entry,
+                            )? =>
                     {
                         Shows::Wanted
                     }
@@ -175,8 +183,10 @@ impl Workspace<'_> {
         Ok(Want::Repo(RepoFacts {
             path: repo.path.clone(),
             id: repo.id(),
+            owner: (repo.uid(), repo.st.st_gid),
             ids: self.ids_for(name, repo).map_err(|e| one_line(&e)),
             git: self.guest_of(name)?.git,
+            room: entry_room(self.tree, self.path(), &self.guests, name, repo),
         }))
     }
 
@@ -220,6 +230,7 @@ impl Workspace<'_> {
                     rel: rel.to_path_buf(),
                     missing,
                     current: Current::Missing,
+                    room: Room::Missing,
                     target,
                 })
             }
@@ -258,7 +269,15 @@ impl Workspace<'_> {
                                 c.id() == t.id()
                                     && c.st.st_nlink > 0
                                     && idmap::mounted_as(&c, t, ids)?
-                                    && gitview::view_is(self.tree, &self.node, name, &c, t, git)?
+                                    && gitview::view_is(
+                                        self.tree,
+                                        &self.node,
+                                        name,
+                                        &c,
+                                        t,
+                                        git,
+                                        Place::Live(&root),
+                                    )?
                             }
                             _ => false,
                         }
@@ -273,11 +292,21 @@ impl Workspace<'_> {
             Ok(c) if c.is_placeholder() => Current::Placeholder,
             Ok(_) => Current::NotOurs,
         };
+        let room = match root.child(OsStr::new(paths::GIT_ROOM)) {
+            Err(Errno::ENOENT) => Room::Missing,
+            Err(e) => bail!(
+                "cannot open {}: {e}",
+                paths::show(&root.path.join(paths::GIT_ROOM))
+            ),
+            Ok(n) if n.is_dir() && is_mount_root(n.fd.as_fd())? => Room::Mounted(n.id()),
+            Ok(_) => Room::Ready,
+        };
         let out = LiveFacts {
             root: root.path.clone(),
             rel: rel.to_path_buf(),
             missing: Vec::new(),
             current,
+            room,
             target,
         };
         held.keep(root);
@@ -291,6 +320,7 @@ impl Workspace<'_> {
                 let t = Target::Found {
                     path: n.path.clone(),
                     id: n.id(),
+                    room: gitview::needs_room(self.tree, self.path(), &n),
                 };
                 held.keep(n);
                 t
@@ -318,9 +348,23 @@ pub fn missing(dir: &Node, rest: Vec<std::ffi::OsString>) -> Missing {
     }
 }
 
+/// The room an entry's view of `repo` needs (docs/security.md#git-file): none unless its
+/// `.git` is a file that can be followed and a share sees the entry's root (the config says
+/// none does when every share of the entry it knows is live: a pool's).
+fn entry_room(tree: &Tree, ws: &Path, guests: &Guests, name: &OsStr, repo: &Node) -> Room {
+    if !guests.pinned_root(name) || !gitview::needs_room(tree, ws, repo) {
+        return Room::NotNeeded;
+    }
+    match repo.child(OsStr::new(paths::GIT_ROOM)) {
+        Err(Errno::ENOENT) => Room::Missing,
+        _ => Room::Ready,
+    }
+}
+
 /// Entry `name` of a workspace dir that does not exist yet (a dry run before the first link):
 /// nothing there, no record, what `want` asks for.
 pub fn absent_entry(
+    tree: &Tree,
     cfg: &Config,
     guests: &Guests,
     name: &OsStr,
@@ -337,8 +381,10 @@ pub fn absent_entry(
             WantOf::Repo(r) => Want::Repo(RepoFacts {
                 path: r.path.clone(),
                 id: r.id(),
+                owner: (r.uid(), r.st.st_gid),
                 ids: guests.ids_for(name, r).map_err(|e| one_line(&e)),
                 git,
+                room: entry_room(tree, &cfg.workspace_dir, guests, name, r),
             }),
             WantOf::Recorded | WantOf::Nothing => Want::Nothing,
         },

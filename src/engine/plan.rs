@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 
 use crate::engine::facts::{
-    Current, Entry, EntryFacts, Id, LiveFacts, Missing, RepoFacts, Shows, Target, Want,
+    Current, Entry, EntryFacts, Id, LiveFacts, Missing, RepoFacts, Room, Shows, Target, Want,
 };
 use crate::engine::policy::{self, Caller};
 use crate::fs::idmap::Ids;
@@ -372,13 +372,13 @@ fn reconcile(f: &EntryFacts) -> EntryPlan {
                     why,
                 });
                 if let Some((r, ids)) = repo {
-                    p.ops.push(mount(f, r, ids));
+                    p.ops.extend(mount(f, r, ids));
                     p.shows = Some(r.path.clone());
                 }
             }
         }
         (Entry::Placeholder, Some((r, ids))) => {
-            p.ops.push(mount(f, r, ids));
+            p.ops.extend(mount(f, r, ids));
             p.shows = Some(r.path.clone());
         }
         (Entry::Directory { .. }, Some(_)) => p.warnings.push(format!(
@@ -451,7 +451,7 @@ fn link(f: &EntryFacts, caller: Caller) -> Result<EntryPlan> {
             why: "an earlier link".into(),
         });
     }
-    p.ops.push(mount(f, r, ids));
+    p.ops.extend(mount(f, r, ids));
     p.shows = Some(r.path.clone());
     p.summary.push(Summary::Linked {
         at: f.at.clone(),
@@ -498,8 +498,18 @@ fn links_dir(p: &mut EntryPlan, links: &mut bool, f: &EntryFacts) {
     }
 }
 
-fn mount(f: &EntryFacts, r: &RepoFacts, ids: Ids) -> Op {
-    Op::Mount {
+/// The mount of `r` on the entry, after the room its `.git` file's git dir needs in the repo
+/// (docs/security.md#git-file), made as the repo's owner when missing.
+fn mount(f: &EntryFacts, r: &RepoFacts, ids: Ids) -> Vec<Op> {
+    let mut ops = Vec::new();
+    if r.room == Room::Missing {
+        ops.push(Op::Mkdir {
+            path: r.path.join(crate::fs::paths::GIT_ROOM),
+            uid: r.owner.0,
+            gid: r.owner.1,
+        });
+    }
+    ops.push(Op::Mount {
         at: f.at.clone(),
         entry: f.name.clone(),
         repo: r.path.clone(),
@@ -507,7 +517,8 @@ fn mount(f: &EntryFacts, r: &RepoFacts, ids: Ids) -> Op {
         ids,
         git: r.git,
         live: false,
-    }
+    });
+    ops
 }
 
 /// Every live root of the entry put in step with what it shows: `want` (a repo) or nothing.
@@ -570,9 +581,14 @@ pub fn live_root(f: &EntryFacts, l: &LiveFacts, want: Option<&Want>) -> Result<V
         (Some(_), None) => bail!("{}: its repo was not looked at", show(&at)),
         (Some((r, ids)), Some(t)) => Some((r, ids, t)),
     };
+    // Whether the view needs the room beside `current` for its `.git` file's git dir.
+    let mut room = false;
     let target = match target {
         None => None,
-        Some((r, ids, Target::Found { path, id })) => Some((r, ids, path.clone(), *id, true)),
+        Some((r, ids, Target::Found { path, id, room: r2 })) => {
+            room = *r2;
+            Some((r, ids, path.clone(), *id, true))
+        }
         Some((r, ids, Target::Missing(m))) => {
             let mut path = m.dir.clone();
             for name in &m.rest {
@@ -596,14 +612,35 @@ pub fn live_root(f: &EntryFacts, l: &LiveFacts, want: Option<&Want>) -> Result<V
         }
         Some((_, _, Target::Unreachable(why))) => bail!("{why}"),
     };
+    let room_at = l.root.join(crate::fs::paths::GIT_ROOM);
+    let unmount_room = |ops: &mut Vec<Op>| {
+        if let Room::Mounted(id) = l.room {
+            ops.push(Op::Unmount {
+                at: room_at.clone(),
+                id,
+                why: "git dir of an earlier live view".into(),
+            });
+        }
+    };
     if let (Some((_, true)), Some((_, _, _, _, true))) = (mounted, &target) {
-        return Ok(ops); // shows it, as wanted
+        // Shows it, as wanted; a git dir left beside it by a view that needed one goes.
+        if !room {
+            unmount_room(&mut ops);
+        }
+        return Ok(ops);
     }
     if let Some((id, _)) = mounted {
         ops.push(Op::Unmount {
             at: at.clone(),
             id,
             why: "live view of an earlier link".into(),
+        });
+    }
+    unmount_room(&mut ops);
+    if room && l.room == Room::Missing {
+        ops.push(Op::RootDir {
+            path: room_at.clone(),
+            what: "room for a live view's git dir, ",
         });
     }
     if let Some((r, ids, path, id, _)) = target {
@@ -782,8 +819,10 @@ mod tests {
         Want::Repo(RepoFacts {
             path: path.into(),
             id: (1, 2),
+            owner: (ALICE, ALICE),
             ids: Ok(ids()),
             git: GitMode::Private,
+            room: Room::NotNeeded,
         })
     }
 
@@ -983,6 +1022,7 @@ mod tests {
                 id: (9, 9),
                 as_wanted: false,
             },
+            room: Room::Missing,
             target: Some(Target::Missing(Missing {
                 dir: "/home/alice/vm1".into(),
                 dir_id: (1, 2),
@@ -1006,6 +1046,83 @@ mod tests {
         let p = entry(&f, &Intent::Unlink(Caller::User(ALICE))).unwrap();
         assert_eq!(kinds(&p.ops), [Act::Unrecord]);
         assert!(p.warnings[0].contains("not ours"));
+    }
+
+    #[test]
+    fn a_git_file_repo_gets_its_room_made_as_its_owner_and_a_live_view_its_room_beside_current() {
+        // The entry's view: `<repo>/.microvm-git`, as the repo's owner, before the mount.
+        let mut want = repo("/home/alice/wt");
+        if let Want::Repo(r) = &mut want {
+            r.room = Room::Missing;
+        }
+        let f = facts(Entry::Placeholder, None, want.clone());
+        let p = entry(&f, &Intent::Link(Caller::User(ALICE))).unwrap();
+        assert_eq!(kinds(&p.ops), [Act::Record, Act::MkdirAsOwner, Act::Mount]);
+        assert_eq!(
+            p.ops[1].to_string(),
+            "create directory as its owner: /home/alice/wt/.microvm-git (uid 4242, gid 4242, 0755)"
+        );
+        if let Want::Repo(r) = &mut want {
+            r.room = Room::Ready;
+        }
+        let f = facts(Entry::Placeholder, None, want);
+        let p = entry(&f, &Intent::Link(Caller::User(ALICE))).unwrap();
+        assert_eq!(kinds(&p.ops), [Act::Record, Act::Mount]);
+
+        // A live root: the room beside `current` (root's), its scaffold unmounted with the
+        // view it served.
+        let mut f = facts(
+            Entry::Placeholder,
+            rec(ALICE, true),
+            repo("/home/alice/vm1"),
+        );
+        let live = LiveFacts {
+            root: Path::new(WS).join(".live/vm1"),
+            rel: "".into(),
+            missing: Vec::new(),
+            current: Current::Placeholder,
+            room: Room::Missing,
+            target: Some(Target::Found {
+                path: "/home/alice/vm1".into(),
+                id: (1, 2),
+                room: true,
+            }),
+        };
+        f.live = vec![live.clone()];
+        let p = live_root(&f, &f.live[0], Some(&f.want)).unwrap();
+        assert_eq!(kinds(&p), [Act::Mkdir, Act::Mount]);
+        assert_eq!(
+            p[0].to_string(),
+            "create directory /var/lib/microvm-workspaces/.live/vm1/.microvm-git (room for a live view's git dir, root, 0755)"
+        );
+        let mounted = LiveFacts {
+            current: Current::Mounted {
+                id: (9, 9),
+                as_wanted: false,
+            },
+            room: Room::Mounted((8, 8)),
+            ..live.clone()
+        };
+        let p = live_root(&f, &mounted, Some(&f.want)).unwrap();
+        assert_eq!(kinds(&p), [Act::Unmount, Act::Unmount, Act::Mount]);
+        assert_eq!(p[1].path(), Path::new(WS).join(".live/vm1/.microvm-git"));
+        let p = live_root(&f, &mounted, None).unwrap();
+        assert_eq!(kinds(&p), [Act::Unmount, Act::Unmount]);
+        // As wanted, and the repo there now needs no room: the old scaffold goes alone.
+        let plain = LiveFacts {
+            current: Current::Mounted {
+                id: (9, 9),
+                as_wanted: true,
+            },
+            target: Some(Target::Found {
+                path: "/home/alice/vm1".into(),
+                id: (1, 2),
+                room: false,
+            }),
+            ..mounted
+        };
+        let p = live_root(&f, &plain, Some(&f.want)).unwrap();
+        assert_eq!(kinds(&p), [Act::Unmount]);
     }
 
     #[test]

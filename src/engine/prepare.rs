@@ -302,17 +302,21 @@ fn plan_entry(
     };
     let facts = ws.observe_entry(name, WantOf::Recorded, &mut plan.held)?;
     let p = plan::entry(&facts, &Intent::Reconcile)?;
-    if p.ops.iter().any(|o| match o {
-        Op::Placeholder { path, .. } => *path == at,
-        Op::Migrate { at: a, .. } => *a == at,
-        _ => false,
-    }) {
-        creation.planned(&at, Creator::Placeholders);
-    }
     let mounts = p
         .ops
         .iter()
         .any(|o| matches!(o, Op::Mount { at: a, .. } if *a == at));
+    // What is below an entry the plan makes a placeholder, or uncovers (unmounted, nothing
+    // mounted again: what lies beneath the mount cannot be looked at now), is planned as
+    // placeholders; creating one that is there already finds it.
+    if p.ops.iter().any(|o| match o {
+        Op::Placeholder { path, .. } => *path == at,
+        Op::Migrate { at: a, .. } => *a == at,
+        Op::Unmount { at: a, .. } => *a == at && !mounts,
+        _ => false,
+    }) {
+        creation.planned(&at, Creator::Placeholders);
+    }
     ops.extend(p.ops);
     plan.warnings.extend(p.warnings);
     let linked = match (&p.shows, &facts.record) {

@@ -488,14 +488,20 @@ fn start_rel(rel: &Path) -> PathBuf {
 
 /// [`Trust::RootOwned`]'s rule for one object on the way.
 fn check_root_owned(n: &Node) -> Result<()> {
-    if n.uid() != 0 {
-        bail!("{} is owned by uid {}, not root", show(&n.path), n.uid());
+    root_owned(&n.path, &n.st)
+}
+
+/// [`Trust::RootOwned`]'s rule for what `st` says of `path`: root's, and a directory nobody
+/// else may write to unless it is sticky.
+pub fn root_owned(path: &Path, st: &FileStat) -> Result<()> {
+    if st.st_uid != 0 {
+        bail!("{} is owned by uid {}, not root", show(path), st.st_uid);
     }
-    let mode = n.st.st_mode;
-    if is_dir(&n.st) && mode & 0o022 != 0 && mode & 0o1000 == 0 {
+    let mode = st.st_mode;
+    if is_dir(st) && mode & 0o022 != 0 && mode & 0o1000 == 0 {
         bail!(
             "{} may be written by others (mode {:04o}) and is not sticky",
-            show(&n.path),
+            show(path),
             mode & 0o7777
         );
     }

@@ -28,6 +28,9 @@ pub const TMP_PREFIX: &str = ".mvw-tmp-";
 pub const LIVE: &str = ".live";
 /// Inside a live root: the directory that shows the entry (docs/design.md#live-links).
 pub const LIVE_CURRENT: &str = "current";
+/// The room for the git dir of a repo whose `.git` is a file (docs/security.md#git-file): in
+/// the repo for an entry's view, beside `current` in a live root for a live one.
+pub const GIT_ROOM: &str = ".microvm-git";
 
 /// A name no other process will pick, with the prefix that marks leftovers and the pid of
 /// the process that made it (so a leftover's writer can be known to be gone).

@@ -40,13 +40,22 @@ pub fn has_runner(tree: &Tree, cfg: &Config, vm: &str) -> bool {
 
 /// VMs that have a runner in the state dir or an entry in the config, sorted.
 pub fn known_vms(tree: &Tree, cfg: &Config) -> Vec<VmName> {
+    let mut vms: Vec<VmName> = candidates(tree, cfg)
+        .into_iter()
+        .filter(|vm| cfg.vms.contains_key(vm.as_str()) || has_runner(tree, cfg, vm))
+        .collect();
+    vms.dedup();
+    vms
+}
+
+/// The config's VMs and every valid name in the state dir (a runner or not), sorted: for
+/// a caller that reads each one's shares anyway ([`shares`] finds no runner as none), so
+/// that no runner is looked at twice.
+pub fn candidates(tree: &Tree, cfg: &Config) -> Vec<VmName> {
     let mut vms: Vec<VmName> = cfg.vm_names().collect();
     if let Ok(Walk::Found(dir)) = tree.walk(&cfg.state_dir, Trust::All) {
         for name in chase::list_dir(&dir).unwrap_or_default() {
-            let Some(Ok(vm)) = name.to_str().map(VmName::try_from) else {
-                continue;
-            };
-            if has_runner(tree, cfg, &vm) {
+            if let Some(Ok(vm)) = name.to_str().map(VmName::try_from) {
                 vms.push(vm);
             }
         }
@@ -91,6 +100,48 @@ fn read_source(tree: &Tree, dir: &Node, tag: &OsStr) -> Result<Vec<u8>> {
     Ok(text)
 }
 
+/// The runner's virtiofs directory and its names, when it is as Nix builds it: no symlink on
+/// the way and every step root's (checked as [`Trust::RootOwned`] checks them). One
+/// `openat2` for reading and a stat per step instead of a careful walk and a second open to
+/// list it: a link reads every VM's runner. `None`: anything else, left to the careful walk.
+fn virtiofs_fast(runner: &Node, dir: &Path) -> Option<(Node, Vec<std::ffi::OsString>)> {
+    use nix::fcntl::{openat2, AtFlags, OpenHow, ResolveFlag};
+    use nix::sys::stat::fstatat;
+    chase::root_owned(&runner.path, &runner.st).ok()?;
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+        .resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+        );
+    let fd = openat2(&runner.fd, VIRTIOFS, how).ok()?;
+    let st = fstat(&fd).ok()?;
+    chase::root_owned(dir, &st).ok()?;
+    // The steps between: root's too (nobody else could have swapped them since).
+    let mut step = PathBuf::new();
+    for c in Path::new(VIRTIOFS).parent()?.components() {
+        step.push(c);
+        let s = fstatat(&runner.fd, &step, AtFlags::AT_SYMLINK_NOFOLLOW).ok()?;
+        chase::root_owned(&runner.path.join(&step), &s).ok()?;
+    }
+    let mut list = nix::dir::Dir::from_fd(fd.try_clone().ok()?).ok()?;
+    let names = list
+        .iter()
+        .filter_map(|e| e.ok())
+        .map(|e| OsStr::from_bytes(e.file_name().to_bytes()).to_os_string())
+        .filter(|n| n != "." && n != "..")
+        .collect();
+    Some((
+        Node {
+            fd,
+            st,
+            path: dir.to_path_buf(),
+        },
+        names,
+    ))
+}
+
 /// The virtiofs shares microvm.nix recorded in the VM's runner (none if it has no runner).
 pub fn runner_shares(tree: &Tree, cfg: &Config, vm: &str) -> Result<Vec<Share>> {
     // `<stateDir>/<vm>` and its `current` link belong to microvm.nix's user, so `current` may
@@ -102,22 +153,26 @@ pub fn runner_shares(tree: &Tree, cfg: &Config, vm: &str) -> Result<Vec<Share>> 
         _ => return Ok(Vec::new()),
     };
     let dir = current.join(VIRTIOFS);
-    let node = match tree.walk_from(&runner, Path::new(VIRTIOFS), Trust::RootOwned) {
-        Ok(Walk::Found(n)) if n.is_dir() => n,
-        Ok(_) => return Ok(Vec::new()),
-        Err(e) => {
-            return Err(e).with_context(|| {
-                format!(
-                    "runner {} is not root's; refusing to take share sources from it",
-                    show(&dir)
-                )
-            })
+    let (node, names) = match virtiofs_fast(&runner, &dir) {
+        Some(found) => found,
+        None => {
+            let node = match tree.walk_from(&runner, Path::new(VIRTIOFS), Trust::RootOwned) {
+                Ok(Walk::Found(n)) if n.is_dir() => n,
+                Ok(_) => return Ok(Vec::new()),
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!(
+                            "runner {} is not root's; refusing to take share sources from it",
+                            show(&dir)
+                        )
+                    })
+                }
+            };
+            let names = chase::list_dir(&node)?;
+            (node, names)
         }
     };
-    let mut tags: Vec<Vec<u8>> = chase::list_dir(&node)?
-        .into_iter()
-        .map(|n| n.into_vec())
-        .collect();
+    let mut tags: Vec<Vec<u8>> = names.into_iter().map(|n| n.into_vec()).collect();
     tags.sort();
     let mut shares = Vec::new();
     for tag in tags {

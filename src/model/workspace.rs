@@ -12,7 +12,8 @@ use crate::model::names::EntryName;
 
 /// The live root a share source names: `<workspaceDir>/.live/<name>[/<path>]` gives the
 /// entry name and the path below it. `Err` for a live source that is not valid (an entry
-/// name that is not one, or `current` in the path, which would be ambiguous).
+/// name that is not one, or `current` or `.microvm-git` in the path, which would be
+/// ambiguous).
 pub fn live_of(workspace_dir: &Path, source: &Path) -> Option<Result<(OsString, PathBuf)>> {
     let rest = source.strip_prefix(workspace_dir.join(paths::LIVE)).ok()?;
     let mut parts = rest.components();
@@ -32,10 +33,14 @@ pub fn live_of(workspace_dir: &Path, source: &Path) -> Option<Result<(OsString, 
             format!("live source {}: the entry name is not UTF-8", show(source))
         })?;
         EntryName::try_from(n).with_context(|| format!("live source {}", show(source)))?;
-        if rel.components().any(|c| c.as_os_str() == LIVE_CURRENT) {
+        if let Some(c) = rel
+            .components()
+            .find(|c| c.as_os_str() == LIVE_CURRENT || c.as_os_str() == paths::GIT_ROOM)
+        {
             bail!(
-                "live source {} has a component named {LIVE_CURRENT}, which would be ambiguous",
-                show(source)
+                "live source {} has a component named {}, which would be ambiguous",
+                show(source),
+                show(Path::new(c.as_os_str()))
             );
         }
         Ok(())

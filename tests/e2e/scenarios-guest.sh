@@ -126,3 +126,110 @@ s_fallback_placeholder() {
     out=$(e2e_ct microvm-link doctor 2>&1 || true)
     grep -q "VM vm3 share host .* got a placeholder at its last start" <<<"$out" || fail "doctor does not say it: $out"
 }
+
+# ---------- issue 20, items 1 and 2: a worktree in the guest ---------------
+
+# alice has a main repo ~/vmssh and a worktree of it ~/vmssh-feat (its .git
+# a file naming /home/alice/vmssh/.git/worktrees/vmssh-feat, a host path the
+# guest does not have). From the worktree she runs microvm-link naming no VM:
+# there is no VM vmssh-feat, so the one named after the main repo, vmssh. In
+# each git mode, git works in the guest on the worktree; the main repo's
+# checkout is never seen, nor (private) its config; the host's worktree
+# metadata stays valid; the guest's commits reach the main repo (fetch, or at
+# once in shared).
+s_worktree_git() {
+    local out b repo=/home/alice/vmssh wt=/home/alice/vmssh-feat guest_git status
+    guest_git='git -c user.name=guest -c user.email=g@vm'
+    # git status in the guest, less what the guest's own boot probe writes
+    status='{ git status --short --ignored | grep -v " guest-wrote-as-" || true; }'
+    e2e_vmssh_repo
+    e2e_ct rm -rf "$repo/.git"
+    e2e_ct_as alice sh -c 'cd ~/vmssh && git init -q -b main && git add -A && git -c user.name=alice -c user.email=a@h commit -q -m host-commit && git config remote.origin.url https://token@example.com/secret && git worktree add -q ../vmssh-feat -b feat && echo "of the main checkout" > main-only' ||
+        fail "could not make ~alice/vmssh a repo with a worktree ~/vmssh-feat"
+    out=$(e2e_ct cat "$wt/.git")
+    [ "$out" = "gitdir: $repo/.git/worktrees/vmssh-feat" ] || fail "the worktree's .git says: $out"
+    trap e2e_config_restore EXIT
+    b=$(e2e_boot_count vmssh)
+
+    step "alice links her worktree, naming no VM: no VM vmssh-feat, so vmssh (after the main repo)"
+    e2e_mvl_alice "$wt" || fail "alice's link failed: $(e2e_mvl_all | tail -n 2 | tr '\n' ' ')"
+    grep -q "^linked $E2E_WS/vmssh -> $wt$" "$E2E_RUN/mvl.out" || fail "not linked into vmssh: $(e2e_mvl_all | tr '\n' '|')"
+    e2e_wait_restarted vmssh "$b"
+    e2e_ssh_wait vmssh >/dev/null || fail "vmssh gave no SSH banner"
+    e2e_ct findmnt -o TARGET,FSTYPE,OPTIONS -R "$E2E_WS/vmssh" || true
+
+    step "private (the default): in the guest, git status, log, commit and switch -c work in the worktree"
+    out=$(e2e_ssh vmssh "cd /mnt/workspace && cat .git && $status && git branch --show-current && git log -1 --format=%s && echo guest >> MARKER && $guest_git commit -q -am guest-commit && git switch -q -c guest-topic && $guest_git commit -q --allow-empty -m topic-commit && git log --format=%s && $status" 2>&1) ||
+        fail "git in the guest failed: $out"
+    printf '%s\n' "$out"
+    [ "$(tr '\n' '|' <<<"$out")" = "gitdir: .microvm-git/.git/c/.git|!! .microvm-git/|feat|host-commit|topic-commit|guest-commit|host-commit|!! .microvm-git/|" ] ||
+        fail "the guest's git (its .git file, a clean status but for its ignored room, the branch feat, the worktree's log, its commits): $out"
+    step "the guest's git clean -fdx, as its user and as its root, leaves its git dir alone"
+    out=$(e2e_ssh vmssh 'cd /mnt/workspace && git clean -fdxq -e "guest-wrote-as-*" 2>&1; git log -1 --format=%s' 2>&1)
+    printf '%s\n' "$out"
+    [ "$(tail -n 1 <<<"$out")" = topic-commit ] || fail "after git clean -fdx as the guest's user: $out"
+    out=$(e2e_ssh_root vmssh 'cd /mnt/workspace && git -c safe.directory="*" clean -fdxq -e "guest-wrote-as-*" 2>&1; git -c safe.directory="*" log -1 --format=%s' 2>&1)
+    printf '%s\n' "$out"
+    [ "$(tail -n 1 <<<"$out")" = topic-commit ] || fail "after git clean -fdx as the guest's root: $out"
+
+    step "the guest sees nothing of the main repo but its objects: not its checkout, not its config"
+    out=$(e2e_ssh_root vmssh 'find /mnt/workspace -name main-only | wc -l' 2>&1) || fail "ssh as root failed: $out"
+    [ "$out" = 0 ] || fail "the main checkout's file is in the guest's view: $out"
+    out=$(e2e_ssh vmssh 'cd /mnt/workspace && git config remote.origin.url || echo none' 2>&1)
+    [ "$out" = none ] || fail "the guest reads the main repo's config: $out"
+
+    step "the host: the worktree valid and not prunable, the room in no status, nothing mounted under /home/alice, git works there while linked"
+    out=$(e2e_ct_as alice git -C "$repo" worktree list --porcelain) || fail "git worktree list failed: $out"
+    printf '%s\n' "$out"
+    grep -qx "worktree $wt" <<<"$out" || fail "the worktree is not listed: $out"
+    if grep -q prunable <<<"$out"; then fail "the worktree is prunable: $out"; fi
+    out=$(e2e_ct_as alice git -C "$wt" status --porcelain --ignored -uall) || fail "git status failed"
+    if grep -q microvm-git <<<"$out"; then fail "the room shows in the host's git status: $out"; fi
+    e2e_ct test -d "$wt/.microvm-git" || fail "no room in the worktree"
+    out=$(e2e_ct findmnt -rn -o TARGET | grep "^/home/alice" || true)
+    [ -z "$out" ] || fail "mounts under /home/alice: $out"
+    e2e_ct_as alice sh -c "cd $wt && git config user.name alice-host && git -c user.email=a@h commit -q --allow-empty -m host-two" ||
+        fail "git config / commit in the worktree on the host failed while linked"
+
+    step "microvm-link fetch (as alice, in the worktree, no sudo): the guest's branches land in the main repo"
+    out=$(e2e_alice_in "$wt" microvm-link fetch 2>&1) || fail "fetch failed: $out"
+    printf '%s\n' "$out"
+    grep -q "^vmssh: .* new or moved (.*guest-topic.*), under refs/remotes/vmssh/$" <<<"$out" || fail "fetch said: $out"
+    [ "$(e2e_ct_as alice git -C "$repo" log -1 --format=%s vmssh/guest-topic)" = topic-commit ] || fail "vmssh/guest-topic is not the guest's commit"
+    [ "$(e2e_ct_as alice git -C "$repo" log -1 --format=%s feat)" = host-two ] || fail "the host's feat moved"
+
+    step "readonly: git status and log work in the guest, commit is refused"
+    e2e_config_edit '.vms.vmssh.git = "readonly"'
+    b=$(e2e_boot_count vmssh)
+    e2e_ct systemctl restart microvm@vmssh.service || fail "restart failed"
+    e2e_wait_restarted vmssh "$b"
+    e2e_ssh_wait vmssh >/dev/null || fail "vmssh gave no SSH banner"
+    out=$(e2e_ssh vmssh "cd /mnt/workspace && $status && git log -1 --format=%s && if $guest_git commit -q --allow-empty -m nope 2>/dev/null; then echo committed; else echo refused; fi; find /mnt/workspace -name main-only 2>/dev/null | wc -l" 2>&1) ||
+        fail "git in the guest failed: $out"
+    printf '%s\n' "$out"
+    [ "$(tr '\n' '|' <<<"$out")" = " M MARKER|!! .microvm-git/|host-two|refused|0|" ] || fail "readonly: $out"
+
+    step "shared: the guest commits and switches in the main repo's git dir itself; the host has it at once"
+    e2e_config_edit '.vms.vmssh.git = "shared"'
+    b=$(e2e_boot_count vmssh)
+    e2e_ct systemctl restart microvm@vmssh.service || fail "restart failed"
+    e2e_wait_restarted vmssh "$b"
+    e2e_ssh_wait vmssh >/dev/null || fail "vmssh gave no SSH banner"
+    out=$(e2e_ssh vmssh "cd /mnt/workspace && $status && $guest_git commit -q -am shared-commit && git switch -q -c shared-topic && git log -1 --format=%s && find /mnt/workspace -name main-only 2>/dev/null | wc -l" 2>&1) ||
+        fail "git in the guest failed: $out"
+    printf '%s\n' "$out"
+    [ "$(tr '\n' '|' <<<"$out")" = " M MARKER|!! .microvm-git/|shared-commit|0|" ] || fail "shared: $out"
+    out=$(e2e_ssh_root vmssh 'cd /mnt/workspace && git -c safe.directory="*" clean -fdxq -e "guest-wrote-as-*" 2>&1; ls .microvm-git/.git/c/.git | wc -l' 2>&1)
+    [ "$(tail -n 1 <<<"$out")" -gt 5 ] || fail "the guest root's git clean -fdx emptied the main repo's git dir: $out"
+    e2e_ct_as alice git -C "$repo" fsck --no-progress >/dev/null || fail "git fsck of the main repo failed"
+    [ "$(e2e_ct_as alice git -C "$repo" log -1 --format=%s feat)" = shared-commit ] || fail "the main repo's feat is not the guest's commit"
+    [ "$(e2e_ct_as alice git -C "$wt" branch --show-current)" = shared-topic ] || fail "the worktree's HEAD did not follow the guest's switch"
+    out=$(e2e_ct_as alice git -C "$repo" worktree list --porcelain)
+    grep -qx "worktree $wt" <<<"$out" && ! grep -q prunable <<<"$out" || fail "the worktree metadata: $out"
+    out=$(e2e_alice_in "$wt" microvm-link fetch 2>&1) || fail "fetch failed: $out"
+    [ "$out" = "vmssh: nothing to fetch: git = shared, the guest writes the repo's own .git" ] || fail "fetch said: $out"
+    out=$(e2e_ct findmnt -rn -o TARGET | grep "^/home/alice" || true)
+    [ -z "$out" ] || fail "mounts under /home/alice: $out"
+    e2e_config_restore
+    trap - EXIT
+}

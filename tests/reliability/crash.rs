@@ -52,7 +52,7 @@ struct Scenario {
 }
 
 fn repos_intact(fx: &Fx, ctx: &str) {
-    for r in [A, A_SIDE, B] {
+    for r in [A, A_SIDE, B, W] {
         assert_eq!(
             std::fs::read(fx.p(&format!("{r}/marker"))).ok().as_deref(),
             Some(r.as_bytes()),
@@ -142,6 +142,38 @@ fn scenarios() -> Vec<Scenario> {
             ],
             after_kill: |fx, ctx| repos_intact(fx, ctx),
             after_next: host_made_in_repo,
+            rerun: true,
+        },
+        Scenario {
+            name: "relink A->a worktree",
+            setup: || linked_to(A),
+            cmd: |fx| {
+                Run::link(fx)
+                    .user(ALICE)
+                    .cwd(W)
+                    .args(["vm1", "--no-restart"])
+            },
+            vm: "vm1",
+            entries: &[
+                ("vm1", &[Some(A), Some(W)], Some(W)),
+                ("side", &[Some(A_SIDE), None], None),
+            ],
+            after_kill: |fx, ctx| repos_intact(fx, ctx),
+            after_next: |fx, ctx| {
+                host_made_in_repo(fx, ctx);
+                // The room in the worktree is the owner's and empty; the view's `.git` is
+                // the git file of the scaffold mounted in it.
+                let room = fx.p(&format!("{W}/.microvm-git"));
+                assert_eq!(meta(&room).0, ALICE, "{ctx}");
+                assert_eq!(std::fs::read_dir(&room).unwrap().count(), 0, "{ctx}");
+                let view = fx.p(&format!("{WS}/vm1"));
+                assert_eq!(
+                    std::fs::read_to_string(view.join(".git")).unwrap(),
+                    "gitdir: .microvm-git/.git/c/.git\n",
+                    "{ctx}"
+                );
+                assert_eq!(mount_count(&view.join(".microvm-git")), 1, "{ctx}");
+            },
             rerun: true,
         },
         Scenario {

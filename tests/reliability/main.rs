@@ -76,6 +76,8 @@ fn assert_agree(fx: &Fx, name: &str, ctx: &str) {
 const A: &str = "/home/alice/a/vm1";
 const A_SIDE: &str = "/home/alice/a/side";
 const B: &str = "/home/alice/b/vm1";
+/// A worktree of B's git dir: its `.git` a file (docs/security.md#git-file).
+const W: &str = "/home/alice/w/vm1";
 
 /// vm1 (its entry and a companion `side`, taken from `../side` of its repo) and vm2, whose
 /// source lies inside vm1's entry; two checkouts of vm1, only the first with a `side`.
@@ -110,6 +112,26 @@ fn link_base() -> Rig {
     );
     for f in ["HEAD", "refs/heads/main"] {
         let p = fx.p(&format!("{B}/.git/{f}"));
+        std::os::unix::fs::chown(p, Some(ALICE), Some(ALICE)).unwrap();
+    }
+    // W, a worktree of B's git dir: linking it makes the room in it and a scaffold.
+    fx.repo(W, ALICE);
+    fx.write(&format!("{W}/marker"), W.as_bytes());
+    for d in ["worktrees", "worktrees/w"] {
+        fx.mkdir(&format!("{B}/.git/{d}"), ALICE, 0o755);
+    }
+    for (f, text) in [
+        (
+            format!("{B}/.git/worktrees/w/HEAD"),
+            "ref: refs/heads/main\n",
+        ),
+        (format!("{B}/.git/worktrees/w/commondir"), "../..\n"),
+        (
+            format!("{W}/.git"),
+            "gitdir: ../../b/vm1/.git/worktrees/w\n",
+        ),
+    ] {
+        let p = fx.write(&f, text.as_bytes());
         std::os::unix::fs::chown(p, Some(ALICE), Some(ALICE)).unwrap();
     }
     fx

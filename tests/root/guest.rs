@@ -621,3 +621,6 @@ fn a_repo_on_a_file_system_without_idmapped_mounts_is_refused_naming_it() {
         "{text}"
     );
 }
+
+// Worktrees and submodules (issue 20), in a file of their own.
+mod worktree;

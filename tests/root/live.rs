@@ -201,7 +201,7 @@ fn after_a_reboot_or_a_deleted_repo_current_follows_the_entry() {
 #[test]
 fn bad_live_sources_and_tricks_are_refused_in_one_line() {
     in_mount_ns!(bad_live_sources_and_tricks_are_refused_in_one_line);
-    // `current` in the path, and an entry name that is not one.
+    // `current` or `.microvm-git` in the path, and an entry name that is not one.
     for (source, why) in [
         (
             &b"/var/lib/microvm-workspaces/.live/nixfiles/current"[..],
@@ -210,6 +210,11 @@ fn bad_live_sources_and_tricks_are_refused_in_one_line() {
         (
             b"/var/lib/microvm-workspaces/.live/nixfiles/a/current/b",
             "named current",
+        ),
+        // The room beside a live root's `current` (docs/security.md#git-file).
+        (
+            b"/var/lib/microvm-workspaces/.live/nixfiles/.microvm-git/x",
+            "named .microvm-git",
         ),
         (
             b"/var/lib/microvm-workspaces/.live/bad\x1bname",

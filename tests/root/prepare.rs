@@ -560,6 +560,45 @@ fn a_recorded_link_is_mounted_and_sources_below_it_are_created_as_the_repo_owner
 }
 
 #[test]
+fn a_linked_repo_moved_away_uncovers_the_placeholder_and_sources_below_it_are_made_there() {
+    in_mount_ns!(
+        a_linked_repo_moved_away_uncovers_the_placeholder_and_sources_below_it_are_made_there
+    );
+    let fx = Fx::new();
+    fx.repo("/home/alice/nixfiles", ALICE);
+    link_record(&fx, "nixfiles", "/home/alice/nixfiles", ALICE);
+    fx.runner(
+        "vm1",
+        &[
+            ("nixfiles", b"/var/lib/microvm-workspaces/nixfiles"),
+            (
+                "host",
+                b"/var/lib/microvm-workspaces/nixfiles/hosts/microvms/vm1",
+            ),
+        ],
+    );
+    fx.prepare_ok("vm1");
+    let entry = fx.p("/var/lib/microvm-workspaces/nixfiles");
+    assert!(is_mountpoint(&entry));
+    // Moved away while linked: the mount still shows it, sources below it included.
+    std::fs::rename(fx.p("/home/alice/nixfiles"), fx.p("/home/alice/moved")).unwrap();
+    let moved = fx.snapshot();
+    let out = fx.prepare("vm1");
+    assert_ok(&out);
+    assert!(!is_mountpoint(&entry) && is_marked(&entry));
+    // The source below the entry is there again, made on the placeholder, not found in (or
+    // made in) the moved repo through the mount that went.
+    let host = fx.p("/var/lib/microvm-workspaces/nixfiles/hosts/microvms/vm1");
+    assert!(is_marked(&host), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(fx.record("vm1")["shares"][1]["kind"], "placeholder");
+    let mut now = fx.snapshot();
+    now.retain(|p, _| p.starts_with("home"));
+    let mut was = moved;
+    was.retain(|p, _| p.starts_with("home"));
+    assert_eq!(was, now, "the moved repo was changed");
+}
+
+#[test]
 fn a_record_whose_repo_is_gone_leaves_the_placeholder_serving() {
     in_mount_ns!(a_record_whose_repo_is_gone_leaves_the_placeholder_serving);
     let fx = Fx::new();
