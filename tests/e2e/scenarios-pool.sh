@@ -31,7 +31,7 @@ e2e_pool_repo() {
 e2e_pool_sees() {
     e2e_poll 20 "guest $1 to read '$2' from /mnt/workspace/MARKER" e2e_pool_marker_is "$1" "$2" >/dev/null
 }
-e2e_ssh_marker() { e2e_ssh "$1" cat /mnt/workspace/MARKER 2>/dev/null; }
+e2e_ssh_marker() { e2e_ssh "$1" head -n 1 /mnt/workspace/MARKER 2>/dev/null; }
 e2e_pool_marker_is() { [ "$(e2e_ssh_marker "$1")" = "$2" ]; }
 e2e_pool_no_marker() { ! e2e_ssh "$1" test -e /mnt/workspace/MARKER; }
 
@@ -112,6 +112,25 @@ s_pool_worktrees() {
     e2e_expect_same_vm pool2 "$ids2" "$b2"
     e2e_pool_sees pool1 "worktree wt1" || fail "pool1 lost ~/proj-wt1"
 
+    step "git in each guest: a commit on its worktree's branch; microvm-link fetch brings both into the main repo"
+    for vm in pool1 pool2; do
+        out=$(e2e_ssh "$vm" "cd /mnt/workspace && git branch --show-current && echo $vm >> MARKER && git -c user.name=guest -c user.email=g@vm commit -q -am commit-in-$vm && git log -1 --format=%s" 2>&1) ||
+            fail "git in $vm's guest failed: $out"
+        echo "$vm: $(tr '\n' ' ' <<<"$out")"
+        [ "$(tail -n 1 <<<"$out")" = "commit-in-$vm" ] || fail "git in $vm's guest: $out"
+    done
+    for wt in wt1 wt2; do
+        out=$(e2e_alice_in "/home/alice/proj-$wt" microvm-link fetch 2>&1) || fail "microvm-link fetch in ~/proj-$wt failed: $out"
+        echo "fetch in ~/proj-$wt: $out"
+    done
+    [ "$(e2e_ct_as alice git -C /home/alice/proj log -1 --format=%s pool1/wt1)" = commit-in-pool1 ] ||
+        fail "pool1/wt1 in ~/proj is not the guest's commit: $(e2e_ct_as alice git -C /home/alice/proj branch -a 2>&1 | tr '\n' ' ')"
+    [ "$(e2e_ct_as alice git -C /home/alice/proj log -1 --format=%s pool2/wt2)" = commit-in-pool2 ] ||
+        fail "pool2/wt2 in ~/proj is not the guest's commit"
+    [ "$(e2e_ct_as alice git -C /home/alice/proj log -1 --format=%s wt1)" = main ] || fail "the host's wt1 moved"
+    out=$(e2e_ct_as alice git -C /home/alice/proj worktree list --porcelain) || fail "git worktree list failed"
+    if grep -q prunable <<<"$out"; then fail "a worktree is prunable on the host: $out"; fi
+
     step "~/proj-wt1 again: its own lease, nothing new"
     e2e_mvl_alice /home/alice/proj-wt1 --pool agents || fail "the second --pool in ~/proj-wt1 exited $?"
     e2e_pool_first_line | grep -q '^pool1 is leased for /home/alice/proj-wt1 already (pool agents, since ' ||
@@ -136,7 +155,7 @@ s_pool_worktrees() {
     grep -q '^agents  pool1  alice for /home/alice/proj-wt1 since ' <<<"$out" || fail "the status table has no row for pool1's lease"
 
     step "shell --pool in ~/proj-wt2: into pool2, in the worktree's live view"
-    e2e_mvl_alice /home/alice/proj-wt2 shell --pool agents -- sh -c 'pwd; cat MARKER' || fail "shell --pool exited $?: $(e2e_mvl_all | tr '\n' '|')"
+    e2e_mvl_alice /home/alice/proj-wt2 shell --pool agents -- sh -c 'pwd; head -n 1 MARKER' || fail "shell --pool exited $?: $(e2e_mvl_all | tr '\n' '|')"
     [ "$(tr '\n' '|' < "$E2E_RUN/mvl.out")" = "/run/microvm-workspaces/workspace/current|worktree wt2|" ] ||
         fail "shell --pool printed '$(tr '\n' '|' < "$E2E_RUN/mvl.out")'"
 
@@ -148,6 +167,19 @@ s_pool_worktrees() {
     e2e_poll 20 "pool1's guest to see its placeholder" e2e_pool_no_marker pool1 >/dev/null ||
         fail "pool1's guest still sees a MARKER after the release"
     e2e_expect_placeholder "$E2E_WS/.live/pool1/current"
+    step "a worktree of alice's whose main repo is root's: refused as any foreign repo is, with pool1 free"
+    e2e_ct sh -c 'set -e; rm -rf /srv/e2e/rproj /home/alice/foreign-wt; mkdir -p /srv/e2e; cd /srv/e2e && git init -q -b main rproj && cd rproj && echo root > MARKER && git add MARKER && git -c user.name=root -c user.email=r@h commit -q -m root && git worktree add -q /home/alice/foreign-wt -b foreign && chown -R alice:alice /home/alice/foreign-wt' ||
+        fail "could not make root's repo and alice's worktree of it"
+    snap=$(e2e_ws_snapshot)
+    e2e_mvl_alice /home/alice/foreign-wt pool1 --no-restart; rc=$?
+    [ $rc = 1 ] || fail "a plain link of the foreign worktree exited $rc"
+    out=$(cat "$E2E_RUN/mvl.err")
+    e2e_mvl_alice /home/alice/foreign-wt --pool agents; rc=$?
+    [ $rc = 1 ] || fail "--pool in the foreign worktree exited $rc"
+    [ "$(grep -c . "$E2E_RUN/mvl.err")" = 1 ] || fail "--pool in the foreign worktree: not one line: $(tr '\n' '|' < "$E2E_RUN/mvl.err")"
+    [ "$(cat "$E2E_RUN/mvl.err")" = "$out" ] || fail "--pool's refusal '$(cat "$E2E_RUN/mvl.err")' is not link's '$out'"
+    [ "$(e2e_ws_snapshot)" = "$snap" ] || fail "the refused lease changed something"
+    e2e_ct rm -rf /home/alice/foreign-wt /srv/e2e/rproj
     e2e_mvl_alice /home/alice/proj-wt3 --pool agents || fail "--pool in ~/proj-wt3 after the release exited $?"
     [ "$(e2e_pool_first_line)" = "leased pool1 from pool agents for /home/alice/proj-wt3" ] ||
         fail "the re-lease said '$(e2e_pool_first_line)'"
