@@ -14,6 +14,7 @@ use crate::engine::entry::{Change, Relinked, Workspace};
 use crate::fs::chase::{Node, Tree, Trust, Walk};
 use crate::fs::paths::{self, show, Root};
 use crate::host::caller::{self, Caller};
+use crate::model::action::Action;
 use crate::model::config::Config;
 use crate::model::names::{EntryName, SshDest, VmName};
 use crate::model::workspace::{self, entry_name_of, live_of};
@@ -635,11 +636,18 @@ fn run(
     let t0 = Instant::now();
     let (shares, affected, mut skipped) = affected(env, &changes);
     // Everything that can be checked is checked before anything changes.
-    check_affected(env, &affected, &changes)?;
+    let planned = check_affected(env, &affected, &changes)?;
     let caller = env.caller;
     let relinked =
         crate::engine::link::relink(&env.tree, &env.cfg, &changes, caller, opts.dry_run)?;
-    let ensured = ensure_affected(env, &affected, opts.dry_run, &mut skipped);
+    // A dry run says what the check planned as if the change were made: what the act ensures.
+    let ensured = match opts.dry_run {
+        true => planned
+            .iter()
+            .flat_map(|(vm, steps)| steps.iter().map(move |a| format!("would, for {vm}: {a}")))
+            .collect(),
+        false => ensure_affected(env, &affected, &mut skipped),
+    };
     let link_ms = t0.elapsed().as_secs_f64() * 1000.0;
     // systemd is asked once, about every VM this link looks at (issue 19).
     let running = ask_running(env, vm, &affected);
@@ -863,35 +871,34 @@ fn affected(env: &Env, changed: &[Change]) -> (AllShares, Vec<Affected>, Vec<Ski
 /// Before relinking: every source [`ensure_affected`] will have to make afterwards, planned
 /// as if `changed` were done, so that one that cannot be made fails the link before it
 /// changes anything.
-fn check_affected(env: &Env, affected: &[Affected], changed: &[Change]) -> Result<()> {
+/// Returns each VM's planned steps: a dry run prints them as what the link would ensure.
+fn check_affected(
+    env: &Env,
+    affected: &[Affected],
+    changed: &[Change],
+) -> Result<Vec<(String, Vec<Action>)>> {
     let assume: Vec<(String, Option<PathBuf>)> = changed
         .iter()
         .map(|c| (c.name.to_string(), c.target.clone()))
         .collect();
+    let mut planned = Vec::new();
+    let mut carry = prepare::Carry::default();
     for (vm, shares) in affected {
-        prepare::plan_assuming(&env.tree, &env.cfg, vm, shares, &assume)?;
+        let steps = prepare::plan_assuming(&env.tree, &env.cfg, vm, shares, &assume, &mut carry)?;
+        planned.push((vm.clone(), steps));
     }
-    Ok(())
+    Ok(planned)
 }
 
 /// After relinking: the sources of every known VM that pass through a changed entry are
 /// ensured at once (so `nixfiles/hosts/microvms/<host>` appears in the real repo). Other
 /// VMs' runtime records are left alone, or their staleness would be hidden. A VM that cannot
 /// be ensured is skipped with a warning: one bad VM does not stop the link of another.
-fn ensure_affected(
-    env: &Env,
-    affected: &[Affected],
-    dry_run: bool,
-    skipped: &mut Vec<Skipped>,
-) -> Vec<String> {
+fn ensure_affected(env: &Env, affected: &[Affected], skipped: &mut Vec<Skipped>) -> Vec<String> {
     let mut steps = Vec::new();
     for (vm, shares) in affected {
-        match prepare::prepare_shares(&env.tree, &env.cfg, vm, shares, dry_run) {
-            Ok(out) => steps.extend(
-                out.actions
-                    .iter()
-                    .map(|a| format!("{}{vm}: {a}", if dry_run { "would, for " } else { "for " })),
-            ),
+        match prepare::prepare_shares(&env.tree, &env.cfg, vm, shares, false) {
+            Ok(out) => steps.extend(out.actions.iter().map(|a| format!("for {vm}: {a}"))),
             Err(e) => {
                 let why = logging::one_line(&e);
                 tracing::warn!(vm, "skipping VM {vm}: {why}");

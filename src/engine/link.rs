@@ -12,9 +12,10 @@ use crate::engine::gitdir;
 use crate::engine::guests::Guests;
 use crate::engine::observe::{self, Held, WantOf};
 use crate::engine::plan::{self, Intent, Op};
-use crate::engine::policy::{self, Caller};
+use crate::engine::policy;
 use crate::fs::chase::{Node, Tree, Trust, Walk};
 use crate::fs::paths::show;
+use crate::host::caller::Caller;
 use crate::model::config::Config;
 use crate::model::workspace::inside_workspace;
 
@@ -68,7 +69,18 @@ pub fn relink(
             Some(ws) => ws.observe_entry(name, want, &mut held)?,
             None => observe::absent_entry(tree, cfg, &guests, name, want)?,
         };
-        plans.push((c, plan::entry(&facts, &intent)?));
+        let mut p = plan::entry(&facts, &intent)?;
+        // `.links` is made once, by the first change that needs it.
+        p.ops.retain(|o| match o {
+            Op::RootDir { path, .. } => !plans.iter().any(|(_, q): &(&Change, plan::EntryPlan)| {
+                q.ops.contains(&Op::RootDir {
+                    path: path.clone(),
+                    what: "",
+                })
+            }),
+            _ => true,
+        });
+        plans.push((c, p));
     }
     let mut applied = Applied::default();
     for (c, p) in &plans {
@@ -79,10 +91,16 @@ pub fn relink(
                     tracing::warn!("{w}");
                 }
                 apply(ws, &mut held, &p.ops, &Log::default(), &mut applied)?;
+                // A live root that cannot follow is left as it is: the link stands.
+                for l in &p.live {
+                    if let Err(e) = apply(ws, &mut held, &l.ops, &Log::default(), &mut applied) {
+                        tracing::warn!(path = %show(&l.root), "live root {} left as it is: {}", show(&l.root), crate::host::logging::one_line(&e));
+                    }
+                }
             }
             _ => {
-                out.steps.extend(p.ops.iter().map(|o| format!("would {o}")));
-                out.ops.extend(p.ops.iter().cloned());
+                out.steps.extend(p.all_ops().map(|o| format!("would {o}")));
+                out.ops.extend(p.all_ops().cloned());
             }
         }
         if p.changed {
