@@ -17,6 +17,7 @@ use crate::engine::pool::{Choice, Released};
 use crate::fs::chase::{Node, Tree, Trust, Walk};
 use crate::fs::paths::{self, show, Root};
 use crate::host::caller::{self, Caller};
+use crate::model::action::Action;
 use crate::model::config::Config;
 use crate::model::names::{EntryName, PoolName, SshDest, VmName};
 use crate::model::workspace::{self, entry_name_of, live_of};
@@ -665,6 +666,7 @@ pub fn lease(env: &Env, pool: &PoolName, repo: Option<&Path>, opts: Options) -> 
         vms,
         worktree: &repo,
     };
+    let mut planned = Vec::new();
     let mut changes_for = |choice: &Choice, released: &[Released]| -> Result<Vec<Change>> {
         let vm = choice.vm();
         let mut changes = match linked_to(env, vm, &repo)? {
@@ -675,7 +677,7 @@ pub fn lease(env: &Env, pool: &PoolName, repo: Option<&Path>, opts: Options) -> 
             changes.extend(unlink_changes(env, &r.vm));
         }
         // Checked under the lock, before anything changes.
-        check_affected(env, &affected(env, &changes).1, &changes)?;
+        planned = check_affected(env, &affected(env, &changes).1, &changes)?;
         Ok(changes)
     };
     let leased = crate::engine::link::lease(
@@ -720,6 +722,7 @@ pub fn lease(env: &Env, pool: &PoolName, repo: Option<&Path>, opts: Options) -> 
         repo: Some(show(&repo.path)),
         changes: leased.changes,
         relinked: leased.relinked,
+        planned,
         fresh,
     };
     let mut out = finish(env, done, opts, t0);
@@ -760,7 +763,7 @@ pub fn release(env: &Env, vm: Option<VmName>, opts: Options) -> Result<Outcome> 
         }
     };
     let changes = unlink_changes(env, &vm);
-    check_affected(env, &affected(env, &changes).1, &changes)?;
+    let planned = check_affected(env, &affected(env, &changes).1, &changes)?;
     let done = crate::engine::link::release(
         &env.tree,
         &env.cfg,
@@ -771,7 +774,7 @@ pub fn release(env: &Env, vm: Option<VmName>, opts: Options) -> Result<Outcome> 
         opts.dry_run,
     )?;
     let Some((facts, relinked)) = done else {
-        let done = Done::of(&vm, None, Vec::new(), Relinked::default());
+        let done = Done::of(&vm, None, Vec::new(), Relinked::default(), Vec::new());
         let mut out = finish(env, done, opts, t0);
         out.restart = Restart::NotAsked;
         out.relinked
@@ -780,7 +783,12 @@ pub fn release(env: &Env, vm: Option<VmName>, opts: Options) -> Result<Outcome> 
         return Ok(out);
     };
     let lease = LeaseView::of(&env.cfg, &vm, &facts);
-    let mut out = finish(env, Done::of(&vm, None, changes, relinked), opts, t0);
+    let mut out = finish(
+        env,
+        Done::of(&vm, None, changes, relinked, planned),
+        opts,
+        t0,
+    );
     out.released.push(ReleasedLease {
         lease,
         why: facts.gone.then(|| "its worktree is gone".into()),
@@ -798,30 +806,43 @@ fn run(
     let t0 = Instant::now();
     let (_, affected, _) = affected(env, &changes);
     // Everything that can be checked is checked before anything changes.
-    check_affected(env, &affected, &changes)?;
+    let planned = check_affected(env, &affected, &changes)?;
     let caller = env.caller;
     let relinked =
         crate::engine::link::relink(&env.tree, &env.cfg, &changes, caller, opts.dry_run)?;
-    Ok(finish(env, Done::of(vm, repo, changes, relinked), opts, t0))
+    Ok(finish(
+        env,
+        Done::of(vm, repo, changes, relinked, planned),
+        opts,
+        t0,
+    ))
 }
 
-/// What a relink did, for [`finish`]: the VM, its repo, the changes and their outcome, and
-/// whether the VM needs a fresh guest.
+/// What a relink did, for [`finish`]: the VM, its repo, the changes and their outcome, what
+/// [`check_affected`] planned for the VMs they affect, and whether the VM needs a fresh guest.
 struct Done<'a> {
     vm: &'a VmName,
     repo: Option<String>,
     changes: Vec<Change>,
     relinked: Relinked,
+    planned: Planned,
     fresh: Option<FreshGuest>,
 }
 
 impl<'a> Done<'a> {
-    fn of(vm: &'a VmName, repo: Option<String>, changes: Vec<Change>, relinked: Relinked) -> Self {
+    fn of(
+        vm: &'a VmName,
+        repo: Option<String>,
+        changes: Vec<Change>,
+        relinked: Relinked,
+        planned: Planned,
+    ) -> Self {
         Done {
             vm,
             repo,
             changes,
             relinked,
+            planned,
             fresh: None,
         }
     }
@@ -834,10 +855,18 @@ fn finish(env: &Env, done: Done, opts: Options, t0: Instant) -> Outcome {
         repo,
         changes,
         relinked,
+        planned,
         fresh,
     } = done;
     let (shares, affected, mut skipped) = affected(env, &changes);
-    let ensured = ensure_affected(env, &affected, opts.dry_run, &mut skipped);
+    // A dry run says what the check planned as if the change were made: what the act ensures.
+    let ensured = match opts.dry_run {
+        true => planned
+            .iter()
+            .flat_map(|(vm, steps)| steps.iter().map(move |a| format!("would, for {vm}: {a}")))
+            .collect(),
+        false => ensure_affected(env, &affected, &mut skipped),
+    };
     let link_ms = t0.elapsed().as_secs_f64() * 1000.0;
     // systemd is asked once, about every VM this link looks at (issue 19).
     let running = ask_running(env, vm, &affected);
@@ -1093,38 +1122,36 @@ fn affected(env: &Env, changed: &[Change]) -> (AllShares, Vec<Affected>, Vec<Ski
     (all, vms, skipped)
 }
 
+/// Each affected VM's planned steps, as [`check_affected`] planned them.
+type Planned = Vec<(String, Vec<Action>)>;
+
 /// Before relinking: every source [`ensure_affected`] will have to make afterwards, planned
 /// as if `changed` were done, so that one that cannot be made fails the link before it
 /// changes anything.
-fn check_affected(env: &Env, affected: &[Affected], changed: &[Change]) -> Result<()> {
+/// Returns each VM's planned steps: a dry run prints them as what the link would ensure.
+fn check_affected(env: &Env, affected: &[Affected], changed: &[Change]) -> Result<Planned> {
     let assume: Vec<(String, Option<PathBuf>)> = changed
         .iter()
         .map(|c| (c.name.to_string(), c.target.clone()))
         .collect();
+    let mut planned = Vec::new();
+    let mut carry = prepare::Carry::default();
     for (vm, shares) in affected {
-        prepare::plan_assuming(&env.tree, &env.cfg, vm, shares, &assume)?;
+        let steps = prepare::plan_assuming(&env.tree, &env.cfg, vm, shares, &assume, &mut carry)?;
+        planned.push((vm.clone(), steps));
     }
-    Ok(())
+    Ok(planned)
 }
 
 /// After relinking: the sources of every known VM that pass through a changed entry are
 /// ensured at once (so `nixfiles/hosts/microvms/<host>` appears in the real repo). Other
 /// VMs' runtime records are left alone, or their staleness would be hidden. A VM that cannot
 /// be ensured is skipped with a warning: one bad VM does not stop the link of another.
-fn ensure_affected(
-    env: &Env,
-    affected: &[Affected],
-    dry_run: bool,
-    skipped: &mut Vec<Skipped>,
-) -> Vec<String> {
+fn ensure_affected(env: &Env, affected: &[Affected], skipped: &mut Vec<Skipped>) -> Vec<String> {
     let mut steps = Vec::new();
     for (vm, shares) in affected {
-        match prepare::prepare_shares(&env.tree, &env.cfg, vm, shares, dry_run) {
-            Ok(out) => steps.extend(
-                out.actions
-                    .iter()
-                    .map(|a| format!("{}{vm}: {a}", if dry_run { "would, for " } else { "for " })),
-            ),
+        match prepare::prepare_shares(&env.tree, &env.cfg, vm, shares, false) {
+            Ok(out) => steps.extend(out.actions.iter().map(|a| format!("for {vm}: {a}"))),
             Err(e) => {
                 let why = logging::one_line(&e);
                 tracing::warn!(vm, "skipping VM {vm}: {why}");

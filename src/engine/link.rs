@@ -17,10 +17,11 @@ use crate::engine::guests::Guests;
 use crate::engine::leases::{read_lease, remove_lease};
 use crate::engine::observe::{self, Held, WantOf};
 use crate::engine::plan::{self, EntryPlan, Intent, Op};
-use crate::engine::policy::{self, Caller};
+use crate::engine::policy;
 use crate::engine::pool::{self, Choice, Released};
 use crate::fs::chase::{Node, Tree, Trust, Walk};
 use crate::fs::paths::{self, show};
+use crate::host::caller::Caller;
 use crate::model::config::Config;
 use crate::model::names::{PoolName, VmName};
 use crate::model::workspace::inside_workspace;
@@ -294,7 +295,18 @@ impl<'t> Session<'t> {
                 Some(ws) => ws.observe_entry(name, want, &mut self.held)?,
                 None => observe::absent_entry(self.tree, self.cfg, &self.guests, name, want)?,
             };
-            plans.push(plan::entry(&facts, &intent)?);
+            let mut p = plan::entry(&facts, &intent)?;
+            // `.links` is made once, by the first change that needs it.
+            p.ops.retain(|o| match o {
+                Op::RootDir { path, .. } => !plans.iter().any(|q: &EntryPlan| {
+                    q.ops.contains(&Op::RootDir {
+                        path: path.clone(),
+                        what: "",
+                    })
+                }),
+                _ => true,
+            });
+            plans.push(p);
         }
         Ok(plans)
     }
@@ -322,6 +334,13 @@ impl<'t> Session<'t> {
                     }
                 }
                 self.ops(&p.ops, &mut applied)?;
+                // A live root that cannot follow is left as it is: the link stands.
+                for l in &p.live {
+                    if let Err(e) = self.ops(&l.ops, &mut applied) {
+                        let why = crate::host::logging::one_line(&e);
+                        tracing::warn!(path = %show(&l.root), "live root {} left as it is: {why}", show(&l.root));
+                    }
+                }
                 if p.changed {
                     self.out.changed += 1;
                     self.out.changed_names.push(c.name.to_string());

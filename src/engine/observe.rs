@@ -38,10 +38,6 @@ impl Held {
     pub fn keep(&mut self, node: Node) {
         self.0.insert(node.path.clone(), node);
     }
-
-    pub fn forget(&mut self, path: &Path) {
-        self.0.remove(path);
-    }
 }
 
 /// What an entry is wanted to show, as the caller knows it.

@@ -15,10 +15,11 @@ use anyhow::{bail, Result};
 use crate::engine::facts::{
     Current, Entry, EntryFacts, Id, LiveFacts, Missing, RepoFacts, Room, Shows, Target, Want,
 };
-use crate::engine::policy::{self, Caller};
+use crate::engine::policy;
 use crate::fs::idmap::Ids;
 use crate::fs::paths::show;
 use crate::fs::placeholder::PlaceholderSpec;
+use crate::host::caller::Caller;
 use crate::model::action::{Act, Action};
 use crate::model::config::GitMode;
 use crate::model::names::PoolName;
@@ -236,6 +237,10 @@ pub enum Intent {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EntryPlan {
     pub ops: Vec<Op>,
+    /// Each live root's operations, after `ops`: one that fails is left as it is with a
+    /// warning (a guest can make its path unusable), never failing the entry's link or a
+    /// start; only prepare's own live root is applied strictly (see `engine::prepare`).
+    pub live: Vec<LivePlan>,
     /// What the entry shows once the plan is done (`None`: not a repo of ours).
     pub shows: Option<PathBuf>,
     /// For people: what the change amounts to, in order.
@@ -244,6 +249,13 @@ pub struct EntryPlan {
     pub warnings: Vec<String>,
     /// Whether this is a change (a link, an unlink) rather than a no-op.
     pub changed: bool,
+}
+
+/// The operations that put one live root in step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LivePlan {
+    pub root: PathBuf,
+    pub ops: Vec<Op>,
 }
 
 /// What a link or an unlink amounts to, for people.
@@ -388,7 +400,7 @@ fn reconcile(f: &EntryFacts) -> EntryPlan {
         _ => {}
     }
     let want = p.shows.is_some().then_some(&f.want);
-    live(&mut p, f, want, false);
+    live(&mut p, f, want);
     p
 }
 
@@ -457,7 +469,7 @@ fn link(f: &EntryFacts, caller: Caller) -> Result<EntryPlan> {
         at: f.at.clone(),
         repo: r.path.clone(),
     });
-    live(&mut p, f, Some(&f.want), false);
+    live(&mut p, f, Some(&f.want));
     Ok(p)
 }
 
@@ -482,7 +494,7 @@ fn unlink(f: &EntryFacts, caller: Caller) -> Result<EntryPlan> {
     p.ops.push(Op::RemoveRecord { at: f.at.clone() });
     p.changed = true;
     p.summary.push(Summary::Unlinked { at: f.at.clone() });
-    live(&mut p, f, None, false);
+    live(&mut p, f, None);
     Ok(p)
 }
 
@@ -523,17 +535,27 @@ fn mount(f: &EntryFacts, r: &RepoFacts, ids: Ids) -> Vec<Op> {
 
 /// Every live root of the entry put in step with what it shows: `want` (a repo) or nothing.
 /// A live root that cannot be put in step (a guest wrote something odd into a writable
-/// share, a path in the repo is not a directory) is left as it is with a warning, unless
-/// `strict` (prepare's own live root, checked for its share).
-fn live(p: &mut EntryPlan, f: &EntryFacts, want: Option<&Want>, strict: bool) {
+/// share, a path in the repo is not a directory) is left as it is with a warning; prepare
+/// checks its own live root strictly (`plan::live_root`).
+fn live(p: &mut EntryPlan, f: &EntryFacts, want: Option<&Want>) {
     for l in &f.live {
         match live_root(f, l, want) {
-            Ok(ops) => p.ops.extend(ops),
-            Err(e) if strict => p.warnings.push(e.to_string()),
+            Ok(ops) if ops.is_empty() => {}
+            Ok(ops) => p.live.push(LivePlan {
+                root: l.root.clone(),
+                ops,
+            }),
             Err(e) => p
                 .warnings
                 .push(format!("live root {} left as it is: {e}", show(&l.root))),
         }
+    }
+}
+
+impl EntryPlan {
+    /// Every operation, in the order they are applied: the entry's, then each live root's.
+    pub fn all_ops(&self) -> impl Iterator<Item = &Op> {
+        self.ops.iter().chain(self.live.iter().flat_map(|l| &l.ops))
     }
 }
 
@@ -698,6 +720,17 @@ impl<'w> Creation<'w> {
             planned: BTreeMap::new(),
             ops: Vec::new(),
         }
+    }
+
+    /// Takes what an earlier plan of the same run creates as planned.
+    pub fn seed(&mut self, planned: &BTreeMap<PathBuf, Creator>) {
+        self.planned
+            .extend(planned.iter().map(|(p, c)| (p.clone(), *c)));
+    }
+
+    /// Every path planned so far, with the rule for its children.
+    pub fn planned_paths(&self) -> &BTreeMap<PathBuf, Creator> {
+        &self.planned
     }
 
     /// Notes that `path` is made by an earlier operation (an entry's placeholder), so that
@@ -1033,11 +1066,14 @@ mod tests {
             })),
         }];
         let p = entry(&f, &Intent::Reconcile).unwrap();
+        assert_eq!(kinds(&p.ops), [Act::Mount]);
+        // The live root's own list, after the entry's: one that fails only warns.
+        assert_eq!(p.live.len(), 1);
         assert_eq!(
-            kinds(&p.ops),
+            kinds(&p.all_ops().cloned().collect::<Vec<_>>()),
             [Act::Mount, Act::MkdirAsOwner, Act::Unmount, Act::Mount]
         );
-        let Op::Mount { git, live, .. } = &p.ops[3] else {
+        let Op::Mount { git, live, .. } = &p.live[0].ops[2] else {
             panic!()
         };
         assert_eq!((*git, *live), (GitMode::Readonly, true));

@@ -13,7 +13,7 @@ use anyhow::{bail, Result};
 
 use crate::engine::facts::{Entry, EntryFacts, LeaseFacts};
 use crate::fs::paths::show;
-pub use crate::host::caller::Caller;
+use crate::host::caller::Caller;
 use crate::model::config::user_label;
 
 /// "<at> is <what> of <owner><detail>; only they or root may change it".

@@ -16,7 +16,7 @@ use crate::engine::apply::{apply, Applied, Log};
 use crate::engine::entry::Workspace;
 use crate::engine::facts::EntryFacts;
 use crate::engine::observe::{self, Held, WantOf};
-use crate::engine::plan::{self, Creation, Creator, Intent, Made, Op};
+use crate::engine::plan::{self, Creation, Creator, Intent, LivePlan, Made, Op};
 use crate::fs::chase::{Node, Tree, Trust, Walk};
 use crate::fs::dirs;
 use crate::fs::paths::{self, show, LIVE_CURRENT};
@@ -55,6 +55,9 @@ enum Source {
 /// and the directories held for the applier.
 struct VmPlan {
     steps: Vec<(String, Vec<Op>)>,
+    /// Live roots of the entries (other VMs' shares) put in step after every step: one that
+    /// fails is left as it is with a warning, and fails no start.
+    lenient: Vec<LivePlan>,
     warnings: Vec<String>,
     /// Sources whose last component is a symlink (tag, path): warned about once, by the
     /// pass that is the last.
@@ -66,8 +69,12 @@ struct VmPlan {
 }
 
 impl VmPlan {
+    /// Every operation, in the order they are applied.
     fn ops(&self) -> impl Iterator<Item = &Op> {
-        self.steps.iter().flat_map(|(_, ops)| ops)
+        self.steps
+            .iter()
+            .flat_map(|(_, ops)| ops)
+            .chain(self.lenient.iter().flat_map(|l| &l.ops))
     }
 }
 
@@ -80,14 +87,21 @@ struct Linked {
 
 /// What an entry a share passes through is planned to show.
 struct Planned {
-    /// The repo it shows once the plan is done, and whether the plan mounts it (paths below
-    /// the entry are then looked at in the repo).
+    /// The repo it shows once the plan is done (paths below the entry are looked at, and
+    /// made, in the repo).
     shows: Option<PathBuf>,
     /// Then: the link it shows.
     linked: Option<Linked>,
-    mounts: bool,
+    /// Taken as linked as microvm-link is about to (see [`Assume`]), not planned.
+    assumed: bool,
     facts: Option<EntryFacts>,
 }
+
+/// What earlier VMs' plans of one microvm-link run create, so that a later VM's plan does
+/// not plan it again: the act ensures the VMs one after another, and the second finds what
+/// the first made.
+#[derive(Debug, Default)]
+pub struct Carry(std::collections::BTreeMap<PathBuf, Creator>);
 
 /// An entry taken as linked to a repo (`None`: unlinked) whatever its record says:
 /// microvm-link's check, before it relinks, that every source it will then ensure can be made.
@@ -101,12 +115,15 @@ fn plan_vm(
     shares: &[Share],
     fall_back: bool,
     assume: &[Assume],
+    carry: &mut Carry,
 ) -> Result<VmPlan> {
     let ws = Workspace::find(tree, cfg)?;
     let spec = cfg.placeholder_spec()?;
     let mut creation = Creation::new(&cfg.workspace_dir, spec);
+    creation.seed(&carry.0);
     let mut plan = VmPlan {
         steps: Vec::new(),
+        lenient: Vec::new(),
         warnings: Vec::new(),
         symlinked: Vec::new(),
         sources: Vec::new(),
@@ -160,8 +177,15 @@ fn plan_vm(
                     .observe_live_root(name, rel, facts, &mut plan.held)
                     .with_context(label)?;
                 let want = e.shows.is_some().then_some(&facts.want);
+                // This VM's own live root is strict: its start fails if it cannot be made.
                 let root_ops = plan::live_root(facts, &l, want).with_context(label)?;
-                if !known && !root_ops.is_empty() {
+                if known {
+                    plan.lenient.retain(|lp| lp.root != l.root);
+                }
+                // Taken as linked (microvm-link's check and dry run): its relink puts an
+                // existing live root in step, not this plan.
+                let puts_in_step = !(known && e.assumed);
+                if puts_in_step && !root_ops.is_empty() {
                     ops.extend(root_ops);
                     Source::Planned {
                         made: None,
@@ -206,10 +230,10 @@ fn plan_vm(
             (None, _) => {
                 let e = name.as_ref().and_then(|n| entries.get(n));
                 let path = match e {
+                    // Below an entry that shows (or is planned to show) a repo: looked at, and
+                    // made, in the repo itself, not through the entry's idmapped mount.
                     Some(Planned {
-                        shows: Some(repo),
-                        mounts: true,
-                        ..
+                        shows: Some(repo), ..
                     }) => {
                         let entry = cfg.workspace_dir.join(name.as_ref().context("an entry")?);
                         repo.join(share.path.strip_prefix(&entry).unwrap_or(Path::new("")))
@@ -244,6 +268,20 @@ fn plan_vm(
         plan.steps.push((share.tag.clone(), ops));
         plan.sources.push((share.clone(), source, linked));
     }
+    // The lock lives in the workspace dir: a run that changes anything makes it first.
+    if ws_dir_needed && plan.ops().next().is_some() {
+        plan.steps.insert(
+            0,
+            (
+                String::new(),
+                vec![Op::RootDir {
+                    path: cfg.workspace_dir.clone(),
+                    what: "",
+                }],
+            ),
+        );
+    }
+    carry.0 = creation.planned_paths().clone();
     Ok(plan)
 }
 
@@ -266,7 +304,7 @@ fn plan_entry(
             return Ok(Planned {
                 shows: target.clone(),
                 linked: None,
-                mounts: true,
+                assumed: true,
                 facts: None,
             });
         };
@@ -288,7 +326,7 @@ fn plan_entry(
         return Ok(Planned {
             shows: target.clone(),
             linked: None,
-            mounts: true,
+            assumed: true,
             facts: Some(facts),
         });
     }
@@ -296,7 +334,7 @@ fn plan_entry(
         return Ok(Planned {
             shows: None,
             linked: None,
-            mounts: false,
+            assumed: false,
             facts: None,
         });
     };
@@ -318,6 +356,7 @@ fn plan_entry(
         creation.planned(&at, Creator::Placeholders);
     }
     ops.extend(p.ops);
+    plan.lenient.extend(p.live);
     plan.warnings.extend(p.warnings);
     let linked = match (&p.shows, &facts.record) {
         (Some(_), Some(r)) => Some(Linked {
@@ -329,7 +368,7 @@ fn plan_entry(
     Ok(Planned {
         shows: p.shows,
         linked,
-        mounts,
+        assumed: false,
         facts: Some(facts),
     })
 }
@@ -529,8 +568,9 @@ pub fn plan_assuming(
     vm: &str,
     shares: &[Share],
     assume: &[Assume],
+    carry: &mut Carry,
 ) -> Result<Vec<Action>> {
-    let plan = plan_vm(tree, cfg, vm, shares, false, assume)?;
+    let plan = plan_vm(tree, cfg, vm, shares, false, assume, carry)?;
     Ok(plan.ops().map(Op::action).collect())
 }
 
@@ -553,7 +593,7 @@ fn prepare(
     dry_run: bool,
     fall_back: bool,
 ) -> Result<Outcome> {
-    let look = plan_vm(tree, cfg, vm, shares, fall_back, &[])?;
+    let look = plan_vm(tree, cfg, vm, shares, fall_back, &[], &mut Carry::default())?;
     if dry_run || look.ops().next().is_none() {
         if !dry_run {
             warn(vm, &look);
@@ -586,7 +626,7 @@ fn prepare(
     };
     let _lock = ws.lock()?;
     // Again, under the lock: what is there now is what gets acted on.
-    let mut plan = plan_vm(tree, cfg, vm, shares, fall_back, &[])?;
+    let mut plan = plan_vm(tree, cfg, vm, shares, fall_back, &[], &mut Carry::default())?;
     warn(vm, &plan);
     let steps = std::mem::take(&mut plan.steps);
     for (tag, ops) in &steps {
@@ -596,6 +636,15 @@ fn prepare(
         };
         apply(&ws, &mut plan.held, ops, &log, &mut applied)
             .with_context(|| format!("VM {vm}, share {tag:?}"))?;
+    }
+    let log = Log {
+        vm: vm.to_string(),
+        tag: String::new(),
+    };
+    for l in std::mem::take(&mut plan.lenient) {
+        if let Err(e) = apply(&ws, &mut plan.held, &l.ops, &log, &mut applied) {
+            tracing::warn!(vm, path = %show(&l.root), "live root {} left as it is: {}", show(&l.root), crate::host::logging::one_line(&e));
+        }
     }
     let mut out = Vec::new();
     for (share, source, linked) in plan.sources {

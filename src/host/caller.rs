@@ -5,7 +5,7 @@
 //! home) come from the user database here and nowhere else ([`Ids`]).
 //!
 //! What root then lets a caller do to workspace entries (owners decide) is the engine's:
-//! `engine::entry::Workspace::authorize`.
+//! `engine::policy` (`policy::may_change`, `policy::may_link`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};

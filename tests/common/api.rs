@@ -7,13 +7,13 @@ pub use microvm_workspaces::cmd::flow::{lease as flow_lease, release as flow_rel
 pub use microvm_workspaces::engine::entry::{Change, Workspace};
 pub use microvm_workspaces::engine::link::relink;
 pub use microvm_workspaces::engine::plan::Op;
-pub use microvm_workspaces::engine::policy::Caller;
 pub use microvm_workspaces::engine::prepare::prepare_shares;
 pub use microvm_workspaces::engine::prepare::prepare_vm;
 pub use microvm_workspaces::fs::chase::{Tree, Trust, Walk};
 pub use microvm_workspaces::fs::failpoint::FAILPOINT_ENV;
 pub use microvm_workspaces::fs::idmap::unmount;
 pub use microvm_workspaces::fs::paths::{normalize, Root};
+pub use microvm_workspaces::host::caller::Caller;
 pub use microvm_workspaces::host::logging::one_line;
 pub use microvm_workspaces::host::units::{generate, mangle, unmangle, GenEnv, Generated};
 pub use microvm_workspaces::model::config::Config;

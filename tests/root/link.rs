@@ -297,11 +297,26 @@ fn nested_sources_of_every_vm_appear_in_the_real_repo_owned_by_its_owner() {
     );
     fx.prepare_ok("web"); // placeholders for now
     repo_with_marker(&fx, "/home/alice/nixfiles", ALICE);
-    Run::link(&fx)
+    // What each VM gets ensured, as the dry run says it and as the act does it.
+    let ensured = |out: &str, prefix: &str| -> Vec<String> {
+        out.lines()
+            .filter_map(|l| l.strip_prefix(prefix))
+            .map(str::to_string)
+            .collect()
+    };
+    let plan = Run::link(&fx)
+        .user(ALICE)
+        .cwd("/home/alice/nixfiles")
+        .args(["--no-restart", "--dry-run"])
+        .ok_stdout();
+    let out = Run::link(&fx)
         .user(ALICE)
         .cwd("/home/alice/nixfiles")
         .args(["--no-restart"])
         .ok_stdout();
+    let (would, did) = (ensured(&plan, "would, for "), ensured(&out, "for "));
+    assert!(did.len() >= 3, "{out}");
+    assert_eq!(would, did, "the dry run:\n{plan}\nthe act:\n{out}");
     for host in ["web", "db"] {
         let p = fx.p(&format!("/home/alice/nixfiles/hosts/microvms/{host}"));
         assert_eq!(meta(&p), (ALICE, ALICE, 0o755), "{host}");

@@ -264,3 +264,38 @@ fn bad_live_sources_and_tricks_are_refused_in_one_line() {
         }
     }
 }
+
+/// A live root that cannot follow its entry (here: its path missing in a repo its owner made
+/// read-only; a guest can do the same) is left as it is with a warning: the link stands, and
+/// the start of a VM with a pinned share through the entry goes on. Only the VM whose own
+/// share it is fails to start.
+#[test]
+fn a_live_root_that_cannot_follow_fails_no_link_and_no_other_start() {
+    in_mount_ns!(a_live_root_that_cannot_follow_fails_no_link_and_no_other_start);
+    let fx = Fx::new();
+    fx.runner("proj", &[("ws", b"/var/lib/microvm-workspaces/proj")]);
+    fx.runner(
+        "vmb",
+        &[("sub", b"/var/lib/microvm-workspaces/.live/proj/sub")],
+    );
+    fx.prepare_ok("proj");
+    fx.prepare_ok("vmb");
+    fx.repo("/home/alice/proj", ALICE);
+    std::fs::set_permissions(
+        fx.p("/home/alice/proj"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o555),
+    )
+    .unwrap();
+    let out = Run::link(&fx)
+        .user(ALICE)
+        .cwd("/home/alice/proj")
+        .args(["--no-restart"])
+        .output();
+    assert_ok(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("left as it is"), "{err}");
+    assert!(is_mountpoint(&fx.p("/var/lib/microvm-workspaces/proj")));
+    assert_ok(&fx.prepare("proj"));
+    // vmb's own share is strict: its start says why.
+    assert_one_line_error(&fx.prepare("vmb"), &["/home/alice/proj/sub"]);
+}
