@@ -108,9 +108,7 @@ fn one(ws: &Workspace, held: &mut Held, op: &Op, out: &mut Applied) -> Result<()
             held.keep(n);
         }
         Op::Migrate { at, target, owner } => {
-            let links = held
-                .get(&ws.path().join(crate::fs::paths::LINKS))
-                .context("the records' directory was not looked at")?;
+            let links = records_dir(ws, held)?;
             let name = at.file_name().context("an entry has a name")?;
             write_record(
                 links,
@@ -155,9 +153,7 @@ fn one(ws: &Workspace, held: &mut Held, op: &Op, out: &mut Applied) -> Result<()
         Op::WriteRecord {
             at, target, owner, ..
         } => {
-            let links = held
-                .get(&ws.path().join(crate::fs::paths::LINKS))
-                .context("the records' directory was not looked at")?;
+            let links = records_dir(ws, held)?;
             let name = at.file_name().context("an entry has a name")?;
             write_record(
                 links,
@@ -169,9 +165,7 @@ fn one(ws: &Workspace, held: &mut Held, op: &Op, out: &mut Applied) -> Result<()
             )?;
         }
         Op::RemoveRecord { at } => {
-            let links = held
-                .get(&ws.path().join(crate::fs::paths::LINKS))
-                .context("the records' directory was not looked at")?;
+            let links = records_dir(ws, held)?;
             remove_record(links, at.file_name().context("an entry has a name")?)?;
         }
         Op::WriteLease {
@@ -216,7 +210,7 @@ fn one(ws: &Workspace, held: &mut Held, op: &Op, out: &mut Applied) -> Result<()
             let r = held
                 .get(repo)
                 .with_context(|| format!("{} was not looked at", show(repo)))?;
-            if *repo_id != (0, 0) && r.id() != *repo_id {
+            if repo_id.is_some_and(|id| r.id() != id) {
                 bail!("{} changed meanwhile; not mounting it", show(repo));
             }
             if let Err(e) = gitview::mount(ws.tree, &ws.node, entry, r, &target, ids, *git, place) {
@@ -226,6 +220,12 @@ fn one(ws: &Workspace, held: &mut Held, op: &Op, out: &mut Applied) -> Result<()
         }
     }
     Ok(())
+}
+
+/// The records' directory (`.links`), held since it was looked at (or made by this plan).
+fn records_dir<'h>(ws: &Workspace, held: &'h Held) -> Result<&'h Node> {
+    held.get(&ws.path().join(crate::fs::paths::LINKS))
+        .context("the records' directory was not looked at")
 }
 
 /// A link's mount failed: its record goes back to what it was, and so does the mount (no
@@ -239,7 +239,7 @@ fn rollback(ws: &Workspace, held: &Held, at: &Path, out: &Applied) {
     else {
         return;
     };
-    let Some(links) = held.get(&ws.path().join(crate::fs::paths::LINKS)) else {
+    let Ok(links) = records_dir(ws, held) else {
         return;
     };
     let Some(name) = at.file_name() else { return };

@@ -54,7 +54,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::{fchmod, Mode};
-use rustix::mount::MoveMountFlags;
 
 use crate::engine::gitdir::{self, CoreWorktree, DotGit, GitFile, Layout};
 use crate::fs::chase::{self, is_mount_root, Node, Tree, Trust, Walk};
@@ -532,15 +531,7 @@ pub fn mount(
                     }
                     Place::Live(_) => room,
                 };
-                rustix::mount::move_mount(
-                    scaffold.as_fd(),
-                    "",
-                    to.fd.as_fd(),
-                    "",
-                    MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH
-                        | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
-                )
-                .with_context(|| {
+                idmap::attach(&scaffold, &to).with_context(|| {
                     format!("cannot move the guest's git dir onto {}", show(&to.path))
                 })?;
                 step("move scaffold");
@@ -584,14 +575,8 @@ fn read_only_instead(dotgit: &Node, why: &str) {
 
 /// Moves the view put together on a slot (`top`: its root) onto `target`.
 fn move_view(top: &OwnedFd, target: &Node) -> Result<()> {
-    rustix::mount::move_mount(
-        top.as_fd(),
-        "",
-        target.fd.as_fd(),
-        "",
-        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
-    )
-    .with_context(|| format!("cannot move the guest's view onto {}", show(&target.path)))?;
+    idmap::attach(top, target)
+        .with_context(|| format!("cannot move the guest's view onto {}", show(&target.path)))?;
     step("move view");
     Ok(())
 }
@@ -633,34 +618,14 @@ fn scaffold(
     place: Place,
     owner: (u32, u32),
 ) -> Result<OwnedFd> {
-    use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags};
     let what = || {
         format!(
             "cannot make the guest's git dir scaffold on {}",
             show(&slot.path)
         )
     };
-    let fs = rustix::mount::fsopen("tmpfs", FsOpenFlags::FSOPEN_CLOEXEC).with_context(what)?;
-    for (k, v) in [("size", "256k"), ("nr_inodes", "256"), ("mode", "0755")] {
-        rustix::mount::fsconfig_set_string(&fs, k, v).with_context(what)?;
-    }
-    rustix::mount::fsconfig_create(&fs).with_context(what)?;
-    let mnt = rustix::mount::fsmount(
-        &fs,
-        FsMountFlags::FSMOUNT_CLOEXEC,
-        MountAttrFlags::MOUNT_ATTR_NOSUID
-            | MountAttrFlags::MOUNT_ATTR_NODEV
-            | MountAttrFlags::MOUNT_ATTR_NOEXEC,
-    )
-    .with_context(what)?;
-    rustix::mount::move_mount(
-        mnt.as_fd(),
-        "",
-        slot.fd.as_fd(),
-        "",
-        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
-    )
-    .with_context(what)?;
+    let mnt = idmap::tmpfs(&[("size", "256k"), ("nr_inodes", "256")]).with_context(what)?;
+    idmap::attach(&mnt, slot).with_context(what)?;
     step("scaffold");
     let root = Node::open_at(mnt.as_fd(), OsStr::new("."), slot.path.clone())?;
     write_new(&root, GITIGNORE, 0, 0, 0o444, b"*\n")?;

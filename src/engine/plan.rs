@@ -101,13 +101,14 @@ pub enum Op {
         id: Id,
         why: String,
     },
-    /// Mount the guests' view of `repo` (identity `repo_id`) on the placeholder at `at`, for
-    /// entry `entry`, with `ids` and the git view `git`.
+    /// Mount the guests' view of `repo` (identity `repo_id`; none when this plan makes the
+    /// directory, so it has none yet) on the placeholder at `at`, for entry `entry`, with
+    /// `ids` and the git view `git`.
     Mount {
         at: PathBuf,
         entry: OsString,
         repo: PathBuf,
-        repo_id: Id,
+        repo_id: Option<Id>,
         ids: Ids,
         git: GitMode,
         live: bool,
@@ -525,7 +526,7 @@ fn mount(f: &EntryFacts, r: &RepoFacts, ids: Ids) -> Vec<Op> {
         at: f.at.clone(),
         entry: f.name.clone(),
         repo: r.path.clone(),
-        repo_id: r.id,
+        repo_id: Some(r.id),
         ids,
         git: r.git,
         live: false,
@@ -609,7 +610,7 @@ pub fn live_root(f: &EntryFacts, l: &LiveFacts, want: Option<&Want>) -> Result<V
         None => None,
         Some((r, ids, Target::Found { path, id, room: r2 })) => {
             room = *r2;
-            Some((r, ids, path.clone(), *id, true))
+            Some((r, ids, path.clone(), Some(*id), true))
         }
         Some((r, ids, Target::Missing(m))) => {
             let mut path = m.dir.clone();
@@ -627,7 +628,7 @@ pub fn live_root(f: &EntryFacts, l: &LiveFacts, want: Option<&Want>) -> Result<V
                     gid: m.dir_gid,
                 });
             }
-            Some((r, ids, path, (0, 0), false))
+            Some((r, ids, path, None, false))
         }
         Some((_, _, Target::NotADirectory(path))) => {
             bail!("{} exists but is not a directory", show(path))

@@ -19,6 +19,7 @@ use crate::engine::observe::{self, Held, WantOf};
 use crate::engine::plan::{self, Creation, Creator, Intent, LivePlan, Made, Op};
 use crate::fs::chase::{Node, Tree, Trust, Walk};
 use crate::fs::dirs;
+use crate::fs::idmap;
 use crate::fs::paths::{self, show, LIVE_CURRENT};
 use crate::fs::placeholder;
 use crate::model::action::Action;
@@ -689,20 +690,8 @@ pub fn serve_fallbacks(tree: &Tree, cfg: &Config, vm: &str, fallbacks: &[Fallbac
             Walk::Found(n) if n.is_dir() && n.id() == f.dir_id => n,
             _ => bail!("{}: {} changed meanwhile", what(), show(&f.dir)),
         };
-        use rustix::mount::{self as m, FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags};
-        let fs = m::fsopen("tmpfs", FsOpenFlags::FSOPEN_CLOEXEC).with_context(what)?;
-        m::fsconfig_set_string(&fs, "source", fallback_source(vm)).with_context(what)?;
-        m::fsconfig_set_string(&fs, "size", "64k").with_context(what)?;
-        m::fsconfig_set_string(&fs, "mode", "0755").with_context(what)?;
-        m::fsconfig_create(&fs).with_context(what)?;
-        let mnt = m::fsmount(
-            &fs,
-            FsMountFlags::FSMOUNT_CLOEXEC,
-            MountAttrFlags::MOUNT_ATTR_NOSUID
-                | MountAttrFlags::MOUNT_ATTR_NODEV
-                | MountAttrFlags::MOUNT_ATTR_NOEXEC,
-        )
-        .with_context(what)?;
+        let source = fallback_source(vm);
+        let mnt = idmap::tmpfs(&[("source", &source), ("size", "64k")]).with_context(what)?;
         let mut at = Node::open_at(
             std::os::fd::AsFd::as_fd(&mnt),
             OsStr::new("."),
@@ -715,14 +704,7 @@ pub fn serve_fallbacks(tree: &Tree, cfg: &Config, vm: &str, fallbacks: &[Fallbac
                 dirs::mkdir_as(&at, name, 0, 0)?
             };
         }
-        m::move_mount(
-            &mnt,
-            "",
-            std::os::fd::AsFd::as_fd(&dir.fd),
-            "",
-            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
-        )
-        .with_context(what)?;
+        idmap::attach(&mnt, &dir).with_context(what)?;
         crate::fs::failpoint::step("fallback placeholder");
     }
     Ok(())

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{anyhow, bail, Context, Result};
-use rustix::mount::{MoveMountFlags, OpenTreeFlags};
+use rustix::mount::OpenTreeFlags;
 
 use crate::fs::chase::{is_mount_root, proc_path, Node};
 use crate::fs::failpoint::step;
@@ -316,14 +316,7 @@ pub fn mount_repo(repo: &Node, target: &Node, ids: &Ids, ro: bool) -> Result<Own
             }
         })?;
     }
-    rustix::mount::move_mount(
-        tree.as_fd(),
-        "",
-        target.fd.as_fd(),
-        "",
-        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
-    )
-    .with_context(what)?;
+    attach(&tree, target).with_context(what)?;
     step("mount");
     // The old API on the mount's root (the tree's descriptor now names the attached mount):
     // private first (a clone of a shared mount joined its peer group), then nosuid,nodev.
@@ -437,6 +430,38 @@ pub fn mounted_as(entry: &Node, repo: &Node, ids: &Ids) -> Result<bool> {
     Ok(nosuid
         && (entry.st.st_uid, entry.st.st_gid) == want
         && is_idmapped(entry)? == matches!(ids, Ids::Mapped(_)))
+}
+
+/// A new tmpfs of ours, not yet attached anywhere: root-owned 0755, `nosuid,nodev,noexec`,
+/// with the tmpfs `options` (`size`, `nr_inodes`, `source`). Fill it through the returned
+/// descriptor, then [`attach`] it.
+pub fn tmpfs(options: &[(&str, &str)]) -> rustix::io::Result<OwnedFd> {
+    use rustix::mount::{self as m, FsMountFlags, FsOpenFlags, MountAttrFlags};
+    let fs = m::fsopen("tmpfs", FsOpenFlags::FSOPEN_CLOEXEC)?;
+    for (k, v) in options.iter().chain(&[("mode", "0755")]) {
+        m::fsconfig_set_string(&fs, *k, *v)?;
+    }
+    m::fsconfig_create(&fs)?;
+    m::fsmount(
+        &fs,
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::MOUNT_ATTR_NOSUID
+            | MountAttrFlags::MOUNT_ATTR_NODEV
+            | MountAttrFlags::MOUNT_ATTR_NOEXEC,
+    )
+}
+
+/// Attaches the detached mount `mnt` on the directory `on` (by descriptor: the directory
+/// that was checked).
+pub fn attach(mnt: &OwnedFd, on: &Node) -> rustix::io::Result<()> {
+    use rustix::mount::MoveMountFlags as F;
+    rustix::mount::move_mount(
+        mnt.as_fd(),
+        "",
+        on.fd.as_fd(),
+        "",
+        F::MOVE_MOUNT_F_EMPTY_PATH | F::MOVE_MOUNT_T_EMPTY_PATH,
+    )
 }
 
 /// Detaches the mount whose root `node` is (lazily: a busy mount goes when its last user
