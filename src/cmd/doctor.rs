@@ -1063,7 +1063,7 @@ fn check_pools(tree: &Tree, cfg: &Config, out: &mut Vec<Finding>) {
                 out.push(warn(
                     "pools",
                     format!(
-                        "{}, but its worktree is gone; the VM shows the placeholder",
+                        "{}, but its worktree is gone (a moved one may still be what the VM shows)",
                         l.words()
                     ),
                     format!(

@@ -279,14 +279,17 @@ pub fn shell_quote(word: &str) -> String {
 }
 
 /// A remote preamble: wait (polling every 0.1 s, at most `limit`) until the guest's
-/// directory `dir` has inode number `ino`, then go on whatever it shows. The guest's virtiofs
+/// directory `dir` has inode number `ino`, then go on whatever it shows, saying so on stderr
+/// when it is not the repo (a guest whose virtiofs numbers inodes its own way would
+/// otherwise never run anything). The guest's virtiofs
 /// keeps a looked-up entry for its cache time (a second with `--cache=auto`), so a live view
 /// switched on the host a moment ago can still show the previous directory there.
 pub fn await_inode(dir: &str, ino: u64, limit: std::time::Duration) -> String {
     let tries = (limit.as_millis() / 100).max(1);
     format!(
-        "n=0; while [ \"$(stat -c %i {}/. 2>/dev/null)\" != {ino} ] && [ $n -lt {tries} ]; do sleep 0.1; n=$((n+1)); done; ",
-        shell_quote(dir)
+        "n=0; while [ \"$(stat -c %i {q}/. 2>/dev/null)\" != {ino} ] && [ $n -lt {tries} ]; do sleep 0.1; n=$((n+1)); done; [ $n -lt {tries} ] || echo 'microvm-link: the live view does not show the repo after {secs} s; going on' >&2; ",
+        q = shell_quote(dir),
+        secs = limit.as_secs_f64()
     )
 }
 
@@ -315,7 +318,7 @@ mod tests {
     fn the_view_wait_polls_the_quoted_directory_and_gives_up() {
         assert_eq!(
             await_inode("/run/it's/current", 42, std::time::Duration::from_secs(3)),
-            r#"n=0; while [ "$(stat -c %i '/run/it'\''s/current'/. 2>/dev/null)" != 42 ] && [ $n -lt 30 ]; do sleep 0.1; n=$((n+1)); done; "#
+            r#"n=0; while [ "$(stat -c %i '/run/it'\''s/current'/. 2>/dev/null)" != 42 ] && [ $n -lt 30 ]; do sleep 0.1; n=$((n+1)); done; [ $n -lt 30 ] || echo 'microvm-link: the live view does not show the repo after 3 s; going on' >&2; "#
         );
     }
 
