@@ -13,6 +13,7 @@ use crate::cmd::pool::{self, LeaseReport, LeaseView, ReleasedLease};
 use crate::cmd::status::{self, VmStatus};
 use crate::engine::entry::{Change, Relinked, Workspace};
 use crate::engine::link::LeaseAsk;
+use crate::engine::policy;
 use crate::engine::pool::{Choice, Released};
 use crate::fs::chase::{Node, Tree, Trust, Walk};
 use crate::fs::paths::{self, show, Root};
@@ -527,14 +528,25 @@ impl Outcome {
         out.extend(self.relinked.steps.iter().chain(&self.ensured).cloned());
         if let Some(f) = &self.fresh_guest {
             let who = crate::model::config::user_name(f.uid);
-            out.push(match self.restart {
-                Restart::NotAsked if !self.dry_run => format!(
-                    "warning: {} ran {who}'s work since its start and is not restarted (--no-restart): what runs there for them sees this worktree, writing as you",
-                    self.vm
+            let vm = &self.vm;
+            out.push(match (&self.restart, f.stopped) {
+                _ if self.dry_run => format!(
+                    "{vm} ran {who}'s work since its start: would be stopped before the link and started afresh"
                 ),
-                _ => format!(
-                    "{} ran {who}'s work since its start: restarted, so that nothing of it meets this worktree",
-                    self.vm
+                (Restart::NotAsked, _) => format!(
+                    "warning: {vm} ran {who}'s work since its start and is not restarted (--no-restart): what runs there for them sees this worktree, writing as you"
+                ),
+                (Restart::Active { .. }, true) => format!(
+                    "{vm} ran {who}'s work since its start: stopped before the link and started afresh, so that nothing of it meets this worktree"
+                ),
+                (Restart::Active { .. }, false) => format!(
+                    "{vm} ran {who}'s work since its start: restarted, so that nothing of it meets this worktree"
+                ),
+                (_, true) => format!(
+                    "{vm} ran {who}'s work since its start: stopped before the link; its start is below"
+                ),
+                (_, false) => format!(
+                    "warning: {vm} ran {who}'s work since its start and was not restarted: what runs there for them sees this worktree, writing as you"
                 ),
             });
         }
@@ -622,6 +634,7 @@ pub fn link(env: &Env, vm: Option<VmName>, repo: Option<&Path>, opts: Options) -
         None => vm_for(env, &repo)?,
     };
     env.known_vm(&vm)?;
+    policy::may_link_by_hand(&vm, env.cfg.pool_of(&vm).map(|p| p.as_str()), env.caller)?;
     let mut changes = link_changes(env, &vm, &repo.path);
     if opts.if_needed && linked_to(env, &vm, &repo)? {
         changes.clear();
@@ -646,6 +659,7 @@ fn linked_to(env: &Env, vm: &str, repo: &Node) -> Result<bool> {
 /// Unlinks `vm`: its placeholder (and its companions') serve again.
 pub fn unlink(env: &Env, vm: &VmName, opts: Options) -> Result<Outcome> {
     env.known_vm(vm)?;
+    policy::may_link_by_hand(vm, env.cfg.pool_of(vm).map(|p| p.as_str()), env.caller)?;
     let changes = unlink_changes(env, vm);
     run(env, vm, None, changes, opts)
 }
@@ -667,7 +681,11 @@ pub fn lease(env: &Env, pool: &PoolName, repo: Option<&Path>, opts: Options) -> 
         worktree: &repo,
     };
     let mut planned = Vec::new();
-    let mut changes_for = |choice: &Choice, released: &[Released]| -> Result<Vec<Change>> {
+    let mut fresh = None;
+    let mut changes_for = |choice: &Choice,
+                           released: &[Released],
+                           previous: Option<(u32, i64)>|
+     -> Result<Vec<Change>> {
         let vm = choice.vm();
         let mut changes = match linked_to(env, vm, &repo)? {
             true => Vec::new(),
@@ -678,6 +696,14 @@ pub fn lease(env: &Env, pool: &PoolName, repo: Option<&Path>, opts: Options) -> 
         }
         // Checked under the lock, before anything changes.
         planned = check_affected(env, &affected(env, &changes).1, &changes)?;
+        // A guest that must be fresh is stopped before the worktree is shown to it: what
+        // ran there must never see it, not even for the seconds of a restart.
+        if let Choice::Take(vm) = choice {
+            fresh = fresh_guest(env, vm, env.caller.uid(), previous);
+            if let Some(f) = fresh.as_mut().filter(|_| !opts.dry_run && !opts.no_restart) {
+                f.stopped = stop_for_fresh_guest(env, vm)?;
+            }
+        }
         Ok(changes)
     };
     let leased = crate::engine::link::lease(
@@ -712,10 +738,6 @@ pub fn lease(env: &Env, pool: &PoolName, repo: Option<&Path>, opts: Options) -> 
     let opts = Options {
         if_needed: true,
         ..opts
-    };
-    let fresh = match leased.new {
-        true => fresh_guest(env, &leased.vm, leased.owner, leased.previous),
-        false => None,
     };
     let done = Done {
         vm: &leased.vm,
@@ -872,7 +894,7 @@ fn finish(env: &Env, done: Done, opts: Options, t0: Instant) -> Outcome {
     let running = ask_running(env, vm, &affected);
     let live = live_views(env, &affected, &running);
     let own_live = live.iter().find(|(v, _)| v == vm);
-    let fresh = fresh.filter(|_| is_running(&running, vm));
+    let fresh = fresh.filter(|f| f.stopped || is_running(&running, vm));
     let restart = if opts.no_restart || opts.dry_run {
         Restart::NotAsked
     } else if fresh.is_some() {
@@ -962,6 +984,8 @@ fn finish(env: &Env, done: Done, opts: Options, t0: Instant) -> Outcome {
 pub struct FreshGuest {
     /// Whose work it ran.
     pub uid: u32,
+    /// Stopped before the link (then started): it never showed the worktree to that work.
+    pub stopped: bool,
 }
 
 /// Whether the new lease of `vm` for `owner` needs a fresh guest: its previous holder was
@@ -973,14 +997,40 @@ fn fresh_guest(
     previous: Option<(u32, i64)>,
 ) -> Option<FreshGuest> {
     let (uid, ended) = previous.filter(|(uid, _)| *uid != owner)?;
-    let started = std::fs::metadata(env.root.real(&record::record_path(vm)))
-        .ok()?
-        .modified()
-        .ok()?
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()?
-        .as_secs() as i64;
-    (ended >= started).then_some(FreshGuest { uid })
+    let fresh = FreshGuest {
+        uid,
+        stopped: false,
+    };
+    // When the start cannot be told, the guest is taken to have run that work.
+    let started = record::start_record(&env.root, vm)
+        .and_then(|m| m.modified().ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs() as i64);
+    match started {
+        Some(started) if ended < started => None,
+        _ => Some(fresh),
+    }
+}
+
+/// Stops `vm` for a fresh guest, unless systemd says it is not running; `false` when it was
+/// not (or, re-rooted, there is no systemd of that tree to ask).
+fn stop_for_fresh_guest(env: &Env, vm: &VmName) -> Result<bool> {
+    if env.root.is_rerooted() {
+        return Ok(false);
+    }
+    let unit = units::unit_name("microvm@", vm);
+    let state = systemd::unit_states(std::slice::from_ref(&unit));
+    if let Some(Some(s)) = state.as_ref().and_then(|s| s.first()) {
+        if matches!(
+            s.active,
+            systemd::ActiveState::Inactive | systemd::ActiveState::Failed
+        ) {
+            return Ok(false);
+        }
+    }
+    systemd::stop(&unit)
+        .with_context(|| format!("cannot stop {vm} for a fresh guest; nothing was leased"))?;
+    Ok(true)
 }
 
 /// Why `--restart-stale` leaves `s` alone for this caller: a stale share of it passes

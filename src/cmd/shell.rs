@@ -18,6 +18,7 @@ use crate::host::caller::{self, Ids};
 use crate::host::ssh;
 use crate::model::config::Config;
 use crate::model::names::{PoolName, SshDest, VmName};
+use crate::model::record;
 
 /// Where `shell` goes.
 #[derive(Debug)]
@@ -236,11 +237,6 @@ const CONTROL_PERSIST: Duration = Duration::from_secs(300);
 /// A VM that has run this long is past its boot: its sshd listens, no banner to wait for.
 const SETTLED: Duration = Duration::from_secs(60);
 
-/// When `vm` last started: the mtime of its /run record, which prepare writes at every start.
-fn start_record(env: &Env, vm: &VmName) -> Option<std::fs::Metadata> {
-    std::fs::metadata(env.root.real(&crate::model::record::record_path(vm))).ok()
-}
-
 /// Waits for the VM's SSH banner as the user's ssh resolves the destination, unless a shared
 /// connection to this start of the VM is open already, or the VM was serving the repo before
 /// this call and started more than [`SETTLED`] ago (the probe is a connection of its own:
@@ -261,7 +257,7 @@ pub fn wait(
     // A master's socket is there: ssh asks it (and starts afresh if it is dead).
     let master = control.as_deref().is_some_and(Path::exists);
     let settled = serving
-        && start_record(env, &plan.vm)
+        && record::start_record(&env.root, &plan.vm)
             .and_then(|m| m.modified().ok())
             .and_then(|t| t.elapsed().ok())
             .is_some_and(|age| age > SETTLED);
@@ -305,7 +301,7 @@ pub fn control_path(env: &Env, plan: &Plan) -> Option<PathBuf> {
     if !private(&dir) {
         return None;
     }
-    let start = start_record(env, &plan.vm)
+    let start = record::start_record(&env.root, &plan.vm)
         .map(|m| (m.ino() as u32) ^ (m.mtime_nsec() as u32))
         .unwrap_or(0);
     let mut key = std::collections::hash_map::DefaultHasher::new();

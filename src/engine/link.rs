@@ -56,8 +56,12 @@ pub struct LeaseAsk<'a> {
 }
 
 /// What a lease's choice means for the entries: the changes to make (link the chosen VM to
-/// the worktree, unlink those of the released leases), or a refusal.
-pub type ChangesFor<'a> = dyn FnMut(&Choice, &[Released]) -> Result<Vec<Change>> + 'a;
+/// the worktree, unlink those of the released leases), or a refusal. Called under the lock,
+/// before anything is written, with whose work the chosen VM's guest may still hold (for a
+/// new lease: [`pool::previous_holder`]), so that a guest that must be fresh can be stopped
+/// before the worktree is shown to it.
+pub type ChangesFor<'a> =
+    dyn FnMut(&Choice, &[Released], Option<(u32, i64)>) -> Result<Vec<Change>> + 'a;
 
 /// What a lease call did (or, in a dry run, would do).
 #[derive(Debug)]
@@ -71,9 +75,6 @@ pub struct Leased {
     pub since: i64,
     /// Leases of the pool whose worktree was gone, ended by this call.
     pub released: Vec<Released>,
-    /// For a new lease: whose work the VM's guest may still hold, and when that ended
-    /// (`engine::pool::previous_holder`).
-    pub previous: Option<(u32, i64)>,
     /// The changes made for it (link the VM to the worktree, unlink VMs of released leases).
     pub changes: Vec<Change>,
     pub relinked: Relinked,
@@ -111,7 +112,12 @@ pub fn lease(
     let worktree = &ask.worktree.path;
     let decision = pool::choose(ask.pool, &slots, caller.uid(), worktree);
     let choice = decision.choice.clone()?;
-    let changes = changes_for(&choice, &decision.released)?;
+    let own = slots.iter().find(|s| s.vm == *choice.vm());
+    let previous = match choice {
+        Choice::Take(_) => own.and_then(|s| pool::previous_holder(s, now())),
+        Choice::Own(_) => None,
+    };
+    let changes = changes_for(&choice, &decision.released, previous)?;
     let repos = check_targets(tree, &cfg.workspace_dir, &run.guests, &changes, caller)?;
     let plans = run.plan(&changes, &repos, caller)?;
     let leases = cfg.workspace_dir.join(paths::LEASES);
@@ -139,7 +145,7 @@ pub fn lease(
             why: "its worktree is gone",
         })
         .collect();
-    if let Err(e) = run.apply(&changes, &plans, &before, &after) {
+    if let Err(e) = run.apply(&changes, &plans, &before, &[]) {
         // The link failed after the new lease was written: the lease goes too (a lease
         // without its link would hold the VM for nobody).
         if run
@@ -154,14 +160,17 @@ pub fn lease(
         }
         return Err(e);
     }
-    let own = slots.iter().find(|s| s.vm == *choice.vm());
+    // The lease and its link stand; a gone lease that cannot be ended now is ended by a
+    // later call.
+    if let Err(e) = run.apply(&[], &[], &after, &[]) {
+        tracing::warn!(
+            "a lease whose worktree is gone was left: {}",
+            crate::host::logging::one_line(&e)
+        );
+    }
     let since = match (&choice, own.and_then(|s| s.lease.as_ref())) {
         (Choice::Own(_), Some(l)) => l.since,
         _ => now(),
-    };
-    let previous = match choice {
-        Choice::Take(_) => own.and_then(|s| pool::previous_holder(s, now())),
-        Choice::Own(_) => None,
     };
     Ok(Leased {
         vm: choice.vm().clone(),
@@ -170,7 +179,6 @@ pub fn lease(
         worktree: worktree.clone(),
         since,
         released: decision.released,
-        previous,
         changes,
         relinked: run.out,
     })

@@ -4,7 +4,7 @@
 //! decide: a user changes only entries that are not linked or are linked by them, links only
 //! repos of their own, has only their own directories (or nobody's: root's, the
 //! hypervisor's) moved aside, and releases only their own leases (or nobody's: one whose
-//! worktree is gone). Root itself may do anything. Every rule is a pure function of
+//! worktree is gone); a pool VM changes hands only through leases. Root itself may do anything. Every rule is a pure function of
 //! what was observed, so it is tested without root; the engine asks it before planning.
 
 use std::path::Path;
@@ -86,6 +86,19 @@ pub fn may_release(vm: &str, l: &LeaseFacts, caller: Caller) -> Result<()> {
     }
 }
 
+/// May `caller` link or unlink pool VM `vm` (in `pool`, if it is in one) by hand, outside a
+/// lease? Only root: a pool VM's link is its lease's, so that a link by hand neither takes a
+/// VM someone holds (a lease whose link a kill cut short) nor hands a guest to its next holder
+/// without the fresh start a lease gives it, nor leaves a link a later lease may not end.
+pub fn may_link_by_hand(vm: &str, pool: Option<&str>, caller: Caller) -> Result<()> {
+    match (pool, caller) {
+        (Some(pool), Caller::User(_)) => bail!(
+            "{vm} is in pool {pool}: lease it with microvm-link --pool {pool} and end the lease with microvm-link release (only root links a pool VM by hand)"
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// Where people's uids start (NixOS `isNormalUser`, Debian's `UID_MIN`); below are services'.
 pub const FIRST_PERSON_UID: u32 = 1000;
 
@@ -152,5 +165,16 @@ mod tests {
         );
         l.gone = true;
         assert!(may_release("a1", &l, Caller::User(4242)).is_ok());
+    }
+
+    #[test]
+    fn only_root_links_a_pool_vm_by_hand() {
+        assert!(may_link_by_hand("a1", Some("agents"), Caller::Root).is_ok());
+        assert!(may_link_by_hand("vm1", None, Caller::User(4242)).is_ok());
+        let e = may_link_by_hand("a1", Some("agents"), Caller::User(4242)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "a1 is in pool agents: lease it with microvm-link --pool agents and end the lease with microvm-link release (only root links a pool VM by hand)"
+        );
     }
 }

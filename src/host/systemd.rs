@@ -208,6 +208,18 @@ pub fn unit_state(unit: &str) -> Result<(String, String)> {
     Ok((get("ActiveState"), get("SubState")))
 }
 
+/// Stops `unit`, waiting for the stop job to end (systemctl's own wait).
+pub fn stop(unit: &str) -> Result<()> {
+    let status = std::process::Command::new(systemctl())
+        .args(["stop", unit])
+        .status()
+        .with_context(|| format!("cannot run {}", systemctl().display()))?;
+    if !status.success() {
+        anyhow::bail!("systemctl stop {unit} failed ({status})");
+    }
+    Ok(())
+}
+
 /// Restarts `unit` and waits (at most `timeout`) until it is active or has failed, showing
 /// progress on stderr when `progress`. Returns the final state in words.
 pub fn restart_and_wait(

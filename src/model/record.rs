@@ -204,6 +204,12 @@ pub fn record_path(vm: &str) -> PathBuf {
     Path::new(paths::RUNTIME_DIR).join(format!("{vm}.json"))
 }
 
+/// `vm`'s record as a file, under `root`: its mtime is when the VM last started (prepare
+/// writes it anew at every start).
+pub fn start_record(root: &paths::Root, vm: &str) -> Option<std::fs::Metadata> {
+    std::fs::metadata(root.real(&record_path(vm))).ok()
+}
+
 /// Writes the record atomically: a new file under a temporary name in the runtime dir (a
 /// trusted place), then renamed over the old record, all through the directory's descriptor.
 pub fn write(tree: &Tree, rec: &VmRecord) -> Result<()> {

@@ -171,7 +171,7 @@ s_pool_worktrees() {
     e2e_ct sh -c 'set -e; rm -rf /srv/e2e/rproj /home/alice/foreign-wt; mkdir -p /srv/e2e; cd /srv/e2e && git init -q -b main rproj && cd rproj && echo root > MARKER && git add MARKER && git -c user.name=root -c user.email=r@h commit -q -m root && git worktree add -q /home/alice/foreign-wt -b foreign && chown -R alice:alice /home/alice/foreign-wt' ||
         fail "could not make root's repo and alice's worktree of it"
     snap=$(e2e_ws_snapshot)
-    e2e_mvl_alice /home/alice/foreign-wt pool1 --no-restart; rc=$?
+    e2e_mvl_alice /home/alice/foreign-wt vm1 --no-restart; rc=$?
     [ $rc = 1 ] || fail "a plain link of the foreign worktree exited $rc"
     out=$(cat "$E2E_RUN/mvl.err")
     e2e_mvl_alice /home/alice/foreign-wt --pool agents; rc=$?
@@ -180,6 +180,12 @@ s_pool_worktrees() {
     [ "$(cat "$E2E_RUN/mvl.err")" = "$out" ] || fail "--pool's refusal '$(cat "$E2E_RUN/mvl.err")' is not link's '$out'"
     [ "$(e2e_ws_snapshot)" = "$snap" ] || fail "the refused lease changed something"
     e2e_ct rm -rf /home/alice/foreign-wt /srv/e2e/rproj
+    step "a pool VM changes hands only through leases: alice's plain link of free pool1 is refused"
+    e2e_mvl_alice /home/alice/proj-wt3 pool1 --no-restart; rc=$?
+    [ $rc = 1 ] || fail "a plain link of pool1 exited $rc"
+    [ "$(cat "$E2E_RUN/mvl.err")" = "microvm-link: pool1 is in pool agents: lease it with microvm-link --pool agents and end the lease with microvm-link release (only root links a pool VM by hand)" ] ||
+        fail "a plain link of pool1 said '$(tr '\n' '|' < "$E2E_RUN/mvl.err")'"
+    [ "$(e2e_ws_snapshot)" = "$snap" ] || fail "the refused plain link changed something"
     e2e_mvl_alice /home/alice/proj-wt3 --pool agents || fail "--pool in ~/proj-wt3 after the release exited $?"
     [ "$(e2e_pool_first_line)" = "leased pool1 from pool agents for /home/alice/proj-wt3" ] ||
         fail "the re-lease said '$(e2e_pool_first_line)'"
@@ -194,16 +200,25 @@ s_pool_worktrees() {
     [ "$(cat "$E2E_RUN/mvl.err")" = "microvm-link: pool2 is leased by alice (uid 1000) for /home/alice/proj-wt2; only they or root may release it" ] ||
         fail "bob's release of alice's lease: '$(tr '\n' '|' < "$E2E_RUN/mvl.err")'"
     [ "$(e2e_pool_lease pool2)" = "alice /home/alice/proj-wt2" ] || fail "bob's refused release changed .leases/pool2"
-    step "alice releases pool1; bob leases it: its guest ran alice's work, so it starts afresh for him"
+    step "alice releases pool1, leaving a process in its guest; bob leases it: the guest is stopped before his worktree is shown, then starts afresh"
     e2e_mvl_alice /home/alice/proj-wt3 release || fail "release in ~/proj-wt3 exited $?"
+    # Left behind: a loop copying whatever the share shows into it (the placeholder refuses
+    # the write). Were the guest stopped only after the link, it would write bob's worktree
+    # as bob.
+    e2e_ssh pool1 "nohup sh -c 'while :; do touch /tmp/left-behind; cat /mnt/workspace/MARKER >> /mnt/workspace/left-behind; sleep 0.05; done' </dev/null >/dev/null 2>&1 &" ||
+        fail "could not leave a process in pool1's guest"
+    e2e_ssh pool1 rm -f /tmp/left-behind && sleep 0.5 && e2e_ssh pool1 test -e /tmp/left-behind ||
+        fail "the process left in pool1's guest does not run"
     e2e_bob_mvl /home/bob/bproj-wt --pool agents || fail "bob's --pool exited $?: $(e2e_mvl_all | tr '\n' '|')"
     [ "$(e2e_pool_first_line)" = "leased pool1 from pool agents for /home/bob/bproj-wt" ] || fail "bob's lease said '$(e2e_pool_first_line)'"
-    grep -qx "pool1 ran alice's work since its start: restarted, so that nothing of it meets this worktree" "$E2E_RUN/mvl.out" ||
+    grep -qx "pool1 ran alice's work since its start: stopped before the link and started afresh, so that nothing of it meets this worktree" "$E2E_RUN/mvl.out" ||
         fail "bob's lease did not say why pool1 restarts: $(e2e_mvl_all | tr '\n' '|')"
     grep -q '^restarted microvm@pool1.service: active after ' "$E2E_RUN/mvl.out" || fail "bob's lease did not restart pool1"
     [ "$(e2e_boot_count pool1)" -gt "$b1" ] || fail "pool1's guest did not boot again for bob"
     e2e_pool_sees pool1 "worktree of bob" || fail "pool1's guest does not read bob's worktree: '$(e2e_ssh_marker pool1)'"
     e2e_expect_same_vm pool2 "$ids2" "$b2"
+    e2e_ct test ! -e /home/bob/bproj-wt/left-behind ||
+        fail "the process alice left in pool1's guest wrote bob's worktree: $(e2e_ct cat /home/bob/bproj-wt/left-behind | head -n 3 | tr '\n' '|')"
 
     step "a reboot of the container: the leases stay; a lease call starts the VM"
     e2e_ct_poweroff

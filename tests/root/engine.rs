@@ -165,12 +165,21 @@ fn setup(b: Before) -> Rig {
     if !matches!(b, Before::NoWorkspaceDir) {
         fx.mkdir(WS, 0, 0o755);
     }
+    // By the engine, as the intents below: a user links a pool VM by hand only through it
+    // (microvm-link refuses, policy::may_link_by_hand), and these are the states to reach.
     let link_as = |user: u32, to: &str| {
-        Run::link(&fx)
-            .user(user)
-            .cwd(to)
-            .args(["vm1", "--no-restart"])
-            .ok_stdout();
+        let root = Root::from_args(Some(fx.root())).unwrap();
+        let tree = Tree::open(&root).unwrap();
+        let cfg = Config::load(&tree).unwrap();
+        let change = Change {
+            name: "vm1".parse().unwrap(),
+            target: Some(to.into()),
+        };
+        let caller = match user {
+            0 => Caller::Root,
+            u => Caller::User(u),
+        };
+        relink(&tree, &cfg, &[change], caller, false).unwrap();
     };
     match b {
         Before::NoWorkspaceDir => {}

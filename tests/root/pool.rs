@@ -386,3 +386,32 @@ fn bad_pool_input_is_one_line_naming_what_and_where() {
         )],
     );
 }
+
+#[test]
+fn a_pool_vm_changes_hands_only_through_leases() {
+    in_mount_ns!(a_pool_vm_changes_hands_only_through_leases);
+    let fx = fixture(2);
+    assert_ok(&pool(&fx, "/home/alice/wt1", ALICE, &[]));
+    let before = fx.snapshot();
+    let why = "a1 is in pool agents: lease it with microvm-link --pool agents and end the lease with microvm-link release (only root links a pool VM by hand)";
+    // Bob by hand: onto alice's leased VM, onto the free one, and unlinking either.
+    for args in [&["a1"][..], &["a2"], &["unlink", "a1"], &["unlink", "a2"]] {
+        let out = link(&fx, "/home/bob/wt2", BOB, args);
+        let vm = args[args.len() - 1];
+        assert_one_line_error(&out, &[&why.replace("a1", vm)]);
+    }
+    // Alice too, though she holds a1: her lease is ended by release, not by unlink.
+    assert_one_line_error(
+        &link(&fx, "/home/alice/wt1", ALICE, &["unlink", "a1"]),
+        &[why],
+    );
+    assert_eq!(
+        fx.snapshot(),
+        before,
+        "a refused link by hand changed something"
+    );
+    assert_eq!(lease(&fx, "a1"), Some(("/home/alice/wt1".into(), ALICE)));
+    // Root may.
+    assert_ok(&link(&fx, "/home/alice/wt2", 0, &["a2", "--no-restart"]));
+    assert_eq!(seen(&fx, "a2").as_deref(), Some("/home/alice/wt2"));
+}
