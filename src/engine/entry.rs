@@ -176,7 +176,13 @@ impl<'t> Workspace<'t> {
 
     /// `<workspaceDir>/.links`, if it exists.
     pub fn links(&self) -> Result<Option<Node>> {
-        match self.node.child(OsStr::new(paths::LINKS)) {
+        self.trusted_dir(paths::LINKS)
+    }
+
+    /// The workspace dir's directory `name` (`.links`, `.leases`), if it exists: a trusted
+    /// place, checked as such.
+    pub fn trusted_dir(&self, name: &str) -> Result<Option<Node>> {
+        match self.node.child(OsStr::new(name)) {
             Ok(n) if n.is_dir() => {
                 dirs::check_trusted_place(&n)?;
                 Ok(Some(n))
@@ -184,7 +190,7 @@ impl<'t> Workspace<'t> {
             Ok(n) => bail!("{} is not a directory", show(&n.path)),
             Err(Errno::ENOENT) => Ok(None),
             Err(e) => Err(anyhow!(e))
-                .with_context(|| format!("cannot open {}", show(&self.path().join(paths::LINKS)))),
+                .with_context(|| format!("cannot open {}", show(&self.path().join(name)))),
         }
     }
 

@@ -15,7 +15,6 @@ use crate::engine::facts::{LeaseFacts, Rec, Slot};
 use crate::engine::links::{self, read_record, Record};
 use crate::engine::observe::Held;
 use crate::fs::chase::{self, is_symlink, Node};
-use crate::fs::dirs;
 use crate::fs::paths::{self, show};
 use crate::model::names::VmName;
 
@@ -100,16 +99,7 @@ pub fn read_last(leases: Option<&Node>, vm: &OsStr) -> Option<(u32, i64)> {
 impl Workspace<'_> {
     /// `<workspaceDir>/.leases`, if it exists (a trusted place).
     pub fn leases(&self) -> Result<Option<Node>> {
-        match self.node.child(OsStr::new(paths::LEASES)) {
-            Ok(n) if n.is_dir() => {
-                dirs::check_trusted_place(&n)?;
-                Ok(Some(n))
-            }
-            Ok(n) => bail!("{} is not a directory", show(&n.path)),
-            Err(Errno::ENOENT) => Ok(None),
-            Err(e) => Err(anyhow!(e))
-                .with_context(|| format!("cannot open {}", show(&self.path().join(paths::LEASES)))),
-        }
+        self.trusted_dir(paths::LEASES)
     }
 
     /// What a lease is now: gone when its worktree is no longer a directory of its holder's
