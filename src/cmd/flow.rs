@@ -682,10 +682,7 @@ pub fn lease(env: &Env, pool: &PoolName, repo: Option<&Path>, opts: Options) -> 
     };
     let mut planned = Vec::new();
     let mut fresh = None;
-    let mut changes_for = |choice: &Choice,
-                           released: &[Released],
-                           previous: Option<(u32, i64)>|
-     -> Result<Vec<Change>> {
+    let mut changes_for = |choice: &Choice, released: &[Released]| -> Result<Vec<Change>> {
         let vm = choice.vm();
         let mut changes = match linked_to(env, vm, &repo)? {
             true => Vec::new(),
@@ -696,15 +693,18 @@ pub fn lease(env: &Env, pool: &PoolName, repo: Option<&Path>, opts: Options) -> 
         }
         // Checked under the lock, before anything changes.
         planned = check_affected(env, &affected(env, &changes).1, &changes)?;
-        // A guest that must be fresh is stopped before the worktree is shown to it: what
-        // ran there must never see it, not even for the seconds of a restart.
+        Ok(changes)
+    };
+    // A guest that must be fresh is stopped before the worktree is shown to it: what ran
+    // there must never see it, not even for the seconds of a restart.
+    let mut before_write = |choice: &Choice, previous: Option<(u32, i64)>| -> Result<()> {
         if let Choice::Take(vm) = choice {
             fresh = fresh_guest(env, vm, env.caller.uid(), previous);
             if let Some(f) = fresh.as_mut().filter(|_| !opts.dry_run && !opts.no_restart) {
                 f.stopped = stop_for_fresh_guest(env, vm)?;
             }
         }
-        Ok(changes)
+        Ok(())
     };
     let leased = crate::engine::link::lease(
         &env.tree,
@@ -713,6 +713,7 @@ pub fn lease(env: &Env, pool: &PoolName, repo: Option<&Path>, opts: Options) -> 
         env.caller,
         opts.dry_run,
         &mut changes_for,
+        &mut before_write,
     )?;
     let view = |vm: &VmName, l: &crate::engine::facts::LeaseFacts| LeaseView::of(&env.cfg, vm, l);
     let report = LeaseReport {

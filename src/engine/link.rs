@@ -56,12 +56,14 @@ pub struct LeaseAsk<'a> {
 }
 
 /// What a lease's choice means for the entries: the changes to make (link the chosen VM to
-/// the worktree, unlink those of the released leases), or a refusal. Called under the lock,
-/// before anything is written, with whose work the chosen VM's guest may still hold (for a
-/// new lease: [`pool::previous_holder`]), so that a guest that must be fresh can be stopped
-/// before the worktree is shown to it.
-pub type ChangesFor<'a> =
-    dyn FnMut(&Choice, &[Released], Option<(u32, i64)>) -> Result<Vec<Change>> + 'a;
+/// the worktree, unlink those of the released leases), or a refusal.
+pub type ChangesFor<'a> = dyn FnMut(&Choice, &[Released]) -> Result<Vec<Change>> + 'a;
+
+/// Called under the lock once everything is planned, before anything is written, with whose
+/// work the chosen VM's guest may still hold (for a new lease: [`pool::previous_holder`]):
+/// a guest that must be fresh is stopped here, before the worktree is shown to it. An error
+/// refuses the lease.
+pub type BeforeWrite<'a> = dyn FnMut(&Choice, Option<(u32, i64)>) -> Result<()> + 'a;
 
 /// What a lease call did (or, in a dry run, would do).
 #[derive(Debug)]
@@ -84,9 +86,9 @@ pub struct Leased {
 /// the leases to recording the new one, so two callers never get one VM: observe every VM's
 /// lease and link, choose (engine::pool: the worktree's own lease, else the first free VM,
 /// else a refusal naming every holder), ask `changes_for` what that means for the entries
-/// (it may refuse: checks of what the change affects), plan them, and apply the lease record
-/// first, then the link, then the end of every lease whose worktree is gone. A dry run plans
-/// the same from what it sees, without the lock.
+/// (it may refuse: checks of what the change affects), plan them, call `before_write`, and
+/// apply the lease record first, then the link, then the end of every lease whose worktree
+/// is gone. A dry run plans the same from what it sees, without the lock.
 pub fn lease(
     tree: &Tree,
     cfg: &Config,
@@ -94,6 +96,7 @@ pub fn lease(
     caller: Caller,
     dry_run: bool,
     changes_for: &mut ChangesFor,
+    before_write: &mut BeforeWrite,
 ) -> Result<Leased> {
     let mut run = Session::open(tree, cfg, dry_run)?;
     let slots = match &run.ws {
@@ -117,7 +120,7 @@ pub fn lease(
         Choice::Take(_) => own.and_then(|s| pool::previous_holder(s, now())),
         Choice::Own(_) => None,
     };
-    let changes = changes_for(&choice, &decision.released, previous)?;
+    let changes = changes_for(&choice, &decision.released)?;
     let repos = check_targets(tree, &cfg.workspace_dir, &run.guests, &changes, caller)?;
     let plans = run.plan(&changes, &repos, caller)?;
     let leases = cfg.workspace_dir.join(paths::LEASES);
@@ -145,6 +148,7 @@ pub fn lease(
             why: "its worktree is gone",
         })
         .collect();
+    before_write(&choice, previous)?;
     if let Err(e) = run.apply(&changes, &plans, &before, &[]) {
         // The link failed after the new lease was written: the lease goes too (a lease
         // without its link would hold the VM for nobody).
