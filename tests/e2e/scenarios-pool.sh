@@ -181,6 +181,7 @@ s_pool_worktrees() {
     [ "$(e2e_ws_snapshot)" = "$snap" ] || fail "the refused lease changed something"
     e2e_ct rm -rf /home/alice/foreign-wt /srv/e2e/rproj
     step "a pool VM changes hands only through leases: alice's plain link of free pool1 is refused"
+    snap=$(e2e_ws_snapshot)
     e2e_mvl_alice /home/alice/proj-wt3 pool1 --no-restart; rc=$?
     [ $rc = 1 ] || fail "a plain link of pool1 exited $rc"
     [ "$(cat "$E2E_RUN/mvl.err")" = "microvm-link: pool1 is in pool agents: lease it with microvm-link --pool agents and end the lease with microvm-link release (only root links a pool VM by hand)" ] ||
