@@ -206,9 +206,9 @@ s_pool_worktrees() {
     # Left behind: a loop copying whatever the share shows into it (the placeholder refuses
     # the write). Were the guest stopped only after the link, it would write bob's worktree
     # as bob.
-    e2e_ssh pool1 "nohup sh -c 'while :; do touch /tmp/left-behind; cat /mnt/workspace/MARKER >> /mnt/workspace/left-behind; sleep 0.05; done' </dev/null >/dev/null 2>&1 &" ||
+    e2e_ssh pool1 "nohup sh -c 'while :; do touch /home/alice/left-behind; cat /mnt/workspace/MARKER >> /mnt/workspace/left-behind; sleep 0.05; done' </dev/null >/dev/null 2>&1 &" ||
         fail "could not leave a process in pool1's guest"
-    e2e_ssh pool1 rm -f /tmp/left-behind && sleep 0.5 && e2e_ssh pool1 test -e /tmp/left-behind ||
+    e2e_ssh pool1 rm -f /home/alice/left-behind && sleep 0.5 && e2e_ssh pool1 test -e /home/alice/left-behind ||
         fail "the process left in pool1's guest does not run"
     e2e_bob_mvl /home/bob/bproj-wt --pool agents || fail "bob's --pool exited $?: $(e2e_mvl_all | tr '\n' '|')"
     [ "$(e2e_pool_first_line)" = "leased pool1 from pool agents for /home/bob/bproj-wt" ] || fail "bob's lease said '$(e2e_pool_first_line)'"
