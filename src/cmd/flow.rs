@@ -680,7 +680,7 @@ pub fn lease(env: &Env, pool: &PoolName, repo: Option<&Path>, opts: Options) -> 
         vms,
         worktree: &repo,
     };
-    let mut planned = Vec::new();
+    let mut checked = Checked::default();
     let mut fresh = None;
     let mut changes_for = |choice: &Choice, released: &[Released]| -> Result<Vec<Change>> {
         let vm = choice.vm();
@@ -692,7 +692,7 @@ pub fn lease(env: &Env, pool: &PoolName, repo: Option<&Path>, opts: Options) -> 
             changes.extend(unlink_changes(env, &r.vm));
         }
         // Checked under the lock, before anything changes.
-        planned = check_affected(env, &affected(env, &changes).1, &changes)?;
+        checked = check_affected(env, &changes)?;
         Ok(changes)
     };
     // A guest that must be fresh is stopped before the worktree is shown to it: what ran
@@ -745,7 +745,7 @@ pub fn lease(env: &Env, pool: &PoolName, repo: Option<&Path>, opts: Options) -> 
         repo: Some(show(&repo.path)),
         changes: leased.changes,
         relinked: leased.relinked,
-        planned,
+        checked,
         fresh,
     };
     let mut out = finish(env, done, opts, t0);
@@ -786,7 +786,7 @@ pub fn release(env: &Env, vm: Option<VmName>, opts: Options) -> Result<Outcome> 
         }
     };
     let changes = unlink_changes(env, &vm);
-    let planned = check_affected(env, &affected(env, &changes).1, &changes)?;
+    let checked = check_affected(env, &changes)?;
     let done = crate::engine::link::release(
         &env.tree,
         &env.cfg,
@@ -797,7 +797,12 @@ pub fn release(env: &Env, vm: Option<VmName>, opts: Options) -> Result<Outcome> 
         opts.dry_run,
     )?;
     let Some((facts, relinked)) = done else {
-        let done = Done::of(&vm, None, Vec::new(), Relinked::default(), Vec::new());
+        // Nothing changes: only the shares are of use (the stale list).
+        let checked = Checked {
+            shares: checked.shares,
+            ..Checked::default()
+        };
+        let done = Done::of(&vm, None, Vec::new(), Relinked::default(), checked);
         let mut out = finish(env, done, opts, t0);
         out.restart = Restart::NotAsked;
         out.relinked
@@ -808,7 +813,7 @@ pub fn release(env: &Env, vm: Option<VmName>, opts: Options) -> Result<Outcome> 
     let lease = LeaseView::of(&env.cfg, &vm, &facts);
     let mut out = finish(
         env,
-        Done::of(&vm, None, changes, relinked, planned),
+        Done::of(&vm, None, changes, relinked, checked),
         opts,
         t0,
     );
@@ -827,28 +832,27 @@ fn run(
     opts: Options,
 ) -> Result<Outcome> {
     let t0 = Instant::now();
-    let (_, affected, _) = affected(env, &changes);
     // Everything that can be checked is checked before anything changes.
-    let planned = check_affected(env, &affected, &changes)?;
+    let checked = check_affected(env, &changes)?;
     let caller = env.caller;
     let relinked =
         crate::engine::link::relink(&env.tree, &env.cfg, &changes, caller, opts.dry_run)?;
     Ok(finish(
         env,
-        Done::of(vm, repo, changes, relinked, planned),
+        Done::of(vm, repo, changes, relinked, checked),
         opts,
         t0,
     ))
 }
 
 /// What a relink did, for [`finish`]: the VM, its repo, the changes and their outcome, what
-/// [`check_affected`] planned for the VMs they affect, and whether the VM needs a fresh guest.
+/// [`check_affected`] found and planned, and whether the VM needs a fresh guest.
 struct Done<'a> {
     vm: &'a VmName,
     repo: Option<String>,
     changes: Vec<Change>,
     relinked: Relinked,
-    planned: Planned,
+    checked: Checked,
     fresh: Option<FreshGuest>,
 }
 
@@ -858,14 +862,14 @@ impl<'a> Done<'a> {
         repo: Option<String>,
         changes: Vec<Change>,
         relinked: Relinked,
-        planned: Planned,
+        checked: Checked,
     ) -> Self {
         Done {
             vm,
             repo,
             changes,
             relinked,
-            planned,
+            checked,
             fresh: None,
         }
     }
@@ -878,10 +882,16 @@ fn finish(env: &Env, done: Done, opts: Options, t0: Instant) -> Outcome {
         repo,
         changes,
         relinked,
-        planned,
+        checked,
         fresh,
     } = done;
-    let (shares, affected, mut skipped) = affected(env, &changes);
+    // The runners were read once, by the check: they are not what a link changes.
+    let Checked {
+        shares,
+        affected,
+        mut skipped,
+        planned,
+    } = checked;
     // A dry run says what the check planned as if the change were made: what the act ensures.
     let ensured = match opts.dry_run {
         true => planned
@@ -892,7 +902,8 @@ fn finish(env: &Env, done: Done, opts: Options, t0: Instant) -> Outcome {
     };
     let link_ms = t0.elapsed().as_secs_f64() * 1000.0;
     // systemd is asked once, about every VM this link looks at (issue 19).
-    let running = ask_running(env, vm, &affected);
+    let records = record::RuntimeDir::open(&env.tree);
+    let running = ask_running(env, vm, &affected, &records);
     let live = live_views(env, &affected, &running);
     let own_live = live.iter().find(|(v, _)| v == vm);
     let fresh = fresh.filter(|f| f.stopped || is_running(&running, vm));
@@ -936,7 +947,7 @@ fn finish(env: &Env, done: Done, opts: Options, t0: Instant) -> Outcome {
         Restart::Active { .. } if !opts.no_wait => wait_for_ssh(env, vm, &opts),
         _ => SshWait::NotAsked,
     };
-    let stale = stale_others(env, vm, &shares, &running);
+    let stale = stale_others(env, vm, &shares, &running, &records);
     let mut restarted_stale = Vec::new();
     let mut stale_kept = Vec::new();
     if opts.restart_stale && !opts.dry_run {
@@ -1088,14 +1099,15 @@ fn is_stale(env: &Env, vm: &VmName) -> bool {
 /// Whether `microvm@<vm>` runs, of everything a link looks at: `vm`, the VMs with shares
 /// through the changed entries, and every VM with a runtime record (the stale list), in one
 /// `systemctl show`. Re-rooted, systemd is not asked.
-fn ask_running(env: &Env, vm: &str, affected: &[Affected]) -> status::Running {
+fn ask_running(
+    env: &Env,
+    vm: &str,
+    affected: &[Affected],
+    records: &record::RuntimeDir,
+) -> status::Running {
     let mut vms: Vec<String> = affected.iter().map(|(v, _)| v.clone()).collect();
     vms.push(vm.to_string());
-    vms.extend(
-        record::recorded_vms(&env.tree)
-            .iter()
-            .map(|v| v.to_string()),
-    );
+    vms.extend(records.vms().iter().map(|v| v.to_string()));
     vms.sort();
     vms.dedup();
     status::Running::ask(&env.root, &vms)
@@ -1173,25 +1185,38 @@ fn affected(env: &Env, changed: &[Change]) -> (AllShares, Vec<Affected>, Vec<Ski
     (all, vms, skipped)
 }
 
-/// Each affected VM's planned steps, as [`check_affected`] planned them.
-type Planned = Vec<(String, Vec<Action>)>;
+/// What [`check_affected`] found before a link: every known VM's shares (for the stale
+/// list), those through the changed entries, the VMs skipped, and each affected VM's planned
+/// steps (a dry run prints them as what the link would ensure).
+#[derive(Default)]
+struct Checked {
+    shares: AllShares,
+    affected: Vec<Affected>,
+    skipped: Vec<Skipped>,
+    planned: Vec<(String, Vec<Action>)>,
+}
 
 /// Before relinking: every source [`ensure_affected`] will have to make afterwards, planned
 /// as if `changed` were done, so that one that cannot be made fails the link before it
 /// changes anything.
-/// Returns each VM's planned steps: a dry run prints them as what the link would ensure.
-fn check_affected(env: &Env, affected: &[Affected], changed: &[Change]) -> Result<Planned> {
+fn check_affected(env: &Env, changed: &[Change]) -> Result<Checked> {
+    let (shares, affected, skipped) = affected(env, changed);
     let assume: Vec<(String, Option<PathBuf>)> = changed
         .iter()
         .map(|c| (c.name.to_string(), c.target.clone()))
         .collect();
     let mut planned = Vec::new();
     let mut carry = prepare::Carry::default();
-    for (vm, shares) in affected {
-        let steps = prepare::plan_assuming(&env.tree, &env.cfg, vm, shares, &assume, &mut carry)?;
+    for (vm, through) in &affected {
+        let steps = prepare::plan_assuming(&env.tree, &env.cfg, vm, through, &assume, &mut carry)?;
         planned.push((vm.clone(), steps));
     }
-    Ok(planned)
+    Ok(Checked {
+        shares,
+        affected,
+        skipped,
+        planned,
+    })
 }
 
 /// After relinking: the sources of every known VM that pass through a changed entry are
@@ -1247,17 +1272,19 @@ fn stale_others(
     vm: &str,
     shares: &AllShares,
     running: &status::Running,
+    records: &record::RuntimeDir,
 ) -> Vec<VmStatus> {
-    record::recorded_vms(&env.tree)
+    records
+        .vms()
         .into_iter()
         .filter(|other| other != vm)
         // Only a VM that is stale gets its whole status (words, its entry): the cost of the
         // others is the record, the runner and one walk per share.
         .filter(|other| match shares.get(other) {
-            Some(current) => status::is_stale_vm(&env.tree, &env.cfg, other, current),
+            Some(current) => status::is_stale_vm(&env.tree, &env.cfg, records, other, current),
             None => {
                 let current = runner::shares(&env.tree, &env.cfg, other).unwrap_or_default();
-                status::is_stale_vm(&env.tree, &env.cfg, other, &current)
+                status::is_stale_vm(&env.tree, &env.cfg, records, other, &current)
             }
         })
         .filter_map(|other| {

@@ -307,8 +307,14 @@ fn is_stale(cfg: &Config, path: &Path, rec: Option<&ShareRecord>, now: Option<&I
 /// Whether `vm`, whose shares are `current` now, is stale, by [`status_with`]'s rule but
 /// without its words: the record and one walk per share. microvm-link asks it of every
 /// recorded VM, and builds the whole status only for those that are.
-pub fn is_stale_vm(tree: &Tree, cfg: &Config, vm: &VmName, current: &[Share]) -> bool {
-    let Ok(Some(record)) = record::read(tree, vm) else {
+pub fn is_stale_vm(
+    tree: &Tree,
+    cfg: &Config,
+    records: &record::RuntimeDir,
+    vm: &VmName,
+    current: &[Share],
+) -> bool {
+    let Ok(Some(record)) = records.read(tree, vm) else {
         return false;
     };
     let now = |path: &Path| match tree.walk(path, Trust::All) {

@@ -530,13 +530,23 @@ pub fn list_dir(dir: &Node) -> Result<Vec<OsString>> {
         Mode::empty(),
     )
     .with_context(|| format!("cannot open {}", show(&dir.path)))?;
-    let mut d =
-        nix::dir::Dir::from_fd(fd).with_context(|| format!("cannot read {}", show(&dir.path)))?;
-    Ok(d.iter()
-        .filter_map(|e| e.ok())
-        .map(|e| OsStr::from_bytes(e.file_name().to_bytes()).to_os_string())
-        .filter(|n| n != "." && n != "..")
-        .collect())
+    names_of(fd.as_fd()).with_context(|| format!("cannot read {}", show(&dir.path)))
+}
+
+/// The names in the directory open at `fd`, read from its offset on (a fresh descriptor: all
+/// of them), `.` and `..` left out: `getdents64` and nothing else.
+pub fn names_of(fd: BorrowedFd) -> std::io::Result<Vec<OsString>> {
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 8192];
+    let mut dir = rustix::fs::RawDir::new(fd, &mut buf);
+    let mut names = Vec::new();
+    while let Some(entry) = dir.next() {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            names.push(OsStr::from_bytes(name).to_os_string());
+        }
+    }
+    Ok(names)
 }
 
 /// Is this object the root of a mount? (statx `STATX_ATTR_MOUNT_ROOT`, Linux 5.8+.)
@@ -680,6 +690,55 @@ pub fn read_trusted(
         .read_to_end(&mut text)
         .with_context(|| format!("cannot read {}", show(&node.path)))?;
     Ok(Some(text))
+}
+
+/// [`read_trusted`] of the entry `name` of the trusted directory `dir` (a [`Trust::RootOwned`]
+/// walk found it): one open for reading, a stat and a read when it is a regular root-owned
+/// file (`O_NONBLOCK`, so nothing stalls the open before the check; only root makes entries
+/// there), else the careful walk and its error. For a link that reads every VM's record.
+pub fn read_trusted_in(
+    tree: &Tree,
+    dir: &Node,
+    name: &OsStr,
+    limit: u64,
+) -> Result<Option<Vec<u8>>> {
+    let flags = OFlag::O_RDONLY
+        | OFlag::O_NOFOLLOW
+        | OFlag::O_NONBLOCK
+        | OFlag::O_NOCTTY
+        | OFlag::O_CLOEXEC;
+    let fd = match openat(&dir.fd, name, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return Ok(None),
+        Err(_) => return read_trusted(tree, Some(dir), Path::new(name), limit),
+    };
+    match fstat(&fd) {
+        Ok(st) if st.st_uid == 0 && st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFREG.bits() => {
+            read_sized(fd, &st, limit)
+                .map(Some)
+                .with_context(|| format!("cannot read {}", show(&dir.path.join(name))))
+        }
+        _ => read_trusted(tree, Some(dir), Path::new(name), limit),
+    }
+}
+
+/// The regular file `fd` (stat `st`): its size's worth of bytes, at most `limit`, in one read
+/// as a rule. Root's files read this way are replaced whole (a rename) or never change (the
+/// Nix store), so the size is the content's.
+pub fn read_sized(fd: OwnedFd, st: &FileStat, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let want = (st.st_size.max(0) as u64).min(limit) as usize;
+    let mut text = vec![0; want];
+    let mut file = std::fs::File::from(fd);
+    let mut got = 0;
+    while got < want {
+        match file.read(&mut text[got..])? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    text.truncate(got);
+    Ok(text)
 }
 
 #[cfg(test)]

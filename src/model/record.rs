@@ -260,17 +260,50 @@ pub fn read(tree: &Tree, vm: &str) -> Result<Option<VmRecord>> {
 
 /// VMs that have a runtime record.
 pub fn recorded_vms(tree: &Tree) -> Vec<VmName> {
-    let dir = match tree.walk(Path::new(paths::RUNTIME_DIR), Trust::RootOwned) {
-        Ok(Walk::Found(n)) if n.is_dir() => n,
-        _ => return Vec::new(),
-    };
-    let mut vms: Vec<VmName> = chase::list_dir(&dir)
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|n| VmName::try_from(n.to_str()?.strip_suffix(".json")?).ok())
-        .collect();
-    vms.sort();
-    vms
+    RuntimeDir::open(tree).vms()
+}
+
+/// The runtime dir, walked once ([`Trust::RootOwned`]) for reading many records (a link's
+/// stale list reads every VM's); none when it is missing or not root's.
+pub struct RuntimeDir(Option<chase::Node>);
+
+impl RuntimeDir {
+    pub fn open(tree: &Tree) -> RuntimeDir {
+        RuntimeDir(
+            match tree.walk(Path::new(paths::RUNTIME_DIR), Trust::RootOwned) {
+                Ok(Walk::Found(n)) if n.is_dir() => Some(n),
+                _ => None,
+            },
+        )
+    }
+
+    /// VMs that have a record, sorted.
+    pub fn vms(&self) -> Vec<VmName> {
+        let Some(dir) = &self.0 else {
+            return Vec::new();
+        };
+        let mut vms: Vec<VmName> = chase::list_dir(dir)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|n| VmName::try_from(n.to_str()?.strip_suffix(".json")?).ok())
+            .collect();
+        vms.sort();
+        vms
+    }
+
+    /// `vm`'s record, as [`read`] reads it.
+    pub fn read(&self, tree: &Tree, vm: &str) -> Result<Option<VmRecord>> {
+        let Some(dir) = &self.0 else {
+            return Ok(None);
+        };
+        let name = format!("{vm}.json");
+        match chase::read_trusted_in(tree, dir, std::ffi::OsStr::new(&name), 16 << 20)? {
+            Some(t) => serde_json::from_slice(&t)
+                .map(Some)
+                .with_context(|| format!("runtime record {}", show(&record_path(vm)))),
+            None => Ok(None),
+        }
+    }
 }
 
 #[cfg(test)]

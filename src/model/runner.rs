@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
-use std::io::Read;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
@@ -81,16 +80,17 @@ fn read_source(tree: &Tree, dir: &Node, tag: &OsStr) -> Result<Vec<u8>> {
         );
     let fast = openat2(&dir.fd, &rel, how)
         .ok()
-        .filter(|fd| matches!(fstat(fd), Ok(st) if st.st_uid == 0 && st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFREG.bits()));
+        .and_then(|fd| match fstat(&fd) {
+            Ok(st)
+                if st.st_uid == 0 && st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFREG.bits() =>
+            {
+                Some((fd, st))
+            }
+            _ => None,
+        });
     let mut text = match fast {
-        Some(fd) => {
-            let mut text = Vec::with_capacity(4096);
-            std::fs::File::from(fd)
-                .take(64 * 1024)
-                .read_to_end(&mut text)
-                .with_context(|| format!("cannot read {}", show(&dir.path.join(&rel))))?;
-            text
-        }
+        Some((fd, st)) => chase::read_sized(fd, &st, 64 * 1024)
+            .with_context(|| format!("cannot read {}", show(&dir.path.join(&rel))))?,
         None => chase::read_trusted(tree, Some(dir), &rel, 64 * 1024)?
             .with_context(|| format!("{} does not exist", show(&dir.path.join(&rel))))?,
     };
@@ -125,13 +125,9 @@ fn virtiofs_fast(runner: &Node, dir: &Path) -> Option<(Node, Vec<std::ffi::OsStr
         let s = fstatat(&runner.fd, &step, AtFlags::AT_SYMLINK_NOFOLLOW).ok()?;
         chase::root_owned(&runner.path.join(&step), &s).ok()?;
     }
-    let mut list = nix::dir::Dir::from_fd(fd.try_clone().ok()?).ok()?;
-    let names = list
-        .iter()
-        .filter_map(|e| e.ok())
-        .map(|e| OsStr::from_bytes(e.file_name().to_bytes()).to_os_string())
-        .filter(|n| n != "." && n != "..")
-        .collect();
+    // Listed on the very descriptor (its offset is of no further use: the sources are
+    // opened relative to it).
+    let names = chase::names_of(std::os::fd::AsFd::as_fd(&fd)).ok()?;
     Some((
         Node {
             fd,
