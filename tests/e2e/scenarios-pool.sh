@@ -42,10 +42,11 @@ e2e_pool_lease() {
 
 e2e_pool_first_line() { head -n 1 "$E2E_RUN/mvl.out"; }
 
-# bob (uid 1001; the rootfs has alice only), the sudo rule for him too, and
+# bob (the rootfs has alice only), the sudo rule for him too, and
 # his repo ~bob/bproj with a worktree ~bob/bproj-wt
 e2e_pool_bob() {
-    e2e_ct sh -c 'id bob >/dev/null 2>&1 || useradd -m -u 1001 -s /bin/bash bob' || fail "could not add bob"
+    # Bob may exist already, without a home (17-upgraded-host-link makes him so).
+    e2e_ct sh -c 'id bob >/dev/null 2>&1 || useradd -U -s /bin/bash bob; install -d -o bob -g bob -m 0755 /home/bob' || fail "could not add bob"
     e2e_ct sh -c 'echo "bob ALL=(root) NOPASSWD: /usr/bin/microvm-link" > /etc/sudoers.d/microvm-link-bob && chmod 0440 /etc/sudoers.d/microvm-link-bob' ||
         fail "could not give bob the sudo rule"
     e2e_ct_as bob sh -c '

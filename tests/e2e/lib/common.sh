@@ -44,7 +44,9 @@ e2e_require_host() {
     for c in debootstrap systemd-nspawn nsenter busybox cpio gzip sha256sum flock findmnt; do
         command -v "$c" >/dev/null || e2e_die "missing host command: $c (apt-get install debootstrap systemd-container busybox-static cpio util-linux)"
     done
-    busybox --list | grep -qx setpriv || e2e_die "host busybox lacks setpriv (need busybox-static)"
+    # grep reads the whole list: a `grep -q` leaving early kills busybox with SIGPIPE, which
+    # pipefail turned into "lacks setpriv" now and then.
+    busybox --list | grep -x setpriv >/dev/null || e2e_die "host busybox lacks setpriv (need busybox-static)"
     file_is_static "$(command -v busybox)" || e2e_die "host busybox is not statically linked (apt-get install busybox-static)"
     [ -x "$E2E_VIRTIOFSD" ] || e2e_die "virtiofsd $E2E_VIRTIOFSD_VERSION missing at $E2E_VIRTIOFSD (cargo install virtiofsd --version $E2E_VIRTIOFSD_VERSION --locked --root $(dirname "$(dirname "$E2E_VIRTIOFSD")"))"
     ls /boot/vmlinuz-* >/dev/null 2>&1 || e2e_die "no kernel in /boot (apt-get install linux-image-amd64)"
