@@ -278,7 +278,9 @@ for e in 10 1000; do
 		runner "$r" "vm$i" "/var/lib/microvm-workspaces/vm$i"
 	done
 	runner "$r" bench /var/lib/microvm-workspaces/bench /var/lib/microvm-workspaces/bench/hosts/bench
+	# A user's checkouts: a link refuses a repo of root's (the guest's user would be root).
 	mkdir -p "$r/home/u/a/bench" "$r/home/u/b/bench"
+	chown -R 1000:1000 "$r/home/u"
 	for i in $(seq 0 $((e - 1))); do
 		MICROVM_WORKSPACES_ROOT=$r $PREPARE "vm$i"
 	done
