@@ -360,7 +360,7 @@ impl<'t> Session<'t> {
             }
             self.ops(after, &mut applied)
         })();
-        self.out.displaced = applied.displaced;
+        self.out.displaced.append(&mut applied.displaced);
         self.out.ops.append(&mut applied.done);
         res
     }

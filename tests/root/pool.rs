@@ -415,3 +415,22 @@ fn a_pool_vm_changes_hands_only_through_leases() {
     assert_ok(&link(&fx, "/home/alice/wt2", 0, &["a2", "--no-restart"]));
     assert_eq!(seen(&fx, "a2").as_deref(), Some("/home/alice/wt2"));
 }
+
+#[test]
+fn a_lease_says_where_it_moved_a_directory_in_its_way() {
+    in_mount_ns!(a_lease_says_where_it_moved_a_directory_in_its_way);
+    let fx = fixture(1);
+    // Alice's own directory where a1's entry goes: moved aside for her lease, and said.
+    fx.mkdir(&format!("{WS}/a1"), ALICE, 0o755);
+    fx.write(&format!("{WS}/a1/notes"), b"mine");
+    let v = json(&pool(&fx, "/home/alice/wt1", ALICE, &["--json"]));
+    let displaced = v["displaced"].as_array().expect("displaced is a list");
+    assert_eq!(displaced.len(), 1, "{v}");
+    assert_eq!(displaced[0]["from"], format!("{WS}/a1"), "{v}");
+    let to = displaced[0]["to"].as_str().unwrap();
+    assert_eq!(
+        std::fs::read(fx.p(&format!("{to}/notes"))).unwrap(),
+        b"mine",
+        "the directory is not where the report says"
+    );
+}
