@@ -530,11 +530,11 @@ impl Outcome {
             let who = crate::model::config::user_name(f.uid);
             let vm = &self.vm;
             out.push(match (&self.restart, f.stopped) {
+                _ if f.no_restart => format!(
+                    "warning: {vm} ran {who}'s work since its start and is not restarted (--no-restart): what runs there for them sees this worktree, writing as you"
+                ),
                 _ if self.dry_run => format!(
                     "{vm} ran {who}'s work since its start: would be stopped before the link and started afresh"
-                ),
-                (Restart::NotAsked, _) => format!(
-                    "warning: {vm} ran {who}'s work since its start and is not restarted (--no-restart): what runs there for them sees this worktree, writing as you"
                 ),
                 (Restart::Active { .. }, true) => format!(
                     "{vm} ran {who}'s work since its start: stopped before the link and started afresh, so that nothing of it meets this worktree"
@@ -682,6 +682,7 @@ pub fn lease(env: &Env, pool: &PoolName, repo: Option<&Path>, opts: Options) -> 
     };
     let mut checked = Checked::default();
     let mut fresh = None;
+    let mut stopped: Option<VmName> = None;
     let mut changes_for = |choice: &Choice, released: &[Released]| -> Result<Vec<Change>> {
         let vm = choice.vm();
         let mut changes = match linked_to(env, vm, &repo)? {
@@ -700,8 +701,12 @@ pub fn lease(env: &Env, pool: &PoolName, repo: Option<&Path>, opts: Options) -> 
     let mut before_write = |choice: &Choice, previous: Option<(u32, i64)>| -> Result<()> {
         if let Choice::Take(vm) = choice {
             fresh = fresh_guest(env, vm, env.caller.uid(), previous);
-            if let Some(f) = fresh.as_mut().filter(|_| !opts.dry_run && !opts.no_restart) {
-                f.stopped = stop_for_fresh_guest(env, vm)?;
+            if let Some(f) = fresh.as_mut() {
+                f.no_restart = opts.no_restart;
+                if !opts.dry_run && !opts.no_restart {
+                    f.stopped = stop_for_fresh_guest(env, vm)?;
+                    stopped = f.stopped.then(|| vm.clone());
+                }
             }
         }
         Ok(())
@@ -714,7 +719,16 @@ pub fn lease(env: &Env, pool: &PoolName, repo: Option<&Path>, opts: Options) -> 
         opts.dry_run,
         &mut changes_for,
         &mut before_write,
-    )?;
+    );
+    // Stopped for a fresh guest, then the lease failed: say that it stays stopped.
+    let leased = match (leased, stopped) {
+        (Err(e), Some(vm)) => {
+            return Err(e.context(format!(
+                "{vm} was stopped for a fresh guest and is left stopped (the next lease starts it)"
+            )))
+        }
+        (leased, _) => leased?,
+    };
     let view = |vm: &VmName, l: &crate::engine::facts::LeaseFacts| LeaseView::of(&env.cfg, vm, l);
     let report = LeaseReport {
         lease: view(
@@ -998,6 +1012,9 @@ pub struct FreshGuest {
     pub uid: u32,
     /// Stopped before the link (then started): it never showed the worktree to that work.
     pub stopped: bool,
+    /// Left running as it is (`--no-restart`).
+    #[serde(skip)]
+    pub no_restart: bool,
 }
 
 /// Whether the new lease of `vm` for `owner` needs a fresh guest: its previous holder was
@@ -1012,6 +1029,7 @@ fn fresh_guest(
     let fresh = FreshGuest {
         uid,
         stopped: false,
+        no_restart: false,
     };
     // When the start cannot be told, the guest is taken to have run that work.
     let started = record::start_record(&env.root, vm)

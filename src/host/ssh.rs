@@ -287,7 +287,7 @@ pub fn shell_quote(word: &str) -> String {
 pub fn await_inode(dir: &str, ino: u64, limit: std::time::Duration) -> String {
     let tries = (limit.as_millis() / 100).max(1);
     format!(
-        "n=0; while [ \"$(stat -c %i {q}/. 2>/dev/null)\" != {ino} ] && [ $n -lt {tries} ]; do sleep 0.1; n=$((n+1)); done; [ $n -lt {tries} ] || echo 'microvm-link: the live view does not show the repo after {secs} s; going on' >&2; ",
+        "n=0; while [ \"$(stat -c %i {q}/. 2>/dev/null)\" != {ino} ] && [ $n -lt {tries} ]; do sleep 0.1; n=$((n+1)); done; [ \"$(stat -c %i {q}/. 2>/dev/null)\" = {ino} ] || echo 'microvm-link: the live view does not show the repo after {secs} s; going on' >&2; ",
         q = shell_quote(dir),
         secs = limit.as_secs_f64()
     )
@@ -318,7 +318,7 @@ mod tests {
     fn the_view_wait_polls_the_quoted_directory_and_gives_up() {
         assert_eq!(
             await_inode("/run/it's/current", 42, std::time::Duration::from_secs(3)),
-            r#"n=0; while [ "$(stat -c %i '/run/it'\''s/current'/. 2>/dev/null)" != 42 ] && [ $n -lt 30 ]; do sleep 0.1; n=$((n+1)); done; [ $n -lt 30 ] || echo 'microvm-link: the live view does not show the repo after 3 s; going on' >&2; "#
+            r#"n=0; while [ "$(stat -c %i '/run/it'\''s/current'/. 2>/dev/null)" != 42 ] && [ $n -lt 30 ]; do sleep 0.1; n=$((n+1)); done; [ "$(stat -c %i '/run/it'\''s/current'/. 2>/dev/null)" = 42 ] || echo 'microvm-link: the live view does not show the repo after 3 s; going on' >&2; "#
         );
     }
 

@@ -331,7 +331,7 @@ fn shell_with_a_pool_leases_a_vm_for_the_worktree_and_goes_into_its_live_view() 
     let ino = std::fs::metadata(fx.p("/home/alice/wt1")).unwrap().ino();
     assert_eq!(
         log[3],
-        format!("n=0; while [ \"$(stat -c %i '/work/current'/. 2>/dev/null)\" != {ino} ] && [ $n -lt 30 ]; do sleep 0.1; n=$((n+1)); done; [ $n -lt 30 ] || echo 'microvm-link: the live view does not show the repo after 3 s; going on' >&2; cd '/work/current/sub' && exec 'pwd'"),
+        format!("n=0; while [ \"$(stat -c %i '/work/current'/. 2>/dev/null)\" != {ino} ] && [ $n -lt 30 ]; do sleep 0.1; n=$((n+1)); done; [ \"$(stat -c %i '/work/current'/. 2>/dev/null)\" = {ino} ] || echo 'microvm-link: the live view does not show the repo after 3 s; going on' >&2; cd '/work/current/sub' && exec 'pwd'"),
     );
     // Another worktree: the next VM. The first again: its own lease, nothing new.
     shell(
