@@ -268,10 +268,14 @@ pub fn recorded_vms(tree: &Tree) -> Vec<VmName> {
 pub struct RuntimeDir(Option<chase::Node>);
 
 impl RuntimeDir {
+    /// Only a trusted place (root's, writable by nobody else, as the writer makes it) is
+    /// taken: only root makes entries there.
     pub fn open(tree: &Tree) -> RuntimeDir {
         RuntimeDir(
             match tree.walk(Path::new(paths::RUNTIME_DIR), Trust::RootOwned) {
-                Ok(Walk::Found(n)) if n.is_dir() => Some(n),
+                Ok(Walk::Found(n)) if n.is_dir() && dirs::check_trusted_place(&n).is_ok() => {
+                    Some(n)
+                }
                 _ => None,
             },
         )
