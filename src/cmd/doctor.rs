@@ -1013,7 +1013,10 @@ fn check_link_records(tree: &Tree, cfg: &Config, out: &mut Vec<Finding>) {
                 out.push(warn(
                     "link-records",
                     format!("{} -> {}: {why}; its VMs see the empty placeholder", show(&at), show(&rec.target)),
-                    format!("link the repo again from where it is now (microvm-link {entry} --repo PATH), or unlink it (microvm-link unlink {entry})"),
+                    match VmName::try_from(entry.as_str()).ok().and_then(|vm| cfg.pool_of(&vm)) {
+                        Some(pool) => format!("end its lease (microvm-link release {entry}), or lease it again from where the worktree is now (microvm-link --pool {pool}); by hand only root links a pool VM"),
+                        None => format!("link the repo again from where it is now (microvm-link {entry} --repo PATH), or unlink it (microvm-link unlink {entry})"),
+                    },
                 ));
             }
         }
