@@ -17,7 +17,12 @@ fi
 old=$(realpath "$1") new=$(realpath "$2") e=${3:-1000} runs=${BENCH_RUNS:-30}
 here=$(cd "$(dirname "$0")" && pwd)
 w=$(mktemp -d /var/tmp/mvw-relink.XXXXXX)
-trap 'umount -R "$w" 2>/dev/null; rm -rf "$w"' EXIT
+# The links' mounts first (deepest first), then the trees.
+cleanup() {
+	findmnt -rn -o TARGET | grep "^$w/" | sort -r | xargs -r -n 1 umount -l
+	rm -rf "$w"
+}
+trap cleanup EXIT
 runner() {
 	local root=$1 vm=$2
 	shift 2
