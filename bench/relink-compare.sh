@@ -23,34 +23,15 @@ cleanup() {
 	rm -rf "$w"
 }
 trap cleanup EXIT
-runner() {
-	local root=$1 vm=$2
-	shift 2
-	local store=/nix/store/0000-microvm-$vm i=0
-	for src in "$@"; do
-		mkdir -p "$root$store/share/microvm/virtiofs/s$i"
-		printf '%s\n' "$src" >"$root$store/share/microvm/virtiofs/s$i/source"
-		i=$((i + 1))
-	done
-	mkdir -p "$root/var/lib/microvms/$vm"
-	ln -sfn "$store" "$root/var/lib/microvms/$vm/current"
-}
+# shellcheck source=bench/runner.sh
+source "$here/runner.sh"
 link() { # build-name bin-dir checkout
 	echo "env MICROVM_WORKSPACES_ROOT=$w/$1 $2/microvm-link bench --repo $w/$1/home/u/$3/bench --no-restart"
 }
 for b in old new; do
 	bin=$old
 	[ $b = new ] && bin=$new
-	r=$w/$b
-	for i in $(seq 0 $((e - 1))); do
-		runner "$r" "vm$i" "/var/lib/microvm-workspaces/vm$i"
-	done
-	runner "$r" bench /var/lib/microvm-workspaces/bench /var/lib/microvm-workspaces/bench/hosts/bench
-	mkdir -p "$r/home/u/a/bench" "$r/home/u/b/bench"
-	chown -R 1000:1000 "$r/home/u"
-	for i in $(seq 0 $((e - 1))); do
-		MICROVM_WORKSPACES_ROOT=$r "$bin/microvm-workspaces-prepare" "vm$i"
-	done
+	relink_host "$w/$b" "$e" "$bin/microvm-workspaces-prepare"
 	$(link $b "$bin" b) >/dev/null
 done
 gcc -static -O2 -o "$w/noop" "$here/noop.c"

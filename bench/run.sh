@@ -119,20 +119,9 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 declare -a TABLE
 row() { TABLE+=("$*"); }
 
-# A root holding VM $2 whose runner records the given sources.
-runner() {
-	local root=$1 vm=$2
-	shift 2
-	local store=/nix/store/0000-microvm-$vm
-	local i=0
-	for src in "$@"; do
-		mkdir -p "$root$store/share/microvm/virtiofs/s$i"
-		printf '%s\n' "$src" >"$root$store/share/microvm/virtiofs/s$i/source"
-		i=$((i + 1))
-	done
-	mkdir -p "$root/var/lib/microvms/$vm"
-	ln -sfn "$store" "$root/var/lib/microvms/$vm/current"
-}
+# runner ROOT VM SOURCE... and relink_host ROOT E PREPARE (the relink host).
+# shellcheck source=bench/runner.sh
+source "$here/runner.sh"
 
 # tmpfiles `d` lines for the given inside paths (parents first, as placeholders would be).
 dlines() {
@@ -274,16 +263,7 @@ for e in 10 1000; do
 	r=$W/link$e/root
 	# A host with e VMs (each an entry in the workspace dir, started once: a runtime record),
 	# and bench, relinked between two checkouts.
-	for i in $(seq 0 $((e - 1))); do
-		runner "$r" "vm$i" "/var/lib/microvm-workspaces/vm$i"
-	done
-	runner "$r" bench /var/lib/microvm-workspaces/bench /var/lib/microvm-workspaces/bench/hosts/bench
-	# A user's checkouts: a link refuses a repo of root's (the guest's user would be root).
-	mkdir -p "$r/home/u/a/bench" "$r/home/u/b/bench"
-	chown -R 1000:1000 "$r/home/u"
-	for i in $(seq 0 $((e - 1))); do
-		MICROVM_WORKSPACES_ROOT=$r $PREPARE "vm$i"
-	done
+	relink_host "$r" "$e" "$PREPARE"
 	n=$(find "$r/var/lib/microvm-workspaces" -mindepth 1 -maxdepth 1 -not -name '.*' | wc -l)
 	[ "$n" = "$e" ] || { echo "$n entries, wanted $e" >&2; exit 1; }
 	to() { echo "env MICROVM_WORKSPACES_ROOT=$r $LINK bench --repo $r/home/u/$1/bench --no-restart"; }
