@@ -108,16 +108,7 @@ fn one(ws: &Workspace, held: &mut Held, op: &Op, out: &mut Applied) -> Result<()
             held.keep(n);
         }
         Op::Migrate { at, target, owner } => {
-            let links = records_dir(ws, held)?;
-            let name = at.file_name().context("an entry has a name")?;
-            write_record(
-                links,
-                name,
-                &Record {
-                    target: target.clone(),
-                    owner: *owner,
-                },
-            )?;
+            let name = write_record_of(ws, held, at, target, *owner)?;
             ws.replace_symlink(name)?;
             held.keep(ws.node.child(name)?);
         }
@@ -153,16 +144,7 @@ fn one(ws: &Workspace, held: &mut Held, op: &Op, out: &mut Applied) -> Result<()
         Op::WriteRecord {
             at, target, owner, ..
         } => {
-            let links = records_dir(ws, held)?;
-            let name = at.file_name().context("an entry has a name")?;
-            write_record(
-                links,
-                name,
-                &Record {
-                    target: target.clone(),
-                    owner: *owner,
-                },
-            )?;
+            write_record_of(ws, held, at, target, *owner)?;
         }
         Op::RemoveRecord { at } => {
             let links = records_dir(ws, held)?;
@@ -220,6 +202,23 @@ fn one(ws: &Workspace, held: &mut Held, op: &Op, out: &mut Applied) -> Result<()
         }
     }
     Ok(())
+}
+
+/// Writes the link record of the entry at `at`; returns the entry's name.
+fn write_record_of<'a>(
+    ws: &Workspace,
+    held: &Held,
+    at: &'a Path,
+    target: &Path,
+    owner: u32,
+) -> Result<&'a OsStr> {
+    let name = at.file_name().context("an entry has a name")?;
+    let record = Record {
+        target: target.to_path_buf(),
+        owner,
+    };
+    write_record(records_dir(ws, held)?, name, &record)?;
+    Ok(name)
 }
 
 /// The records' directory (`.links`), held since it was looked at (or made by this plan).
