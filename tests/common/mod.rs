@@ -142,6 +142,19 @@ impl Fx {
         std::os::unix::fs::lchown(self.p(inside), Some(uid), Some(uid)).unwrap();
     }
 
+    /// The nixfiles VM sharing its entry, and each of `hosts` sharing its own directory below
+    /// it (`nixfiles/hosts/microvms/<vm>`, tag `host`): sources nested in one repo.
+    pub fn nixfiles_with_hosts(&self, hosts: &[&str]) {
+        self.runner(
+            "nixfiles",
+            &[("nixfiles", b"/var/lib/microvm-workspaces/nixfiles")],
+        );
+        for vm in hosts {
+            let source = format!("/var/lib/microvm-workspaces/nixfiles/hosts/microvms/{vm}");
+            self.runner(vm, &[("host", source.as_bytes())]);
+        }
+    }
+
     /// A microvm.nix runner for `vm` in the store, linked as `<stateDir>/<vm>/current`,
     /// recording the given virtiofs shares (tag, source as written).
     pub fn runner(&self, vm: &str, shares: &[(&str, &[u8])]) {

@@ -24,17 +24,7 @@ fn attack() {
 /// nixfiles (alice's repo, in her own home) and web, whose source lies in it.
 fn nested_rig() -> Rig {
     let fx = rig();
-    fx.runner(
-        "nixfiles",
-        &[("nixfiles", b"/var/lib/microvm-workspaces/nixfiles")],
-    );
-    fx.runner(
-        "web",
-        &[(
-            "host",
-            b"/var/lib/microvm-workspaces/nixfiles/hosts/microvms/web",
-        )],
-    );
+    fx.nixfiles_with_hosts(&["web"]);
     fx.mkdir("/home/alice", ALICE, 0o755);
     fx.repo("/home/alice/nixfiles", ALICE);
     fx.mkdir("/home/alice/nixfiles/.git", ALICE, 0o755);

@@ -277,24 +277,7 @@ fn companions_are_linked_when_present_and_placeholders_when_not() {
 fn nested_sources_of_every_vm_appear_in_the_real_repo_owned_by_its_owner() {
     in_mount_ns!(nested_sources_of_every_vm_appear_in_the_real_repo_owned_by_its_owner);
     let fx = Fx::new();
-    fx.runner(
-        "nixfiles",
-        &[("nixfiles", b"/var/lib/microvm-workspaces/nixfiles")],
-    );
-    fx.runner(
-        "web",
-        &[(
-            "host",
-            b"/var/lib/microvm-workspaces/nixfiles/hosts/microvms/web",
-        )],
-    );
-    fx.runner(
-        "db",
-        &[(
-            "host",
-            b"/var/lib/microvm-workspaces/nixfiles/hosts/microvms/db",
-        )],
-    );
+    fx.nixfiles_with_hosts(&["web", "db"]);
     fx.prepare_ok("web"); // placeholders for now
     repo_with_marker(&fx, "/home/alice/nixfiles", ALICE);
     // What each VM gets ensured, as the dry run says it and as the act does it.

@@ -519,13 +519,10 @@ fn link_record(fx: &Fx, name: &str, target: &str, owner: u32) {
     fx.symlink_as(target, &rec, owner);
 }
 
-#[test]
-fn a_recorded_link_is_mounted_and_sources_below_it_are_created_as_the_repo_owner() {
-    in_mount_ns!(a_recorded_link_is_mounted_and_sources_below_it_are_created_as_the_repo_owner);
-    let fx = Fx::new();
+/// alice's nixfiles recorded as linked, and vm1 sharing the entry and a path below it.
+fn nixfiles_linked_with_vm1(fx: &Fx) {
     fx.repo("/home/alice/nixfiles", ALICE);
-    fx.write("/home/alice/nixfiles/marker", b"repo");
-    link_record(&fx, "nixfiles", "/home/alice/nixfiles", ALICE);
+    link_record(fx, "nixfiles", "/home/alice/nixfiles", ALICE);
     fx.runner(
         "vm1",
         &[
@@ -536,6 +533,14 @@ fn a_recorded_link_is_mounted_and_sources_below_it_are_created_as_the_repo_owner
             ),
         ],
     );
+}
+
+#[test]
+fn a_recorded_link_is_mounted_and_sources_below_it_are_created_as_the_repo_owner() {
+    in_mount_ns!(a_recorded_link_is_mounted_and_sources_below_it_are_created_as_the_repo_owner);
+    let fx = Fx::new();
+    nixfiles_linked_with_vm1(&fx);
+    fx.write("/home/alice/nixfiles/marker", b"repo");
     fx.prepare_ok("vm1");
     let entry = fx.p("/var/lib/microvm-workspaces/nixfiles");
     assert!(
@@ -565,18 +570,7 @@ fn a_linked_repo_moved_away_uncovers_the_placeholder_and_sources_below_it_are_ma
         a_linked_repo_moved_away_uncovers_the_placeholder_and_sources_below_it_are_made_there
     );
     let fx = Fx::new();
-    fx.repo("/home/alice/nixfiles", ALICE);
-    link_record(&fx, "nixfiles", "/home/alice/nixfiles", ALICE);
-    fx.runner(
-        "vm1",
-        &[
-            ("nixfiles", b"/var/lib/microvm-workspaces/nixfiles"),
-            (
-                "host",
-                b"/var/lib/microvm-workspaces/nixfiles/hosts/microvms/vm1",
-            ),
-        ],
-    );
+    nixfiles_linked_with_vm1(&fx);
     fx.prepare_ok("vm1");
     let entry = fx.p("/var/lib/microvm-workspaces/nixfiles");
     assert!(is_mountpoint(&entry));

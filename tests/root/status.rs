@@ -9,6 +9,13 @@ use crate::common::*;
 /// A user the user database knows, so the reason can name them.
 const NOBODY: u32 = 65534;
 
+/// nobody links vm1 to their repo /home/nobody/vm1 (no restart).
+fn link_nobodys_repo(fx: &Fx) {
+    let repo = fx.p("/home/nobody/vm1");
+    let args = ["vm1", "--repo", &repo.to_string_lossy(), "--no-restart"];
+    assert_ok(&link(fx, NOBODY, &args));
+}
+
 fn link(fx: &Fx, uid: u32, args: &[&str]) -> Output {
     Command::new(LINK)
         .env("MICROVM_WORKSPACES_ROOT", fx.root())
@@ -69,16 +76,7 @@ fn the_record_says_what_each_share_showed_at_start() {
         fx.record("vm1")["shares"][0]["shows"],
         serde_json::json!({"is": "placeholder"})
     );
-    assert_ok(&link(
-        &fx,
-        NOBODY,
-        &[
-            "vm1",
-            "--repo",
-            &fx.p("/home/nobody/vm1").to_string_lossy(),
-            "--no-restart",
-        ],
-    ));
+    link_nobodys_repo(&fx);
     fx.prepare_ok("vm1");
     assert_eq!(
         fx.record("vm1")["shares"][0]["shows"],
@@ -91,16 +89,7 @@ fn status_says_in_words_what_a_stale_and_a_fresh_vm_show() {
     in_mount_ns!(status_says_in_words_what_a_stale_and_a_fresh_vm_show);
     let fx = fixture();
     let before = table(&fx, &[]);
-    assert_ok(&link(
-        &fx,
-        NOBODY,
-        &[
-            "vm1",
-            "--repo",
-            &fx.p("/home/nobody/vm1").to_string_lossy(),
-            "--no-restart",
-        ],
-    ));
+    link_nobodys_repo(&fx);
     let st = status_json(&fx);
     let s = share(&st, "vm1", "workspace");
     assert_eq!(s["showedAtStart"], "placeholder", "{s}");
