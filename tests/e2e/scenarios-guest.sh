@@ -127,6 +127,17 @@ s_fallback_placeholder() {
     grep -q "VM vm3 share host .* got a placeholder at its last start" <<<"$out" || fail "doctor does not say it: $out"
 }
 
+# e2e_vmssh_git_mode MODE: vmssh's git mode in config.json, and vmssh restarted with it, up to
+# its SSH banner.
+e2e_vmssh_git_mode() {
+    e2e_config_edit ".vms.vmssh.git = \"$1\""
+    local b
+    b=$(e2e_boot_count vmssh)
+    e2e_ct systemctl restart microvm@vmssh.service || fail "restart failed"
+    e2e_wait_restarted vmssh "$b"
+    e2e_ssh_wait vmssh >/dev/null || fail "vmssh gave no SSH banner"
+}
+
 # ---------- issue 20, items 1 and 2: a worktree in the guest ---------------
 
 # alice has a main repo ~/vmssh and a worktree of it ~/vmssh-feat (its .git
@@ -199,22 +210,14 @@ s_worktree_git() {
     [ "$(e2e_ct_as alice git -C "$repo" log -1 --format=%s feat)" = host-two ] || fail "the host's feat moved"
 
     step "readonly: git status and log work in the guest, commit is refused"
-    e2e_config_edit '.vms.vmssh.git = "readonly"'
-    b=$(e2e_boot_count vmssh)
-    e2e_ct systemctl restart microvm@vmssh.service || fail "restart failed"
-    e2e_wait_restarted vmssh "$b"
-    e2e_ssh_wait vmssh >/dev/null || fail "vmssh gave no SSH banner"
+    e2e_vmssh_git_mode readonly
     out=$(e2e_ssh vmssh "cd /mnt/workspace && $status && git log -1 --format=%s && if $guest_git commit -q --allow-empty -m nope 2>/dev/null; then echo committed; else echo refused; fi; find /mnt/workspace -name main-only 2>/dev/null | wc -l" 2>&1) ||
         fail "git in the guest failed: $out"
     printf '%s\n' "$out"
     [ "$(tr '\n' '|' <<<"$out")" = " M MARKER|!! .microvm-git/|host-two|refused|0|" ] || fail "readonly: $out"
 
     step "shared: the guest commits and switches in the main repo's git dir itself; the host has it at once"
-    e2e_config_edit '.vms.vmssh.git = "shared"'
-    b=$(e2e_boot_count vmssh)
-    e2e_ct systemctl restart microvm@vmssh.service || fail "restart failed"
-    e2e_wait_restarted vmssh "$b"
-    e2e_ssh_wait vmssh >/dev/null || fail "vmssh gave no SSH banner"
+    e2e_vmssh_git_mode shared
     out=$(e2e_ssh vmssh "cd /mnt/workspace && $status && $guest_git commit -q -am shared-commit && git switch -q -c shared-topic && git log -1 --format=%s && find /mnt/workspace -name main-only 2>/dev/null | wc -l" 2>&1) ||
         fail "git in the guest failed: $out"
     printf '%s\n' "$out"
