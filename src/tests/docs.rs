@@ -3,7 +3,7 @@
 //! builds, skips them):
 //!
 //! * every `module::item` a Markdown file of the repository cites in backticks is defined in
-//!   src (which forms count: ARCHITECTURE.md#citations);
+//!   src (which forms count: docs/design.md#citations);
 //! * every `<file>.md#anchor` cited anywhere in the repository (code comments, tests, Nix,
 //!   scripts, docs) and every relative Markdown link names a file, and an anchor, that exist;
 //! * ARCHITECTURE.md's code map names every module of src.
