@@ -12,15 +12,16 @@ use crate::fs::chase::Node;
 use crate::fs::idmap::Ids;
 use crate::fs::paths::{self, show};
 use crate::model::config::{self, user_label, Config, Seen};
+use crate::model::names::VmName;
 use crate::model::workspace::entry_name_of;
 
 /// How each entry's guests are to see a linked repo, from the config.
 pub struct Guests {
     /// Entry name -> the VMs whose configured shares pass through it, and how each one's
     /// guest is to see a linked repo (docs/security.md#idmap).
-    by_entry: BTreeMap<OsString, Vec<(String, Seen)>>,
+    by_entry: BTreeMap<OsString, Vec<(VmName, Seen)>>,
     /// Entry name -> a VM sharing it over 9p (qemu's own server: see `check_mappable`).
-    nine_p: BTreeMap<OsString, String>,
+    nine_p: BTreeMap<OsString, VmName>,
     /// Entries a configured share has as its source itself (not a live root, not below it).
     pinned_roots: BTreeSet<OsString>,
 }
@@ -93,7 +94,7 @@ impl Guests {
 }
 
 /// Which entries a configured 9p share passes through, and the VM of one.
-fn nine_p_by_entry(cfg: &Config) -> BTreeMap<OsString, String> {
+fn nine_p_by_entry(cfg: &Config) -> BTreeMap<OsString, VmName> {
     let mut out = BTreeMap::new();
     for (vm, v) in &cfg.vms {
         for s in v.shares.iter().filter(|s| s.proto == config::Proto::NineP) {
@@ -123,8 +124,8 @@ fn pinned_roots(cfg: &Config) -> BTreeSet<OsString> {
 }
 
 /// Which configured VM shares pass through which entry, with each VM's guest mapping.
-fn guests_by_entry(cfg: &Config) -> BTreeMap<OsString, Vec<(String, Seen)>> {
-    let mut out: BTreeMap<OsString, Vec<(String, Seen)>> = BTreeMap::new();
+fn guests_by_entry(cfg: &Config) -> BTreeMap<OsString, Vec<(VmName, Seen)>> {
+    let mut out: BTreeMap<OsString, Vec<(VmName, Seen)>> = BTreeMap::new();
     for (vm, v) in &cfg.vms {
         for s in &v.shares {
             if let Some(name) = entry_name_of(&cfg.workspace_dir, Path::new(&s.source)) {

@@ -552,7 +552,7 @@ mod tests {
             paths.dedup();
             if !paths.is_empty() {
                 let words: Vec<String> = paths.iter().map(|p| unit_word(p, false)).collect();
-                out.push((vm.clone(), words.join(" ")));
+                out.push((vm.to_string(), words.join(" ")));
             }
         }
         out

@@ -32,10 +32,9 @@ pub struct Config {
     /// (docs/reference/workspace.md#displaced).
     #[serde(default)]
     pub hypervisor: Hypervisor,
-    /// Every key is a valid [`VmName`], checked as the file is read (see [`Config::vm_names`]).
-    /// Still `String` keys: `engine::entry` copies them into maps of `String`s.
+    /// Every key a [`VmName`], checked as the file is read.
     #[serde(default, deserialize_with = "vm_keys")]
-    pub vms: BTreeMap<String, VmConfig>,
+    pub vms: BTreeMap<VmName, VmConfig>,
     /// `companions.<vm>.<name> = <path relative to the repo>`.
     #[serde(default, deserialize_with = "companion_keys")]
     pub companions: BTreeMap<VmName, BTreeMap<EntryName, PathBuf>>,
@@ -344,9 +343,8 @@ where
 }
 
 /// `vms`: every key a [`VmName`].
-fn vm_keys<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, VmConfig>, D::Error> {
-    let vms = de::DeserializeSeed::deserialize(Keyed::<VmName, VmConfig>::at("vms"), d)?;
-    Ok(vms.into_iter().map(|(k, v)| (k.into(), v)).collect())
+fn vm_keys<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<VmName, VmConfig>, D::Error> {
+    de::DeserializeSeed::deserialize(Keyed::<VmName, VmConfig>::at("vms"), d)
 }
 
 /// `companions`: every key a [`VmName`], every key below it an [`EntryName`].
@@ -403,16 +401,14 @@ fn pool_keys<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<PoolName, Vec<V
 }
 
 impl Config {
-    /// The configured VMs' names, sorted (the keys of `vms`, each checked when it was read).
+    /// The configured VMs' names, sorted.
     pub fn vm_names(&self) -> impl Iterator<Item = VmName> + '_ {
-        self.vms
-            .keys()
-            .filter_map(|vm| VmName::try_from(vm.as_str()).ok())
+        self.vms.keys().cloned()
     }
 
     /// The configuration of `vm`, if it has one.
     pub fn vm(&self, vm: &VmName) -> Option<&VmConfig> {
-        self.vms.get(vm.as_str())
+        self.vms.get(vm)
     }
 
     /// The configured placeholder owner resolved to numbers (names through the host's user

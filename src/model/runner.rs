@@ -41,7 +41,7 @@ pub fn has_runner(tree: &Tree, cfg: &Config, vm: &str) -> bool {
 pub fn known_vms(tree: &Tree, cfg: &Config) -> Vec<VmName> {
     let mut vms: Vec<VmName> = candidates(tree, cfg)
         .into_iter()
-        .filter(|vm| cfg.vms.contains_key(vm.as_str()) || has_runner(tree, cfg, vm))
+        .filter(|vm| cfg.vms.contains_key(vm) || has_runner(tree, cfg, vm))
         .collect();
     vms.dedup();
     vms
