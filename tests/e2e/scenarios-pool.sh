@@ -42,6 +42,24 @@ e2e_pool_lease() {
 
 e2e_pool_first_line() { head -n 1 "$E2E_RUN/mvl.out"; }
 
+# e2e_coarse_tick_us: the step of the kernel's coarse clock in microseconds
+# (a jiffy: 4000 at HZ=250). A new file's timestamps come from that clock,
+# so they read up to one tick earlier than the precise clock systemd's
+# timestamps come from.
+e2e_coarse_tick_us() {
+    [ -x "$E2E_RUN/coarse-tick" ] || cc -o "$E2E_RUN/coarse-tick" -x c - <<'EOF' || return 1
+#include <stdio.h>
+#include <time.h>
+int main(void) {
+    struct timespec r;
+    if (clock_getres(CLOCK_REALTIME_COARSE, &r) != 0) return 1;
+    printf("%ld\n", r.tv_sec * 1000000L + (r.tv_nsec + 999) / 1000);
+    return 0;
+}
+EOF
+    "$E2E_RUN/coarse-tick"
+}
+
 # What a refused link or lease of ~/foreign-wt or ~/proj-wt3 could touch: the workspace dir,
 # both worktrees and root's repo. Not the whole of alice's home and /etc, which other programs
 # write on their own (a run saw a difference there that was gone a moment later).
@@ -216,10 +234,15 @@ s_pool_worktrees() {
     e2e_bob_mvl /home/bob/bproj-wt --pool agents || fail "bob's --pool exited $?: $(e2e_mvl_all | tr '\n' '|')"
     # The order, from systemd's and the file system's clocks: pool1 went inactive before bob's
     # lease was written (and the link after it), so nothing of alice's guest saw his worktree.
+    # The lease's mtime is from the coarse clock, up to one tick before the write itself (a CI
+    # run saw it 3.1 ms before the stop at HZ=250), so the write is later than the stop unless
+    # the stop is a whole tick after the mtime; the old stop-after-link order was 75 ms late.
     stopped=$(e2e_ct sh -c 'date -d "$(systemctl show -P InactiveEnterTimestamp --timestamp=us+utc microvm@pool1.service)" +%s%6N')
     leased=$(e2e_ct stat -c %.6Y "$E2E_WS/.leases/pool1" | tr -d .)
-    [ -n "$stopped" ] && [ -n "$leased" ] && [ "$stopped" -lt "$leased" ] ||
-        fail "pool1 went inactive at $stopped, not before bob's lease was written at $leased"
+    tick=$(e2e_coarse_tick_us) || fail "cannot read the coarse clock's step"
+    [ -n "$stopped" ] && [ -n "$leased" ] && [ "$stopped" -lt "$((leased + tick))" ] ||
+        fail "pool1 went inactive at $stopped, not before bob's lease was written at $leased (to within the file system clock's tick of $tick us)"
+    echo "pool1 went inactive $((leased - stopped)) us before the lease's mtime (tick $tick us)"
     [ "$(e2e_pool_first_line)" = "leased pool1 from pool agents for /home/bob/bproj-wt" ] || fail "bob's lease said '$(e2e_pool_first_line)'"
     grep -qx "pool1 ran alice's work since its start: stopped before the link and started afresh, so that nothing of it meets this worktree" "$E2E_RUN/mvl.out" ||
         fail "bob's lease did not say why pool1 restarts: $(e2e_mvl_all | tr '\n' '|')"
