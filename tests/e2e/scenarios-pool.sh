@@ -62,9 +62,11 @@ EOF
 
 # What a refused link or lease of ~/foreign-wt or ~/proj-wt3 could touch: the workspace dir,
 # both worktrees and root's repo. Not the whole of alice's home and /etc, which other programs
-# write on their own (a run saw a difference there that was gone a moment later).
+# write on their own (a run saw a difference there that was gone a moment later). Nor the
+# guests' own probes (lib/guest-init writes them into a live view that changed, and removes
+# the root's again: a run caught one between two snapshots).
 e2e_pool_refusal_snapshot() {
-    e2e_ct sh -c "find $E2E_WS /home/alice/foreign-wt /home/alice/proj-wt3 /srv/e2e -xdev -printf '%p %u %m %y %s\n' 2>/dev/null | sort"
+    e2e_ct sh -c "find $E2E_WS /home/alice/foreign-wt /home/alice/proj-wt3 /srv/e2e -xdev \\( -name .mvw-root-probe -o -name guest-wrote-as-uid1000 \\) -prune -o -printf '%p %u %m %y %s\n' 2>/dev/null | sort"
 }
 
 # bob (the rootfs has alice only), the sudo rule for him too, and
