@@ -16,6 +16,7 @@ use crate::engine::entry::{RepoNow, Workspace};
 use crate::engine::links::read_record;
 use crate::fs::chase::{self, is_symlink, Tree, Trust, Walk};
 use crate::fs::paths::{self, show, Root};
+use crate::fs::seal;
 use crate::host::caller::{self, Caller};
 use crate::model::config::{Config, Proto};
 use crate::model::names::{SshDest, VmName};
@@ -213,6 +214,7 @@ pub fn run(root: &Root, caller: Caller, host: &dyn Host) -> Result<Vec<Finding>>
     check_private_tmp(&cfg, &shares, &mut out);
     out.append(&mut sudo);
     check_link_records(&tree, &cfg, &mut out);
+    check_sealed(&tree, &cfg, &mut out);
     check_pools(&tree, &cfg, &mut out);
     check_stale(&tree, &cfg, root, &mut out);
     check_vsock(&cfg, caller, host, &mut out);
@@ -951,6 +953,53 @@ pub fn sudo_rules(text: &str) -> Vec<(String, String)> {
 }
 
 /// Link records whose repo is gone: the placeholder serves instead of the repo.
+/// Are the entries' placeholders sealed (docs/security.md#sealed)? A file system without the
+/// flag leaves them writable by a guest's root; one made before sealing is sealed at the next
+/// start of a VM that shares it. (As the caller, who cannot read the `trusted.` mark: a root
+/// directory of the entry's name that nobody may write to and nothing is mounted on.)
+fn check_sealed(tree: &Tree, cfg: &Config, out: &mut Vec<Finding>) {
+    let Ok(Some(ws)) = Workspace::find(tree, cfg) else {
+        return;
+    };
+    if seal::state(&ws.node).ok() == Some(seal::State::Unsupported) {
+        out.push(warn(
+            "sealed",
+            format!("the file system of {} has no immutable flag: a guest's root can write into placeholders and live roots", show(ws.path())),
+            "keep the workspace dir on ext4, xfs, btrfs or tmpfs (Linux 6.0+)",
+        ));
+        return;
+    }
+    let mut open = Vec::new();
+    let mut n = 0;
+    for name in chase::list_dir(&ws.node).unwrap_or_default() {
+        let Ok(e) = ws.node.child(&name) else {
+            continue;
+        };
+        let quiet = e.is_dir() && e.uid() == 0 && e.st.st_mode & 0o222 == 0;
+        if name.as_encoded_bytes().starts_with(b".")
+            || !quiet
+            || chase::is_mount_root(std::os::fd::AsFd::as_fd(&e.fd)).unwrap_or(true)
+        {
+            continue;
+        }
+        n += 1;
+        if seal::state(&e).ok() == Some(seal::State::Open) {
+            open.push(show(&e.path));
+        }
+    }
+    match open.is_empty() {
+        true => out.push(ok("sealed", format!("{n} unlinked entries sealed"))),
+        false => out.push(warn(
+            "sealed",
+            format!(
+                "not sealed (made before sealing, or a run was killed): {}",
+                open.join(", ")
+            ),
+            "the next start of a VM that shares them seals them; or restart those VMs now",
+        )),
+    }
+}
+
 fn check_link_records(tree: &Tree, cfg: &Config, out: &mut Vec<Finding>) {
     let ws = match Workspace::find(tree, cfg) {
         Ok(Some(ws)) => ws,

@@ -18,8 +18,8 @@ use crate::engine::observe::Held;
 use crate::engine::plan::Op;
 use crate::fs::chase::{is_mount_root, Node};
 use crate::fs::idmap::unmount;
-use crate::fs::paths::show;
-use crate::fs::{dirs, placeholder};
+use crate::fs::paths::{self, show};
+use crate::fs::{dirs, placeholder, seal};
 use crate::model::config::user_label;
 
 /// What applying did besides the operations themselves.
@@ -89,17 +89,29 @@ fn one(ws: &Workspace, held: &mut Held, op: &Op, out: &mut Applied) -> Result<()
     match op {
         Op::RootDir { path, .. } => {
             let n = dirs::ensure_root_dir(ws.tree, path)?;
+            // Below `.live` (live roots, their parents, a room for a git dir) guests see it:
+            // sealed as it is made, like a placeholder.
+            let live = ws.path().join(paths::LIVE);
+            if path
+                .strip_prefix(&live)
+                .is_ok_and(|r| r.components().next().is_some())
+            {
+                seal::seal(&n)?;
+            }
             held.keep(n);
         }
         Op::Placeholder { path, spec, .. } => {
             let (dir, name) = parent(held, path)?;
-            if dir.uid() == 0 {
-                // A placeholder is built under a temporary name in its directory; a run
-                // killed doing so left one behind here, where only this step ever looks (the
-                // leaf is still missing). We hold the lock: such names are leftovers.
-                dirs::remove_leftovers(dir)?;
-            }
-            let n = placeholder::create(dir, name, *spec)?;
+            // In a sealed directory (a placeholder's child) the seal is lifted for both.
+            let n = seal::opened(dir, || {
+                if dir.uid() == 0 {
+                    // A placeholder is built under a temporary name in its directory; a run
+                    // killed doing so left one behind here, where only this step ever looks
+                    // (the leaf is still missing). We hold the lock: such names are leftovers.
+                    dirs::remove_leftovers(dir)?;
+                }
+                placeholder::create(dir, name, *spec)
+            })?;
             held.keep(n);
         }
         Op::Mkdir { path, uid, gid } => {

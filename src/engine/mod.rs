@@ -14,4 +14,5 @@ pub mod plan;
 pub mod policy;
 pub mod pool;
 pub mod prepare;
+pub mod sealed;
 pub mod shows;

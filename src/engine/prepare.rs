@@ -17,6 +17,7 @@ use crate::engine::entry::Workspace;
 use crate::engine::facts::EntryFacts;
 use crate::engine::observe::{self, Held, WantOf};
 use crate::engine::plan::{self, Creation, Creator, Intent, LivePlan, Made, Op};
+use crate::engine::sealed::{self, Sealing};
 use crate::fs::chase::{Node, Tree, Trust, Walk};
 use crate::fs::dirs;
 use crate::fs::idmap;
@@ -599,16 +600,23 @@ fn prepare(
         if !dry_run {
             warn(vm, &look);
         }
+        let mut actions: Vec<Action> = look.ops().map(Op::action).collect();
+        let prepared: Vec<Prepared> = look
+            .sources
+            .into_iter()
+            .filter_map(|(_, s, linked)| match s {
+                Source::Found(p) | Source::Fallback(p) => Some(with_shows(p, linked)),
+                Source::Planned { .. } => None,
+            })
+            .collect();
+        let how = match dry_run {
+            true => Sealing::DryRun,
+            false => Sealing::Unlocked,
+        };
+        actions.extend(sealed::seal_served(tree, cfg, vm, &prepared, how)?);
         return Ok(Outcome {
-            actions: look.ops().map(Op::action).collect(),
-            prepared: look
-                .sources
-                .into_iter()
-                .filter_map(|(_, s, linked)| match s {
-                    Source::Found(p) | Source::Fallback(p) => Some(with_shows(p, linked)),
-                    Source::Planned { .. } => None,
-                })
-                .collect(),
+            actions,
+            prepared,
             fallbacks: look.fallbacks,
         });
     }
@@ -663,9 +671,11 @@ fn prepare(
             linked,
         ));
     }
+    let mut actions: Vec<Action> = applied.done.iter().map(Op::action).collect();
+    actions.extend(sealed::seal_served(tree, cfg, vm, &out, Sealing::Locked)?);
     Ok(Outcome {
         prepared: out,
-        actions: applied.done.iter().map(Op::action).collect(),
+        actions,
         fallbacks: plan.fallbacks,
     })
 }

@@ -5,3 +5,4 @@ pub mod failpoint;
 pub mod idmap;
 pub mod paths;
 pub mod placeholder;
+pub mod seal;

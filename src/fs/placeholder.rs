@@ -13,6 +13,7 @@ use nix::unistd::{Gid, Uid};
 use crate::fs::chase::{proc_path, Node};
 use crate::fs::failpoint::step;
 use crate::fs::paths::{show, tmp_name};
+use crate::fs::seal;
 
 /// Extended attribute marking a placeholder. The `trusted.` namespace needs CAP_SYS_ADMIN, so
 /// an unprivileged user cannot forge it on a directory of their own.
@@ -57,19 +58,29 @@ impl PlaceholderSpec {
 /// Creates `name` in `dir` as a finished placeholder: it is made under a temporary name,
 /// marked, owned and chmod-ed there, then renamed into place, so nobody ever sees a half-made
 /// one. If `name` appeared meanwhile, that one is returned untouched.
+/// The new placeholder is sealed once in place (`seal`); `dir`'s own seal, if it has one, is
+/// lifted meanwhile.
 pub fn create(dir: &Node, name: &OsStr, spec: PlaceholderSpec) -> Result<Node> {
-    let tmp = tmp_placeholder(dir, spec)?;
-    match renameat2(&dir.fd, &*tmp, &dir.fd, name, RenameFlags::RENAME_NOREPLACE) {
-        Ok(()) => step("rename the placeholder into place"),
-        Err(Errno::EEXIST) => {
-            let _ = nix::unistd::unlinkat(&dir.fd, &*tmp, nix::unistd::UnlinkatFlags::RemoveDir);
+    let made = seal::opened(dir, || {
+        let tmp = tmp_placeholder(dir, spec)?;
+        match renameat2(&dir.fd, &*tmp, &dir.fd, name, RenameFlags::RENAME_NOREPLACE) {
+            Ok(()) => {
+                step("rename the placeholder into place");
+                Ok(true)
+            }
+            Err(Errno::EEXIST) => {
+                let _ =
+                    nix::unistd::unlinkat(&dir.fd, &*tmp, nix::unistd::UnlinkatFlags::RemoveDir);
+                Ok(false)
+            }
+            Err(e) => {
+                let _ =
+                    nix::unistd::unlinkat(&dir.fd, &*tmp, nix::unistd::UnlinkatFlags::RemoveDir);
+                Err(anyhow!(e))
+                    .with_context(|| format!("cannot create {}", show(&dir.path.join(name))))
+            }
         }
-        Err(e) => {
-            let _ = nix::unistd::unlinkat(&dir.fd, &*tmp, nix::unistd::UnlinkatFlags::RemoveDir);
-            return Err(anyhow!(e))
-                .with_context(|| format!("cannot create {}", show(&dir.path.join(name))));
-        }
-    }
+    })?;
     let node = dir
         .child(name)
         .with_context(|| format!("cannot open {}", show(&dir.path.join(name))))?;
@@ -80,11 +91,15 @@ pub fn create(dir: &Node, name: &OsStr, spec: PlaceholderSpec) -> Result<Node> {
             show(&node.path)
         );
     }
+    if made {
+        seal::seal(&node)?;
+    }
     Ok(node)
 }
 
 /// Puts a fresh placeholder where `name` is, atomically (`RENAME_EXCHANGE`), so the path
-/// never disappears; the old object is returned under its new temporary name in `dir`.
+/// never disappears; the old object is returned under its new temporary name in `dir`. The
+/// new placeholder is sealed. (`dir` is the workspace dir, which is never sealed.)
 pub fn swap_in(dir: &Node, name: &OsStr, spec: PlaceholderSpec) -> Result<OsString> {
     let tmp = tmp_placeholder(dir, spec)?;
     if let Err(e) = renameat2(&dir.fd, &*tmp, &dir.fd, name, RenameFlags::RENAME_EXCHANGE) {
@@ -97,6 +112,10 @@ pub fn swap_in(dir: &Node, name: &OsStr, spec: PlaceholderSpec) -> Result<OsStri
         });
     }
     step("exchange a placeholder with the old entry");
+    let node = dir
+        .child(name)
+        .with_context(|| format!("cannot open {}", show(&dir.path.join(name))))?;
+    seal::seal(&node)?;
     Ok(tmp)
 }
 

@@ -21,6 +21,7 @@ pub enum Act {
     Unrecord,
     Lease,
     Unlease,
+    Seal,
 }
 
 impl Act {
@@ -37,6 +38,7 @@ impl Act {
             Act::Unrecord => "unrecord",
             Act::Lease => "lease",
             Act::Unlease => "unlease",
+            Act::Seal => "seal",
         }
     }
 
@@ -53,6 +55,7 @@ impl Act {
             Act::Unrecord => "remove record",
             Act::Lease => "write lease",
             Act::Unlease => "remove lease",
+            Act::Seal => "seal (immutable)",
         }
     }
 }

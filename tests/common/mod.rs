@@ -86,6 +86,35 @@ pub struct Fx {
     pub dir: tempfile::TempDir,
 }
 
+/// Placeholders and live roots are sealed (immutable, `fs::seal`): a test's tree is unsealed
+/// before `TempDir` removes it, or they would stay behind.
+impl Drop for Fx {
+    fn drop(&mut self) {
+        unseal_tree(self.root());
+    }
+}
+
+/// Clears the immutable flag of every directory at or below `dir` (not following symlinks).
+pub fn unseal_tree(dir: &Path) {
+    use rustix::fs::IFlags;
+    let Ok(md) = std::fs::symlink_metadata(dir) else {
+        return;
+    };
+    if !md.is_dir() {
+        return;
+    }
+    if let Ok(f) = std::fs::File::open(dir) {
+        if let Ok(flags) = rustix::fs::ioctl_getflags(&f) {
+            if flags.contains(IFlags::IMMUTABLE) {
+                let _ = rustix::fs::ioctl_setflags(&f, flags - IFlags::IMMUTABLE);
+            }
+        }
+    }
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        unseal_tree(&e.path());
+    }
+}
+
 impl Fx {
     pub fn new() -> Fx {
         require_root();
@@ -188,6 +217,13 @@ impl Fx {
 
     pub fn prepare(&self, vm: &str) -> Output {
         Run::prepare(self, vm).output()
+    }
+
+    /// `prepare --dry-run` must succeed; returns its stdout (the plan).
+    pub fn prepare_dry(&self, vm: &str) -> String {
+        let out = Run::prepare(self, vm).arg("--dry-run").output();
+        assert_ok(&out);
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Prepare must succeed; returns its stdout.
@@ -322,6 +358,14 @@ pub fn is_marked(p: &Path) -> bool {
         rustix::fs::lgetxattr(p, "trusted.microvm-workspaces", &mut buf[..]),
         Ok(n) if &buf[..n] == b"placeholder"
     )
+}
+
+/// Does the directory `p` carry the immutable flag (`fs::seal`)?
+pub fn is_sealed(p: &Path) -> bool {
+    let f = std::fs::File::open(p).unwrap();
+    rustix::fs::ioctl_getflags(&f)
+        .unwrap()
+        .contains(rustix::fs::IFlags::IMMUTABLE)
 }
 
 pub fn meta(p: &Path) -> (u32, u32, u32) {

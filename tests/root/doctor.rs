@@ -374,11 +374,32 @@ fn a_link_record_whose_repo_is_gone_is_reported() {
 }
 
 #[test]
+fn an_unsealed_placeholder_is_named_until_a_start_seals_it() {
+    let fx = healthy();
+    let (_, f) = doctor(&fx);
+    one(&f, "sealed", "ok", "1 unlinked entries sealed");
+    // As an older version left it.
+    unseal_tree(&fx.p("/var/lib/microvm-workspaces/vm1"));
+    let (code, f) = doctor(&fx);
+    assert_eq!(code, 0, "{f:#?}");
+    one(
+        &f,
+        "sealed",
+        "warn",
+        "not sealed (made before sealing, or a run was killed): /var/lib/microvm-workspaces/vm1",
+    );
+    fx.prepare_ok("vm1");
+    let (_, f) = doctor(&fx);
+    one(&f, "sealed", "ok", "1 unlinked entries sealed");
+}
+
+#[test]
 fn a_stale_vm_is_reported_with_its_reason() {
     let fx = healthy();
     // A new directory in the placeholder's place (made first: a fresh inode number).
     let new = fx.mkdir("/var/lib/microvm-workspaces/new", 0, 0o755);
     let entry = fx.p("/var/lib/microvm-workspaces/vm1");
+    unseal_tree(&entry);
     std::fs::remove_dir(&entry).unwrap();
     std::fs::rename(new, &entry).unwrap();
     let (code, f) = doctor(&fx);

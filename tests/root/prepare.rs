@@ -1,7 +1,7 @@
 //! Prepare against a temporary root, as root: one test per rule of docs/design.md#prepare-rules.
 //! Tests that mount run in a private mount namespace (see `common::isolated`).
 
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Stdio;
 
 use crate::common::*;
@@ -20,6 +20,68 @@ fn missing_source_becomes_marked_root_placeholder() {
     assert_eq!(meta(&fx.p(WS)), (0, 0, 0o755));
     assert!(!is_marked(&fx.p(WS)));
     assert_eq!(fx.record("vm1")["shares"][0]["kind"], "placeholder");
+}
+
+/// The guest's root reaches a placeholder through virtiofsd, which runs as root: its mode does
+/// not stop root, the immutable flag does (docs/security.md#sealed). Root here stands in for
+/// it; the e2e has the real guest try.
+#[test]
+fn placeholders_and_live_roots_are_sealed_even_against_root() {
+    let fx = Fx::new();
+    fx.runner(
+        "vm1",
+        &[
+            ("ws", b"/var/lib/microvm-workspaces/vm1"),
+            ("deep", b"/var/lib/microvm-workspaces/vm1/hosts/vm1"),
+            ("live", b"/var/lib/microvm-workspaces/.live/dots/sub"),
+        ],
+    );
+    fx.prepare_ok("vm1");
+    for d in [
+        "vm1",
+        "vm1/hosts",
+        "vm1/hosts/vm1",
+        ".live/dots",
+        ".live/dots/sub",
+        ".live/dots/sub/current",
+    ] {
+        let p = fx.p(&format!("{WS}/{d}"));
+        assert!(is_sealed(&p), "{d} is not sealed");
+        let e = std::fs::create_dir(p.join("planted")).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc_eperm()), "creating in {d}: {e}");
+        let e = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o4777)).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc_eperm()), "chmod of {d}: {e}");
+    }
+    // Not the workspace dir, `.live` or `.links`: guests see none of them.
+    for d in ["", ".live"] {
+        assert!(
+            !is_sealed(&fx.p(&format!("{WS}/{d}"))),
+            "{WS}/{d} is sealed"
+        );
+    }
+    // Made by an older version (or lifted by a killed run): sealed at the next start, and a
+    // dry run says so first.
+    unseal_tree(&fx.p(WS));
+    let plan = fx.prepare_dry("vm1");
+    assert!(
+        plan.contains(&format!("seal (immutable) {WS}/vm1/hosts/vm1")),
+        "the dry run does not say it seals: {plan}"
+    );
+    assert!(
+        !is_sealed(&fx.p(&format!("{WS}/vm1"))),
+        "the dry run sealed"
+    );
+    fx.prepare_ok("vm1");
+    for d in ["vm1", "vm1/hosts/vm1", ".live/dots/sub/current"] {
+        assert!(
+            is_sealed(&fx.p(&format!("{WS}/{d}"))),
+            "{d} is not sealed again"
+        );
+    }
+}
+
+fn libc_eperm() -> i32 {
+    nix::errno::Errno::EPERM as i32
 }
 
 #[test]
