@@ -59,7 +59,9 @@ s_upgraded_host_link() {
     step "a directory of another person (bob) is still refused, naming them"
     e2e_ct sh -c "id bob >/dev/null 2>&1 || useradd -M -U bob" || fail "could not add user bob"
     e2e_mvl_alice /home/alice/vmssh unlink vmssh --no-restart || fail "unlink failed"
-    # the placeholder unlink left, replaced by a directory of bob's (group kvm)
+    # the placeholder unlink left (sealed: lifted from the host, as root can), replaced by a
+    # directory of bob's (group kvm)
+    chattr -i "$E2E_ROOT$E2E_WS/vmssh" || fail "could not lift the seal of $E2E_WS/vmssh"
     e2e_ct sh -c "rmdir $E2E_WS/vmssh && install -d -o bob -g kvm -m 0775 $E2E_WS/vmssh" ||
         fail "could not put bob's directory in place"
     e2e_mvl_alice /home/alice/vmssh --no-restart && fail "alice's link over bob's directory succeeded"

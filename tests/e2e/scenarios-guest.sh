@@ -82,6 +82,43 @@ s_guest_contained() {
     out=$(e2e_stat '%u:%g %U' /home/bob/work/from-guest) && [ "$out" = "$bob_ids bob" ] || fail "the guest's file is $out on the host, not bob's ($bob_ids)"
 }
 
+# ---------- where nothing is linked, the guest's root meets sealed directories -
+
+# virtiofsd runs as root, so a placeholder's mode (root 0555) never stopped the
+# guest's root: it left set-uid-root binaries in the workspace dir that host
+# users could run (docs/security.md#sealed). vmssh's workspace is a placeholder,
+# testvm's host share a live root with its current; in each the guest's root
+# tries to write, make a set-uid binary, chmod, and lift the seal itself
+# (lib/unseal.c, FS_IOC_SETFLAGS through virtiofsd).
+s_guest_sealed() {
+    local out vm dir found
+    cc -static -O2 -o "$E2E_RUN/unseal" "$E2E_HERE/lib/unseal.c" || fail "cannot build lib/unseal.c"
+    for vm in vmssh testvm; do
+        e2e_start_ok "$vm"
+        out=$(e2e_ssh_wait "$vm") || fail "$out"
+    done
+    for at in vmssh:/mnt/workspace testvm:/run/microvm-workspaces/host testvm:/mnt/host; do
+        vm=${at%%:*} dir=${at#*:}
+        step "$vm's root in $dir"
+        out=$(e2e_ct ssh -l root "$vm" -- "cat > /tmp/unseal && chmod 0755 /tmp/unseal && cd $dir && for a in 'echo x > planted' 'mkdir planted-dir' 'cp /bin/busybox suid' 'chmod 0777 .'; do if sh -c \"\$a\" >/dev/null 2>&1; then echo \"ok: \$a\"; else echo \"denied: \$a\"; fi; done; echo \"unseal: \$(/tmp/unseal .)\"" < "$E2E_RUN/unseal" 2>&1) ||
+            fail "ssh as $vm's root failed: $out"
+        printf '%s\n' "$out"
+        [ "$(grep -c '^denied: ' <<<"$out")" = 4 ] || fail "$vm's root could do this in $dir: $(grep '^ok: ' <<<"$out" | tr '\n' '|')"
+        # the program ran and virtiofsd refused it (not a program that failed to start)
+        grep -Eq '^unseal: (getflags|setflags): |^unseal: still sealed$' <<<"$out" || fail "$vm's root lifting the seal of $dir: $(grep '^unseal: ' <<<"$out")"
+    done
+    step "the host: nothing of theirs in the workspace dir; the directories are sealed"
+    found=$(e2e_ct find "$E2E_WS" \( -name planted -o -name planted-dir -o -name suid -o -perm -4000 \) -print)
+    [ -z "$found" ] || fail "the guests' root left: $found"
+    for d in vmssh .live/nixfiles/hosts/microvms/testvm .live/nixfiles/hosts/microvms/testvm/current; do
+        # from the host, on the container's tree: the flag is the inode's
+        out=$(lsattr -d "$E2E_ROOT$E2E_WS/$d" 2>&1) || fail "lsattr $E2E_WS/$d: $out"
+        echo "$out"
+        [[ ${out%% *} == *i* ]] || fail "$E2E_WS/$d is not sealed: $out"
+    done
+    e2e_stop_vms
+}
+
 # ---------- issue 18, item 4: a repo's contents fail no other VM's start ----
 
 # alice holds nixfiles, which vm3 shares from (hosts/microvms/vm3). She puts

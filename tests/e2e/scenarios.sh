@@ -44,6 +44,8 @@ e2e_reset() {
     fi
     # whatever is still mounted below the workspace dir (in the container)
     e2e_ct sh -c "findmnt -rn -o TARGET | grep '^$E2E_WS' | sort -r | xargs -r -n1 umount -l" 2>/dev/null
+    # placeholders and live roots are sealed (immutable): lifted first, from the host
+    [ -d "$E2E_ROOT$E2E_WS" ] && chattr -R -i "$E2E_ROOT$E2E_WS" 2>/dev/null
     e2e_ct sh -c "rm -rf --one-file-system $E2E_WS/* $E2E_WS/.[!.]* /srv/e2e /home/alice/*" 2>/dev/null
     e2e_ct sh -c "rm -rf /run/microvm-workspaces" 2>/dev/null
     for vm in "${!E2E_VMS[@]}"; do rm -f "$(e2e_console "$vm")"; done
@@ -270,7 +272,8 @@ s_placeholders() {
         case $(e2e_guest_value "$1" "$2" ls) in
             *denied*|*rror*) fail "guest $1 cannot list $2: $(e2e_guest_value "$1" "$2" ls)" ;;
         esac
-        echo "guest $1 tag $2: write-as-root: $(e2e_guest_value "$1" "$2" write-as-root) (virtiofsd runs as root, so guest root can write: informational)"
+        # virtiofsd runs as root: the seal, not the mode, stops the guest's root
+        e2e_expect_guest "$1" "$2" write-as-root denied
     done
     # nothing the unprivileged guest user tried landed on the host
     [ -z "$(e2e_ct find "$E2E_WS" -name guest-wrote-as-uid1000)" ] || fail "a guest file appeared in a placeholder"
@@ -1010,21 +1013,23 @@ e2e_ssh_root() {
     e2e_ct ssh -l root "$vm" -- "$@"
 }
 
-# virtiofsd runs as root and testvm's host share is writable, so the guest's
-# root can write into the live root itself (the share root, outside
-# current): here it makes x/current there. A guest must not be able to break
-# (or half-apply) the host's links: alice's next link either works and
-# testvm's views follow, or is refused having changed nothing; and another
-# VM through the entry (vm3, pinned) still starts.
+# virtiofsd runs as root and testvm's host share is writable: before live
+# roots were sealed the guest's root made x/current in its live root (the
+# share root, outside current); now it is refused (docs/security.md#sealed).
+# Either way a guest must not be able to break (or half-apply) the host's
+# links: alice's next link either works and testvm's views follow, or is
+# refused having changed nothing; and another VM through the entry (vm3,
+# pinned) still starts.
 s_live_guest_root() {
     local out rc before after banner problems=()
     e2e_repo nixfiles "nixfiles A"
     e2e_start_ok testvm
     banner=$(e2e_ssh_wait testvm 120) || fail "$banner"
-    step "guest root writes into its writable live root, beside current"
-    out=$(e2e_ssh_root testvm 'id -u; mkdir /run/microvm-workspaces/host/x && mkdir /run/microvm-workspaces/host/x/current && ls -la /run/microvm-workspaces/host/' 2>&1) ||
+    step "guest root tries to write into its live root, beside current: refused, the live root is sealed"
+    out=$(e2e_ssh_root testvm 'id -u; if mkdir /run/microvm-workspaces/host/x 2>/dev/null; then echo planted; else echo refused; fi; ls -la /run/microvm-workspaces/host/' 2>&1) ||
         fail "as guest root: $out"
     echo "$out"
+    grep -qx refused <<<"$out" || fail "the guest's root wrote into its live root: $out"
     e2e_ct find "$LIVE" -printf '%p %u %m\n'
     step "alice links nixfiles"
     before=$(e2e_ws_snapshot)
