@@ -26,6 +26,7 @@ LINK=$repo/target/release/microvm-link
 W=$(mktemp -d /var/tmp/mvw-guest-bench.XXXXXX)
 cleanup() {
     findmnt -rn -o TARGET | grep "^$W" | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+    chattr -R -i "$W" 2>/dev/null # sealed placeholders
     rm -rf "$W"
 }
 trap cleanup EXIT

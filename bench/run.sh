@@ -56,6 +56,8 @@ mkdir "$RUN"
 mount -t tmpfs -o mode=0755 tmpfs "$RUN"
 cleanup() {
 	findmnt -rn -o TARGET | grep "^$W" | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+	# placeholders are sealed (immutable): lifted before removing
+	chattr -R -i "$W" 2>/dev/null
 	rm -rf "$W"
 }
 trap cleanup EXIT
@@ -219,7 +221,7 @@ for s in 1 10 100; do
 	ours="env MICROVM_WORKSPACES_ROOT=$r $PREPARE bench-vm"
 	tmpf="systemd-tmpfiles --create --root=$r $W/prep$s/tmpfiles.conf"
 	base="bash $BASELINE $r bench-vm"
-	wipe_sh="rm -rf $r/var/lib/microvm-workspaces $r/run"
+	wipe_sh="chattr -R -i $r/var/lib/microvm-workspaces 2>/dev/null; rm -rf $r/var/lib/microvm-workspaces $r/run"
 	wipe="bash -c '$wipe_sh'"
 	# All missing: each run on a fresh tree.
 	read -r "PREP[$s,miss,ours]" "PREP[$s,miss,tmpf]" "PREP[$s,miss,base]" < <(group prep$s-miss --prepare "$wipe" -- "$ours" "$tmpf" "$base")
