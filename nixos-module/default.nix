@@ -236,10 +236,9 @@ in
         default = "0555";
         example = "0755";
         description = ''
-          Octal mode of the placeholder directories. The default, read-only
-          for everybody, means a guest (other than as root, through a
-          read-write share) cannot write into a workspace that is not linked
-          yet, so nothing it writes is hidden later under a linked repository.
+          Octal mode of the placeholder directories. Placeholders are also
+          sealed (immutable), so no guest, its root included, can write into
+          a workspace that is not linked yet, whatever the mode.
         '';
       };
     };

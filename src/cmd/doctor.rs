@@ -952,7 +952,6 @@ pub fn sudo_rules(text: &str) -> Vec<(String, String)> {
     out
 }
 
-/// Link records whose repo is gone: the placeholder serves instead of the repo.
 /// Are the entries' placeholders sealed (docs/security.md#sealed)? A file system without the
 /// flag leaves them writable by a guest's root; one made before sealing is sealed at the next
 /// start of a VM that shares it. (As the caller, who cannot read the `trusted.` mark: a root
@@ -988,6 +987,7 @@ fn check_sealed(tree: &Tree, cfg: &Config, out: &mut Vec<Finding>) {
         }
     }
     match open.is_empty() {
+        true if n == 0 => {}
         true => out.push(ok("sealed", format!("{n} unlinked entries sealed"))),
         false => out.push(warn(
             "sealed",
@@ -1000,6 +1000,7 @@ fn check_sealed(tree: &Tree, cfg: &Config, out: &mut Vec<Finding>) {
     }
 }
 
+/// Link records whose repo is gone: the placeholder serves instead of the repo.
 fn check_link_records(tree: &Tree, cfg: &Config, out: &mut Vec<Finding>) {
     let ws = match Workspace::find(tree, cfg) {
         Ok(Some(ws)) => ws,

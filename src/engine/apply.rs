@@ -16,7 +16,7 @@ use crate::engine::leases::{end_lease, write_lease};
 use crate::engine::links::{remove_record, write_record, Record};
 use crate::engine::observe::Held;
 use crate::engine::plan::Op;
-use crate::fs::chase::{is_mount_root, Node};
+use crate::fs::chase::{is_mount_root, Node, Trust, Walk};
 use crate::fs::idmap::unmount;
 use crate::fs::paths::{self, show};
 use crate::fs::{dirs, placeholder, seal};
@@ -63,6 +63,21 @@ pub fn apply(
     Ok(())
 }
 
+/// Runs `f`, which makes something in `dir`, with `dir`'s seal lifted meanwhile if it is a
+/// directory of ours (a placeholder, or below `.live`): never anyone else's seal.
+fn in_dir<T>(ws: &Workspace, dir: &Node, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    match dir.is_placeholder() || below_live(ws, &dir.path) {
+        true => seal::opened(dir, f),
+        false => f(),
+    }
+}
+
+/// Is `path` strictly below `<workspaceDir>/.live`?
+fn below_live(ws: &Workspace, path: &Path) -> bool {
+    path.strip_prefix(ws.path().join(paths::LIVE))
+        .is_ok_and(|r| r.components().next().is_some())
+}
+
 /// The directory holding `path`, as held.
 fn parent<'h>(held: &'h Held, path: &'h Path) -> Result<(&'h Node, &'h OsStr)> {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
@@ -88,22 +103,29 @@ fn open(held: &Held, path: &Path) -> Result<Node> {
 fn one(ws: &Workspace, held: &mut Held, op: &Op, out: &mut Applied) -> Result<()> {
     match op {
         Op::RootDir { path, .. } => {
-            let n = dirs::ensure_root_dir(ws.tree, path)?;
-            // Below `.live` (live roots, their parents, a room for a git dir) guests see it:
-            // sealed as it is made, like a placeholder.
-            let live = ws.path().join(paths::LIVE);
-            if path
-                .strip_prefix(&live)
-                .is_ok_and(|r| r.components().next().is_some())
-            {
-                seal::seal(&n)?;
-            }
+            let n = match below_live(ws, path) {
+                // Guests see it (a live root, its parents, a room for a git dir): made in a
+                // parent whose seal is lifted meanwhile, and sealed as it is made.
+                true => {
+                    let up = path.parent().context("a live root has a parent")?;
+                    let dir = match held.get(up) {
+                        Some(d) => d.try_clone()?,
+                        None => match ws.tree.walk(up, Trust::Owners)? {
+                            Walk::Found(d) if d.is_dir() => d,
+                            _ => bail!("{}: its directory is not there", show(path)),
+                        },
+                    };
+                    let n = in_dir(ws, &dir, || dirs::ensure_root_dir(ws.tree, path))?;
+                    seal::seal(&n)?;
+                    n
+                }
+                false => dirs::ensure_root_dir(ws.tree, path)?,
+            };
             held.keep(n);
         }
         Op::Placeholder { path, spec, .. } => {
             let (dir, name) = parent(held, path)?;
-            // In a sealed directory (a placeholder's child) the seal is lifted for both.
-            let n = seal::opened(dir, || {
+            let n = in_dir(ws, dir, || {
                 if dir.uid() == 0 {
                     // A placeholder is built under a temporary name in its directory; a run
                     // killed doing so left one behind here, where only this step ever looks

@@ -601,19 +601,24 @@ fn prepare(
             warn(vm, &look);
         }
         let mut actions: Vec<Action> = look.ops().map(Op::action).collect();
-        let prepared: Vec<Prepared> = look
-            .sources
-            .into_iter()
-            .filter_map(|(_, s, linked)| match s {
-                Source::Found(p) | Source::Fallback(p) => Some(with_shows(p, linked)),
-                Source::Planned { .. } => None,
-            })
-            .collect();
+        let mut planned = Vec::new();
+        let mut prepared = Vec::new();
+        for (share, s, linked) in look.sources {
+            match s {
+                Source::Found(p) | Source::Fallback(p) => prepared.push(with_shows(p, linked)),
+                // What is there now, which the act sweeps once the plan is done with it.
+                Source::Planned { .. } => planned.push(sealed::Served {
+                    path: share.path,
+                    id: None,
+                }),
+            }
+        }
         let how = match dry_run {
             true => Sealing::DryRun,
-            false => Sealing::Unlocked,
+            false => Sealing::LockIfNeeded,
         };
-        actions.extend(sealed::seal_served(tree, cfg, vm, &prepared, how)?);
+        planned.extend(sealed::served(&prepared));
+        actions.extend(sealed::seal_served(tree, cfg, vm, &planned, how)?);
         return Ok(Outcome {
             actions,
             prepared,
@@ -672,7 +677,14 @@ fn prepare(
         ));
     }
     let mut actions: Vec<Action> = applied.done.iter().map(Op::action).collect();
-    actions.extend(sealed::seal_served(tree, cfg, vm, &out, Sealing::Locked)?);
+    let served = sealed::served(&out);
+    actions.extend(sealed::seal_served(
+        tree,
+        cfg,
+        vm,
+        &served,
+        Sealing::Locked,
+    )?);
     Ok(Outcome {
         prepared: out,
         actions,

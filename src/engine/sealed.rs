@@ -1,18 +1,20 @@
-//! What a VM's guest sees of ours is sealed (`fs::seal`): after prepare, every placeholder and
-//! live-root directory below each of its placeholder or live sources, down to the first mount
-//! (a linked repo, a git view), carries the immutable flag. New placeholders are sealed as they
-//! are made; this pass seals what an older version made, and what a killed run left lifted.
-//! It looks without the lock and takes it only when something needs sealing, so a start whose
-//! sources are all sealed still never takes it.
+//! What a VM's guest sees of ours is sealed (`fs::seal`): after prepare, each of its sources
+//! that is a placeholder or a live root is swept (`seal::sweep`): every directory there,
+//! down to the first mount (a linked repo, a git view), is sealed, and anything else, which
+//! only a guest can have written, is quarantined. New placeholders and live-root directories
+//! are sealed as they are made; this pass seals what an older version made, what a killed
+//! run left lifted, and deals with what a guest wrote meanwhile. It looks without the lock
+//! and takes it only when something needs doing, so a start whose sources are all sealed
+//! still never takes it.
 
-use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
 use crate::engine::entry::Workspace;
-use crate::fs::chase::{is_mount_root, list_dir, Node, Tree, Trust, Walk};
+use crate::fs::chase::{Node, Tree, Trust, Walk};
 use crate::fs::paths::{self, show};
-use crate::fs::seal::{self, State};
+use crate::fs::seal::{self, Sweep};
 use crate::model::action::{Act, Action};
 use crate::model::config::Config;
 use crate::model::record::{Kind, Prepared};
@@ -20,85 +22,114 @@ use crate::model::record::{Kind, Prepared};
 /// How [`seal_served`] runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sealing {
-    /// Say what it would seal; change nothing.
+    /// Say what it would do; change nothing.
     DryRun,
-    /// Seal; the caller holds the workspace lock.
+    /// The caller holds the workspace lock.
     Locked,
-    /// Seal, taking the lock if something needs it.
-    Unlocked,
+    /// Takes the workspace lock if something needs doing.
+    LockIfNeeded,
 }
 
-/// Seals what the guest of `vm` sees of ours through `prepared`'s sources. Returns the
-/// directories it sealed (would seal, in a dry run).
+/// A source to sweep: `id` is what prepare found there, if it looked.
+pub struct Served {
+    pub path: PathBuf,
+    pub id: Option<(u64, u64)>,
+}
+
+/// The sources among `prepared` that are ours: placeholders and live roots.
+pub fn served(prepared: &[Prepared]) -> Vec<Served> {
+    prepared
+        .iter()
+        .filter(|p| matches!(p.kind, Kind::Placeholder | Kind::Live))
+        .map(|p| Served {
+            path: p.resolved.clone(),
+            id: Some((p.dev, p.ino)),
+        })
+        .collect()
+}
+
+/// Seals (and sweeps) what the guest of `vm` sees of ours through `sources`. Returns what it
+/// sealed and quarantined (would, in a dry run), each once.
 pub fn seal_served(
     tree: &Tree,
     cfg: &Config,
     vm: &str,
-    prepared: &[Prepared],
+    sources: &[Served],
     how: Sealing,
 ) -> Result<Vec<Action>> {
-    let mut open = Vec::new();
-    for p in prepared {
-        let live = match p.kind {
-            Kind::Placeholder => false,
-            Kind::Live => true,
-            _ => continue,
-        };
-        let node = match tree.walk(&p.resolved, Trust::Owners)? {
-            Walk::Found(n) if n.is_dir() && n.id() == (p.dev, p.ino) => n,
-            // Changed since prepare looked: the next start seals what is there then.
-            _ => continue,
-        };
-        unsealed_below(node, live, &mut open)?;
+    let roots = roots(tree, cfg, sources);
+    let look = sweep_all(&roots, Sweep::Look).with_context(|| format!("VM {vm}"))?;
+    if look.is_empty() || how == Sealing::DryRun {
+        return Ok(look);
     }
-    let action = |n: Node| Action {
-        act: Act::Seal,
-        path: n.path,
-        detail: String::new(),
+    // Under the lock: our own changes lift seals only while holding it. (No workspace dir:
+    // the sources are placeholders elsewhere, and nobody holds a lock to lift them.)
+    let ws = match how {
+        Sealing::LockIfNeeded => Workspace::find(tree, cfg)?,
+        _ => None,
     };
-    let _lock = match how {
-        _ if open.is_empty() => return Ok(Vec::new()),
-        Sealing::DryRun => return Ok(open.into_iter().map(action).collect()),
-        Sealing::Locked => None,
-        Sealing::Unlocked => match Workspace::find(tree, cfg)? {
-            Some(ws) => Some(ws.lock()?),
-            None => return Ok(Vec::new()),
-        },
-    };
-    let mut done = Vec::new();
-    for n in open {
-        // Looked at without the lock: a run that held it may have sealed it since.
-        if seal::seal(&n).with_context(|| format!("VM {vm}"))? {
-            tracing::info!(vm, path = %show(&n.path), action = Act::Seal.as_str(), "sealed {}", show(&n.path));
-            done.push(action(n));
+    let _lock = ws.as_ref().map(|ws| ws.lock()).transpose()?;
+    let done = sweep_all(&roots, Sweep::Act).with_context(|| format!("VM {vm}"))?;
+    for a in &done {
+        match a.act {
+            Act::Quarantine => {
+                tracing::warn!(vm, path = %show(&a.path), action = a.act.as_str(), "quarantined {} (mode 0, sealed): a guest wrote it where a seal was missing", show(&a.path))
+            }
+            _ => {
+                tracing::info!(vm, path = %show(&a.path), action = a.act.as_str(), "sealed {}", show(&a.path))
+            }
         }
     }
     Ok(done)
 }
 
-/// Collects `dir` and every directory of ours below it that is not sealed: placeholders, and
-/// in a live root its directories of root's (nested live roots, `current`, the room for a git
-/// dir). Never crosses a mount, nor enters a temporary name.
-fn unsealed_below(dir: Node, live: bool, out: &mut Vec<Node>) -> Result<()> {
-    let ours = dir.is_placeholder() || (live && dir.uid() == 0);
-    if !ours {
-        return Ok(());
-    }
-    for name in list_dir(&dir)? {
-        // A killed run's half-made placeholder: the next change in `dir` removes it, which
-        // a seal would forbid.
-        if name.as_bytes().starts_with(paths::TMP_PREFIX.as_bytes()) {
-            continue;
-        }
-        let Ok(child) = dir.child(&name) else {
-            continue;
+/// The sources to sweep, each once and each ours: a placeholder, or below `.live` (a live
+/// root), still what prepare found there. A source nested in another is swept with it.
+fn roots(tree: &Tree, cfg: &Config, sources: &[Served]) -> Vec<Node> {
+    let live = cfg.workspace_dir.join(paths::LIVE);
+    let mut roots: Vec<Node> = Vec::new();
+    for s in sources {
+        let node = match tree.walk(&s.path, Trust::Owners) {
+            Ok(Walk::Found(n)) if n.is_dir() && s.id.is_none_or(|id| n.id() == id) => n,
+            // Changed since prepare looked, or not there yet (a dry run): the next start
+            // sweeps what is there then.
+            _ => continue,
         };
-        if child.is_dir() && !is_mount_root(std::os::fd::AsFd::as_fd(&child.fd))? {
-            unsealed_below(child, live, out)?;
+        let ours = node.is_placeholder() || below(&node.path, &live);
+        if ours && !roots.iter().any(|r| below_or_at(&node.path, &r.path)) {
+            roots.retain(|r| !below_or_at(&r.path, &node.path));
+            roots.push(node);
         }
     }
-    if seal::state(&dir)? == State::Open {
-        out.push(dir);
+    roots
+}
+
+fn sweep_all(roots: &[Node], how: Sweep) -> Result<Vec<Action>> {
+    let mut out = Vec::new();
+    for r in roots {
+        let swept = seal::sweep(r, how)?;
+        let action = |act, path| Action {
+            act,
+            path,
+            detail: String::new(),
+        };
+        out.extend(
+            swept
+                .quarantined
+                .into_iter()
+                .map(|p| action(Act::Quarantine, p)),
+        );
+        out.extend(swept.sealed.into_iter().map(|p| action(Act::Seal, p)));
     }
-    Ok(())
+    Ok(out)
+}
+
+/// Is `path` strictly below `dir`?
+fn below(path: &Path, dir: &Path) -> bool {
+    path.strip_prefix(dir)
+        .is_ok_and(|r| r.components().next().is_some())
+}
+
+fn below_or_at(path: &Path, dir: &Path) -> bool {
+    path.starts_with(dir)
 }

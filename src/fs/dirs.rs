@@ -23,16 +23,9 @@ use crate::fs::{placeholder, seal};
 /// `uid:gid`; an existing directory there is fine (another process won the race).
 pub fn mkdir_as(dir: &Node, name: &OsStr, uid: u32, gid: u32) -> Result<Node> {
     let at = dir.path.join(name);
-    let mkdir = || {
-        with_fs_creds(uid, gid, || {
-            mkdirat(&dir.fd, name, Mode::from_bits_truncate(0o755))
-        })
-    };
-    let made = match mkdir() {
-        // A sealed directory of ours (a live root, for its `.microvm-git`): lifted for this.
-        Err(e) if seal::refused_by_seal(dir, e) => seal::opened(dir, || Ok(mkdir()))?,
-        made => made,
-    };
+    let made = with_fs_creds(uid, gid, || {
+        mkdirat(&dir.fd, name, Mode::from_bits_truncate(0o755))
+    });
     match made {
         Ok(()) => step("mkdir"),
         Err(Errno::EEXIST) => {}
@@ -167,6 +160,11 @@ pub fn remove_leftovers(dir: &Node) -> Result<Vec<OsString>> {
             let half_made = node.st.st_uid == 0 && node.st.st_mode & 0o7777 == 0o700;
             if !placeholder::has_mark(node.fd.as_fd()) && !half_made {
                 strays.push(name.to_os_string());
+                continue;
+            }
+            // A sweep may have sealed it (it skips nothing a guest could write into).
+            if let Err(e) = seal::lift(&node) {
+                tracing::warn!(path = %show(&dir.path.join(name)), "cannot remove leftover: {e:#}");
                 continue;
             }
             nix::unistd::UnlinkatFlags::RemoveDir

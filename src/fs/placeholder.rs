@@ -58,29 +58,25 @@ impl PlaceholderSpec {
 /// Creates `name` in `dir` as a finished placeholder: it is made under a temporary name,
 /// marked, owned and chmod-ed there, then renamed into place, so nobody ever sees a half-made
 /// one. If `name` appeared meanwhile, that one is returned untouched.
-/// The new placeholder is sealed once in place (`seal`); `dir`'s own seal, if it has one, is
-/// lifted meanwhile.
+/// The new placeholder is sealed once in place (`seal`). In a sealed `dir` the caller lifts
+/// the seal first (`seal::opened`).
 pub fn create(dir: &Node, name: &OsStr, spec: PlaceholderSpec) -> Result<Node> {
-    let made = seal::opened(dir, || {
-        let tmp = tmp_placeholder(dir, spec)?;
-        match renameat2(&dir.fd, &*tmp, &dir.fd, name, RenameFlags::RENAME_NOREPLACE) {
-            Ok(()) => {
-                step("rename the placeholder into place");
-                Ok(true)
-            }
-            Err(Errno::EEXIST) => {
-                let _ =
-                    nix::unistd::unlinkat(&dir.fd, &*tmp, nix::unistd::UnlinkatFlags::RemoveDir);
-                Ok(false)
-            }
-            Err(e) => {
-                let _ =
-                    nix::unistd::unlinkat(&dir.fd, &*tmp, nix::unistd::UnlinkatFlags::RemoveDir);
-                Err(anyhow!(e))
-                    .with_context(|| format!("cannot create {}", show(&dir.path.join(name))))
-            }
+    let tmp = tmp_placeholder(dir, spec)?;
+    let made = match renameat2(&dir.fd, &*tmp, &dir.fd, name, RenameFlags::RENAME_NOREPLACE) {
+        Ok(()) => {
+            step("rename the placeholder into place");
+            true
         }
-    })?;
+        Err(Errno::EEXIST) => {
+            let _ = nix::unistd::unlinkat(&dir.fd, &*tmp, nix::unistd::UnlinkatFlags::RemoveDir);
+            false
+        }
+        Err(e) => {
+            let _ = nix::unistd::unlinkat(&dir.fd, &*tmp, nix::unistd::UnlinkatFlags::RemoveDir);
+            return Err(anyhow!(e))
+                .with_context(|| format!("cannot create {}", show(&dir.path.join(name))));
+        }
+    };
     let node = dir
         .child(name)
         .with_context(|| format!("cannot open {}", show(&dir.path.join(name))))?;
@@ -112,10 +108,15 @@ pub fn swap_in(dir: &Node, name: &OsStr, spec: PlaceholderSpec) -> Result<OsStri
         });
     }
     step("exchange a placeholder with the old entry");
-    let node = dir
+    // The old object is out of the way now, under `tmp`: a seal that fails must not lose
+    // track of it (the next start's sweep seals the placeholder).
+    let sealed = dir
         .child(name)
-        .with_context(|| format!("cannot open {}", show(&dir.path.join(name))))?;
-    seal::seal(&node)?;
+        .map_err(anyhow::Error::from)
+        .and_then(|n| seal::seal(&n));
+    if let Err(e) = sealed {
+        tracing::warn!(path = %show(&dir.path.join(name)), "{} is not sealed yet: {e:#}", show(&dir.path.join(name)));
+    }
     Ok(tmp)
 }
 

@@ -22,6 +22,7 @@ pub enum Act {
     Lease,
     Unlease,
     Seal,
+    Quarantine,
 }
 
 impl Act {
@@ -39,6 +40,7 @@ impl Act {
             Act::Lease => "lease",
             Act::Unlease => "unlease",
             Act::Seal => "seal",
+            Act::Quarantine => "quarantine",
         }
     }
 
@@ -56,6 +58,7 @@ impl Act {
             Act::Lease => "write lease",
             Act::Unlease => "remove lease",
             Act::Seal => "seal (immutable)",
+            Act::Quarantine => "quarantine (mode 0, sealed)",
         }
     }
 }

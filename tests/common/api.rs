@@ -13,6 +13,7 @@ pub use microvm_workspaces::fs::chase::{Tree, Trust, Walk};
 pub use microvm_workspaces::fs::failpoint::FAILPOINT_ENV;
 pub use microvm_workspaces::fs::idmap::unmount;
 pub use microvm_workspaces::fs::paths::{normalize, Root};
+pub use microvm_workspaces::fs::seal;
 pub use microvm_workspaces::host::caller::Caller;
 pub use microvm_workspaces::host::logging::one_line;
 pub use microvm_workspaces::host::units::{generate, mangle, unmangle, GenEnv, Generated};

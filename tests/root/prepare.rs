@@ -2,8 +2,10 @@
 //! Tests that mount run in a private mount namespace (see `common::isolated`).
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
 use std::process::Stdio;
 
+use crate::common::api::*;
 use crate::common::*;
 
 const WS: &str = "/var/lib/microvm-workspaces";
@@ -78,6 +80,84 @@ fn placeholders_and_live_roots_are_sealed_even_against_root() {
             "{d} is not sealed again"
         );
     }
+}
+
+/// What a guest's root wrote where no seal stopped it (an older version; a killed run's
+/// lifted seal) is dealt with at the next start: directories sealed, anything else
+/// quarantined (mode 0, sealed), a tree too deep quarantined whole; a dry run says so first.
+#[test]
+fn what_a_guest_wrote_into_a_placeholder_is_quarantined_at_the_next_start() {
+    let fx = Fx::new();
+    fx.runner("vm1", &[("ws", b"/var/lib/microvm-workspaces/vm1")]);
+    fx.prepare_ok("vm1");
+    let ph = fx.p(&format!("{WS}/vm1"));
+    unseal_tree(&ph);
+    let suid = ph.join("suid");
+    std::fs::write(&suid, b"#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(&suid, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    std::fs::create_dir(ph.join("d")).unwrap();
+    std::fs::write(ph.join("d/f"), b"x").unwrap();
+    let mut deep = ph.join("deep");
+    for _ in 0..20 {
+        deep = deep.join("x");
+    }
+    std::fs::create_dir_all(&deep).unwrap();
+    let plan = fx.prepare_dry("vm1");
+    for line in [
+        format!("quarantine (mode 0, sealed) {WS}/vm1/suid"),
+        format!("quarantine (mode 0, sealed) {WS}/vm1/d/f"),
+        format!("seal (immutable) {WS}/vm1/d"),
+        format!("seal (immutable) {WS}/vm1"),
+    ] {
+        assert!(plan.contains(&line), "the dry run lacks '{line}': {plan}");
+    }
+    assert_eq!(meta(&suid).2, 0o4755, "the dry run changed {suid:?}");
+    fx.prepare_ok("vm1");
+    for f in [suid.clone(), ph.join("d/f")] {
+        assert_eq!(meta(&f).2, 0, "{f:?} is not mode 0");
+        assert!(is_sealed(&f), "{f:?} is not sealed");
+    }
+    for d in [ph.clone(), ph.join("d"), ph.join("deep")] {
+        assert!(is_sealed(&d), "{d:?} is not sealed");
+    }
+    // Past the depth bound a directory is quarantined whole, not walked.
+    let cut = (0..15).fold(ph.join("deep"), |p, _| p.join("x"));
+    assert_eq!(meta(&cut).2, 0, "{cut:?}: the deep tree was not cut off");
+    // Nothing is left to do: the next start changes nothing.
+    let again = fx.prepare_dry("vm1");
+    assert!(
+        !again.contains("quarantine") && !again.contains("seal"),
+        "{again}"
+    );
+}
+
+/// The window of a lifted seal: what appears in a sealed directory of ours while this code
+/// changes it (a running guest racing) is quarantined as soon as the seal is back.
+#[test]
+fn what_appears_while_a_seal_is_lifted_is_quarantined_when_it_is_back() {
+    let fx = Fx::new();
+    fx.runner("vm1", &[("ws", b"/var/lib/microvm-workspaces/vm1")]);
+    fx.prepare_ok("vm1");
+    let root = Root::from_args(Some(fx.root())).unwrap();
+    let tree = Tree::open(&root).unwrap();
+    let Walk::Found(dir) = tree
+        .walk(Path::new(&format!("{WS}/vm1")), Trust::All)
+        .unwrap()
+    else {
+        panic!("no placeholder");
+    };
+    let ph = fx.p(&format!("{WS}/vm1"));
+    seal::opened(&dir, || {
+        // The guest, through virtiofsd, as root.
+        std::fs::write(ph.join("planted"), b"x").unwrap();
+        std::fs::set_permissions(ph.join("planted"), std::fs::Permissions::from_mode(0o4755))
+            .unwrap();
+        Ok(())
+    })
+    .unwrap();
+    assert!(is_sealed(&ph));
+    assert_eq!(meta(&ph.join("planted")).2, 0);
+    assert!(is_sealed(&ph.join("planted")));
 }
 
 fn libc_eperm() -> i32 {
