@@ -14,15 +14,18 @@
 //! leaves the seal lifted until the next start of a VM that shares it, whose sweep
 //! (`engine::sealed`) does the same.
 
+use std::collections::BTreeSet;
+use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::PathBuf;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context, Result};
 use nix::fcntl::{open, openat, OFlag};
 use nix::sys::stat::{fchmod, fstat, Mode};
 use rustix::fs::IFlags;
 
-use crate::fs::chase::{is_dir, is_mount_root, is_regular, is_symlink, list_dir, Node};
+use crate::fs::chase::{is_dir, is_mount_root, is_regular, is_symlink, names_of, Node};
 use crate::fs::failpoint::step;
 use crate::fs::paths::show;
 
@@ -50,28 +53,28 @@ fn unsupported(e: rustix::io::Errno) -> bool {
     e == rustix::io::Errno::NOTTY || e == rustix::io::Errno::OPNOTSUPP
 }
 
-fn state_of(fd: &OwnedFd, n: &Node) -> Result<State> {
+fn state_of(fd: &OwnedFd, path: &Path) -> Result<State> {
     match rustix::fs::ioctl_getflags(fd) {
         Ok(f) if f.contains(IFlags::IMMUTABLE) => Ok(State::Sealed),
         Ok(_) => Ok(State::Open),
         Err(e) if unsupported(e) => Ok(State::Unsupported),
         Err(e) => {
-            Err(anyhow!(e)).with_context(|| format!("cannot read the flags of {}", show(&n.path)))
+            Err(anyhow!(e)).with_context(|| format!("cannot read the flags of {}", show(path)))
         }
     }
 }
 
 /// Is `n` (a directory or a regular file) sealed?
 pub fn state(n: &Node) -> Result<State> {
-    state_of(&readable(n)?, n)
+    state_of(&readable(n)?, &n.path)
 }
 
 /// Sets or clears the flag of the object `fd` opens; `Ok(false)` when it already was so, or
 /// its file system has no such flag.
-fn set_on(fd: &OwnedFd, n: &Node, sealed: bool) -> Result<bool> {
+fn set_on(fd: &OwnedFd, path: &Path, sealed: bool) -> Result<bool> {
     let what = || {
         let verb = if sealed { "seal" } else { "lift the seal of" };
-        format!("cannot {verb} {}", show(&n.path))
+        format!("cannot {verb} {}", show(path))
     };
     let flags = match rustix::fs::ioctl_getflags(fd) {
         Ok(f) => f,
@@ -94,35 +97,51 @@ fn set_on(fd: &OwnedFd, n: &Node, sealed: bool) -> Result<bool> {
 
 /// Seals `n`; `Ok(true)` when this call did it.
 pub fn seal(n: &Node) -> Result<bool> {
-    set_on(&readable(n)?, n, true)
+    set_on(&readable(n)?, &n.path, true)
 }
 
 /// Lifts the seal of `n`; `Ok(true)` when it had one. For what is about to be removed (a
 /// leftover of a killed run) or changed by us under the lock.
 pub fn lift(n: &Node) -> Result<bool> {
-    set_on(&readable(n)?, n, false)
+    set_on(&readable(n)?, &n.path, false)
 }
 
 /// Runs `f`, which changes what is in `dir` (a directory of ours: the caller decides), with
 /// `dir`'s seal lifted if it has one; then seals it again, whatever `f` returned, and sweeps
-/// it for what a guest made meanwhile ([`sweep`]).
+/// what appeared in it meanwhile ([`sweep`]): `f`'s own work, and whatever a guest that
+/// serves `dir` made in that window.
 pub fn opened<T>(dir: &Node, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    let lifted = lift(dir)?;
+    let fd = readable(dir)?;
+    if state_of(&fd, &dir.path)? != State::Sealed {
+        return f();
+    }
+    let before = names(dir)?;
+    set_on(&fd, &dir.path, false)?;
     let out = f();
-    if lifted {
-        match seal(dir) {
-            Ok(_) => {}
-            Err(e) if out.is_ok() => return Err(e),
-            Err(e) => {
-                tracing::warn!(path = %show(&dir.path), "{} is left without its seal: {e:#}", show(&dir.path))
-            }
-        }
-        let swept = sweep(dir, Sweep::Act)?;
-        for q in &swept.quarantined {
-            tracing::warn!(path = %show(q), "quarantined {} (mode 0, sealed): it appeared in {} while its seal was lifted, made by a guest", show(q), show(&dir.path));
+    match set_on(&fd, &dir.path, true) {
+        Ok(_) => {}
+        Err(e) if out.is_ok() => return Err(e),
+        Err(e) => {
+            tracing::warn!(path = %show(&dir.path), "{} is left without its seal: {e:#}", show(&dir.path))
         }
     }
+    let new: BTreeSet<OsString> = names(dir)?
+        .into_iter()
+        .filter(|n| !before.contains(n))
+        .collect();
+    let swept = sweep_in(dir, Sweep::Act, Some(&new))?;
+    for q in &swept.quarantined {
+        tracing::warn!(path = %show(q), "quarantined {} (mode 0, sealed): it appeared in {} while its seal was lifted, made by a guest", show(q), show(&dir.path));
+    }
     out
+}
+
+fn names(dir: &Node) -> Result<BTreeSet<OsString>> {
+    let fd = readable(dir)?;
+    Ok(names_of(fd.as_fd())
+        .with_context(|| format!("cannot list {}", show(&dir.path)))?
+        .into_iter()
+        .collect())
 }
 
 /// How [`sweep`] runs.
@@ -152,40 +171,94 @@ const MAX_ENTRIES: usize = 4096;
 /// where no seal stopped it (an older version, or the window of [`opened`]). Quarantined: mode
 /// 0 and sealed, so no host user can run or read it and the guest cannot change it back.
 pub fn sweep(dir: &Node, how: Sweep) -> Result<Swept> {
+    sweep_in(dir, how, None)
+}
+
+/// [`sweep`], or with `only` just those names in `dir` (and all below them), leaving `dir`
+/// itself as it is.
+fn sweep_in(dir: &Node, how: Sweep, only: Option<&BTreeSet<OsString>>) -> Result<Swept> {
     let mut out = Swept::default();
     let mut seen = 0;
-    let mut todo = vec![(dir.try_clone()?, 0)];
-    while let Some((d, depth)) = todo.pop() {
-        let names = list_dir(&d)?;
+    let mut todo = vec![(readable(dir)?, dir.path.clone(), 0)];
+    while let Some((fd, path, depth)) = todo.pop() {
+        let mut names = Vec::new();
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 8192];
+        let mut raw = rustix::fs::RawDir::new(&fd, &mut buf);
+        while let Some(e) = raw.next() {
+            let e = e.with_context(|| format!("cannot list {}", show(&path)))?;
+            let name = e.file_name().to_bytes();
+            let name = OsStr::from_bytes(name).to_os_string();
+            let wanted = depth > 0 || only.is_none_or(|o| o.contains(&name));
+            if name != "." && name != ".." && wanted {
+                names.push((name, e.file_type()));
+            }
+        }
         seen += names.len();
-        if depth >= MAX_DEPTH || seen > MAX_ENTRIES {
+        // (Never `dir` itself when only some of its names are asked for: it is ours.)
+        if (depth >= MAX_DEPTH || seen > MAX_ENTRIES) && (depth > 0 || only.is_none()) {
+            let d = Node {
+                fd: fd.try_clone().context("cannot duplicate a descriptor")?,
+                st: fstat(&fd).with_context(|| format!("cannot stat {}", show(&path)))?,
+                path: path.clone(),
+            };
             if !quarantined(&d)? {
-                out.quarantined.push(d.path.clone());
+                out.quarantined.push(path.clone());
                 if how == Sweep::Act {
                     quarantine(&d)?;
                 }
             }
             continue;
         }
-        for name in names {
-            let Ok(c) = d.child(&name) else { continue };
+        for (name, kind) in names {
+            let cpath = path.join(&name);
+            if kind == rustix::fs::FileType::Symlink {
+                continue;
+            }
+            // A directory is opened to be walked; anything else (or an unknown type that
+            // turns out not to be one) is looked at by its O_PATH descriptor.
+            if matches!(
+                kind,
+                rustix::fs::FileType::Directory | rustix::fs::FileType::Unknown
+            ) {
+                let flags = OFlag::O_RDONLY
+                    | OFlag::O_DIRECTORY
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_NONBLOCK
+                    | OFlag::O_CLOEXEC;
+                match openat(&fd, name.as_os_str(), flags, Mode::empty()) {
+                    Ok(c) => {
+                        if is_mount_root(c.as_fd())? {
+                            continue;
+                        }
+                        todo.push((c, cpath, depth + 1));
+                        continue;
+                    }
+                    Err(nix::errno::Errno::ENOTDIR | nix::errno::Errno::ELOOP) => {}
+                    Err(nix::errno::Errno::ENOENT) => continue,
+                    Err(e) => {
+                        return Err(anyhow!(e))
+                            .with_context(|| format!("cannot open {}", show(&cpath)))
+                    }
+                }
+            }
+            let Ok(c) = Node::open_at(fd.as_fd(), &name, cpath) else {
+                continue;
+            };
             if is_symlink(&c.st) || is_mount_root(c.fd.as_fd())? {
                 continue;
             }
-            if is_dir(&c.st) {
-                todo.push((c, depth + 1));
-            } else if !quarantined(&c)? {
+            if !quarantined(&c)? {
                 out.quarantined.push(c.path.clone());
                 if how == Sweep::Act {
                     quarantine(&c)?;
                 }
             }
         }
-        if state(&d)? == State::Open {
-            out.sealed.push(d.path.clone());
+        if (depth > 0 || only.is_none()) && state_of(&fd, &path)? == State::Open {
             if how == Sweep::Act {
-                seal(&d)?;
+                set_on(&fd, &path, true)?;
             }
+            out.sealed.push(path);
         }
     }
     Ok(out)
@@ -217,10 +290,10 @@ fn quarantine(n: &Node) -> Result<()> {
             .with_context(|| format!("cannot quarantine {}", show(&n.path)));
         }
         let fd = readable(n)?;
-        set_on(&fd, n, false)?;
+        set_on(&fd, &n.path, false)?;
         fchmod(&fd, Mode::empty())
             .with_context(|| format!("cannot quarantine {}", show(&n.path)))?;
-        set_on(&fd, n, true)?;
+        set_on(&fd, &n.path, true)?;
         let st = fstat(&fd).with_context(|| format!("cannot stat {}", show(&n.path)))?;
         if st.st_mode & 0o7777 == 0 {
             step("quarantine");
