@@ -57,9 +57,8 @@ impl PlaceholderSpec {
 
 /// Creates `name` in `dir` as a finished placeholder: it is made under a temporary name,
 /// marked, owned and chmod-ed there, then renamed into place, so nobody ever sees a half-made
-/// one. If `name` appeared meanwhile, that one is returned untouched.
-/// The new placeholder is sealed once in place (`seal`). In a sealed `dir` the caller lifts
-/// the seal first (`seal::opened`).
+/// one, and sealed once in place (`seal`); in a sealed `dir` the caller lifts that seal first
+/// (`seal::opened`). If `name` appeared meanwhile, that one is returned untouched.
 pub fn create(dir: &Node, name: &OsStr, spec: PlaceholderSpec) -> Result<Node> {
     let tmp = tmp_placeholder(dir, spec)?;
     let made = match renameat2(&dir.fd, &*tmp, &dir.fd, name, RenameFlags::RENAME_NOREPLACE) {

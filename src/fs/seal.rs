@@ -181,6 +181,13 @@ fn sweep_in(dir: &Node, how: Sweep, only: Option<&BTreeSet<OsString>>) -> Result
     let mut seen = 0;
     let mut todo = vec![(readable(dir)?, dir.path.clone(), 0)];
     while let Some((fd, path, depth)) = todo.pop() {
+        // Sealed before it is listed: nothing can enter it after the listing.
+        if (depth > 0 || only.is_none()) && state_of(&fd, &path)? == State::Open {
+            if how == Sweep::Act {
+                set_on(&fd, &path, true)?;
+            }
+            out.sealed.push(path.clone());
+        }
         let mut names = Vec::new();
         let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 8192];
         let mut raw = rustix::fs::RawDir::new(&fd, &mut buf);
@@ -253,12 +260,6 @@ fn sweep_in(dir: &Node, how: Sweep, only: Option<&BTreeSet<OsString>>) -> Result
                     quarantine(&c)?;
                 }
             }
-        }
-        if (depth > 0 || only.is_none()) && state_of(&fd, &path)? == State::Open {
-            if how == Sweep::Act {
-                set_on(&fd, &path, true)?;
-            }
-            out.sealed.push(path);
         }
     }
     Ok(out)
