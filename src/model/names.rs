@@ -265,11 +265,13 @@ impl From<VmName> for EntryName {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const GOOD_NAMES: [&str; 7] = [
+    /// Ordinary VM names, every one valid (also `src/tests/names.rs`'s property test's).
+    pub(crate) const GOOD_NAMES: [&str; 8] = [
         "vm1",
+        "nixfiles",
         "nix-secrets",
         "my_vm.2",
         "a..b",

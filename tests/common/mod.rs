@@ -210,6 +210,33 @@ impl Fx {
         self.write("/etc/microvm-workspaces/config.json", json.as_bytes());
     }
 
+    /// Pool `agents` of `vms` in the config, each with one live share `tag` of its own entry
+    /// (`<workspaceDir>/.live/<vm>`, also in its runner), with `ssh` its SSH destination its
+    /// own name; and the workspace dir.
+    pub fn live_pool(&self, vms: &[String], tag: &str, ssh: bool) {
+        let ws = "/var/lib/microvm-workspaces";
+        let decl: Vec<String> = vms
+            .iter()
+            .map(|vm| {
+                let ssh = if ssh { format!(r#""ssh": "{vm}", "#) } else { String::new() };
+                format!(
+                    r#""{vm}": {{{ssh}"shares": [{{"tag": "{tag}", "proto": "virtiofs", "source": "{ws}/.live/{vm}", "mountPoint": "/work"}}]}}"#
+                )
+            })
+            .collect();
+        let names: Vec<String> = vms.iter().map(|v| format!("\"{v}\"")).collect();
+        self.config(&format!(
+            r#"{{"vms": {{{}}}, "pools": {{"agents": [{}]}}}}"#,
+            decl.join(", "),
+            names.join(", ")
+        ));
+        for vm in vms {
+            let src = format!("{ws}/.live/{vm}");
+            self.runner(vm, &[(tag, src.as_bytes())]);
+        }
+        self.mkdir(ws, 0, 0o755);
+    }
+
     /// `bin` re-rooted here with `args`, run to completion.
     pub fn run(&self, bin: &str, args: &[&str]) -> Output {
         Run::new(bin).root(self).args(args).output()

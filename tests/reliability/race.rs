@@ -121,23 +121,7 @@ const RACERS: usize = 12;
 fn pool_rig() -> Rig {
     let fx = rig();
     let vms: Vec<String> = (0..POOL_VMS).map(|i| format!("p{i}")).collect();
-    let decl: Vec<String> = vms
-        .iter()
-        .map(|vm| {
-            format!(r#""{vm}": {{"shares": [{{"tag": "w", "proto": "virtiofs", "source": "{WS}/.live/{vm}"}}]}}"#)
-        })
-        .collect();
-    let names: Vec<String> = vms.iter().map(|v| format!("\"{v}\"")).collect();
-    fx.config(&format!(
-        r#"{{"vms": {{{}}}, "pools": {{"agents": [{}]}}}}"#,
-        decl.join(", "),
-        names.join(", ")
-    ));
-    for vm in &vms {
-        let src = format!("{WS}/.live/{vm}");
-        fx.runner(vm, &[("w", src.as_bytes())]);
-    }
-    fx.mkdir(WS, 0, 0o755);
+    fx.live_pool(&vms, "w", false);
     for r in 0..RACERS {
         let uid = 5000 + r as u32;
         fx.repo(&format!("/home/u{uid}/wt"), uid);

@@ -17,25 +17,7 @@ const WS: &str = "/var/lib/microvm-workspaces";
 fn fixture(n: usize) -> Rig {
     let fx = rig();
     let vms: Vec<String> = (1..=n).map(|i| format!("a{i}")).collect();
-    let cfg_vms: Vec<String> = vms
-        .iter()
-        .map(|vm| {
-            format!(
-                r#""{vm}": {{"ssh": "{vm}", "shares": [{{"tag": "workspace", "proto": "virtiofs", "source": "{WS}/.live/{vm}", "mountPoint": "/work"}}]}}"#
-            )
-        })
-        .collect();
-    let pool: Vec<String> = vms.iter().map(|v| format!("\"{v}\"")).collect();
-    fx.config(&format!(
-        r#"{{"vms": {{{}}}, "pools": {{"agents": [{}]}}}}"#,
-        cfg_vms.join(", "),
-        pool.join(", ")
-    ));
-    for vm in &vms {
-        let src = format!("{WS}/.live/{vm}");
-        fx.runner(vm, &[("workspace", src.as_bytes())]);
-    }
-    fx.mkdir(WS, 0, 0o755);
+    fx.live_pool(&vms, "workspace", true);
     for (wt, uid) in [
         ("/home/alice/wt1", ALICE),
         ("/home/alice/wt2", ALICE),
