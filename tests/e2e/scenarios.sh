@@ -45,7 +45,7 @@ e2e_reset() {
     # whatever is still mounted below the workspace dir (in the container)
     e2e_ct sh -c "findmnt -rn -o TARGET | grep '^$E2E_WS' | sort -r | xargs -r -n1 umount -l" 2>/dev/null
     # placeholders and live roots are sealed (immutable): lifted first, from the host
-    [ -d "$E2E_ROOT$E2E_WS" ] && chattr -R -i "$E2E_ROOT$E2E_WS" 2>/dev/null
+    [ -d "$E2E_ROOT$E2E_WS" ] && chattr -R -i "$E2E_ROOT$E2E_WS" 2>/dev/null || true
     e2e_ct sh -c "rm -rf --one-file-system $E2E_WS/* $E2E_WS/.[!.]* /srv/e2e /home/alice/*" 2>/dev/null
     e2e_ct sh -c "rm -rf /run/microvm-workspaces" 2>/dev/null
     for vm in "${!E2E_VMS[@]}"; do rm -f "$(e2e_console "$vm")"; done
