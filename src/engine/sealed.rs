@@ -72,8 +72,8 @@ pub fn seal_served(
     let done = sweep_all(&roots, Sweep::Act).with_context(|| format!("VM {vm}"))?;
     for a in &done {
         match a.act {
-            Act::Quarantine => {
-                tracing::warn!(vm, path = %show(&a.path), action = a.act.as_str(), "quarantined {} (mode 0, sealed): a guest wrote it where a seal was missing", show(&a.path))
+            Act::Quarantine | Act::RemovePlanted => {
+                tracing::warn!(vm, path = %show(&a.path), action = a.act.as_str(), "{a}: a guest made it where a seal was missing")
             }
             _ => {
                 tracing::info!(vm, path = %show(&a.path), action = a.act.as_str(), "sealed {}", show(&a.path))
@@ -86,7 +86,12 @@ pub fn seal_served(
 /// The sources to sweep, each once and each ours: a placeholder, or below `.live` (a live
 /// root), still what prepare found there. A source nested in another is swept with it.
 fn roots(tree: &Tree, cfg: &Config, sources: &[Served]) -> Vec<Node> {
-    let live = cfg.workspace_dir.join(paths::LIVE);
+    // As the walk resolves it (a symlink in the configured path), like the sources.
+    let ws = match tree.walk(&cfg.workspace_dir, Trust::Owners) {
+        Ok(Walk::Found(n)) => n.path,
+        _ => cfg.workspace_dir.clone(),
+    };
+    let live = ws.join(paths::LIVE);
     let mut roots: Vec<Node> = Vec::new();
     for s in sources {
         let node = match tree.walk(&s.path, Trust::Owners) {
@@ -118,6 +123,12 @@ fn sweep_all(roots: &[Node], how: Sweep) -> Result<Vec<Action>> {
                 .quarantined
                 .into_iter()
                 .map(|p| action(Act::Quarantine, p)),
+        );
+        out.extend(
+            swept
+                .removed
+                .into_iter()
+                .map(|p| action(Act::RemovePlanted, p)),
         );
         out.extend(swept.sealed.into_iter().map(|p| action(Act::Seal, p)));
     }

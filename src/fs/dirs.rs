@@ -173,7 +173,12 @@ pub fn remove_leftovers(dir: &Node) -> Result<Vec<OsString>> {
         } else {
             continue;
         };
-        match nix::unistd::unlinkat(&dir.fd, name, flag) {
+        let removed = nix::unistd::unlinkat(&dir.fd, name, flag);
+        if removed.is_err() && node.is_dir() {
+            // Still there (a guest filled it, a sweep quarantined that): sealed again.
+            let _ = seal::seal(&node);
+        }
+        match removed {
             Ok(()) => {
                 step("remove a leftover");
                 tracing::info!(path = %show(&dir.path.join(name)), "removed leftover")

@@ -20,12 +20,12 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use nix::fcntl::{open, openat, OFlag};
 use nix::sys::stat::{fchmod, fstat, Mode};
 use rustix::fs::IFlags;
 
-use crate::fs::chase::{is_dir, is_mount_root, is_regular, is_symlink, names_of, Node};
+use crate::fs::chase::{is_dir, is_mount_root, is_regular, names_of, Node};
 use crate::fs::failpoint::step;
 use crate::fs::paths::show;
 
@@ -106,16 +106,17 @@ pub fn lift(n: &Node) -> Result<bool> {
     set_on(&readable(n)?, &n.path, false)
 }
 
-/// Runs `f`, which changes what is in `dir` (a directory of ours: the caller decides), with
-/// `dir`'s seal lifted if it has one; then seals it again, whatever `f` returned, and sweeps
-/// what appeared in it meanwhile ([`sweep`]): `f`'s own work, and whatever a guest that
-/// serves `dir` made in that window.
+/// Runs `f`, which changes what is in `dir` (a directory of ours: the caller decides, and
+/// holds the workspace lock), with `dir`'s seal lifted if it has one; then seals it again,
+/// whatever `f` returned, and sweeps every entry that appeared or was replaced meanwhile (by
+/// name and inode): `f`'s own work, and whatever a guest that serves `dir` made in that
+/// window.
 pub fn opened<T>(dir: &Node, f: impl FnOnce() -> Result<T>) -> Result<T> {
     let fd = readable(dir)?;
     if state_of(&fd, &dir.path)? != State::Sealed {
         return f();
     }
-    let before = names(dir)?;
+    let before = entries(&readable(dir)?, &dir.path)?;
     set_on(&fd, &dir.path, false)?;
     let out = f();
     match set_on(&fd, &dir.path, true) {
@@ -125,23 +126,18 @@ pub fn opened<T>(dir: &Node, f: impl FnOnce() -> Result<T>) -> Result<T> {
             tracing::warn!(path = %show(&dir.path), "{} is left without its seal: {e:#}", show(&dir.path))
         }
     }
-    let new: BTreeSet<OsString> = names(dir)?
-        .into_iter()
-        .filter(|n| !before.contains(n))
-        .collect();
-    let swept = sweep_in(dir, Sweep::Act, Some(&new))?;
-    for q in &swept.quarantined {
-        tracing::warn!(path = %show(q), "quarantined {} (mode 0, sealed): it appeared in {} while its seal was lifted, made by a guest", show(q), show(&dir.path));
+    let seen: BTreeSet<(OsString, u64)> = before.into_iter().map(|e| (e.name, e.ino)).collect();
+    let mut swept = Swept::default();
+    walk(&fd, &dir.path, 0, Sweep::Act, Some(&seen), &mut swept).with_context(|| {
+        format!(
+            "{}: what appeared while its seal was lifted",
+            show(&dir.path)
+        )
+    })?;
+    for (what, q) in swept.planted() {
+        tracing::warn!(path = %show(q), "{what} {}: it appeared in {} while its seal was lifted, made by a guest", show(q), show(&dir.path));
     }
     out
-}
-
-fn names(dir: &Node) -> Result<BTreeSet<OsString>> {
-    let fd = readable(dir)?;
-    Ok(names_of(fd.as_fd())
-        .with_context(|| format!("cannot list {}", show(&dir.path)))?
-        .into_iter()
-        .collect())
 }
 
 /// How [`sweep`] runs.
@@ -149,120 +145,224 @@ fn names(dir: &Node) -> Result<BTreeSet<OsString>> {
 pub enum Sweep {
     /// Say what it would do; change nothing.
     Look,
+    /// Do it; the caller holds the workspace lock (removing a link lifts a seal).
     Act,
 }
 
-/// What a sweep sealed and quarantined (or would).
+/// What a sweep sealed, quarantined and removed (or would).
 #[derive(Debug, Default)]
 pub struct Swept {
     pub sealed: Vec<PathBuf>,
     pub quarantined: Vec<PathBuf>,
+    pub removed: Vec<PathBuf>,
+    /// Seals lifted to remove something: a guest that keeps planting in those windows is
+    /// not raced for ever.
+    lifts: usize,
+}
+
+impl Swept {
+    /// What only a guest can have made, in words for a journal line.
+    pub fn planted(&self) -> impl Iterator<Item = (&'static str, &PathBuf)> {
+        let q = self
+            .quarantined
+            .iter()
+            .map(|p| ("quarantined (mode 0, sealed)", p));
+        q.chain(self.removed.iter().map(|p| ("removed", p)))
+    }
 }
 
 /// A guest may have made a deep or wide tree where it found no seal; past these bounds a
-/// directory is quarantined whole instead of walked.
+/// directory of its (not a placeholder) is quarantined whole instead of walked.
 const MAX_DEPTH: usize = 16;
 const MAX_ENTRIES: usize = 4096;
+const MAX_LIFTS: usize = 64;
 
-/// Seals `dir` and every directory below it, and quarantines every other object there
-/// (symlinks aside: they have no mode to give anyone), never crossing into a mount. Below a
-/// directory of ours that a guest sees (a placeholder, a live root) nothing but our own
-/// directories belongs; anything else was written by a guest, through virtiofsd, as root,
-/// where no seal stopped it (an older version, or the window of [`opened`]). Quarantined: mode
-/// 0 and sealed, so no host user can run or read it and the guest cannot change it back.
+/// Seals `dir` and every directory below it and deals with every other object there, never
+/// crossing into a mount. Below a directory of ours that a guest sees (a placeholder, a live
+/// root) nothing but our own directories belongs; anything else was written by a guest,
+/// through virtiofsd, as root, where no seal stopped it (an older version, or the window of
+/// [`opened`]). A regular file is quarantined: mode 0 and sealed, so no host user can run or
+/// read it and the guest cannot change it back. What cannot be sealed, or is not only the
+/// guest's, is removed: a symlink (root would follow it out of the tree), a device, FIFO or
+/// socket, a file with other hard links (the other names may be someone's). On a file system
+/// without the flag nothing is done: nothing could keep it so.
 pub fn sweep(dir: &Node, how: Sweep) -> Result<Swept> {
-    sweep_in(dir, how, None)
+    let mut out = Swept::default();
+    walk(&readable(dir)?, &dir.path, 0, how, None, &mut out)?;
+    Ok(out)
 }
 
-/// [`sweep`], or with `only` just those names in `dir` (and all below them), leaving `dir`
-/// itself as it is.
-fn sweep_in(dir: &Node, how: Sweep, only: Option<&BTreeSet<OsString>>) -> Result<Swept> {
-    let mut out = Swept::default();
-    let mut seen = 0;
-    let mut todo = vec![(readable(dir)?, dir.path.clone(), 0)];
-    while let Some((fd, path, depth)) = todo.pop() {
+/// One entry of a directory listing.
+struct Entry {
+    name: OsString,
+    ino: u64,
+    kind: rustix::fs::FileType,
+}
+
+/// Every entry of the directory open at `fd` (a fresh descriptor), `.` and `..` left out.
+fn entries(fd: &OwnedFd, path: &Path) -> Result<Vec<Entry>> {
+    let mut out = Vec::new();
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 8192];
+    let mut raw = rustix::fs::RawDir::new(fd, &mut buf);
+    while let Some(e) = raw.next() {
+        let e = e.with_context(|| format!("cannot list {}", show(path)))?;
+        let name = e.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            out.push(Entry {
+                name: OsStr::from_bytes(name).to_os_string(),
+                ino: e.ino(),
+                kind: e.file_type(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// [`sweep`] of the directory open at `fd`, `depth` below where it began; with `only`, just
+/// the entries not in it (by name and inode), leaving the directory itself as it is. One
+/// descriptor a level: the walk is depth-first.
+fn walk(
+    fd: &OwnedFd,
+    path: &Path,
+    depth: usize,
+    how: Sweep,
+    only: Option<&BTreeSet<(OsString, u64)>>,
+    out: &mut Swept,
+) -> Result<()> {
+    match state_of(fd, path)? {
+        State::Unsupported => return Ok(()),
         // Sealed before it is listed: nothing can enter it after the listing.
-        if (depth > 0 || only.is_none()) && state_of(&fd, &path)? == State::Open {
+        State::Open if only.is_none() => {
             if how == Sweep::Act {
-                set_on(&fd, &path, true)?;
+                set_on(fd, path, true)?;
             }
-            out.sealed.push(path.clone());
+            out.sealed.push(path.to_path_buf());
         }
-        let mut names = Vec::new();
-        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 8192];
-        let mut raw = rustix::fs::RawDir::new(&fd, &mut buf);
-        while let Some(e) = raw.next() {
-            let e = e.with_context(|| format!("cannot list {}", show(&path)))?;
-            let name = e.file_name().to_bytes();
-            let name = OsStr::from_bytes(name).to_os_string();
-            let wanted = depth > 0 || only.is_none_or(|o| o.contains(&name));
-            if name != "." && name != ".." && wanted {
-                names.push((name, e.file_type()));
-            }
-        }
-        seen += names.len();
-        // (Never `dir` itself when only some of its names are asked for: it is ours.)
-        if (depth >= MAX_DEPTH || seen > MAX_ENTRIES) && (depth > 0 || only.is_none()) {
-            let d = Node {
-                fd: fd.try_clone().context("cannot duplicate a descriptor")?,
-                st: fstat(&fd).with_context(|| format!("cannot stat {}", show(&path)))?,
-                path: path.clone(),
-            };
-            if !quarantined(&d)? {
-                out.quarantined.push(path.clone());
-                if how == Sweep::Act {
-                    quarantine(&d)?;
-                }
-            }
-            continue;
-        }
-        for (name, kind) in names {
-            let cpath = path.join(&name);
-            if kind == rustix::fs::FileType::Symlink {
-                continue;
-            }
-            // A directory is opened to be walked; anything else (or an unknown type that
-            // turns out not to be one) is looked at by its O_PATH descriptor.
-            if matches!(
-                kind,
-                rustix::fs::FileType::Directory | rustix::fs::FileType::Unknown
+        _ => {}
+    }
+    let mut list = entries(&openat(fd, ".", dir_flags(), Mode::empty())?, path)?;
+    if let Some(seen) = only {
+        list.retain(|e| !seen.contains(&(e.name.clone(), e.ino)));
+    }
+    let mut gone = Vec::new();
+    for e in list {
+        let at = path.join(&e.name);
+        if e.kind == rustix::fs::FileType::Directory || e.kind == rustix::fs::FileType::Unknown {
+            match openat(
+                fd,
+                e.name.as_os_str(),
+                dir_flags() | OFlag::O_NOFOLLOW,
+                Mode::empty(),
             ) {
-                let flags = OFlag::O_RDONLY
-                    | OFlag::O_DIRECTORY
-                    | OFlag::O_NOFOLLOW
-                    | OFlag::O_NONBLOCK
-                    | OFlag::O_CLOEXEC;
-                match openat(&fd, name.as_os_str(), flags, Mode::empty()) {
-                    Ok(c) => {
-                        if is_mount_root(c.as_fd())? {
-                            continue;
-                        }
-                        todo.push((c, cpath, depth + 1));
-                        continue;
+                Ok(c) => {
+                    if !is_mount_root(c.as_fd())? {
+                        dir_below(&c, &at, depth + 1, how, out)?;
                     }
-                    Err(nix::errno::Errno::ENOTDIR | nix::errno::Errno::ELOOP) => {}
-                    Err(nix::errno::Errno::ENOENT) => continue,
-                    Err(e) => {
-                        return Err(anyhow!(e))
-                            .with_context(|| format!("cannot open {}", show(&cpath)))
-                    }
+                    continue;
+                }
+                Err(nix::errno::Errno::ENOTDIR | nix::errno::Errno::ELOOP) => {}
+                Err(nix::errno::Errno::ENOENT) => continue,
+                Err(e) => {
+                    return Err(anyhow!(e)).with_context(|| format!("cannot open {}", show(&at)))
                 }
             }
-            let Ok(c) = Node::open_at(fd.as_fd(), &name, cpath) else {
-                continue;
-            };
-            if is_symlink(&c.st) || is_mount_root(c.fd.as_fd())? {
-                continue;
-            }
+        }
+        let c = match Node::open_at(fd.as_fd(), &e.name, at.clone()) {
+            Ok(c) => c,
+            Err(nix::errno::Errno::ENOENT) => continue,
+            Err(e) => return Err(anyhow!(e)).with_context(|| format!("cannot open {}", show(&at))),
+        };
+        if is_dir(&c.st) {
+            continue; // a directory where there was none a moment ago: the next sweep's
+        }
+        if is_regular(&c.st) && c.st.st_nlink == 1 {
             if !quarantined(&c)? {
-                out.quarantined.push(c.path.clone());
+                out.quarantined.push(at);
                 if how == Sweep::Act {
                     quarantine(&c)?;
                 }
             }
+        } else {
+            gone.push(e.name);
         }
     }
-    Ok(out)
+    if !gone.is_empty() {
+        remove(fd, path, gone, how, out)?;
+    }
+    Ok(())
+}
+
+/// The flags a directory is opened with to be looked at.
+fn dir_flags() -> OFlag {
+    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC
+}
+
+/// A directory below the one a sweep began at: walked, or, if it is a guest's (not a
+/// placeholder) and too deep or too wide, quarantined whole.
+fn dir_below(c: &OwnedFd, at: &Path, depth: usize, how: Sweep, out: &mut Swept) -> Result<()> {
+    let node = Node {
+        fd: c.try_clone().context("cannot duplicate a descriptor")?,
+        st: fstat(c).with_context(|| format!("cannot stat {}", show(at)))?,
+        path: at.to_path_buf(),
+    };
+    if quarantined(&node)? {
+        return Ok(());
+    }
+    let theirs = !node.is_placeholder()
+        && (depth > MAX_DEPTH
+            || names_of(openat(c, ".", dir_flags(), Mode::empty())?.as_fd())?.len() > MAX_ENTRIES);
+    if theirs {
+        out.quarantined.push(at.to_path_buf());
+        if how == Sweep::Act {
+            quarantine(&node)?;
+        }
+        return Ok(());
+    }
+    walk(c, at, depth, how, None, out)
+}
+
+/// Removes `names` from the directory open at `fd` (what cannot be quarantined), its seal
+/// lifted meanwhile; what a guest slipped in during that lift is swept in turn.
+fn remove(
+    fd: &OwnedFd,
+    path: &Path,
+    names: Vec<OsString>,
+    how: Sweep,
+    out: &mut Swept,
+) -> Result<()> {
+    out.removed.extend(names.iter().map(|n| path.join(n)));
+    if how == Sweep::Look {
+        return Ok(());
+    }
+    out.lifts += 1;
+    if out.lifts > MAX_LIFTS {
+        bail!(
+            "{}: something keeps appearing in it while its seal is lifted to remove what a guest planted",
+            show(path)
+        );
+    }
+    let before: BTreeSet<(OsString, u64)> =
+        entries(&openat(fd, ".", dir_flags(), Mode::empty())?, path)?
+            .into_iter()
+            .map(|e| (e.name, e.ino))
+            .collect();
+    let lifted = set_on(fd, path, false)?;
+    let mut done = Ok(());
+    for n in &names {
+        match nix::unistd::unlinkat(fd, n.as_os_str(), nix::unistd::UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(nix::errno::Errno::ENOENT) => step("remove what a guest planted"),
+            Err(e) => {
+                done = Err(anyhow!(e))
+                    .with_context(|| format!("cannot remove {}", show(&path.join(n))));
+                break;
+            }
+        }
+    }
+    if lifted {
+        set_on(fd, path, true)?;
+    }
+    done?;
+    walk(fd, path, 0, how, Some(&before), out)
 }
 
 /// Mode 0 and, where it can be (a directory, a regular file), sealed already?

@@ -23,6 +23,7 @@ pub enum Act {
     Unlease,
     Seal,
     Quarantine,
+    RemovePlanted,
 }
 
 impl Act {
@@ -41,6 +42,7 @@ impl Act {
             Act::Unlease => "unlease",
             Act::Seal => "seal",
             Act::Quarantine => "quarantine",
+            Act::RemovePlanted => "remove-planted",
         }
     }
 
@@ -59,6 +61,7 @@ impl Act {
             Act::Unlease => "remove lease",
             Act::Seal => "seal (immutable)",
             Act::Quarantine => "quarantine (mode 0, sealed)",
+            Act::RemovePlanted => "remove (a link or special file a guest planted)",
         }
     }
 }

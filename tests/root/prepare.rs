@@ -97,6 +97,17 @@ fn what_a_guest_wrote_into_a_placeholder_is_quarantined_at_the_next_start() {
     std::fs::set_permissions(&suid, std::fs::Permissions::from_mode(0o4755)).unwrap();
     std::fs::create_dir(ph.join("d")).unwrap();
     std::fs::write(ph.join("d/f"), b"x").unwrap();
+    // What cannot be quarantined is removed: a symlink out of the tree (root would follow
+    // it), a FIFO, a second name of someone's file (the first keeps its mode).
+    std::os::unix::fs::symlink("/etc", ph.join("out")).unwrap();
+    nix::unistd::mkfifo(
+        &ph.join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
+    let someones = fx.write("/srv/someones-file", b"mine");
+    std::fs::set_permissions(&someones, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::hard_link(&someones, ph.join("linked")).unwrap();
     let mut deep = ph.join("deep");
     for _ in 0..20 {
         deep = deep.join("x");
@@ -108,6 +119,9 @@ fn what_a_guest_wrote_into_a_placeholder_is_quarantined_at_the_next_start() {
         format!("quarantine (mode 0, sealed) {WS}/vm1/d/f"),
         format!("seal (immutable) {WS}/vm1/d"),
         format!("seal (immutable) {WS}/vm1"),
+        format!("remove (a link or special file a guest planted) {WS}/vm1/out"),
+        format!("remove (a link or special file a guest planted) {WS}/vm1/fifo"),
+        format!("remove (a link or special file a guest planted) {WS}/vm1/linked"),
     ] {
         assert!(plan.contains(&line), "the dry run lacks '{line}': {plan}");
     }
@@ -120,9 +134,18 @@ fn what_a_guest_wrote_into_a_placeholder_is_quarantined_at_the_next_start() {
     for d in [ph.clone(), ph.join("d"), ph.join("deep")] {
         assert!(is_sealed(&d), "{d:?} is not sealed");
     }
+    for gone in ["out", "fifo", "linked"] {
+        assert!(
+            std::fs::symlink_metadata(ph.join(gone)).is_err(),
+            "{gone} is still there"
+        );
+    }
+    assert_eq!(meta(&someones).2, 0o644, "someone's file lost its mode");
+    assert!(!is_sealed(&someones), "someone's file was sealed");
     // Past the depth bound a directory is quarantined whole, not walked.
-    let cut = (0..15).fold(ph.join("deep"), |p, _| p.join("x"));
+    let cut = (0..16).fold(ph.join("deep"), |p, _| p.join("x"));
     assert_eq!(meta(&cut).2, 0, "{cut:?}: the deep tree was not cut off");
+    assert!(is_sealed(&cut), "{cut:?} is not sealed");
     // Nothing is left to do: the next start changes nothing.
     let again = fx.prepare_dry("vm1");
     assert!(
@@ -152,12 +175,48 @@ fn what_appears_while_a_seal_is_lifted_is_quarantined_when_it_is_back() {
         std::fs::write(ph.join("planted"), b"x").unwrap();
         std::fs::set_permissions(ph.join("planted"), std::fs::Permissions::from_mode(0o4755))
             .unwrap();
+        std::os::unix::fs::symlink("/home", ph.join("hosts")).unwrap();
         Ok(())
     })
     .unwrap();
     assert!(is_sealed(&ph));
     assert_eq!(meta(&ph.join("planted")).2, 0);
     assert!(is_sealed(&ph.join("planted")));
+    assert!(
+        std::fs::symlink_metadata(ph.join("hosts")).is_err(),
+        "the planted symlink is still there"
+    );
+}
+
+/// A symlink in a placeholder is a guest's (made before sealing): root never follows it, or a
+/// nested source behind it would be made and served in the tree it names (alice's home).
+#[test]
+fn a_symlink_a_guest_left_in_a_placeholder_is_never_followed() {
+    let fx = Fx::new();
+    fx.runner(
+        "vm1",
+        &[
+            ("ws", b"/var/lib/microvm-workspaces/vm1"),
+            ("deep", b"/var/lib/microvm-workspaces/vm1/hosts/vm1"),
+        ],
+    );
+    fx.prepare_ok("vm1");
+    let ph = fx.p(&format!("{WS}/vm1"));
+    unseal_tree(&ph);
+    std::fs::remove_dir_all(ph.join("hosts")).unwrap();
+    let home = fx.mkdir("/home/alice", ALICE, 0o755);
+    std::os::unix::fs::symlink("/home/alice", ph.join("hosts")).unwrap();
+    let out = fx.prepare("vm1");
+    assert!(
+        !out.status.success(),
+        "prepare followed the guest's symlink"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.lines().count() == 1 && err.contains("where only a guest makes one"),
+        "not one line saying why: {err}"
+    );
+    assert!(!home.join("vm1").exists(), "made in alice's home");
 }
 
 fn libc_eperm() -> i32 {
